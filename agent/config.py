@@ -1,0 +1,201 @@
+"""Agent configuration: one validated model, read from TOML, overridden by EDGE_AGENT_<KEY> environment variables,
+overridden in turn by command-line flags (file < env < flags)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from protocol import DEFAULT_CHUNK_BYTES, DEFAULT_PREFIX, MAX_CHUNK_BYTES, valid_device_id
+from protocol.link import BrokerAddress
+
+ENV_PREFIX = "EDGE_AGENT_"
+ENV_CONFIG = "EDGE_AGENT_CONFIG"  # the config file's path (a flag, not a key)
+SECRET_KEYS = frozenset({"password"})
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the key, the value and what is allowed."""
+
+
+def default_device_id() -> str:
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:64].strip("-.")
+    return name or "edge-device"
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(default_factory=default_device_id)
+    broker: str = "mqtt://127.0.0.1:1883"
+    mqtt_protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    topic_prefix: str = DEFAULT_PREFIX
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    data_dir: Path = Path("/var/lib/edge-agent")
+    api: str = "127.0.0.1:8080"
+    keep_versions: int = Field(default=3, ge=2, le=100)
+    chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=16 << 10, le=MAX_CHUNK_BYTES)
+    download_window: int = Field(default=16, ge=1, le=64)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    backend: str | None = None
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    backend_trial: bool = True
+    trial_budget_s: float = Field(default=3.0, gt=0, le=60)
+    trusted_keys: list[str] = Field(default_factory=list)
+    health_window_s: float = Field(default=30.0, ge=0, le=86400)
+    rollback_max_errors: int = Field(default=3, ge=1)
+    rollback_latency_pct: float = Field(default=50.0, gt=0)
+    telemetry_interval_s: float = Field(default=10.0, ge=0.1, le=3600)
+    telemetry_queue_mb: float = Field(default=16.0, gt=0, le=65536)
+    telemetry_replay_rate: float = Field(default=20.0, gt=0, le=10000)
+    telemetry_sample_every: int = Field(default=16, ge=1, le=1_000_000)
+    telemetry_max_elements: int = Field(default=4096, ge=1, le=1 << 24)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _trusted_keys(cls, value: list[str]) -> list[str]:
+        import base64
+        import binascii
+
+        for key in value:
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(
+                    f"{key[:16]!r}… is not a base64 Ed25519 public key (as printed by edge-controller keygen)"
+                )
+        return value
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        if not valid_device_id(value):
+            raise ValueError("use 1-64 letters, digits, '_', '-', '.'; it is an MQTT topic level")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        try:
+            BrokerAddress.parse(value)
+        except ValueError:
+            raise ValueError("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]") from None
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        if not value.strip("/") or any(c in value for c in "+#\0"):
+            raise ValueError("expected a non-empty MQTT topic prefix without '+', '#' or NUL, e.g. edge")
+        return value
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError("expected a readable file (PEM)")
+        return value
+
+    @field_validator("api")
+    @classmethod
+    def _api(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+        return value
+
+    @property
+    def api_host(self) -> str:
+        return self.api.rpartition(":")[0]
+
+    @property
+    def api_port(self) -> int:
+        return int(self.api.rpartition(":")[2])
+
+
+def _describe(exc: ValidationError, values: dict[str, Any], sources: dict[str, str]) -> str:
+    """One line: where the value came from, the key, the value (secrets masked) and what is allowed."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "config"
+    top = str(err["loc"][0]) if err["loc"] else ""
+    shown = values.get(top, "<missing>") if top else values
+    if top in SECRET_KEYS:
+        shown = "***"
+    origin = f" (from {sources[top]})" if top in sources else ""
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(AgentConfig.model_fields)
+        return f"invalid config{origin}: unknown key {key!r} = {shown!r}; allowed keys: {allowed}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"invalid config{origin}: {key} = {shown!r}: {msg}"
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """EDGE_AGENT_<KEY> variables as config values (empty ones are ignored; backend_options is JSON).
+    Raises ConfigError for an EDGE_AGENT_ variable that names no key."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG or raw == "":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in AgentConfig.model_fields:
+            allowed = ", ".join(ENV_PREFIX + k.upper() for k in AgentConfig.model_fields)
+            raise ConfigError(f"invalid config: unknown environment variable {name}={raw!r}; allowed: {allowed}")
+        if key == "backend_options":
+            try:
+                values[key] = json.loads(raw)
+            except ValueError:
+                message = f"invalid config (from {name}): backend_options = {raw!r}: expected a JSON object"
+                raise ConfigError(message) from None
+        else:
+            values[key] = raw
+    return values
+
+
+def load_config(
+    path: Path | None = None, overrides: dict[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """File values first, then EDGE_AGENT_<KEY> variables, then the non-None overrides (flags).
+    Raises ConfigError with one clear line."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        sources.update(dict.fromkeys(values, str(path)))
+    env = env_overrides(environ)
+    values.update(env)
+    sources.update({key: ENV_PREFIX + key.upper() for key in env})
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(flags)
+    sources.update(dict.fromkeys(flags, "command line"))
+    try:
+        return AgentConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, values, sources)) from None

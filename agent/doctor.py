@@ -1,0 +1,242 @@
+"""`edge-agent doctor`: the checks a field technician runs first, each with the fix for what fails."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib
+import importlib.metadata
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from agent.config import AgentConfig, ConfigError, load_config
+from protocol.link import BrokerAddress
+
+Outcome = Literal["ok", "warn", "fail", "skip"]
+
+RUNTIMES = {  # module: (distribution names to read the version from, extra that installs it)
+    "onnxruntime": (("onnxruntime", "onnxruntime-gpu"), "agent"),
+    "openvino": (("openvino",), "openvino"),
+    "ai_edge_litert": (("ai-edge-litert",), "tflite"),
+    "tflite_runtime": (("tflite-runtime",), "tflite"),
+}
+MIN_FREE_BYTES = 256 << 20
+WARN_FREE_BYTES = 1 << 30
+MIN_YEAR = 2024
+
+
+@dataclass
+class Check:
+    name: str
+    outcome: Outcome
+    detail: str
+    fix: str | None = None
+
+
+def check_config(path: Path | None, environ: Mapping[str, str] | None) -> tuple[Check, AgentConfig | None]:
+    where = str(path) if path else "defaults and EDGE_AGENT_* variables"
+    try:
+        cfg = load_config(path, {}, environ=environ)
+    except ConfigError as exc:
+        fix = f"edit {path}" if path else "fix the EDGE_AGENT_* variable"
+        return Check("config", "fail", str(exc), f"{fix}; systemd/agent.toml.example documents every key"), None
+    return Check("config", "ok", f"{where} is valid (device {cfg.device_id}, broker {cfg.broker})"), cfg
+
+
+def check_tcp(address: BrokerAddress, timeout: float) -> Check:
+    try:
+        with socket.create_connection((address.host, address.port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return Check(
+            "broker tcp",
+            "fail",
+            f"cannot connect to {address.host}:{address.port}: {reason}",
+            "check the broker URL in the config, that the broker runs and listens there, and firewalls/DNS between",
+        )
+    return Check("broker tcp", "ok", f"{address.host}:{address.port} accepts connections")
+
+
+def check_mqtt(cfg: AgentConfig, address: BrokerAddress, timeout: float) -> Check:
+    """CONNECT with the configured credentials and TLS; report the CONNACK."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    username = cfg.username or address.username
+    password = cfg.password if cfg.username else address.password
+    versions = {"5": [mqtt.MQTTv5], "3.1.1": [mqtt.MQTTv311]}.get(cfg.mqtt_protocol, [mqtt.MQTTv5, mqtt.MQTTv311])
+    last = "no CONNACK"
+    for version in versions:
+        result: dict[str, object] = {}
+        done = threading.Event()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"edge-agent-doctor-{cfg.device_id}-{os.getpid()}", protocol=version
+        )
+        if username:
+            client.username_pw_set(username, password)
+        if address.tls or cfg.ca_file or cfg.cert_file:
+            try:
+                client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                return Check("broker mqtt", "fail", f"TLS setup failed: {exc}", "check ca_file, cert_file, key_file")
+
+        def on_connect(client, userdata, flags, reason_code, properties, result=result, done=done):
+            result["code"] = reason_code
+            done.set()
+
+        client.on_connect = on_connect
+        try:
+            client.connect(address.host, address.port, keepalive=10)
+        except ssl.SSLError as exc:
+            return Check(
+                "broker mqtt",
+                "fail",
+                f"TLS handshake with {address} failed: {exc.reason or exc}",
+                "check ca_file (the broker's CA), the broker's certificate name, and the device clock",
+            )
+        except OSError as exc:
+            return Check("broker mqtt", "fail", f"connect to {address} failed: {exc}", "check the broker URL")
+        client.loop_start()
+        try:
+            answered = done.wait(timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            client.loop_stop()
+        label = "5" if version == mqtt.MQTTv5 else "3.1.1"
+        if not answered:
+            last = f"no CONNACK to MQTT {label} within {timeout:.0f}s"
+            continue
+        code = result["code"]
+        if not code.is_failure:
+            who = f" as {username}" if username else " anonymously"
+            return Check("broker mqtt", "ok", f"{address} accepted MQTT {label}{who}")
+        last = f"{address} refused MQTT {label}: {code}"
+        text = str(code).lower()
+        if "protocol" in text and version != versions[-1]:
+            continue
+        if "authori" in text or "password" in text or "user name" in text:
+            return Check("broker mqtt", "fail", last, "check username and password (or the broker's ACL for this id)")
+        break
+    return Check("broker mqtt", "fail", last, "check the broker's logs; set mqtt_protocol if it speaks only one")
+
+
+def check_data_dir(data_dir: Path) -> list[Check]:
+    existing = data_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if data_dir.exists():
+            with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".doctor-"):
+                pass
+            writable = Check("data dir", "ok", f"{data_dir} is writable")
+        elif os.access(existing, os.W_OK | os.X_OK):
+            writable = Check("data dir", "ok", f"{data_dir} does not exist yet; {existing} lets the agent create it")
+        else:
+            raise PermissionError(f"{data_dir} does not exist and {existing} is not writable")
+    except OSError as exc:
+        writable = Check(
+            "data dir",
+            "fail",
+            f"{data_dir} is not writable: {exc}",
+            "run as the service user; the unit's StateDirectory= creates it (or: chown edge-agent DIR)",
+        )
+    free = shutil.disk_usage(existing).free
+    shown = f"{free / (1 << 30):.1f} GiB free on {existing}"
+    if free < MIN_FREE_BYTES:
+        space = Check("free space", "fail", shown, "free disk space, or lower keep_versions to keep fewer versions")
+    elif free < WARN_FREE_BYTES:
+        space = Check("free space", "warn", shown, "models need room for two versions each; consider freeing space")
+    else:
+        space = Check("free space", "ok", shown)
+    return [writable, space]
+
+
+def _version(module, dists: tuple[str, ...]) -> str:
+    for dist in dists:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(dist)
+    return str(getattr(module, "__version__", "unknown version"))
+
+
+def check_runtimes() -> list[Check]:
+    checks = []
+    for name, (dists, extra) in RUNTIMES.items():
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            missing = isinstance(exc, ModuleNotFoundError) and exc.name == name
+            detail = "not installed" if missing else f"installed but does not import: {exc}"
+            fix = f"pip install 'edgefleet[{extra}]' if this device should use it"
+            checks.append(Check(f"runtime {name}", "skip" if missing else "fail", detail, fix))
+        except Exception as exc:  # a broken native library
+            checks.append(Check(f"runtime {name}", "fail", f"import failed: {exc!r}", f"reinstall edgefleet[{extra}]"))
+        else:
+            checks.append(Check(f"runtime {name}", "ok", f"{name} {_version(module, dists)}"))
+    if not any(c.outcome == "ok" for c in checks):
+        checks.append(
+            Check("runtimes", "fail", "no inference runtime imports", "pip install 'edgefleet[agent]' (ONNX Runtime)")
+        )
+    return checks
+
+
+def check_clock(now: dt.datetime | None = None) -> Check:
+    now = now or dt.datetime.now(dt.UTC)
+    if now.year < MIN_YEAR:
+        return Check(
+            "clock",
+            "fail",
+            f"the clock says {now:%Y-%m-%d %H:%M} UTC",
+            "enable time sync (timedatectl set-ntp true); TLS certificates fail with a wrong clock",
+        )
+    return Check("clock", "ok", f"{now:%Y-%m-%d %H:%M} UTC")
+
+
+def run_checks(path: Path | None, environ: Mapping[str, str] | None = None, timeout: float = 5.0) -> list[Check]:
+    config_check, cfg = check_config(path, environ)
+    checks = [config_check]
+    if cfg is None:
+        checks.append(Check("broker", "skip", "config invalid"))
+    else:
+        address = BrokerAddress.parse(cfg.broker)
+        tcp = check_tcp(address, timeout)
+        checks.append(tcp)
+        if tcp.outcome == "ok":
+            checks.append(check_mqtt(cfg, address, timeout))
+        else:
+            checks.append(Check("broker mqtt", "skip", "broker not reachable over TCP"))
+        checks.extend(check_data_dir(Path(cfg.data_dir)))
+    checks.extend(check_runtimes())
+    checks.append(check_clock())
+    return checks
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(c.outcome == "fail" for c in checks)
+
+
+MARKS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]", "skip": "[ -- ]"}
+
+
+def render(checks: list[Check]) -> str:
+    lines = []
+    for c in checks:
+        lines.append(f"{MARKS[c.outcome]} {c.name}: {c.detail}")
+        if c.fix and c.outcome in ("fail", "warn"):
+            lines.append(f"       fix: {c.fix}")
+    bad = sum(c.outcome == "fail" for c in checks)
+    lines.append(f"{bad} check(s) failed" if bad else "all checks passed")
+    return "\n".join(lines)
+
+
+def as_dicts(checks: list[Check]) -> list[dict]:
+    return [asdict(c) for c in checks]

@@ -1,0 +1,200 @@
+"""Pulls one artifact over MQTT in pipelined chunks, appending in order to a resumable partial file and hashing as it
+goes, so verification costs nothing extra and a restart continues where the last run stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.store import ModelStore
+from protocol import QOS, ArtifactRequest, ChunkHeader, ProtocolError, Topics, decode_frame
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes, int], object]
+Progress = Callable[[int, int], None]
+
+
+# Write the download back to disk while it arrives, every this many bytes, so that the fsync in ModelStore.commit
+# finds almost nothing left to do instead of the whole artifact (about 0.15 s for 50 MB on a cloud disk).
+WRITEBACK_BYTES = 8 << 20
+
+
+class FetchError(RuntimeError):
+    """The controller could not supply the artifact; the message is its reason."""
+
+
+class FetchCancelled(RuntimeError):
+    """The download was superseded (a newer deployment) or the agent is stopping."""
+
+
+@dataclass
+class _Transfer:
+    sha256: str
+    size: int
+    inbox: queue.Queue[tuple[ChunkHeader, memoryview]] = field(default_factory=queue.Queue)
+    pending: dict[int, str] = field(default_factory=dict)  # offset -> request id
+
+
+class ArtifactFetcher:
+    """One transfer at a time (the agent deploys serially); chunks for anything else are ignored."""
+
+    def __init__(
+        self,
+        publish: Publish,
+        topics: Topics,
+        device_id: str,
+        store: ModelStore,
+        *,
+        connected: threading.Event,
+        chunk_bytes: int,
+        window: int,
+        request_timeout: float,
+    ) -> None:
+        self.publish = publish
+        self.store = store
+        self.connected = connected
+        self.chunk_bytes = chunk_bytes
+        self.window = window
+        self.request_timeout = request_timeout
+        self.request_topic = topics.device(device_id, "artifact/request")
+        self.reply_topic = topics.device(device_id, "artifact/chunk")
+        self._active: _Transfer | None = None
+        self._resend = threading.Event()
+
+    def handle_chunk(self, payload: bytes) -> None:
+        """MQTT thread: hand a chunk to the running transfer."""
+        try:
+            header, data = decode_frame(payload)
+        except ProtocolError as exc:
+            log.warning("dropped artifact chunk: %s", exc)
+            return
+        active = self._active
+        if active is None or header.sha256 != active.sha256:
+            return
+        active.inbox.put((header, data))  # a view of the payload: no copy
+
+    def on_reconnect(self) -> None:
+        """Requests in flight during a disconnect are lost with the session: ask again at once."""
+        self._resend.set()
+
+    def fetch(self, sha256: str, size: int, progress: Progress, cancel: threading.Event) -> None:
+        """Download into the store (verified) or raise FetchError / VerifyError / FetchCancelled."""
+        offset, hasher = self.store.resume_point(sha256, self.chunk_bytes)
+        if offset > size:
+            self.store.partial_path(sha256).unlink()
+            offset, hasher = self.store.resume_point(sha256, self.chunk_bytes)
+        if offset:
+            log.info("resuming download of %s… at %d of %d bytes", sha256[:12], offset, size)
+        transfer = _Transfer(sha256, size)
+        self._active = transfer
+        try:
+            with open(self.store.partial_path(sha256), "ab") as out, _Writeback(out.fileno()) as writeback:
+                self._pump(transfer, out, offset, size, hasher, progress, cancel, writeback)
+        finally:
+            self._active = None
+        self.store.commit(sha256, hasher.hexdigest())
+
+    def _pump(
+        self, t: _Transfer, out, offset: int, size: int, hasher, progress: Progress, cancel, writeback: _Writeback
+    ) -> None:
+        received: dict[int, memoryview] = {}
+        next_offset = offset
+        progress(offset, size)
+        while offset < size:
+            if cancel.is_set():
+                raise FetchCancelled("download cancelled")
+            if not self.connected.is_set():
+                self.connected.wait(0.5)
+                continue
+            if self._resend.is_set():
+                self._resend.clear()
+                self._request_again(t)
+            while len(t.pending) + len(received) < self.window and next_offset < size:
+                self._request(t, next_offset)
+                next_offset += self.chunk_bytes
+            try:
+                header, data = t.inbox.get(timeout=self.request_timeout)
+            except queue.Empty:
+                log.warning("no chunk for %.0fs; asking again for %d chunk(s)", self.request_timeout, len(t.pending))
+                self._request_again(t)
+                continue
+            if header.error is not None:
+                raise FetchError(f"controller: {header.error.message}")
+            if t.pending.get(header.offset) != header.request_id:
+                continue  # duplicate or stale answer
+            del t.pending[header.offset]
+            received[header.offset] = data
+            while offset in received:
+                block = received.pop(offset)
+                out.write(block)
+                hasher.update(block)
+                offset += len(block)
+                writeback.wrote(len(block))
+                progress(offset, size)
+        out.flush()
+
+    def _request(self, t: _Transfer, offset: int) -> None:
+        request_id = uuid.uuid4().hex[:16]
+        t.pending[offset] = request_id
+        length = min(self.chunk_bytes, t.size - offset)
+        req = ArtifactRequest(
+            request_id=request_id, reply_to=self.reply_topic, sha256=t.sha256, offset=offset, length=length
+        )
+        self.publish(self.request_topic, req.encode(), QOS["artifact/request"])
+
+    def _request_again(self, t: _Transfer) -> None:
+        for offset in sorted(t.pending):
+            self._request(t, offset)
+
+
+class _Writeback:
+    """fdatasync on a helper thread after every WRITEBACK_BYTES written: the disk writes while the network delivers,
+    and no download thread waits for it. A write-back error fails the download: the kernel reports it only once, to
+    this descriptor, so the fsync in ModelStore.commit would not see it."""
+
+    def __init__(self, fd: int, every: int = WRITEBACK_BYTES) -> None:
+        self.fd = fd
+        self.every = every
+        self.error: OSError | None = None
+        self._unsynced = 0
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
+
+    def __enter__(self) -> _Writeback:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._closing = True
+        self._wake.set()
+        self._thread.join()  # before the file is closed: never sync a descriptor number that was reused
+        if self.error is not None and exc_type is None:
+            raise self.error
+
+    def wrote(self, n: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self._unsynced += n
+        if self._unsynced >= self.every:
+            self._unsynced = 0
+            self._wake.set()
+
+    def _run(self) -> None:
+        sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                sync(self.fd)
+            except OSError as exc:
+                self.error = exc
+                return

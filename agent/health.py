@@ -1,0 +1,88 @@
+"""Watches a freshly swapped-in model version for a while, and compares it with the version it replaces, so a bad
+model is rolled back before it does harm: errors, NaN/Inf outputs, or a latency regression on the same backend."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from targets.tensors import synthetic_inputs
+
+if TYPE_CHECKING:
+    from agent.serving import LoadedModel
+
+BENCH_RUNS = 30
+MIN_REGRESSION_MS = 0.5  # below this the difference is noise, whatever the percentage
+
+
+def nonfinite_output(outputs: dict[str, Any]) -> str | None:
+    """Name the first floating-point output holding NaN or Inf."""
+    import numpy as np
+
+    for name, value in outputs.items():
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return f"output {name!r} holds NaN/Inf"
+    return None
+
+
+class HealthWatch:
+    """Counts what real requests to the new version show during `window_s`; `problem` says why it is unhealthy."""
+
+    def __init__(self, window_s: float, max_errors: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.until = clock() + window_s
+        self.max_errors = max_errors
+        self.requests = 0
+        self.errors = 0
+        self.problem: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self.problem is None and self.clock() < self.until
+
+    @property
+    def passed(self) -> bool:
+        return self.problem is None and self.clock() >= self.until
+
+    def observe(self, outputs: dict[str, Any]) -> None:
+        bad = nonfinite_output(outputs)
+        with self._lock:
+            self.requests += 1
+            if bad and self.problem is None:
+                self.problem = f"{bad} on a live request"
+
+    def error(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            if self.errors >= self.max_errors and self.problem is None:
+                self.problem = f"{self.errors} inference errors within the health window; last: {exc}"
+
+
+def p95_ms(model: LoadedModel, inputs: dict[str, Any], runs: int = BENCH_RUNS) -> float:
+    import numpy as np
+
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        model.backend.infer(inputs)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(times, 95))
+
+
+def latency_regression(new: LoadedModel, old: LoadedModel, max_pct: float) -> str | None:
+    """Compare p95 on synthetic inputs, interleaved in one go so load on the box hits both alike."""
+    if new.backend.label != old.backend.label:
+        return None  # different backends: the selection already chose the fastest for the new version
+    new_inputs, old_inputs = synthetic_inputs(new.backend.inputs), synthetic_inputs(old.backend.inputs)
+    new_p95 = min(p95_ms(new, new_inputs, BENCH_RUNS // 3) for _ in range(3))
+    old_p95 = min(p95_ms(old, old_inputs, BENCH_RUNS // 3) for _ in range(3))
+    if new_p95 > old_p95 * (1 + max_pct / 100) and new_p95 - old_p95 > MIN_REGRESSION_MS:
+        return (
+            f"p95 latency {new_p95:.2f} ms vs {old_p95:.2f} ms for version {old.version} on {old.backend.label} "
+            f"(+{(new_p95 / old_p95 - 1) * 100:.0f}%, limit +{max_pct:.0f}%)"
+        )
+    return None

@@ -1,0 +1,208 @@
+"""Content-addressed model store on the device: verified artifacts by sha256, resumable partial downloads, and the
+record of what serves (and served before) each model, all written atomically so a crash never leaves a bad file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class VerifyError(RuntimeError):
+    """Downloaded bytes do not hash to the expected sha256."""
+
+
+@dataclass
+class Installed:
+    """A verified version of a model that has served (or serves) on this device."""
+
+    version: str
+    sha256: str  # the artifact on disk
+    format: str = "onnx"
+    backend: str | None = None
+    variant: str | None = None  # optimized variant served instead of the original
+    desired_sha256: str | None = None  # the desired model this artifact stands for (None: itself)
+
+    @property
+    def identity(self) -> str:
+        return self.desired_sha256 or self.sha256
+
+
+@dataclass
+class ModelRecord:
+    """Per model: what serves now, and the versions before it (newest first) kept for rollback."""
+
+    serving: Installed | None = None
+    history: list[Installed] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)  # sha256 -> why it was rolled back (not tried again)
+
+    @property
+    def previous(self) -> Installed | None:
+        return self.history[0] if self.history else None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory: readers see the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def sha256_file(path: Path, limit: int | None = None) -> hashlib._Hash:
+    """Hash the first `limit` bytes of a file (all of it by default)."""
+    h = hashlib.sha256()
+    remaining = path.stat().st_size if limit is None else limit
+    with open(path, "rb") as f:
+        while remaining > 0:
+            block = f.read(min(1 << 20, remaining))
+            if not block:
+                break
+            h.update(block)
+            remaining -= len(block)
+    return h
+
+
+class ModelStore:
+    """Layout: `objects/<sha256>` (verified), `partial/<sha256>.part` (downloading), `models.json` (records)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.partial = root / "partial"
+        for d in (self.objects, self.partial):
+            d.mkdir(parents=True, exist_ok=True)
+        self._records_path = root / "models.json"
+        self.records: dict[str, ModelRecord] = self._load_records()
+
+    # -- objects -------------------------------------------------------------------------------------------------
+
+    def path(self, sha256: str) -> Path:
+        if not _SHA_RE.match(sha256):
+            raise ValueError(f"not a sha256 digest: {sha256!r}")
+        return self.objects / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def partial_path(self, sha256: str) -> Path:
+        self.path(sha256)  # validates the digest
+        return self.partial / f"{sha256}.part"
+
+    def resume_point(self, sha256: str, chunk_bytes: int) -> tuple[int, hashlib._Hash]:
+        """Bytes already downloaded (cut back to a chunk boundary) and the hash of exactly those bytes."""
+        part = self.partial_path(sha256)
+        if not part.exists():
+            return 0, hashlib.sha256()
+        size = part.stat().st_size
+        keep = size - size % chunk_bytes
+        if keep != size:
+            with open(part, "r+b") as f:
+                f.truncate(keep)
+        return keep, sha256_file(part, keep)
+
+    def commit(self, sha256: str, digest: str) -> Path:
+        """Move a finished download into the store if its digest matches; otherwise discard it."""
+        part = self.partial_path(sha256)
+        if digest != sha256:
+            part.unlink(missing_ok=True)
+            raise VerifyError(f"sha256 mismatch: expected {sha256[:12]}…, downloaded bytes hash to {digest[:12]}…")
+        with open(part, "rb") as f:
+            os.fsync(f.fileno())
+        target = self.path(sha256)
+        os.replace(part, target)
+        fsync_dir(self.objects)
+        return target
+
+    def verify(self, sha256: str) -> bool:
+        """Re-hash a stored object (used at start-up, so a corrupted file is never served)."""
+        return self.has(sha256) and sha256_file(self.path(sha256)).hexdigest() == sha256
+
+    # -- records -------------------------------------------------------------------------------------------------
+
+    def _load_records(self) -> dict[str, ModelRecord]:
+        if not self._records_path.exists():
+            return {}
+        try:
+            raw = json.loads(self._records_path.read_text())
+            return {
+                name: ModelRecord(
+                    serving=Installed(**rec["serving"]) if rec.get("serving") else None,
+                    history=[Installed(**h) for h in rec.get("history", [])],
+                    rejected=dict(rec.get("rejected", {})),
+                )
+                for name, rec in raw.items()
+            }
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("model records at %s are unreadable (%s); starting with none", self._records_path, exc)
+            return {}
+
+    def _save_records(self) -> None:
+        data = {name: asdict(rec) for name, rec in self.records.items()}
+        atomic_write(self._records_path, json.dumps(data, indent=1).encode())
+
+    def mark_serving(self, name: str, installed: Installed) -> None:
+        """Record a successful swap: the old serving version becomes the previous one."""
+        rec = self.records.setdefault(name, ModelRecord())
+        if rec.serving and rec.serving.sha256 != installed.sha256:
+            rec.history = [rec.serving] + [h for h in rec.history if h.sha256 not in (rec.serving.sha256,)]
+        rec.history = [h for h in rec.history if h.sha256 != installed.sha256]
+        rec.serving = installed
+        self._save_records()
+
+    def reject(self, name: str, sha256: str, reason: str) -> None:
+        """Remember that a version was rolled back, so the same desired state does not deploy it again."""
+        rec = self.records.setdefault(name, ModelRecord())
+        rec.history = [h for h in rec.history if sha256 not in (h.sha256, h.identity)]
+        rec.rejected = {**dict(list(rec.rejected.items())[-7:]), sha256: reason}
+        self._save_records()
+
+    def rejection(self, name: str, sha256: str) -> str | None:
+        rec = self.records.get(name)
+        return rec.rejected.get(sha256) if rec else None
+
+    def forget(self, name: str) -> None:
+        if self.records.pop(name, None) is not None:
+            self._save_records()
+
+    # -- retention -----------------------------------------------------------------------------------------------
+
+    def collect_garbage(self, keep_versions: int, pinned: set[str] = frozenset()) -> list[str]:
+        """Remove objects no model keeps; per model keep serving + previous + up to keep_versions in all."""
+        keep = set(pinned)
+        for rec in self.records.values():
+            kept = ([rec.serving] if rec.serving else []) + rec.history
+            n = max(keep_versions, 2)
+            rec.history = rec.history[: max(n - (1 if rec.serving else 0), 1)]
+            keep.update(i.sha256 for i in kept[:n])
+        self._save_records()
+        removed = []
+        for obj in self.objects.iterdir():
+            if obj.name not in keep and _SHA_RE.match(obj.name):
+                obj.unlink(missing_ok=True)
+                removed.append(obj.name)
+        for part in self.partial.iterdir():
+            if part.name.removesuffix(".part") not in keep:
+                part.unlink(missing_ok=True)
+        if removed:
+            log.info("removed %d old artifact(s) from %s", len(removed), self.objects)
+        return removed

@@ -1,0 +1,87 @@
+"""The embedded MQTT broker (amqtt, MQTT 3.1.1) run in its own thread, so the controller needs nothing installed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+
+log = logging.getLogger(__name__)
+
+
+class BrokerStartError(RuntimeError):
+    pass
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class EmbeddedBroker:
+    """amqtt in a background event loop. Clients must speak MQTT 3.1.1 (agents fall back automatically)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._broker = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        if not port_free(self.host, self.port):
+            raise BrokerStartError(
+                f"cannot start the embedded broker: {self.host}:{self.port} is already in use "
+                f"(another broker running? use --broker mqtt://{self.host}:{self.port} to use it, "
+                "or --broker embedded:PORT for another port)"
+            )
+        ready = threading.Event()
+        errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(ready, errors), name="embedded-broker", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise BrokerStartError("the embedded broker did not start in time")
+        if errors:
+            raise BrokerStartError(f"the embedded broker failed to start: {errors[0]}")
+        log.info("embedded MQTT broker listening on %s", self.url)
+
+    def _run(self, ready: threading.Event, errors: list[BaseException]) -> None:
+        from amqtt.broker import Broker
+
+        async def main() -> None:
+            config = {
+                "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 1000}},
+                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            }
+            self._broker = Broker(config)
+            try:
+                await self._broker.start()
+            except BaseException as exc:
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self._stopped = asyncio.Event()
+            await self._stopped.wait()
+            await self._broker.shutdown()
+
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(main())
+        finally:
+            self._loop.close()
+
+    def stop(self) -> None:
+        if self._loop and self._thread and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopped.set)
+            self._thread.join(timeout=10)

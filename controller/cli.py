@@ -1,0 +1,158 @@
+"""`edge-controller`: the cloud side of the fleet."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent.logs import setup_logging
+
+app = typer.Typer(help="Edge controller: model registry, deployments and the fleet's MQTT side.", add_completion=False)
+log = logging.getLogger("controller")
+
+
+@app.callback()
+def _root() -> None:
+    """Edge controller: model registry, deployments and the fleet's MQTT side."""
+
+
+@app.command()
+def serve(
+    broker: Annotated[
+        str, typer.Option(help="'embedded' (in-process, port 1883), 'embedded:PORT', or mqtt://HOST:PORT.")
+    ] = "embedded",
+    db: Annotated[
+        str | None, typer.Option(help="sqlite:///PATH or postgresql://USER@HOST/DB (default: SQLite in data dir).")
+    ] = None,
+    http: Annotated[str, typer.Option(help="HOST:PORT for the HTTP API.")] = "127.0.0.1:8400",
+    data_dir: Annotated[Path, typer.Option(help="Artifacts and the default database.")] = Path("./controller-data"),
+    topic_prefix: Annotated[str, typer.Option(help="MQTT topic prefix shared with the agents.")] = "edge",
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(help="Ed25519 private key (PEM, from `edge-controller keygen`): sign every deployment with it."),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the API token; when set (or EDGE_CONTROLLER_TOKEN is), the API requires "
+            "'Authorization: Bearer TOKEN'."
+        ),
+    ] = None,
+) -> None:
+    """Run the controller until interrupted."""
+    import os
+
+    from controller.broker import BrokerStartError
+    from controller.service import Controller, ControllerSettings, ControllerStartError
+
+    setup_logging(log_level.upper())
+    token = os.environ.get("EDGE_CONTROLLER_TOKEN") or None
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            typer.echo(f"edge-controller: cannot read --token-file {token_file}: {exc.strerror}", err=True)
+            raise typer.Exit(1) from None
+    settings = ControllerSettings(
+        data_dir=data_dir,
+        broker=broker,
+        db=db,
+        http=http,
+        topic_prefix=topic_prefix,
+        signing_key=signing_key,
+        token=token,
+    )
+    try:
+        controller = Controller(settings)
+        controller.start_messaging()
+    except (BrokerStartError, ControllerStartError, ValueError) as exc:
+        typer.echo(f"edge-controller: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:  # e.g. database unreachable
+        typer.echo(f"edge-controller: cannot start: {exc}", err=True)
+        raise typer.Exit(1) from None
+    log.info("controller API on http://%s (broker %s)", http, controller.broker_url)
+    run_until_signal(controller)
+
+
+@app.command()
+def acl(
+    topic_prefix: Annotated[str, typer.Option(help="MQTT topic prefix shared with the agents.")] = "edge",
+    controller_user: Annotated[str, typer.Option(help="Broker username of the controller.")] = "edge-controller",
+    output_format: Annotated[str, typer.Option("--format", help="mosquitto or emqx.")] = "mosquitto",
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Write broker ACL rules confining each device (username = device id) to its own topics."""
+    from controller.acl import emqx_acl, mosquitto_acl
+
+    writers = {"mosquitto": mosquitto_acl, "emqx": emqx_acl}
+    if output_format not in writers:
+        typer.echo(f"edge-controller: --format must be one of {', '.join(writers)}", err=True)
+        raise typer.Exit(2)
+    try:
+        text = writers[output_format](topic_prefix, controller_user)
+    except ValueError as exc:
+        typer.echo(f"edge-controller: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {output_format} ACL for prefix {topic_prefix!r} to {out}", err=True)
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="Where to write the Ed25519 private key (PEM, mode 600).")],
+) -> None:
+    """Create a deployment signing key; prints the public key that agents list in `trusted_keys`."""
+    from protocol.signing import Signer
+
+    if out.exists():
+        typer.echo(f"edge-controller: {out} exists; refusing to overwrite a signing key", err=True)
+        raise typer.Exit(1)
+    signer = Signer.generate()
+    signer.save(out)
+    typer.echo(f"wrote signing key {signer.key_id} to {out}", err=True)
+    typer.echo(signer.public_key_b64)
+
+
+def run_until_signal(controller) -> None:
+    """Serve HTTP on a thread; the main thread tells systemd READY/STATUS and pings the watchdog while it is healthy."""
+    import signal
+    import threading
+
+    from agent.systemd_notify import Notifier
+    from controller.service import BackgroundHttp
+
+    notifier = Notifier()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    http = BackgroundHttp(controller)
+    try:
+        notifier.ready(f"serving HTTP on {http.url}; broker {controller.broker_url}")
+        interval = notifier.watchdog_interval or 5.0
+        while not stop.wait(interval):
+            if not http.thread.is_alive():
+                log.error("the HTTP server stopped; exiting so systemd restarts the controller")
+                break
+            connected = controller.fleet.connected
+            notifier.status(f"serving HTTP on {http.url}; broker {'connected' if connected else 'unreachable'}")
+            notifier.watchdog()
+    finally:
+        notifier.stopping("shutting down")
+        http.stop()
+        controller.stop()
+
+
+def main() -> None:
+    app(prog_name="edge-controller")
+
+
+if __name__ == "__main__":
+    main()

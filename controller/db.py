@@ -1,0 +1,437 @@
+"""The controller's database: model registry, device registry and deployments (SQLAlchemy Core: SQLite by default,
+PostgreSQL by URL, one schema for both)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("filename", sa.String(256), nullable=False, default=""),
+    sa.Column("info", sa.JSON, nullable=False, default=dict),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("online", sa.Boolean, nullable=False, default=False),
+    sa.Column("hardware", sa.JSON, nullable=False, default=dict),
+    sa.Column("agent_version", sa.String(32), nullable=False, default=""),
+    sa.Column("api_url", sa.String(256)),
+    sa.Column("state", sa.JSON, nullable=False, default=list),
+    sa.Column("generation", sa.Integer, nullable=False, default=0),
+    sa.Column("first_seen", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+)
+
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id"), primary_key=True),
+    sa.Column("model_name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("backend", sa.String(64)),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Optimized variants of a registered model version (built by converters on the controller), each content-addressed
+# in the artifact store, with its conversion report; `passed` says it met the accuracy thresholds.
+variants = sa.Table(
+    "variants",
+    metadata,
+    sa.Column("model_name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("variant", sa.String(64), primary_key=True),
+    sa.Column("sha256", sa.String(64)),  # None when the variant could not be built
+    sa.Column("size", sa.BigInteger, nullable=False, default=0),
+    sa.Column("format", sa.String(16), nullable=False, default="onnx"),
+    sa.Column("report", sa.JSON, nullable=False, default=dict),
+    sa.Column("passed", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Which variants travel with a deployment (a JSON list of variant names; a table of its own so databases made before
+# variants existed need no migration).
+deployment_variants = sa.Table(
+    "deployment_variants",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(128), primary_key=True),
+    sa.Column("variants", sa.JSON, nullable=False, default=list),
+)
+
+# One row per telemetry message: the message's JSON as received; (device_id, ts) is unique, so a sample replayed
+# twice (queued on the device, then also resent by the MQTT client) is stored once.
+telemetry = sa.Table(
+    "telemetry",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.UniqueConstraint("device_id", "ts", name="uq_telemetry_device_ts"),
+)
+sa.Index("ix_telemetry_ts", telemetry.c.ts)
+
+# Output statistics a model version showed first on a device: what drift is measured against.
+drift_baselines = sa.Table(
+    "drift_baselines",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("output", sa.String(128), primary_key=True),
+    sa.Column("mean", sa.Float, nullable=False),
+    sa.Column("std", sa.Float, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+class Conflict(ValueError):
+    """The request contradicts what is stored (e.g. a version re-used for different bytes)."""
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    version: str
+    sha256: str
+    size: int
+    format: str
+    filename: str
+    info: dict[str, Any]
+    created_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class VariantRow:
+    model_name: str
+    version: str
+    variant: str
+    sha256: str | None
+    size: int
+    format: str
+    report: dict[str, Any]
+    passed: bool
+    created_at: float
+
+    @property
+    def ok(self) -> bool:
+        """Built (it has an artifact), whether or not it passed."""
+        return bool(self.sha256)
+
+    def failure(self) -> str:
+        """Why it may not be deployed without --force: the failed metrics, or the build error."""
+        if not self.ok:
+            return f"could not be built: {self.report.get('error') or 'unknown error'}"
+        return "; ".join(self.report.get("failed_metrics") or []) or "below the accuracy threshold"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the URL; SQLite gets WAL and a busy timeout so API and MQTT threads share it."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    """All reads and writes the controller makes; each method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- models --------------------------------------------------------------------------------------------------
+
+    def add_model(self, row: ModelRow) -> ModelRow:
+        """Register a version; the same bytes again are a no-op, different bytes under the same version a Conflict."""
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                sa.select(models).where(models.c.name == row.name, models.c.version == row.version)
+            ).first()
+            if existing is not None:
+                if existing.sha256 != row.sha256:
+                    raise Conflict(
+                        f"model {row.name} version {row.version} already exists with sha256 {existing.sha256[:12]}…;"
+                        " push it under a new version"
+                    )
+                return ModelRow(**existing._mapping)
+            conn.execute(models.insert().values(**row.as_dict()))
+        return row
+
+    def find_model_by_sha(self, name: str, sha256: str) -> ModelRow | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(models).where(models.c.name == name, models.c.sha256 == sha256)).first()
+        return ModelRow(**r._mapping) if r else None
+
+    def next_version(self, name: str) -> str:
+        """The next integer version for a model pushed without --version."""
+        with self.engine.connect() as conn:
+            versions = conn.execute(sa.select(models.c.version).where(models.c.name == name)).scalars().all()
+        numbers = [int(v) for v in versions if v.isdigit()]
+        return str(max(numbers, default=0) + 1)
+
+    def get_model(self, name: str, version: str | None = None) -> ModelRow | None:
+        """A version, or the newest version when `version` is None."""
+        query = sa.select(models).where(models.c.name == name)
+        query = query.where(models.c.version == version) if version else query.order_by(models.c.created_at.desc())
+        with self.engine.connect() as conn:
+            r = conn.execute(query).first()
+        return ModelRow(**r._mapping) if r else None
+
+    def list_models(self) -> list[ModelRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(models).order_by(models.c.name, models.c.created_at)).all()
+        return [ModelRow(**r._mapping) for r in rows]
+
+    # -- variants ------------------------------------------------------------------------------------------------
+
+    def put_variant(self, row: VariantRow) -> VariantRow:
+        """Register (or replace) one variant of a model version."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                variants.delete().where(
+                    variants.c.model_name == row.model_name,
+                    variants.c.version == row.version,
+                    variants.c.variant == row.variant,
+                )
+            )
+            conn.execute(variants.insert().values(**row.as_dict()))
+        return row
+
+    def list_variants(self, name: str | None = None, version: str | None = None) -> list[VariantRow]:
+        query = sa.select(variants).order_by(variants.c.model_name, variants.c.version, variants.c.variant)
+        if name is not None:
+            query = query.where(variants.c.model_name == name)
+        if version is not None:
+            query = query.where(variants.c.version == version)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [VariantRow(**r._mapping) for r in rows]
+
+    # -- devices -------------------------------------------------------------------------------------------------
+
+    def record_presence(
+        self, device_id: str, online: bool, hardware: dict, agent_version: str, api_url: str | None
+    ) -> None:
+        now = time.time()
+        values: dict[str, Any] = {"online": online, "last_seen": now}
+        if online:
+            values.update(hardware=hardware, agent_version=agent_version, api_url=api_url)
+        with self.engine.begin() as conn:
+            updated = conn.execute(devices.update().where(devices.c.id == device_id).values(**values)).rowcount
+            if not updated:
+                conn.execute(
+                    devices.insert().values(
+                        id=device_id,
+                        state=[],
+                        generation=0,
+                        first_seen=now,
+                        hardware=hardware,
+                        agent_version=agent_version,
+                        api_url=api_url,
+                        **{k: v for k, v in values.items() if k not in ("hardware", "agent_version", "api_url")},
+                    )
+                )
+
+    def record_state(self, device_id: str, models_state: list[dict]) -> bool:
+        """Store a device's reported model states; False when the device is unknown."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                devices.update()
+                .where(devices.c.id == device_id)
+                .values(state=models_state, last_seen=time.time(), online=True)
+            )
+        return bool(result.rowcount)
+
+    def mark_all_offline(self) -> None:
+        """At start-up nothing is known to be online until its presence arrives."""
+        with self.engine.begin() as conn:
+            conn.execute(devices.update().values(online=False))
+
+    def get_device(self, device_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(devices).where(devices.c.id == device_id)).first()
+        return dict(r._mapping) if r else None
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(devices).order_by(devices.c.id)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def known_devices(self, ids: list[str]) -> set[str]:
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(devices.c.id).where(devices.c.id.in_(ids))).scalars().all()
+        return set(found)
+
+    # -- deployments ---------------------------------------------------------------------------------------------
+
+    def set_deployment(
+        self, device_id: str, model: ModelRow, backend: str | None, variant_names: list[str] | None = None
+    ) -> int:
+        """Make `model` the desired version on the device (with these variants of it); returns the device's new
+        desired generation."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            key = (deployments.c.device_id == device_id) & (deployments.c.model_name == model.name)
+            conn.execute(deployments.delete().where(key))
+            vkey = (deployment_variants.c.device_id == device_id) & (deployment_variants.c.model_name == model.name)
+            conn.execute(deployment_variants.delete().where(vkey))
+            if variant_names:
+                conn.execute(
+                    deployment_variants.insert().values(
+                        device_id=device_id, model_name=model.name, variants=list(variant_names)
+                    )
+                )
+            conn.execute(
+                deployments.insert().values(
+                    device_id=device_id, model_name=model.name, version=model.version, backend=backend, created_at=now
+                )
+            )
+            conn.execute(devices.update().where(devices.c.id == device_id).values(generation=devices.c.generation + 1))
+            return conn.execute(sa.select(devices.c.generation).where(devices.c.id == device_id)).scalar_one()
+
+    def desired_models(self, device_id: str) -> list[tuple[ModelRow, str | None]]:
+        """The (model version, backend override) pairs a device should serve."""
+        query = (
+            sa.select(models, deployments.c.backend)
+            .join(
+                deployments,
+                (deployments.c.model_name == models.c.name) & (deployments.c.version == models.c.version),
+            )
+            .where(deployments.c.device_id == device_id)
+            .order_by(models.c.name)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        result = []
+        for r in rows:
+            m = dict(r._mapping)
+            backend = m.pop("backend")
+            result.append((ModelRow(**m), backend))
+        return result
+
+    def get_deployment(self, device_id: str, model_name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                sa.select(deployments).where(
+                    deployments.c.device_id == device_id, deployments.c.model_name == model_name
+                )
+            ).first()
+        return dict(r._mapping) if r else None
+
+    def deployed_variants(self, device_id: str) -> dict[str, list[VariantRow]]:
+        """model name -> the built variants of its desired version that travel with the deployment."""
+        with self.engine.connect() as conn:
+            wanted = conn.execute(
+                sa.select(deployments.c.model_name, deployments.c.version, deployment_variants.c.variants)
+                .join(
+                    deployment_variants,
+                    (deployment_variants.c.device_id == deployments.c.device_id)
+                    & (deployment_variants.c.model_name == deployments.c.model_name),
+                )
+                .where(deployments.c.device_id == device_id)
+            ).all()
+        result: dict[str, list[VariantRow]] = {}
+        for name, version, names in wanted:
+            rows = {v.variant: v for v in self.list_variants(name, version)}
+            result[name] = [rows[n] for n in names or [] if n in rows and rows[n].ok]
+        return result
+
+    def deployed_devices(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(deployments.c.device_id).distinct()).scalars().all())
+
+    # -- telemetry -----------------------------------------------------------------------------------------------
+
+    def _insert_ignoring_duplicates(self, table: sa.Table):
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            return table.insert()
+        return insert(table).on_conflict_do_nothing()
+
+    def insert_telemetry(self, rows: list[dict[str, Any]], baselines: list[dict[str, Any]] | None = None) -> None:
+        """One transaction for a batch: rows {device_id, ts, received_at, payload}; duplicates are ignored."""
+        with self.engine.begin() as conn:
+            if rows:
+                conn.execute(self._insert_ignoring_duplicates(telemetry), rows)
+            if baselines:
+                conn.execute(self._insert_ignoring_duplicates(drift_baselines), baselines)
+
+    def telemetry_since(self, device_id: str, since: float, limit: int = 10_000) -> list[tuple[float, str]]:
+        """(ts, payload JSON) of a device's samples with ts >= since, oldest first (the newest `limit`)."""
+        query = (
+            sa.select(telemetry.c.ts, telemetry.c.payload)
+            .where(telemetry.c.device_id == device_id, telemetry.c.ts >= since)
+            .order_by(telemetry.c.ts.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [(r.ts, r.payload) for r in reversed(rows)]
+
+    def count_telemetry(self, device_prefix: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(telemetry)
+        if device_prefix:
+            query = query.where(telemetry.c.device_id.startswith(device_prefix))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def prune_telemetry(self, before: float) -> int:
+        """Delete samples older than `before` (retention); returns how many went."""
+        with self.engine.begin() as conn:
+            return conn.execute(telemetry.delete().where(telemetry.c.ts < before)).rowcount or 0
+
+    def drift_baselines(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(drift_baselines)).all()]
+
+    def reset_drift_baseline(self, device_id: str, model: str | None = None) -> int:
+        query = drift_baselines.delete().where(drift_baselines.c.device_id == device_id)
+        if model:
+            query = query.where(drift_baselines.c.model == model)
+        with self.engine.begin() as conn:
+            return conn.execute(query).rowcount or 0

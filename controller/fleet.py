@@ -1,0 +1,279 @@
+"""The controller's MQTT side: tracks presence and state, publishes desired state, serves artifact chunks and makes
+request/response calls to devices."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from concurrent.futures import Future
+
+from controller import __version__
+from controller.artifacts import ArtifactStore
+from controller.db import Database
+from controller.telemetry import TelemetryIngest
+from controller.telemetry_mqtt import TelemetrySubscriber
+from protocol import (
+    QOS,
+    ArtifactRequest,
+    ChunkHeader,
+    ControllerPresence,
+    Desired,
+    DesiredModel,
+    DeviceState,
+    Presence,
+    Problem,
+    ProtocolError,
+    RpcRequest,
+    RpcResponse,
+    Topics,
+    VariantRef,
+    decode,
+    encode_frame,
+)
+from protocol.link import BrokerAddress, MqttLink, MqttProtocol, Will
+from protocol.signing import Signer
+
+log = logging.getLogger(__name__)
+
+
+class DeviceUnreachable(RuntimeError):
+    """The device did not answer in time (offline, or the broker is down)."""
+
+
+class Fleet:
+    def __init__(
+        self,
+        db: Database,
+        artifacts: ArtifactStore,
+        broker_url: str,
+        *,
+        prefix: str = "edge",
+        protocol: MqttProtocol = "auto",
+        chunk_workers: int = 2,
+        telemetry: TelemetryIngest | None = None,
+        signer: Signer | None = None,
+    ) -> None:
+        self.db = db
+        self.signer = signer
+        self.telemetry = telemetry or TelemetryIngest(db)
+        self.artifacts = artifacts
+        self.topics = Topics(prefix)
+        self._calls: dict[str, Future[RpcResponse]] = {}
+        self._chunk_requests: queue.Queue[tuple[str, ArtifactRequest] | None] = queue.Queue(maxsize=1024)
+        self._allowed: dict[str, set[str]] = {}  # device -> artifact digests it may fetch
+        offline = ControllerPresence(online=False, version=__version__).encode()
+        self.link = MqttLink(
+            BrokerAddress.parse(broker_url),
+            f"edge-controller-{uuid.uuid4().hex[:8]}",
+            subscriptions=[
+                (self.topics.all_devices("presence"), QOS["presence"]),
+                (self.topics.all_devices("state"), QOS["state"]),
+                (self.topics.all_devices("artifact/request"), QOS["artifact/request"]),
+                (self.topics.all_devices("rpc/response"), QOS["rpc/response"]),
+            ],
+            on_message=self._on_message,
+            on_connected=self._on_connected,
+            will=Will(self.topics.controller_presence, offline),
+            protocol=protocol,
+        )
+        # telemetry has a connection of its own: a lean reader that batches (see controller/telemetry_mqtt.py)
+        self.telemetry_link = TelemetrySubscriber(
+            self.link.address,
+            f"{self.link.client_id}-telemetry",
+            self.topics.all_devices("telemetry"),
+            self._on_telemetry,
+            will=(self.topics.controller_presence, offline),
+            on_subscribed=self._announce,
+        )
+        self._workers = [
+            threading.Thread(target=self._serve_chunks, name=f"chunks-{i}", daemon=True) for i in range(chunk_workers)
+        ]
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.db.mark_all_offline()
+        for device_id in self.db.deployed_devices():
+            self._allowed[device_id] = self._digests(device_id)
+        for w in self._workers:
+            w.start()
+        self.telemetry.start()
+        self.telemetry_link.start()
+        self.link.start()
+
+    def stop(self) -> None:
+        offline = ControllerPresence(online=False, version=__version__).encode()
+        self.link.stop(final=(self.topics.controller_presence, offline, 1, True))
+        for _ in self._workers:
+            self._chunk_requests.put(None)
+        self.telemetry_link.stop()
+        self.telemetry.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected.is_set()
+
+    def _on_connected(self) -> None:
+        """(Re)publish everything retained: an embedded broker starts empty after a restart."""
+        for device_id in self.db.deployed_devices():
+            self.publish_desired(device_id)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Retained online presence, once both connections are up: agents send telemetry only while the controller
+        is online (else they keep it on disk), so it must not say so before the telemetry subscription is active.
+        Either connection's will takes it back to offline."""
+        if self.link.connected.is_set() and self.telemetry_link.connected.is_set():
+            online = ControllerPresence(online=True, version=__version__)
+            self.link.publish(self.topics.controller_presence, online.encode(), 1, retain=True)
+
+    # -- desired state -------------------------------------------------------------------------------------------
+
+    def _digests(self, device_id: str) -> set[str]:
+        """Every artifact the device may fetch: its desired versions and their deployed variants."""
+        digests = {m.sha256 for m, _ in self.db.desired_models(device_id)}
+        for rows in self.db.deployed_variants(device_id).values():
+            digests.update(v.sha256 for v in rows if v.sha256)
+        return digests
+
+    def desired_model(self, model, backend: str | None, variant_rows=()) -> DesiredModel:
+        """The desired entry for a registered version, signed (with each variant) when a signing key is set."""
+        refs = [VariantRef(variant=v.variant, sha256=v.sha256, size=v.size, format=v.format) for v in variant_rows]
+        entry = DesiredModel(
+            name=model.name,
+            version=model.version,
+            sha256=model.sha256,
+            size=model.size,
+            format=model.format,
+            backend=backend,
+            variants=refs,
+        )
+        if self.signer is not None:
+            entry.signature = self.signer.sign(entry.manifest()).as_dict()
+            for ref in entry.variants:
+                ref.signature = self.signer.sign(entry.variant_manifest(ref)).as_dict()
+        return entry
+
+    def publish_desired(self, device_id: str) -> Desired:
+        device = self.db.get_device(device_id)
+        generation = device["generation"] if device else 0
+        wanted = self.db.desired_models(device_id)
+        variant_rows = self.db.deployed_variants(device_id)
+        desired = Desired(
+            device_id=device_id,
+            generation=generation,
+            models=[self.desired_model(m, backend, variant_rows.get(m.name, ())) for m, backend in wanted],
+        )
+        self._allowed[device_id] = {m.sha256 for m in desired.models} | {
+            v.sha256 for m in desired.models for v in m.variants
+        }
+        self.link.publish(self.topics.device(device_id, "desired"), desired.encode(), QOS["desired"], retain=True)
+        return desired
+
+    # -- incoming ------------------------------------------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parsed = self.topics.parse(topic)
+        if parsed is None:
+            return
+        device_id, kind = parsed
+        try:
+            if kind == "presence":
+                self._on_presence(device_id, decode(Presence, payload))
+            elif kind == "state":
+                self._on_state(device_id, decode(DeviceState, payload))
+            elif kind == "artifact/request":
+                self._queue_chunk(device_id, decode(ArtifactRequest, payload))
+            elif kind == "rpc/response":
+                self._on_rpc_response(decode(RpcResponse, payload))
+        except ProtocolError as exc:
+            log.warning("dropped %s message from %s: %s", kind, device_id, exc)
+
+    def _on_telemetry(self, batch: list[tuple[str, bytes]]) -> None:
+        """From the telemetry subscriber: (topic, payload) pairs; decoded and stored by the ingest thread."""
+        items = []
+        for topic, payload in batch:
+            parsed = self.topics.parse(topic)
+            if parsed is not None and parsed[1] == "telemetry":
+                items.append((parsed[0], payload))
+        if items:
+            self.telemetry.submit_many(items)
+
+    def _on_presence(self, device_id: str, presence: Presence) -> None:
+        if presence.device_id != device_id:
+            log.warning("dropped presence on %s's topic claiming to be %s", device_id, presence.device_id)
+            return
+        self.db.record_presence(device_id, presence.online, presence.hardware, presence.agent_version, presence.api_url)
+        log.info("device %s is %s", device_id, "online" if presence.online else "offline")
+
+    def _on_state(self, device_id: str, state: DeviceState) -> None:
+        if state.device_id != device_id:
+            return
+        self.db.record_state(device_id, [m.model_dump() for m in state.models])
+
+    def _queue_chunk(self, device_id: str, request: ArtifactRequest) -> None:
+        try:
+            self._chunk_requests.put_nowait((device_id, request))
+        except queue.Full:
+            log.warning("artifact request queue full; dropping a request from %s (it will ask again)", device_id)
+
+    def _serve_chunks(self) -> None:
+        while (item := self._chunk_requests.get()) is not None:
+            device_id, request = item
+            try:
+                self._serve_chunk(device_id, request)
+            except Exception:
+                log.exception("serving a chunk to %s failed", device_id)
+
+    def _serve_chunk(self, device_id: str, req: ArtifactRequest) -> None:
+        reply_to = self.topics.device(device_id, "artifact/chunk")
+        if req.reply_to != reply_to:
+            log.warning("dropped artifact request from %s: reply topic %r is not its own", device_id, req.reply_to)
+            return
+        header = ChunkHeader(request_id=req.request_id, sha256=req.sha256, offset=req.offset, length=0, total=0)
+        data = b""
+        if req.sha256 not in self._allowed.get(device_id, set()) or not self.artifacts.has(req.sha256):
+            header.error = Problem(
+                code="not_deployed", message=f"artifact {req.sha256[:12]}… is not deployed to device {device_id}"
+            )
+        else:
+            data, total = self.artifacts.read(req.sha256, req.offset, req.length)
+            header.length, header.total = len(data), total
+        self.link.publish(reply_to, encode_frame(header, data), QOS["artifact/chunk"])
+
+    # -- request / response --------------------------------------------------------------------------------------
+
+    def call(self, device_id: str, method: str, params: dict, timeout: float = 10.0) -> RpcResponse:
+        """Send one request to a device and wait for its response (correlated by id in the body)."""
+        if not self.connected:
+            raise DeviceUnreachable(f"the controller is not connected to the broker ({self.link.last_error})")
+        import time
+
+        request_id = uuid.uuid4().hex
+        reply_to = self.topics.device(device_id, "rpc/response")
+        future: Future[RpcResponse] = Future()
+        self._calls[request_id] = future
+        request = RpcRequest(
+            id=request_id, reply_to=reply_to, method=method, params=params, deadline=time.time() + timeout
+        )
+        try:
+            self.link.publish(
+                self.topics.device(device_id, "rpc/request"),
+                request.encode(),
+                QOS["rpc/request"],
+                response_topic=reply_to,
+                correlation_id=request_id,
+                expiry_s=max(1, int(timeout)),
+            )
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            raise DeviceUnreachable(f"device {device_id} did not answer within {timeout:g}s") from None
+        finally:
+            self._calls.pop(request_id, None)
+
+    def _on_rpc_response(self, response: RpcResponse) -> None:
+        future = self._calls.get(response.id)
+        if future is not None and not future.done():
+            future.set_result(response)

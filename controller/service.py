@@ -1,0 +1,169 @@
+"""Composes the controller: database, artifact store, optional embedded broker, MQTT fleet link and HTTP API."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.artifacts import ArtifactStore
+from controller.broker import EmbeddedBroker, port_free
+from controller.db import Database
+from controller.fleet import Fleet
+from controller.telemetry import DEFAULT_DRIFT_THRESHOLD, DEFAULT_RETENTION_S, TelemetryIngest
+
+log = logging.getLogger(__name__)
+
+
+class ControllerStartError(RuntimeError):
+    """The controller cannot start; the message says what to change."""
+
+
+@dataclass
+class ControllerSettings:
+    data_dir: Path
+    broker: str = "embedded"  # "embedded", "embedded:PORT" or mqtt://HOST:PORT
+    db: str | None = None  # default sqlite:///DATA_DIR/controller.db
+    http: str = "127.0.0.1:8400"
+    topic_prefix: str = "edge"
+    mqtt_protocol: str = "auto"
+    telemetry_retention_s: float = DEFAULT_RETENTION_S  # telemetry older than this is deleted (0 keeps everything)
+    drift_threshold: float = DEFAULT_DRIFT_THRESHOLD  # output-mean shift, in baseline std units, that flags drift
+    metrics_max_devices: int = 1000  # devices with their own series in /metrics (bounds label cardinality)
+    signing_key: Path | None = None  # Ed25519 PEM (edge-controller keygen): every desired model is signed with it
+    token: str | None = None  # when set, the API (but health, docs and the dashboard page) needs `Bearer TOKEN`
+
+    @property
+    def http_host(self) -> str:
+        return self.http.rpartition(":")[0] or "127.0.0.1"
+
+    @property
+    def http_port(self) -> int:
+        port = self.http.rpartition(":")[2]
+        if not port.isdigit():
+            raise ControllerStartError(f"--http {self.http!r}: expected HOST:PORT")
+        return int(port)
+
+
+def parse_embedded(broker: str) -> int | None:
+    """Port of an `embedded[:PORT]` broker setting, or None for an external broker URL."""
+    if broker == "embedded":
+        return 1883
+    if broker.startswith("embedded:"):
+        port = broker.split(":", 1)[1]
+        if not port.isdigit():
+            raise ControllerStartError(f"--broker {broker!r}: expected embedded:PORT")
+        return int(port)
+    return None
+
+
+class Controller:
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.signer = None
+        if settings.signing_key is not None:
+            from protocol.signing import SignatureError, Signer
+
+            try:
+                self.signer = Signer.load(Path(settings.signing_key))
+            except SignatureError as exc:
+                raise ControllerStartError(f"--signing-key: {exc}") from None
+            log.info("signing deployments with key %s", self.signer.key_id)
+        if settings.token is not None and not settings.token.strip():
+            raise ControllerStartError("the API token is empty; put a non-empty token in the token file")
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.db or f"sqlite:///{settings.data_dir / 'controller.db'}")
+        self.artifacts = ArtifactStore(settings.data_dir / "artifacts")
+        self.broker: EmbeddedBroker | None = None
+        broker_url = settings.broker
+        embedded_port = parse_embedded(settings.broker)
+        protocol = settings.mqtt_protocol
+        if embedded_port is not None:
+            self.broker = EmbeddedBroker("127.0.0.1", embedded_port)
+            broker_url = self.broker.url
+            protocol = "3.1.1"
+        self.broker_url = broker_url
+        self.telemetry = TelemetryIngest(
+            self.db, retention_s=settings.telemetry_retention_s, drift_threshold=settings.drift_threshold
+        )
+        self.fleet = Fleet(
+            self.db,
+            self.artifacts,
+            broker_url,
+            prefix=settings.topic_prefix,
+            protocol=protocol,
+            telemetry=self.telemetry,
+            signer=self.signer,
+        )
+
+    def app(self):
+        from controller.api import create_app
+
+        return create_app(
+            self.db,
+            self.artifacts,
+            self.fleet,
+            metrics_max_devices=self.settings.metrics_max_devices,
+            token=self.settings.token.strip() if self.settings.token else None,
+            work_dir=self.settings.data_dir,
+        )
+
+    def start_messaging(self) -> None:
+        if not port_free(self.settings.http_host, self.settings.http_port):
+            raise ControllerStartError(f"cannot serve HTTP: {self.settings.http} is already in use (use --http)")
+        if self.broker:
+            self.broker.start()
+        self.fleet.start()
+
+    def stop(self) -> None:
+        self.fleet.stop()
+        if self.broker:
+            self.broker.stop()
+        self.db.close()
+
+
+class BackgroundHttp:
+    """The controller's HTTP API served by uvicorn on a thread of this process; stop() ends it."""
+
+    def __init__(self, controller: Controller, start_timeout: float = 10.0) -> None:
+        import threading
+        import time
+
+        import uvicorn
+
+        settings = controller.settings
+        config = uvicorn.Config(
+            controller.app(), host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="controller-http", daemon=True)
+        self.thread.start()
+        self.url = f"http://{settings.http_host}:{settings.http_port}"
+        deadline = time.monotonic() + start_timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                self.stop()
+                raise ControllerStartError(f"the controller's HTTP API did not start on {settings.http}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+class BackgroundController:
+    """A whole controller in this process (demo and tests): messaging, then HTTP on a thread."""
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.controller = Controller(settings)
+        self.controller.start_messaging()
+        try:
+            self.http = BackgroundHttp(self.controller)
+        except ControllerStartError:
+            self.controller.stop()
+            raise
+        self.url = self.http.url
+
+    def stop(self) -> None:
+        self.http.stop()
+        self.controller.stop()

@@ -1,0 +1,223 @@
+"""A lean MQTT 3.1.1 subscriber for the fleet's telemetry: one connection of its own, QoS 1.
+
+paho's loop reads a packet with four or five small recv calls and writes each PUBACK with its own send; on this
+kind of machine that caps one client at about 2,000 messages/s. This reader takes whatever the socket holds in one
+recv (up to 256 KiB), parses every whole PUBLISH in it, hands them to the ingest in one batch, and answers all
+their PUBACKs in one send. Clean session, keepalive pings, reconnect with jittered backoff; TLS and username from the
+broker URL. Everything else the controller says and hears still goes through its MqttLink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+from protocol.link import BrokerAddress
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES = 256 << 10
+MAX_PACKET = 2 << 20
+
+
+def _string(value: str) -> bytes:
+    data = value.encode()
+    return struct.pack(">H", len(data)) + data
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _remaining_length(len(body)) + body
+
+
+class TelemetrySubscriber:
+    """Subscribes to `topic_filter` at QoS 1 and calls on_batch([(topic, payload), ...]) from its own thread."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        topic_filter: str,
+        on_batch: Callable[[list[tuple[str, bytes]]], None],
+        *,
+        keepalive: int = 30,
+        max_backoff: float = 30.0,
+        will: tuple[str, bytes] | None = None,
+        on_subscribed: Callable[[], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.topic_filter = topic_filter
+        self.on_batch = on_batch
+        self.keepalive = keepalive
+        self.max_backoff = max_backoff
+        self.will = will  # (topic, payload): retained, QoS 1, published by the broker if this connection dies
+        self.on_subscribed = on_subscribed
+        self.connected = threading.Event()
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name="telemetry-mqtt", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"\xe0\x00")  # DISCONNECT
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
+
+    # -- the connection --------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = random.uniform(0.5, 1.5)
+        while not self._stop.is_set():
+            try:
+                self._session()
+                delay = random.uniform(0.5, 1.5)
+            except (OSError, ConnectionError, ValueError) as exc:
+                if self._stop.is_set():
+                    break
+                if self.connected.is_set() or self.last_error is None:
+                    log.warning("telemetry subscription to %s lost: %s; reconnecting", self.address, exc)
+                self.last_error = str(exc)
+            finally:
+                self.connected.clear()
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, self.max_backoff)
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.address.host, self.address.port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.address.tls:
+            context = ssl.create_default_context()
+            sock = context.wrap_socket(sock, server_hostname=self.address.host)
+        flags = 0x02  # clean session
+        payload = _string(self.client_id)
+        if self.will:
+            flags |= 0x04 | 0x08 | 0x20  # will, QoS 1, retained
+            payload += _string(self.will[0]) + struct.pack(">H", len(self.will[1])) + self.will[1]
+        if self.address.username:
+            flags |= 0x80
+            payload += _string(self.address.username)
+            if self.address.password:
+                flags |= 0x40
+                payload += _string(self.address.password)
+        body = _string("MQTT") + bytes([4, flags]) + struct.pack(">H", self.keepalive) + payload
+        sock.sendall(_packet(0x10, body))
+        return sock
+
+    def _session(self) -> None:
+        sock = self._sock = self._connect()
+        sock.settimeout(max(1.0, self.keepalive / 2))
+        buffer = bytearray()
+        subscribed = False
+        last_sent = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                data = sock.recv(RECV_BYTES)
+            except TimeoutError:  # no traffic for a while: time for a keepalive ping
+                data = None
+            if data == b"":
+                raise ConnectionError("the broker closed the connection")
+            if data:
+                buffer += data
+            now = time.monotonic()
+            if now - last_sent >= self.keepalive / 2:
+                sock.sendall(b"\xc0\x00")  # PINGREQ
+                last_sent = now
+            messages, acks, control = self._parse(buffer)
+            for kind, body in control:
+                if kind == 0x20:  # CONNACK
+                    if len(body) < 2 or body[1] != 0:
+                        raise ConnectionError(f"the broker refused the connection (CONNACK code {body[1:2].hex()})")
+                    sock.sendall(_packet(0x82, struct.pack(">H", 1) + _string(self.topic_filter) + b"\x01"))
+                    last_sent = now
+                elif kind == 0x90 and not subscribed:  # SUBACK
+                    if body[2:3] == b"\x80":
+                        raise ConnectionError(f"the broker refused the subscription to {self.topic_filter}")
+                    subscribed = True
+                    self.connected.set()
+                    self.last_error = None
+                    log.info("telemetry subscription to %s active (%s)", self.address, self.topic_filter)
+                    if self.on_subscribed:
+                        try:
+                            self.on_subscribed()
+                        except Exception:
+                            log.exception("on_subscribed handler failed")
+            if messages:
+                self.on_batch(messages)  # stored (or queued for the writer) before the broker hears PUBACK
+            if acks:
+                sock.sendall(b"".join(acks))
+                last_sent = now
+
+    @staticmethod
+    def _parse(buffer: bytearray) -> tuple[list[tuple[str, bytes]], list[bytes], list[tuple[int, bytes]]]:
+        """Take every whole packet off the front of the buffer."""
+        messages: list[tuple[str, bytes]] = []
+        acks: list[bytes] = []
+        control: list[tuple[int, bytes]] = []
+        pos = 0
+        size = len(buffer)
+        view = memoryview(buffer)
+        while pos + 2 <= size:
+            first = buffer[pos]
+            length, multiplier, i, complete = 0, 1, pos + 1, False
+            while i < size and i - pos <= 4:
+                byte = buffer[i]
+                i += 1
+                length += (byte & 0x7F) * multiplier
+                multiplier *= 128
+                if not byte & 0x80:
+                    complete = True
+                    break
+            if not complete:
+                if i - pos > 4:
+                    raise ValueError("malformed remaining length")
+                break  # the length itself is not all here yet
+            if length > MAX_PACKET:
+                raise ValueError(f"packet of {length} bytes exceeds {MAX_PACKET}")
+            end = i + length
+            if end > size:
+                break
+            kind = first & 0xF0
+            if kind == 0x30:  # PUBLISH
+                qos = (first >> 1) & 0x03
+                topic_len = (buffer[i] << 8) | buffer[i + 1]
+                topic = bytes(view[i + 2 : i + 2 + topic_len]).decode(errors="replace")
+                start = i + 2 + topic_len
+                if qos:
+                    mid = bytes(view[start : start + 2])
+                    start += 2
+                    acks.append(b"\x40\x02" + mid)  # subscribed at QoS 1: the broker sends at most QoS 1
+                messages.append((topic, bytes(view[start:end])))
+            else:
+                control.append((kind, bytes(view[i:end])))
+            pos = end
+        view.release()
+        del buffer[:pos]
+        return messages, acks, control

@@ -1,0 +1,128 @@
+"""Calibration / validation data: .npz, .npy or a directory of them, keyed by input name; synthetic when absent."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from targets.tensors import TensorSpec, synthetic_inputs
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger("converters")
+
+SYNTHETIC_WARNING = (
+    "no calibration data given: calibrating and validating on SYNTHETIC random inputs. "
+    "Accuracy on real data is UNPROVEN; pass --calibration with real samples (.npz/.npy keyed by input name)."
+)
+
+
+class CalibrationError(ValueError):
+    """Calibration data that does not fit the model: the message says what was expected."""
+
+
+@dataclass
+class Calibration:
+    """Samples stacked along axis 0 for each model input; `source` says where they came from."""
+
+    arrays: dict[str, np.ndarray]
+    source: str  # file path, or "synthetic"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "synthetic"
+
+    def __len__(self) -> int:
+        return min(len(a) for a in self.arrays.values()) if self.arrays else 0
+
+    def batches(self, batch: int = 1, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+        """The samples as model-ready dicts of `batch` rows each (at most `limit` of them)."""
+        count = len(self) // batch
+        if limit is not None:
+            count = min(count, limit)
+        return [{k: a[i * batch : (i + 1) * batch] for k, a in self.arrays.items()} for i in range(count)]
+
+
+def _read(path: Path) -> dict[str, np.ndarray] | np.ndarray:
+    import numpy as np
+
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    raise CalibrationError(f"{path}: calibration data must be .npz, .npy or a directory of them")
+
+
+def _collect(path: Path, specs: list[TensorSpec]) -> dict[str, list[np.ndarray]]:
+    names = [s.name for s in specs]
+    files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy")) if path.is_dir() else [path]
+    if not files:
+        raise CalibrationError(f"{path}: no .npz or .npy files in the directory")
+    parts: dict[str, list[np.ndarray]] = {}
+    for file in files:
+        loaded = _read(file)
+        if isinstance(loaded, dict):
+            for key, array in loaded.items():
+                parts.setdefault(key, []).append(array)
+        elif file.stem in names:  # directory of <input name>.npy
+            parts.setdefault(file.stem, []).append(loaded)
+        elif len(names) == 1:
+            parts.setdefault(names[0], []).append(loaded)
+        else:
+            raise CalibrationError(
+                f"{file}: a .npy file needs a one-input model or a name matching an input; the model takes {names}"
+            )
+    return parts
+
+
+def load_calibration(path: Path | str | None, specs: list[TensorSpec], synthetic_samples: int = 64) -> Calibration:
+    """Load and check calibration data against the model inputs; synthetic inputs (loudly) when `path` is None."""
+    import numpy as np
+
+    if path is None:
+        log.warning(SYNTHETIC_WARNING)
+        batches = [synthetic_inputs(specs, dynamic_size=1, seed=i) for i in range(synthetic_samples)]
+        arrays = {s.name: np.concatenate([b[s.name] for b in batches]) for s in specs}
+        return Calibration(arrays, "synthetic", [SYNTHETIC_WARNING])
+    path = Path(path)
+    if not path.exists():
+        raise CalibrationError(f"calibration data {path} does not exist")
+    parts = _collect(path, specs)
+    expected = {s.name: s for s in specs}
+    unknown = sorted(set(parts) - set(expected))
+    missing = sorted(set(expected) - set(parts))
+    if unknown or missing:
+        raise CalibrationError(
+            f"{path}: calibration keys {sorted(parts)} do not match the model inputs {sorted(expected)}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unknown {unknown})" if unknown else "")
+        )
+    arrays, notes = {}, []
+    for name, chunks in parts.items():
+        spec = expected[name]
+        fixed = []
+        for chunk in chunks:
+            if chunk.ndim == len(spec.shape) - 1:  # one sample without its batch axis
+                chunk = chunk[None]
+            if not spec.shape_matches((spec.shape[0], *chunk.shape[1:])) or chunk.ndim != len(spec.shape):
+                raise CalibrationError(
+                    f"{path}: input {name!r} samples have shape {list(chunk.shape)}, "
+                    f"the model expects {list(spec.shape)} (-1 = any; axis 0 stacks samples)"
+                )
+            fixed.append(chunk)
+        array = np.concatenate(fixed)
+        if array.dtype != np.dtype(spec.numpy_dtype):
+            notes.append(f"calibration input {name!r} cast from {array.dtype} to {spec.numpy_dtype}")
+            array = array.astype(spec.numpy_dtype)
+        arrays[name] = np.ascontiguousarray(array)
+    counts = {len(a) for a in arrays.values()}
+    if len(counts) > 1:
+        notes.append(f"inputs have different sample counts {sorted(counts)}: using the first {min(counts)}")
+    if min(counts) == 0:
+        raise CalibrationError(f"{path}: no samples")
+    return Calibration(arrays, str(path), notes)

@@ -1,0 +1,387 @@
+"""The variant table: how each one is built from a float ONNX model. Heavy tools are imported inside builders."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from converters import fixes as fx
+
+if TYPE_CHECKING:
+    from converters.calibration import Calibration
+
+log = logging.getLogger("converters")
+
+
+class ConversionError(RuntimeError):
+    """A variant could not be built; the message is the operator-facing reason (naming the op when one is to blame)."""
+
+
+@dataclass
+class Job:
+    """What every builder of one conversion run shares: the prepared float model, its data, scratch space."""
+
+    source: Path  # the float ONNX model after the common fixes
+    input_names: list[str]
+    output_names: list[str]
+    input_ranks: dict[str, int]
+    calibration: Calibration
+    batch: int
+    work: Path
+    options: dict[str, Any]
+    ops: set[str]
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def samples(self, limit: int | None = None) -> list[dict]:
+        return self.calibration.batches(self.batch, limit)
+
+
+Builder = Callable[[Job, Path, list[str]], Path]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    format: str  # what the agent loads: onnx | openvino | tflite
+    runtime: str  # where it is measured: onnxruntime | openvino | tflite
+    suffix: str
+    build: Builder
+    needs: tuple[str, ...]  # importable modules
+    packages: str  # what to pip install for them
+    calibrated: bool
+    summary: str
+
+
+def _require(variant: Variant) -> None:
+    missing = [m for m in variant.needs if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConversionError(
+            f"{variant.name} needs {variant.packages} (missing module {', '.join(missing)}): "
+            f"pip install 'edgefleet[convert]'"
+        )
+
+
+# --- ONNX Runtime variants -------------------------------------------------------------------------------------
+
+
+def _preprocessed(job: Job, fixes: list[str], minimum_opset: int = 0) -> Path:
+    """The model upgraded to `minimum_opset` when older, then through ORT's quantization pre-processing."""
+    import onnx
+
+    key = f"pre{minimum_opset}"
+    if key not in job.cache:
+        notes: list[str] = []
+        model = onnx.load(str(job.source))
+        upgraded = fx.upgrade_opset(model, minimum_opset, notes) if minimum_opset else model
+        src = job.source
+        if upgraded is not model:
+            src = job.work / f"opset{minimum_opset}.onnx"
+            onnx.save(upgraded, str(src))
+        out = fx.ort_preprocess(src, job.work / f"{key}.onnx", notes)
+        job.cache[key] = (out, notes)
+    out, notes = job.cache[key]
+    fixes.extend(notes)
+    return out
+
+
+def _reduce_range(fixes: list[str]) -> bool:
+    if fx.needs_reduce_range():
+        fixes.append("reduce_range: 7-bit weights (x86 without VNNI, where int8 kernels can saturate)")
+        return True
+    return False
+
+
+def build_int8(job: Job, out: Path, fixes: list[str]) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = _preprocessed(job, fixes)
+    quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, reduce_range=_reduce_range(fixes))
+    return out
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over the calibration samples."""
+
+    def __init__(self, samples: list[dict]) -> None:
+        self._it = iter(samples)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - only some calibrators call it
+        pass
+
+
+def build_int8_static(job: Job, out: Path, fixes: list[str]) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    src = _preprocessed(job, fixes, fx.MIN_QDQ_OPSET)
+    samples = job.samples(limit=job.options.get("calibration_samples", 256))
+    quantize_static(
+        str(src),
+        str(out),
+        _Reader(samples),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=_reduce_range(fixes),
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+    )
+    fixes.append(f"calibrated on {len(samples)} sample(s) ({'synthetic' if job.calibration.synthetic else 'given'})")
+    return out
+
+
+def build_fp16(job: Job, out: Path, fixes: list[str]) -> Path:
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(job.source))
+    fx.unique_node_names(model)  # unnamed nodes make the converter's Cast names collide
+    converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    renamed = fx.unique_node_names(converted)  # its Casts at the IO edges can share a name
+    if renamed:
+        fixes.append(f"renamed {renamed} node(s) the FP16 converter gave duplicate names")
+    onnx.save(converted, str(out))
+    fixes.append("float32 inputs/outputs kept (Cast at the edges)")
+    return out
+
+
+def build_int4(job: Job, out: Path, fixes: list[str]) -> Path:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    block = int(job.options.get("int4_block_size", 32))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(job.source)), bits=4, block_size=block, is_symmetric=True)
+    quantizer.process()
+    model = quantizer.model.model
+    count = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
+    if not count:
+        raise ConversionError(
+            "int4 found no MatMul with a constant 2-D weight to quantize (it is for MatMul-heavy models; "
+            f"this one has {', '.join(sorted(job.ops))})"
+        )
+    onnx.save(model, str(out))
+    fixes.append(f"{count} MatMul -> MatMulNBits (4-bit weights, block {block}, symmetric)")
+    return out
+
+
+def _is_weight(init, consumers: dict[str, set[str]]) -> bool:
+    weighted = {"Conv", "MatMul", "Gemm", "ConvTranspose"}
+    return init.data_type == 1 and len(init.dims) >= 2 and bool(consumers.get(init.name, set()) & weighted)
+
+
+def build_pruned(job: Job, out: Path, fixes: list[str]) -> Path:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    sparsity = float(job.options.get("sparsity", 0.5))
+    if not 0.0 < sparsity < 1.0:
+        raise ConversionError(f"sparsity must be between 0 and 1, not {sparsity}")
+    model = onnx.load(str(job.source))
+    consumers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    pruned = total = 0
+    for i, init in enumerate(model.graph.initializer):
+        if not _is_weight(init, consumers):
+            continue
+        w = numpy_helper.to_array(init)
+        k = int(w.size * sparsity)
+        if k == 0:
+            continue
+        threshold = np.partition(np.abs(w).ravel(), k - 1)[k - 1]
+        mask = np.abs(w) <= threshold
+        if mask.sum() > k:  # ties at the threshold: keep the count exact
+            flat = np.flatnonzero(mask.ravel())
+            mask = np.zeros(w.size, bool)
+            mask[flat[:k]] = True
+            mask = mask.reshape(w.shape)
+        w = np.where(mask, np.float32(0), w).astype(np.float32)
+        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, init.name))
+        pruned += int(mask.sum())
+        total += w.size
+    if not total:
+        raise ConversionError("pruned found no Conv/MatMul/Gemm weight initializers to prune")
+    onnx.save(model, str(out))
+    fixes.append(f"magnitude pruning: {pruned}/{total} weights zeroed ({pruned / total:.0%}, per tensor)")
+    return out
+
+
+# --- OpenVINO variants -------------------------------------------------------------------------------------------
+
+
+def _pack_ir(model, out: Path, work: Path, compress_to_fp16: bool) -> Path:
+    import openvino as ov
+
+    folder = work / f"ir-{out.stem}"
+    folder.mkdir(exist_ok=True)
+    ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=compress_to_fp16)
+    with tarfile.open(out, "w") as tar:
+        for name in ("model.xml", "model.bin"):
+            info = tar.gettarinfo(str(folder / name), arcname=name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with open(folder / name, "rb") as f:
+                tar.addfile(info, f)
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def _ov_model(job: Job):
+    import openvino as ov
+
+    try:
+        return ov.convert_model(str(job.source))
+    except Exception as exc:
+        raise ConversionError(fx.unsupported_op_message(exc, job.ops, "OpenVINO")) from exc
+
+
+def build_openvino(job: Job, out: Path, fixes: list[str]) -> Path:
+    fixes.append("IR weights stored as FP16 (OpenVINO's default; CPU computes in FP32)")
+    return _pack_ir(_ov_model(job), out, job.work, compress_to_fp16=True)
+
+
+def _looks_like_transformer(ops: set[str]) -> bool:
+    return "LayerNormalization" in ops or ("Softmax" in ops and "MatMul" in ops and "Conv" not in ops)
+
+
+def build_openvino_int8(job: Job, out: Path, fixes: list[str]) -> Path:
+    import nncf
+
+    model = _ov_model(job)
+    samples = job.samples(limit=job.options.get("calibration_samples", 300))
+    kwargs: dict[str, Any] = {}
+    if _looks_like_transformer(job.ops):
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+        fixes.append("NNCF model_type=TRANSFORMER (attention/LayerNorm found)")
+    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **kwargs)
+    fixes.append(f"NNCF post-training quantization on {len(samples)} sample(s)")
+    return _pack_ir(quantized, out, job.work, compress_to_fp16=False)
+
+
+# --- TFLite variants (onnx2tf + TensorFlow) ----------------------------------------------------------------------
+
+
+def _onnx2tf(job: Job, integer: bool) -> dict[str, Path]:
+    """Run onnx2tf once (with int8 calibration when any int8 variant is asked for) and reuse its outputs."""
+    integer = integer or bool(job.options.get("tflite_int8_requested"))  # one onnx2tf run serves both variants
+    cached = job.cache.get("onnx2tf")
+    if cached is not None and (cached[0] or not integer):
+        if isinstance(cached[1], Exception):
+            raise cached[1]
+        return cached[1]
+    import numpy as np
+
+    folder = job.work / "onnx2tf"
+    shutil.rmtree(folder, ignore_errors=True)
+    kwargs: dict[str, Any] = {}
+    keep = [name for name, rank in job.input_ranks.items() if rank >= 3]
+    if keep:
+        kwargs["keep_ncw_or_nchw_or_ncdhw_input_names"] = keep  # same input layout as the ONNX model
+    if integer:
+        calib = []
+        for name in job.input_names:
+            path = job.work / f"calib-{len(calib)}.npy"
+            np.save(path, job.calibration.arrays[name][: job.options.get("calibration_samples", 100)])
+            calib.append([name, str(path), 0.0, 1.0])  # mean 0, std 1: the data is used as it is
+        kwargs |= {"output_integer_quantized_tflite": True, "custom_input_op_name_np_data_path": calib}
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import onnx2tf
+
+        onnx2tf.convert(
+            input_onnx_file_path=str(job.source),
+            output_folder_path=str(folder),
+            non_verbose=True,
+            copy_onnx_input_output_names_to_tflite=True,
+            **kwargs,
+        )
+    except BaseException as exc:  # onnx2tf raises anything, even SystemExit, on an unsupported graph
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        text = str(exc)
+        if isinstance(exc, ModuleNotFoundError) and "onnx2tf.ops." in text:  # its way of saying "no such op"
+            op = text.rsplit("onnx2tf.ops.", 1)[1].strip("'\" ")
+            error = ConversionError(f"onnx2tf (TFLite) does not support op {op}")
+        else:
+            error = ConversionError(fx.unsupported_op_message(exc, job.ops, "onnx2tf (TFLite)"))
+        job.cache["onnx2tf"] = (integer, error)
+        raise error from exc
+    stem = job.source.stem
+    found = {kind: folder / f"{stem}_{kind}.tflite" for kind in ("float32", "integer_quant")}
+    found = {k: p for k, p in found.items() if p.exists()}
+    if "float32" not in found:
+        error = ConversionError(f"onnx2tf produced no {stem}_float32.tflite")
+        job.cache["onnx2tf"] = (integer, error)
+        raise error
+    if keep:
+        job.cache["onnx2tf_note"] = f"inputs {keep} kept in ONNX (channels-first) layout"
+    job.cache["onnx2tf"] = (integer, found)
+    return found
+
+
+def build_tflite(job: Job, out: Path, fixes: list[str]) -> Path:
+    found = _onnx2tf(job, integer=False)
+    if note := job.cache.get("onnx2tf_note"):
+        fixes.append(note)
+    shutil.copyfile(found["float32"], out)
+    return out
+
+
+def build_tflite_int8(job: Job, out: Path, fixes: list[str]) -> Path:
+    found = _onnx2tf(job, integer=True)
+    if "integer_quant" not in found:
+        raise ConversionError("onnx2tf produced no integer-quantized model")
+    if note := job.cache.get("onnx2tf_note"):
+        fixes.append(note)
+    fixes.append("int8 weights and activations, float32 inputs/outputs (onnx2tf integer_quant)")
+    shutil.copyfile(found["integer_quant"], out)
+    return out
+
+
+_ORT = ("onnxruntime",)
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("int8", "onnx", "onnxruntime", ".onnx", build_int8, _ORT, "onnxruntime", False,
+                "dynamic INT8 (weights int8, activations quantized at run time)"),
+        Variant("int8-static", "onnx", "onnxruntime", ".onnx", build_int8_static, _ORT, "onnxruntime", True,
+                "static INT8, QDQ, per-channel, calibrated"),
+        Variant("fp16", "onnx", "onnxruntime", ".onnx", build_fp16, ("onnxconverter_common",),
+                "onnxconverter-common", False, "FP16 weights and compute, FP32 inputs/outputs"),
+        Variant("int4", "onnx", "onnxruntime", ".onnx", build_int4, ("onnxruntime", "onnx_ir"),
+                "onnxruntime and onnx-ir", False, "4-bit weight-only MatMul (MatMulNBits)"),
+        Variant("pruned", "onnx", "onnxruntime", ".onnx", build_pruned, ("onnx",), "onnx", False,
+                "magnitude-pruned weights (sparsity option), zstd transfer"),
+        Variant("openvino", "openvino", "openvino", ".tar", build_openvino, ("openvino",), "openvino", False,
+                "OpenVINO IR (tar of model.xml + model.bin)"),
+        Variant("openvino-int8", "openvino", "openvino", ".tar", build_openvino_int8, ("openvino", "nncf"),
+                "openvino and nncf", True, "OpenVINO IR, INT8 by NNCF post-training quantization"),
+        Variant("tflite", "tflite", "tflite", ".tflite", build_tflite, ("onnx2tf", "tensorflow", "ai_edge_litert"),
+                "onnx2tf, tensorflow, tf-keras, onnx-graphsurgeon, sng4onnx and ai-edge-litert", False,
+                "TFLite float32 (onnx2tf)"),
+        Variant("tflite-int8", "tflite", "tflite", ".tflite", build_tflite_int8,
+                ("onnx2tf", "tensorflow", "ai_edge_litert"),
+                "onnx2tf, tensorflow, tf-keras, onnx-graphsurgeon, sng4onnx and ai-edge-litert", True,
+                "TFLite INT8 (onnx2tf integer quantization, calibrated)"),
+    )
+}  # fmt: skip
+
+
+def check_available(name: str) -> Variant:
+    """The variant by name, or ConversionError saying what is unknown or which package is missing."""
+    if name not in VARIANTS:
+        raise ConversionError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    variant = VARIANTS[name]
+    _require(variant)
+    return variant

@@ -1,0 +1,1 @@
+"""edgectl: the operator CLI for the edge fleet."""

@@ -1,0 +1,130 @@
+"""HTTP client for the controller API; every failure becomes one ApiError line an operator can act on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_CONTROLLER = "http://127.0.0.1:8400"
+UPLOAD_BLOCK = 1 << 20
+
+
+class ApiError(RuntimeError):
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ControllerClient:
+    def __init__(self, base_url: str = DEFAULT_CONTROLLER, timeout: float = 30.0, token: str | None = None) -> None:
+        """`token` (default: $EDGECTL_TOKEN) is sent as `Authorization: Bearer TOKEN`."""
+        self.base_url = base_url.rstrip("/")
+        token = token if token is not None else os.environ.get("EDGECTL_TOKEN")
+        headers = {"Authorization": f"Bearer {token.strip()}"} if token and token.strip() else {}
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ApiError(
+                f"cannot reach the controller at {self.base_url} (is edge-controller running? "
+                "set --controller or EDGECTL_CONTROLLER)"
+            ) from None
+        except httpx.TimeoutException:
+            raise ApiError(f"the controller at {self.base_url} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise ApiError(f"request to {self.base_url} failed: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                err = response.json().get("error") or response.json().get("detail")
+            except ValueError:
+                err = None
+            if isinstance(err, dict):
+                raise ApiError(err.get("message", str(err)), response.status_code, err.get("code"))
+            raise ApiError(
+                f"controller answered {response.status_code}: {err or response.text[:200]}", response.status_code
+            )
+        return response.json()
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/api/v1/health")
+
+    def upload_model(
+        self, path: Path, name: str, version: str | None, progress: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        def blocks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while block := f.read(UPLOAD_BLOCK):
+                    if progress:
+                        progress(len(block))
+                    yield block
+
+        params = {"filename": path.name} | ({"version": version} if version else {})
+        return self._request(
+            "POST",
+            f"/api/v1/models/{name}",
+            params=params,
+            content=blocks(),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)},
+            timeout=httpx.Timeout(30.0, write=600.0, read=600.0),
+        )
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/api/v1/models")
+
+    def model(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/models/{name}", params={"version": version} if version else None)
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/api/v1/devices")
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/devices/{device_id}")
+
+    def deploy(
+        self,
+        model: str,
+        version: str | None,
+        devices: list[str],
+        backend: str | None = None,
+        variants: list[str] | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        body = {"model": model, "version": version, "devices": devices, "backend": backend}
+        body |= {"variants": variants, "force": force} if variants is not None or force else {}
+        return self._request("POST", "/api/v1/deployments", json=body)
+
+    def rollback(self, device_id: str, model: str | None = None, to: str | None = None) -> dict[str, Any]:
+        return self._request("POST", f"/api/v1/devices/{device_id}/rollback", json={"model": model, "to": to})
+
+    def upload_calibration(self, name: str, version: str, path: Path) -> dict[str, Any]:
+        return self._request(
+            "POST",
+            f"/api/v1/models/{name}/versions/{version}/calibration",
+            content=path.read_bytes(),
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=httpx.Timeout(30.0, write=600.0, read=600.0),
+        )
+
+    def optimize(self, name: str, version: str, variants: list[str], devices: list[str], **options: Any) -> dict:
+        """Build variants on the controller (synchronous: the call lasts as long as the conversions)."""
+        body = {"variants": variants, "devices": devices} | {k: v for k, v in options.items() if v is not None}
+        return self._request(
+            "POST",
+            f"/api/v1/models/{name}/versions/{version}/optimize",
+            json=body,
+            timeout=httpx.Timeout(30.0, read=3600.0),
+        )
+
+    def infer(self, device_id: str, model: str, inputs: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        body = {"model": model, "inputs": inputs, "timeout": timeout}
+        return self._request("POST", f"/api/v1/devices/{device_id}/infer", json=body, timeout=timeout + 5)

@@ -1,0 +1,252 @@
+"""One paho-mqtt connection used by agent and controller: resubscribes on every connect, speaks MQTT 5 where the
+broker does and falls back to 3.1.1 where it refuses v5, and never lets a bad message kill its thread."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+CONNACK_TIMEOUT_S = 3.0
+MqttProtocol = Literal["auto", "5", "3.1.1"]
+MessageHandler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is: parsed from mqtt://[user:pass@]host[:port] or mqtts://..."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        if "://" not in url:
+            url = f"mqtt://{url}"
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"broker URL {url!r} has no host")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ValueError(f"broker URL {url!r} has an invalid port") from None
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        return cls(parts.hostname, port, tls, user, password)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttLink:
+    """A supervised paho client. Handlers get (topic, payload); exceptions in them are logged, never raised."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        *,
+        subscriptions: list[tuple[str, int]],
+        on_message: MessageHandler,
+        on_connected: Callable[[], None] | None = None,
+        will: Will | None = None,
+        protocol: MqttProtocol = "auto",
+        tls: TlsFiles | None = None,
+        keepalive: int = 30,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.subscriptions = subscriptions
+        self.on_message = on_message
+        self.on_connected = on_connected
+        self.will = will
+        self.protocol_setting = protocol
+        self.tls = tls
+        self.keepalive = keepalive
+        self.max_backoff = max_backoff
+        self.connected = threading.Event()
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._v5 = protocol in ("auto", "5")
+        self._client = self._build_client()
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    @property
+    def is_v5(self) -> bool:
+        return self._v5
+
+    def start(self) -> None:
+        """Connect in the background; paho keeps reconnecting (backoff) until stop()."""
+        self._client.connect_async(self.address.host, self.address.port, self.keepalive)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def stop(self, final: tuple[str, bytes, int, bool] | None = None) -> None:
+        """Publish an optional last message (e.g. offline presence), then disconnect cleanly."""
+        self._stopping = True
+        client = self._client
+        if final and self.connected.is_set():
+            info = client.publish(final[0], final[1], qos=final[2], retain=final[3])
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=2.0)
+        client.disconnect()
+        client.loop_stop()
+        self.connected.clear()
+
+    # -- publishing ----------------------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        response_topic: str | None = None,
+        correlation_id: str | None = None,
+        expiry_s: int | None = None,
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish; the v5 properties are an addition only (the body already carries reply topic and id)."""
+        props = None
+        if self._v5 and (response_topic or correlation_id or expiry_s):
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation_id:
+                props.CorrelationData = correlation_id.encode()
+            if expiry_s:
+                props.MessageExpiryInterval = expiry_s
+        return self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+
+    # -- paho plumbing -------------------------------------------------------------------------------------------
+
+    def _build_client(self) -> mqtt.Client:
+        proto = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto)
+        client.max_inflight_messages_set(64)
+        self._jitter_backoff(client)
+        if self.address.username:
+            client.username_pw_set(self.address.username, self.address.password)
+        if self.address.tls or self.tls:
+            files = self.tls or TlsFiles()
+            client.tls_set(
+                ca_certs=files.ca_file,
+                certfile=files.cert_file,
+                keyfile=files.key_file,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if self.will:
+            client.will_set(self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_connect_fail = lambda c, u: self._jitter_backoff(c)
+        return client
+
+    def _jitter_backoff(self, client: mqtt.Client) -> None:
+        """Exponential backoff (paho doubles the delay per failed try) scaled by a random factor per device, so a
+        fleet that lost its broker does not reconnect in lockstep when it comes back."""
+        factor = random.uniform(0.5, 1.5)
+        client.reconnect_delay_set(min_delay=factor, max_delay=self.max_backoff * min(factor, 1.0))  # type: ignore[arg-type]
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker {self.address} refused the connection: {reason_code}"
+            if self._v5 and self.protocol_setting == "auto" and "protocol version" in str(reason_code).lower():
+                log.info("broker %s does not speak MQTT 5; falling back to 3.1.1", self.address)
+                threading.Thread(target=self._downgrade, daemon=True).start()
+            else:
+                log.warning(self.last_error)
+            return
+        self.last_error = None
+        if self.subscriptions:
+            client.subscribe(self.subscriptions)
+        self.connected.set()
+        log.info("connected to %s (MQTT %s)", self.address, "5" if self._v5 else "3.1.1")
+        if self.on_connected:
+            try:
+                self.on_connected()
+            except Exception:
+                log.exception("on_connected handler failed")
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        """Disable Nagle (request/response and chunk round trips otherwise wait ~40 ms for delayed ACKs); and since
+        some 3.1.1-only brokers never answer a v5 CONNECT (amqtt with a will), no CONNACK in time means downgrade."""
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._v5 and self.protocol_setting == "auto":
+            threading.Timer(CONNACK_TIMEOUT_S, self._check_connack, args=(client,)).start()
+
+    def _check_connack(self, client: mqtt.Client) -> None:
+        if client is self._client and self._v5 and not self.connected.is_set() and not self._stopping:
+            log.info("no CONNACK to MQTT 5 from %s in %.0fs; falling back to 3.1.1", self.address, CONNACK_TIMEOUT_S)
+            self._downgrade()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        self._jitter_backoff(client)
+        if was and not self._stopping:
+            self.last_error = f"lost connection to broker {self.address}: {reason_code}"
+            log.warning("%s; reconnecting with backoff", self.last_error)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        try:
+            self.on_message(message.topic, message.payload)
+        except Exception:
+            log.exception("dropped message on %s: handler failed", message.topic)
+
+    def _downgrade(self) -> None:
+        """Rebuild the client for MQTT 3.1.1 (paho fixes the protocol per client) and reconnect."""
+        with self._lock:
+            if not self._v5:
+                return
+            old = self._client
+            old.loop_stop()
+            old.disconnect()
+            self._v5 = False
+            jitter = random.uniform(0, 0.2)
+            self._client = self._build_client()
+            if not self._stopping:
+                threading.Timer(jitter, self.start).start()

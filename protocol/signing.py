@@ -1,0 +1,128 @@
+"""Ed25519 signatures over model manifests: the controller signs what it deploys, agents configured with trusted
+public keys refuse anything unsigned or signed by another key. Several trusted keys allow rotation without downtime."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SIGNING_CONTEXT = b"edgefleet-manifest-v1\n"
+MANIFEST_FIELDS = ("name", "version", "sha256", "size", "format")
+
+
+class SignatureError(ValueError):
+    """A manifest is unsigned, signed by an untrusted key, or does not match its signature."""
+
+
+def canonical_manifest(manifest: dict[str, Any]) -> bytes:
+    """The exact bytes that are signed: a context prefix and the manifest's fields as sorted, compact JSON."""
+    missing = [f for f in MANIFEST_FIELDS if f not in manifest]
+    if missing:
+        raise SignatureError(f"manifest lacks {missing}")
+    body = {f: manifest[f] for f in MANIFEST_FIELDS}
+    return SIGNING_CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def key_id(public_raw: bytes) -> str:
+    """Short stable name of a public key (first 16 hex digits of its sha256)."""
+    return hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Signature:
+    key_id: str
+    value: str  # base64 Ed25519 signature
+
+    def as_dict(self) -> dict[str, str]:
+        return {"key_id": self.key_id, "value": self.value}
+
+
+class Signer:
+    """Holds the controller's private key."""
+
+    def __init__(self, private_key) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        self._key = private_key
+        self.public_raw = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.key_id = key_id(self.public_raw)
+
+    @classmethod
+    def generate(cls) -> Signer:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load(cls, path: Path) -> Signer:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise SignatureError(f"cannot read signing key {path}: {exc}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SignatureError(f"{path} is not an Ed25519 private key")
+        return cls(key)
+
+    def save(self, path: Path) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path.write_bytes(pem)
+        path.chmod(0o600)
+
+    @property
+    def public_key_b64(self) -> str:
+        """The form agents put in `trusted_keys`."""
+        return base64.b64encode(self.public_raw).decode()
+
+    def sign(self, manifest: dict[str, Any]) -> Signature:
+        value = self._key.sign(canonical_manifest(manifest))
+        return Signature(self.key_id, base64.b64encode(value).decode())
+
+
+class Verifier:
+    """Trusted public keys (base64 raw Ed25519, as printed by `edge-controller keygen`), by key id."""
+
+    def __init__(self, trusted: list[str]) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        self._keys = {}
+        for text in trusted:
+            try:
+                raw = base64.b64decode(text, validate=True)
+                key = Ed25519PublicKey.from_public_bytes(raw)
+            except ValueError:
+                raise SignatureError(f"trusted key {text[:12]}… is not a base64 Ed25519 public key") from None
+            self._keys[key_id(raw)] = key
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def verify(self, manifest: dict[str, Any], signature: dict[str, Any] | None) -> str:
+        """Return the signing key id, or raise SignatureError saying what is wrong."""
+        from cryptography.exceptions import InvalidSignature
+
+        if not signature:
+            raise SignatureError("the deployment is not signed, and this agent only accepts signed models")
+        key = self._keys.get(str(signature.get("key_id")))
+        if key is None:
+            raise SignatureError(
+                f"signed by key {signature.get('key_id')!r}, which this agent does not trust (trusted: {self.key_ids})"
+            )
+        try:
+            key.verify(base64.b64decode(str(signature.get("value")), validate=True), canonical_manifest(manifest))
+        except (InvalidSignature, ValueError):
+            raise SignatureError(f"signature by key {signature['key_id']} does not match the manifest") from None
+        return signature["key_id"]

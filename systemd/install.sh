@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Install the edge agent as a systemd service: venv under /opt/edge-agent with the extras that suit this hardware,
+# /etc/edge-agent/agent.toml from the flags, the edge-agent system user, the unit, enabled and started.
+# Running it again changes nothing that is already right. `--uninstall` removes the service and the venv (the config
+# and /var/lib/edge-agent stay). `--root DIR` installs into a scratch root: no user is created and systemctl is not
+# run, the script prints what it would do; `--no-pip` skips creating the venv and installing packages.
+set -euo pipefail
+
+usage() {
+    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    echo "usage: $0 [--broker URL] [--device-id ID] [--username U] [--password P] [--package SPEC] [--extras LIST]"
+    echo "          [--root DIR] [--no-pip] [--uninstall]"
+}
+
+ROOT=/ BROKER="" DEVICE_ID="" USERNAME="" PASSWORD="" PACKAGE="edgefleet" EXTRAS="" NO_PIP=0 UNINSTALL=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --broker) BROKER="$2"; shift 2 ;;
+        --device-id) DEVICE_ID="$2"; shift 2 ;;
+        --username) USERNAME="$2"; shift 2 ;;
+        --password) PASSWORD="$2"; shift 2 ;;
+        --package) PACKAGE="$2"; shift 2 ;;
+        --extras) EXTRAS="$2"; shift 2 ;;
+        --root) ROOT="$2"; shift 2 ;;
+        --no-pip) NO_PIP=1; shift ;;
+        --uninstall) UNINSTALL=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+R="${ROOT%/}"                       # "" for the real root
+LIVE=0; [ -z "$R" ] && LIVE=1       # act on the running system (users, systemctl) only for the real root
+PREFIX="$R/opt/edge-agent"
+CONF_DIR="$R/etc/edge-agent"
+UNIT_DIR="$R/etc/systemd/system"
+UNIT=edge-agent.service
+SERVICE_USER=edge-agent
+
+say() { echo "install.sh: $*"; }
+would() { say "would run: $*"; }
+
+systemctl_or_print() {
+    if [ "$LIVE" = 1 ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl "$@"
+    else
+        would "systemctl $*"
+    fi
+}
+
+# write FILE MODE: stdin to FILE when it differs; "unchanged" otherwise (what makes a second run a no-op)
+write() {
+    local file="$1" mode="$2" tmp
+    tmp="$(mktemp)"
+    cat >"$tmp"
+    mkdir -p "$(dirname "$file")"
+    if [ -f "$file" ] && cmp -s "$tmp" "$file"; then
+        rm -f "$tmp"; say "unchanged $file"
+    else
+        install -m "$mode" "$tmp" "$file"; rm -f "$tmp"; say "wrote $file"
+    fi
+}
+
+detect_extras() {
+    if [ -e "$R/etc/nv_tegra_release" ]; then
+        echo "gpu"                                # Jetson: onnxruntime-gpu (NVIDIA's Jetson wheels)
+    elif [ -r "$R/proc/device-tree/model" ] && tr -d '\0' <"$R/proc/device-tree/model" | grep -q "Raspberry Pi"; then
+        echo "agent,tflite"
+    elif [ -d "$R/dev/dri" ]; then
+        echo "agent,openvino"                     # x86 with an Intel GPU (OpenVINO's GPU plugin)
+    else
+        echo "agent"
+    fi
+}
+
+if [ "$UNINSTALL" = 1 ]; then
+    systemctl_or_print disable --now "$UNIT"
+    if [ -f "$UNIT_DIR/$UNIT" ]; then rm -f "$UNIT_DIR/$UNIT"; say "removed $UNIT_DIR/$UNIT"; fi
+    systemctl_or_print daemon-reload
+    if [ -d "$PREFIX" ]; then rm -rf "$PREFIX"; say "removed $PREFIX"; fi
+    say "kept $CONF_DIR and $R/var/lib/edge-agent (remove them by hand to forget this device)"
+    exit 0
+fi
+
+[ -n "$EXTRAS" ] || EXTRAS="$(detect_extras)"
+say "extras for this hardware: $EXTRAS"
+
+# 1. the venv and the packages
+if [ "$NO_PIP" = 1 ]; then
+    would "python3 -m venv $PREFIX/venv && $PREFIX/venv/bin/pip install '$PACKAGE[$EXTRAS]'"
+else
+    [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
+    "$PREFIX/venv/bin/pip" install -q --upgrade "$PACKAGE[$EXTRAS]"
+    say "installed $PACKAGE[$EXTRAS] into $PREFIX/venv"
+fi
+
+# 2. the config: the flags given, else what the existing file says (a re-run without flags keeps it)
+existing() {  # a string key's value from the current config, TOML escapes undone
+    [ -f "$CONF_DIR/agent.toml" ] || return 0
+    sed -n "s/^$1 = \"\(.*\)\"$/\1/p" "$CONF_DIR/agent.toml" | head -1 | sed 's/\\\(.\)/\1/g'
+}
+[ -n "$BROKER" ] || BROKER="$(existing broker)"
+[ -n "$DEVICE_ID" ] || DEVICE_ID="$(existing device_id)"
+[ -n "$USERNAME" ] || USERNAME="$(existing username)"
+[ -n "$PASSWORD" ] || PASSWORD="$(existing password)"
+toml() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
+{
+    echo "# Written by systemd/install.sh; every key is documented in agent.toml.example."
+    [ -z "$DEVICE_ID" ] || echo "device_id = \"$(toml "$DEVICE_ID")\""
+    echo "broker = \"$(toml "${BROKER:-mqtt://127.0.0.1:1883}")\""
+    [ -z "$USERNAME" ] || echo "username = \"$(toml "$USERNAME")\""
+    [ -z "$PASSWORD" ] || echo "password = \"$(toml "$PASSWORD")\""
+    echo "data_dir = \"/var/lib/edge-agent\""
+} | write "$CONF_DIR/agent.toml" 0640
+write "$CONF_DIR/agent.toml.example" 0644 <"$HERE/agent.toml.example"
+
+# 3. the service user (in the video/render groups where they exist, for the GPUs)
+if [ "$LIVE" = 1 ]; then
+    if ! id "$SERVICE_USER" >/dev/null 2>&1; then
+        useradd --system --home-dir /var/lib/edge-agent --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
+        say "created user $SERVICE_USER"
+    fi
+    for group in video render; do
+        if getent group "$group" >/dev/null && ! id -nG "$SERVICE_USER" | grep -qw "$group"; then
+            usermod -aG "$group" "$SERVICE_USER"; say "added $SERVICE_USER to $group"
+        fi
+    done
+    chgrp "$SERVICE_USER" "$CONF_DIR/agent.toml"
+else
+    would "useradd --system --shell /usr/sbin/nologin $SERVICE_USER; usermod -aG video,render $SERVICE_USER"
+fi
+
+# 4. the unit, enabled and started
+write "$UNIT_DIR/$UNIT" 0644 <"$HERE/$UNIT"
+systemctl_or_print daemon-reload
+systemctl_or_print enable --now "$UNIT"
+say "done: 'systemctl status edge-agent' and 'journalctl -u edge-agent' show it; '$PREFIX/venv/bin/edge-agent doctor' checks it"

@@ -1,0 +1,128 @@
+"""ONNX Runtime backend: TensorRT, CUDA and CPU execution providers, tried provider by provider with the reason each
+one was passed over recorded in `provider_notes`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from targets.base import Backend, BackendConfig, BackendError
+from targets.tensors import TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# ONNX Runtime type strings -> v2 datatypes
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+}
+
+
+class OnnxRuntimeConfig(BackendConfig):
+    type: Literal["onnxruntime"] = "onnxruntime"
+    providers: list[str] = ["CPUExecutionProvider"]
+    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per physical core)
+    inter_op_threads: int = 0
+    fallback: bool = True  # append CPU after the listed providers; each listed one that fails passes to the next
+    tensorrt_fp16: bool = False
+    tensorrt_cache_dir: str | None = None  # engine cache: later loads skip the (minutes-long) TensorRT build
+    cuda_device_id: int = 0
+
+
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def short_name(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider").lower()
+
+
+def _provider_entry(provider: str, config: OnnxRuntimeConfig):
+    if provider == "TensorrtExecutionProvider":
+        options = {"device_id": config.cuda_device_id, "trt_fp16_enable": config.tensorrt_fp16}
+        if config.tensorrt_cache_dir:
+            Path(config.tensorrt_cache_dir).mkdir(parents=True, exist_ok=True)
+            options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": config.tensorrt_cache_dir}
+        return (provider, options)
+    if provider == "CUDAExecutionProvider":
+        return (provider, {"device_id": config.cuda_device_id})
+    return provider
+
+
+def _spec(node) -> TensorSpec:
+    datatype = _ORT_TYPES.get(node.type)
+    if datatype is None:
+        raise BackendError(f"tensor {node.name!r} has unsupported type {node.type}")
+    dims = tuple(d if isinstance(d, int) else -1 for d in node.shape)
+    names = tuple(d if isinstance(d, str) else None for d in node.shape)
+    return TensorSpec(node.name, datatype, dims, names)
+
+
+class OnnxRuntimeBackend(Backend):
+    type_key = "onnxruntime"
+    config_class = OnnxRuntimeConfig
+    formats = frozenset({"onnx"})
+    runtime_module = "onnxruntime"
+
+    def load(self, path: Path, model_format: str) -> None:
+        import onnxruntime as ort
+
+        config: OnnxRuntimeConfig = self.config  # type: ignore[assignment]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.intra_op_threads
+        options.inter_op_num_threads = config.inter_op_threads
+        options.log_severity_level = 3
+        wanted = list(dict.fromkeys(config.providers))
+        if config.fallback and "CPUExecutionProvider" not in wanted:
+            wanted.append("CPUExecutionProvider")
+        available = set(ort.get_available_providers())
+        self.provider_notes: dict[str, str] = {}
+        last_error = "no execution provider was listed"
+        for provider in wanted:
+            if provider not in available:
+                self.provider_notes[provider] = "not available in this onnxruntime build"
+                last_error = f"{provider} is not available in this onnxruntime build"
+                continue
+            try:  # a lone provider per try: ONNX Runtime would otherwise fall back silently, hiding the reason
+                session = ort.InferenceSession(str(path), options, providers=[_provider_entry(provider, config)])
+            except Exception as exc:  # onnxruntime raises several unrelated exception types
+                last_error = str(exc).strip()[:500]
+                self.provider_notes[provider] = f"failed: {last_error}"
+                continue
+            if session.get_providers()[0] != provider:  # the provider failed to initialise; ORT fell back to CPU
+                last_error = f"{provider} did not initialise (the session ran on {session.get_providers()[0]})"
+                self.provider_notes[provider] = last_error
+                continue
+            self.provider_notes[provider] = "selected"
+            self.session = session
+            break
+        if not hasattr(self, "session"):
+            raise BackendError(f"ONNX Runtime could not load the model: {last_error}")
+        self.inputs = [_spec(n) for n in self.session.get_inputs()]
+        self.outputs = [_spec(n) for n in self.session.get_outputs()]
+        self._output_names = [s.name for s in self.outputs]
+
+    @property
+    def label(self) -> str:
+        provider = self.session.get_providers()[0] if hasattr(self, "session") else ""
+        return f"onnxruntime:{short_name(provider)}" if provider else self.type_key
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            results = self.session.run(self._output_names, inputs)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime inference failed: {str(exc).strip()[:500]}") from exc
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)

@@ -1,0 +1,61 @@
+"""The one interface every inference backend implements (load, describe, infer, close)."""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from targets.tensors import TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A backend could not load or run a model; the message is the operator-facing reason."""
+
+
+class BackendConfig(BaseModel):
+    """Base of each backend's own validated options; `type` selects the backend."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+
+
+class Backend(ABC):
+    """A loaded model on one runtime. Heavy runtimes are imported inside `load`, never at module import."""
+
+    type_key: ClassVar[str]
+    config_class: ClassVar[type[BackendConfig]]
+    formats: ClassVar[frozenset[str]]
+    runtime_module: ClassVar[str]  # importable module that must exist for this backend to be a candidate
+
+    def __init__(self, config: BackendConfig | None = None) -> None:
+        self.config = config or self.config_class(type=self.type_key)
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+
+    @classmethod
+    def installed(cls) -> bool:
+        """Whether the runtime package is importable, without importing it."""
+        return importlib.util.find_spec(cls.runtime_module) is not None
+
+    @abstractmethod
+    def load(self, path: Path, model_format: str) -> None:
+        """Load the model file; raise BackendError with the reason on failure."""
+
+    @abstractmethod
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference on named arrays already checked against `inputs`."""
+
+    @property
+    def label(self) -> str:
+        """Name shown in status: the backend, plus the device/provider it ended up on."""
+        return self.type_key
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the runtime's resources."""

@@ -1,0 +1,305 @@
+"""Converters on real small models built here: every variant loads in its runtime and is measured; the report's
+numbers are consistent with its verdict; targets from the issue (int8-static size/agreement, pruned transfer)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+# fp16 and int4 are asserted on every model: until pyproject's `convert` extra lists these, a fresh machine skips
+pytest.importorskip("onnxconverter_common", reason="the convert extra needs onnxconverter-common")
+pytest.importorskip("onnx_ir", reason="the convert extra needs onnx-ir (int4 MatMulNBits quantizer)")
+
+from converters import (  # noqa: E402
+    VARIANTS,
+    CalibrationError,
+    ConversionError,
+    ConversionResult,
+    Thresholds,
+    convert,
+    convert_many,
+    load_calibration,
+)
+from converters.calibration import SYNTHETIC_WARNING  # noqa: E402
+from edgectl import sample_models  # noqa: E402
+from targets.tensors import TensorSpec  # noqa: E402
+
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+HAVE_NNCF = importlib.util.find_spec("nncf") is not None
+HAVE_ONNX2TF = all(importlib.util.find_spec(m) for m in ("onnx2tf", "tensorflow", "ai_edge_litert"))
+FAST = {"latency_budget_s": 0.2, "eval_samples": 100}
+
+
+def check_report(r: ConversionResult, thresholds: Thresholds = Thresholds()) -> None:
+    """A built variant: loaded and ran in its runtime, and its verdict follows from its own numbers."""
+    assert r.ok, r.error
+    assert r.error is None and r.path and r.size_bytes > 0 and r.samples > 0
+    assert r.latency_ms_p50 and r.latency_ms_p50 > 0
+    assert r.transfer_bytes <= r.size_bytes
+    assert r.size_ratio == pytest.approx(r.size_bytes / r.source_size_bytes)
+    if r.source_latency_ms_p50:
+        assert r.speedup == pytest.approx(r.source_latency_ms_p50 / r.latency_ms_p50)
+    a = r.agreement
+    assert 0 <= a["mean_abs_error"] <= a["max_abs_error"]
+    for name, m in a["outputs"].items():
+        below = m["top1"] < thresholds.top1 if "top1" in m else m["cosine"] < thresholds.cosine
+        assert below == any(f.startswith(f"{name}:") for f in r.failed_metrics), (name, m, r.failed_metrics)
+    assert r.passed == (not r.failed_metrics)
+    json.dumps(r.as_dict())  # storable as it is
+
+
+@pytest.fixture(scope="module")
+def conv(tmp_path_factory):
+    """The conv-net classifier, calibrated on one draw of its images and validated on another."""
+    d = tmp_path_factory.mktemp("conv")
+    model = sample_models.conv_classifier(d / "conv.onnx")
+    np.savez(d / "calib.npz", image=sample_models.classifier_images(128, seed=1)[0])
+    np.savez(d / "valid.npz", image=sample_models.classifier_images(200, seed=2)[0])
+    results = convert_many(model, list(VARIANTS), d / "calib.npz", d / "out", options=FAST, validation=d / "valid.npz")
+    return {r.variant: r for r in results}
+
+
+def test_conv_int8_static_meets_the_issue_target(conv):
+    r = conv["int8-static"]
+    check_report(r)
+    assert r.size_ratio <= 0.30
+    assert r.agreement["top1"] >= 0.99 and r.passed
+    assert any("ORT pre-processing" in f for f in r.fixes)
+    assert r.runtime == "onnxruntime" and r.validation.endswith("valid.npz")
+
+
+def test_conv_pruned_half_with_zstd_transfer_under_55_percent(conv):
+    r = conv["pruned"]
+    check_report(r)
+    assert any("magnitude pruning" in f and "(50%" in f for f in r.fixes)
+    assert r.transfer_compressed and r.transfer_bytes <= 0.55 * r.source_size_bytes
+
+
+@pytest.mark.parametrize("variant", ["int8", "fp16", "openvino", "openvino-int8", "tflite", "tflite-int8"])
+def test_conv_variants_load_and_report(conv, variant):
+    r = conv[variant]
+    if variant.startswith("openvino") and not (HAVE_OPENVINO and HAVE_NNCF):
+        assert "needs" in r.error
+        return
+    if variant.startswith("tflite") and not HAVE_ONNX2TF:
+        assert "needs" in r.error and "onnx2tf" in r.error
+        return
+    check_report(r)
+    assert r.agreement["top1"] is not None  # a classifier: judged on top-1
+    if variant in ("fp16", "openvino", "tflite"):  # float conversions keep every decision
+        assert r.passed and r.agreement["top1"] == 1.0
+    if variant.startswith("openvino"):
+        assert r.path.endswith(".tar") and r.baseline.startswith("openvino")
+
+
+def test_conv_int4_is_refused_with_the_reason(conv):
+    r = conv["int4"]
+    assert not r.ok and not r.passed and "MatMul" in r.error
+
+
+@pytest.fixture(scope="module")
+def transformer(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tf")
+    model = sample_models.transformer_block(d / "block.onnx")
+    rng = np.random.default_rng(0)
+    np.save(d / "x.npy", rng.standard_normal((64, 16, 128)).astype(np.float32))
+    names = ["int8", "int8-static", "fp16", "int4", "openvino", "openvino-int8", "tflite"]
+    return {r.variant: r for r in convert_many(model, names, d / "x.npy", d / "out", options=FAST)}
+
+
+@pytest.mark.parametrize("variant", ["int8", "int8-static", "fp16", "int4", "openvino", "openvino-int8"])
+def test_transformer_variants(transformer, variant):
+    r = transformer[variant]
+    if variant.startswith("openvino") and not (HAVE_OPENVINO and HAVE_NNCF):
+        pytest.skip("openvino/nncf not installed")
+    check_report(r)
+    assert r.agreement["top1"] is None  # not a classifier: judged on cosine similarity
+    if variant in ("fp16", "int4", "openvino"):
+        assert r.passed, r.failed_metrics
+    if variant == "int4":
+        assert any("MatMulNBits" in f for f in r.fixes)
+        assert r.size_ratio < 0.25
+
+
+def test_transformer_tflite_reports_what_onnx2tf_did(transformer):
+    r = transformer["tflite"]
+    if r.ok:
+        check_report(r)
+    else:  # onnx2tf cannot convert this attention block: the error says so, the others were built anyway
+        assert "onnx2tf" in r.error or "needs" in r.error
+        assert transformer["fp16"].ok
+
+
+def test_mlp_variants(tmp_path):
+    model = sample_models.mlp(tmp_path / "mlp.onnx", n_in=64, hidden=256, n_out=8)
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).standard_normal((100, 64)).astype(np.float32))
+    names = ["int8", "int8-static", "fp16", "int4", "pruned"] + (["openvino"] if HAVE_OPENVINO else [])
+    results = {r.variant: r for r in convert_many(model, names, tmp_path / "cal.npz", tmp_path, options=FAST)}
+    for r in results.values():
+        check_report(r)
+    assert results["fp16"].passed and results["int8"].passed
+    assert results["int4"].size_ratio < 0.5
+
+
+def _scaler_model(path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Scaler", ["x"], ["xs"], domain="ai.onnx.ml", offset=[0.5] * 16, scale=[2.0] * 16),
+        helper.make_node("MatMul", ["xs", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scaler",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [w],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_unsupported_op_is_named_and_other_variants_still_build(tmp_path):
+    model = _scaler_model(tmp_path / "scaler.onnx")
+    names = ["openvino", "int8", "tflite", "fp16"]
+    results = {r.variant: r for r in convert_many(model, names, None, tmp_path, options=FAST)}
+    if HAVE_OPENVINO:
+        assert not results["openvino"].ok and "Scaler" in results["openvino"].error
+    if HAVE_ONNX2TF:
+        assert not results["tflite"].ok and "Scaler" in results["tflite"].error
+    check_report(results["int8"])
+    assert results["int8"].calibration == "synthetic"
+    assert SYNTHETIC_WARNING in results["int8"].warnings
+
+
+def test_old_opset_and_constant_weights_are_fixed_and_named(tmp_path):
+    """An opset-11 model whose weights are Constant nodes: upgraded and folded for per-channel QDQ."""
+    from onnx import helper, numpy_helper
+
+    src = onnx.load(str(sample_models.mlp(tmp_path / "mlp.onnx", n_in=32, hidden=64)))
+    weights = {i.name: i for i in src.graph.initializer}
+    constants = [helper.make_node("Constant", [], [n], value=numpy_helper.from_array(numpy_helper.to_array(t), n))
+                 for n, t in weights.items()]  # fmt: skip
+    del src.graph.initializer[:]
+    nodes = constants + list(src.graph.node)
+    del src.graph.node[:]
+    src.graph.node.extend(nodes)
+    del src.opset_import[:]
+    src.opset_import.extend([helper.make_opsetid("", 11)])
+    onnx.save(src, str(tmp_path / "old.onnx"))
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32))
+    r = convert(tmp_path / "old.onnx", "int8-static", tmp_path / "x.npy", tmp_path, options=FAST)
+    check_report(r)
+    assert any("opset upgrade 11 -> 13" in f for f in r.fixes), r.fixes
+    assert any("Constant node(s) into initializers" in f for f in r.fixes), r.fixes
+    quantized = onnx.load(r.path)
+    assert any(n.op_type == "DequantizeLinear" for n in quantized.graph.node)
+
+
+def test_unknown_variant_and_missing_package_are_results_not_exceptions(tmp_path):
+    model = sample_models.mlp(tmp_path / "mlp.onnx")
+    r = convert(model, "int3", None, tmp_path, options=FAST)
+    assert not r.ok and "unknown variant" in r.error and "int8-static" in r.error
+
+
+# --- calibration data ---------------------------------------------------------------------------------------------
+
+SPEC = [TensorSpec("x", "FP32", (-1, 4))]
+TWO = [TensorSpec("a", "FP32", (-1, 3)), TensorSpec("b", "INT64", (-1,))]
+
+
+def test_calibration_npz_npy_and_directories(tmp_path):
+    x = np.arange(20, dtype=np.float32).reshape(5, 4)
+    np.savez(tmp_path / "c.npz", x=x)
+    np.save(tmp_path / "c.npy", x)
+    assert np.array_equal(load_calibration(tmp_path / "c.npz", SPEC).arrays["x"], x)
+    assert np.array_equal(load_calibration(tmp_path / "c.npy", SPEC).arrays["x"], x)
+    d = tmp_path / "dir"
+    d.mkdir()
+    np.savez(d / "0.npz", x=x[:2])
+    np.savez(d / "1.npz", x=x[2:])
+    cal = load_calibration(d, SPEC)
+    assert len(cal) == 5 and np.array_equal(cal.arrays["x"], x)
+    assert [b["x"].shape for b in cal.batches(2)] == [(2, 4), (2, 4)]
+    named = tmp_path / "named"
+    named.mkdir()
+    np.save(named / "a.npy", np.ones((3, 3), np.float64))
+    np.save(named / "b.npy", np.arange(3))
+    cal = load_calibration(named, TWO)
+    assert cal.arrays["a"].dtype == np.float32 and any("cast from float64" in n for n in cal.notes)
+
+
+def test_calibration_single_sample_gets_a_batch_axis(tmp_path):
+    np.save(tmp_path / "one.npy", np.ones(4, np.float32))
+    assert load_calibration(tmp_path / "one.npy", SPEC).arrays["x"].shape == (1, 4)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: np.savez(p / "c.npz", y=np.ones((2, 4), np.float32)), "do not match the model inputs"),
+        (lambda p: np.savez(p / "c.npz", x=np.ones((2, 5), np.float32)), "expects [-1, 4]"),
+        (lambda p: (p / "c.txt").write_text("1 2 3"), "must be .npz, .npy"),
+    ],
+)
+def test_calibration_errors_say_what_was_expected(tmp_path, make, message):
+    make(tmp_path)
+    path = next(tmp_path.iterdir())
+    with pytest.raises(CalibrationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_calibration(path, SPEC)
+
+
+def test_npy_for_a_two_input_model_needs_names(tmp_path):
+    np.save(tmp_path / "c.npy", np.ones((2, 3), np.float32))
+    with pytest.raises(CalibrationError, match="one-input model"):
+        load_calibration(tmp_path / "c.npy", TWO)
+
+
+def test_synthetic_calibration_warns_loudly(caplog):
+    with caplog.at_level(logging.WARNING, logger="converters"):
+        cal = load_calibration(None, SPEC)
+    assert cal.synthetic and len(cal) > 0 and "UNPROVEN" in caplog.text
+
+
+def test_bad_model_is_an_error(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(ConversionError, match="not a valid ONNX model"):
+        convert(tmp_path / "bad.onnx", "int8", None, tmp_path)
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_convert_json_and_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgectl.cli import app
+
+    model = sample_models.mlp(tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32))
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["convert", str(model), "--to", "fp16,int9", "--calibration", str(tmp_path / "cal.npz"),
+              "--out", str(tmp_path / "out"), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 1  # int9 does not exist
+    reports = json.loads(result.stdout)
+    assert [r["variant"] for r in reports] == ["fp16", "int9"]
+    assert reports[0]["passed"] and (tmp_path / "out" / "mlp.fp16.onnx").exists()
+    assert "unknown variant" in reports[1]["error"]
+    result = runner.invoke(app, ["convert", str(model), "--to", "fp16", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "fp16" in result.stdout and "pass" in result.stdout
+    assert "UNPROVEN" in result.output  # synthetic data warning
+    result = runner.invoke(app, ["convert", str(model), "--list"])
+    assert result.exit_code == 0 and "openvino-int8" in result.stdout

@@ -1,0 +1,66 @@
+"""The device's model store: verified commits, resumable partials, records that survive restarts, retention."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from agent.store import Installed, ModelStore, VerifyError
+
+
+def download(store: ModelStore, data: bytes) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    store.partial_path(sha).write_bytes(data)
+    store.commit(sha, hashlib.sha256(data).hexdigest())
+    return sha
+
+
+def test_commit_verifies_and_discards_mismatches(tmp_path):
+    store = ModelStore(tmp_path)
+    sha = download(store, b"model bytes")
+    assert store.has(sha) and store.verify(sha)
+    wrong = "0" * 64
+    store.partial_path(wrong).write_bytes(b"other bytes")
+    with pytest.raises(VerifyError, match="sha256 mismatch"):
+        store.commit(wrong, hashlib.sha256(b"other bytes").hexdigest())
+    assert not store.has(wrong) and not store.partial_path(wrong).exists()
+    store.path(sha).write_bytes(b"bit rot")
+    assert not store.verify(sha)
+
+
+def test_resume_point_cuts_back_to_a_chunk_boundary(tmp_path):
+    store = ModelStore(tmp_path)
+    sha = "a" * 64
+    store.partial_path(sha).write_bytes(b"x" * 2500)
+    offset, hasher = store.resume_point(sha, 1000)
+    assert offset == 2000 and store.partial_path(sha).stat().st_size == 2000
+    assert hasher.hexdigest() == hashlib.sha256(b"x" * 2000).hexdigest()
+    with pytest.raises(ValueError):
+        store.partial_path("../../etc/passwd")
+
+
+def test_records_survive_restart_and_track_previous(tmp_path):
+    store = ModelStore(tmp_path)
+    a, b = download(store, b"v1"), download(store, b"v2")
+    store.mark_serving("m", Installed("1", a))
+    store.mark_serving("m", Installed("2", b))
+    again = ModelStore(tmp_path)
+    assert again.records["m"].serving.sha256 == b
+    assert again.records["m"].previous.sha256 == a
+    (tmp_path / "models.json").write_text("{corrupt")
+    assert ModelStore(tmp_path).records == {}
+
+
+def test_garbage_collection_never_removes_serving_or_previous(tmp_path):
+    store = ModelStore(tmp_path)
+    shas = [download(store, f"v{i}".encode()) for i in range(5)]
+    for i, sha in enumerate(shas):
+        store.mark_serving("m", Installed(str(i), sha))
+    pinned_partial = "b" * 64
+    store.partial_path(pinned_partial).write_bytes(b"half")
+    store.partial_path("c" * 64).write_bytes(b"stale")
+    removed = store.collect_garbage(keep_versions=2, pinned={pinned_partial})
+    assert set(removed) == set(shas[:3])
+    assert {p.name for p in store.objects.iterdir()} == set(shas[3:])
+    assert [p.name for p in store.partial.iterdir()] == [f"{pinned_partial}.part"]

@@ -1,0 +1,171 @@
+"""Measured backend selection on real runtimes: rule order, the trial, failures skipped with reasons, the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgectl import sample_models
+from targets import registry, selection
+from targets.base import BackendError
+from targets.probe import probe
+from targets.selection import select_backend
+
+pytest.importorskip("onnx")
+FIXTURES = Path(__file__).parent / "fixtures" / "probe"
+BOTH = {"onnxruntime", "openvino"} <= set(registry.installed_backends("onnx"))
+
+
+@pytest.fixture(scope="module")
+def hardware() -> dict:
+    return probe()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    import onnx
+
+    d = tmp_path_factory.mktemp("sel")
+    found = {
+        "mlp": sample_models.mlp(d / "mlp.onnx"),
+        "control": sample_models.control_flow(d / "control.onnx"),
+        "tflite": sample_models.tflite_conv_net(d / "conv.tflite"),
+    }
+    future = onnx.load(str(found["mlp"]))
+    future.ir_version = 99  # ONNX Runtime refuses IR versions it does not know; OpenVINO reads it
+    onnx.save(future, str(d / "future.onnx"))
+    found["future"] = d / "future.onnx"
+    return found
+
+
+def names(cands) -> list[str]:
+    return [c.name for c in cands]
+
+
+def fake_installed(*keys: str):
+    types = registry.backend_types()
+    return lambda fmt=None: [k for k in keys if fmt is None or fmt in types[k].formats]
+
+
+def test_rule_order_per_hardware(monkeypatch):
+    monkeypatch.setattr(registry, "installed_backends", fake_installed("onnxruntime", "openvino", "litert"))
+    jetson = probe(FIXTURES / "jetson-orin") | {"ort_providers": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}
+    assert names(selection.candidates("onnx", jetson))[:3] == [
+        "onnxruntime:tensorrt",
+        "onnxruntime:cuda",
+        "onnxruntime:cpu",
+    ]
+    nuc = probe(FIXTURES / "intel-nuc") | {"openvino_devices": ["CPU", "GPU", "NPU"], "ort_providers": None}
+    assert names(selection.candidates("onnx", nuc)) == [
+        "openvino:gpu",
+        "openvino:npu",
+        "openvino:cpu",
+        "onnxruntime:cpu",
+    ]
+    rpi = probe(FIXTURES / "rpi5") | {"ort_providers": ["CPUExecutionProvider"], "openvino_devices": None}
+    monkeypatch.setattr(registry, "installed_backends", fake_installed("litert", "openvino"))
+    assert names(selection.candidates("tflite", rpi)) == ["litert", "openvino:cpu"]
+    monkeypatch.setattr(registry, "installed_backends", fake_installed("onnxruntime", "openvino"))
+    assert names(selection.candidates("onnx", rpi)) == ["onnxruntime:cpu", "openvino:cpu"]
+    tensorrt = selection.candidates("onnx", jetson, cache_dir=Path("/var/cache/x"))[0]
+    assert tensorrt.options["tensorrt_cache_dir"] == "/var/cache/x/tensorrt"
+
+
+@pytest.mark.parametrize("model", ["mlp", "control"])
+def test_trial_picks_the_fastest_that_agrees(models, hardware, model):
+    chosen = select_backend(models[model], "onnx", hardware, budget_s=1.0)
+    tried = {r.name: r for r in chosen.candidates}
+    working = [r for r in chosen.candidates if r.agreed]
+    assert working and all(r.error is None and r.p50_ms > 0 and r.runs >= 3 for r in working)
+    fastest = min(working, key=lambda r: r.p50_ms)
+    assert chosen.label == fastest.name == chosen.backend.label
+    assert chosen.label in chosen.reason
+    if BOTH:
+        assert {"onnxruntime:cpu", "openvino:cpu"} <= set(tried)
+    json.dumps(chosen.as_dict())
+    out = chosen.backend.infer(selection.synthetic_inputs(chosen.backend.inputs))
+    assert set(out) == {s.name for s in chosen.backend.outputs}
+
+
+@pytest.mark.skipif(not BOTH, reason="needs onnxruntime and openvino")
+def test_failing_backend_is_skipped_with_its_reason(models, hardware):
+    chosen = select_backend(models["future"], "onnx", hardware, budget_s=1.0)
+    tried = {r.name: r for r in chosen.candidates}
+    assert chosen.label == "openvino:cpu"
+    assert not tried["onnxruntime:cpu"].agreed
+    assert "ONNX Runtime could not load" in tried["onnxruntime:cpu"].error
+    assert "passed over: onnxruntime:cpu" in chosen.reason
+
+
+def test_nothing_works_names_every_failure(tmp_path, hardware):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(BackendError, match="no backend could run the model: onnxruntime:cpu: ONNX Runtime"):
+        select_backend(bad, "onnx", hardware, budget_s=0.5)
+    with pytest.raises(BackendError, match="no installed backend reads 'pmml'"):
+        select_backend(bad, "pmml", hardware)
+
+
+def test_disagreeing_backend_is_passed_over(models, hardware, monkeypatch):
+    import numpy as np
+
+    from targets.backends.openvino import OpenVinoBackend
+
+    if not BOTH:
+        pytest.skip("needs onnxruntime and openvino")
+    real = OpenVinoBackend.infer
+    monkeypatch.setattr(OpenVinoBackend, "infer", lambda self, x: {k: v + 1.0 for k, v in real(self, x).items()})
+    hw = hardware | {"cpu_vendor": "amd"}  # onnxruntime first: it is the reference
+    chosen = select_backend(models["mlp"], "onnx", hw, budget_s=0.5)
+    tried = {r.name: r for r in chosen.candidates}
+    assert chosen.label == "onnxruntime:cpu"
+    assert "differs from the reference" in tried["openvino:cpu"].error
+    monkeypatch.setattr(OpenVinoBackend, "infer", lambda self, x: {k: v * np.nan for k, v in real(self, x).items()})
+    chosen = select_backend(models["mlp"], "onnx", hw, budget_s=0.5)
+    assert "not finite" in {r.name: r for r in chosen.candidates}["openvino:cpu"].error
+
+
+def test_cache_hit_skips_the_trial(models, hardware, tmp_path, monkeypatch):
+    first = select_backend(models["mlp"], "onnx", hardware, cache_dir=tmp_path, sha256="a" * 64, budget_s=0.5)
+    assert not first.cached
+    stored = json.loads((tmp_path / selection.CACHE_FILE).read_text())
+    assert len(stored) == 1 and next(iter(stored.values()))["choice"] == first.label
+
+    def no_trial(*args, **kwargs):
+        raise AssertionError("the trial ran again")
+
+    monkeypatch.setattr(selection, "_trial", no_trial)
+    again = select_backend(models["mlp"], "onnx", hardware, cache_dir=tmp_path, sha256="a" * 64)
+    assert again.cached and again.label == first.label and again.reason == first.reason
+    assert [r.name for r in again.candidates] == [r.name for r in first.candidates]
+    monkeypatch.undo()
+    other_hw = select_backend(models["mlp"], "onnx", hardware | {"cores": 999}, cache_dir=tmp_path, sha256="a" * 64)
+    assert not other_hw.cached  # another machine's timings do not apply here
+    assert len(json.loads((tmp_path / selection.CACHE_FILE).read_text())) == 2
+
+
+def test_override_is_respected(models, hardware):
+    for override, label in (("onnxruntime", "onnxruntime:cpu"), ("openvino", "openvino:cpu")):
+        if override not in registry.installed_backends("onnx"):
+            continue
+        chosen = select_backend(models["mlp"], "onnx", hardware, override=override)
+        assert chosen.label == label and "set by the operator" in chosen.reason
+    chosen = select_backend(models["mlp"], "onnx", hardware, override="onnxruntime", options={"intra_op_threads": 1})
+    assert chosen.backend.config.intra_op_threads == 1
+    with pytest.raises(BackendError, match="set by the operator"):
+        select_backend(models["future"], "onnx", hardware, override="onnxruntime")
+
+
+def test_trial_disabled_takes_first_that_loads(models, hardware):
+    chosen = select_backend(models["future"], "onnx", hardware | {"cpu_vendor": "amd"}, trial=False)
+    assert chosen.label == "openvino:cpu" if BOTH else True
+    assert "trial disabled" in chosen.reason
+
+
+@pytest.mark.skipif("litert" not in registry.installed_backends("tflite"), reason="LiteRT is not installed")
+def test_tflite_selection(models, hardware):
+    chosen = select_backend(models["tflite"], "tflite", hardware, budget_s=1.0)
+    assert {r.name for r in chosen.candidates} >= {"litert"}
+    assert all(r.agreed for r in chosen.candidates)
