@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.store import ModelStore
-from protocol import QOS, ArtifactRequest, ChunkHeader, ProtocolError, Topics, decode_frame
+from protocol import QOS, ArtifactRequest, ChunkHeader, Encoding, ProtocolError, Topics, Transfer, decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,29 @@ WRITEBACK_BYTES = 8 << 20
 class FetchError(RuntimeError):
     """The controller could not supply the artifact; the message is its reason."""
 
+    def __init__(self, message: str, code: str = "fetch_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
 
 class FetchCancelled(RuntimeError):
     """The download was superseded (a newer deployment) or the agent is stopping."""
 
 
+def can_decompress() -> bool:
+    """zstandard is in the agent extra, but an agent without it still works: it asks for raw bytes."""
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @dataclass
 class _Transfer:
     sha256: str
-    size: int
+    size: int  # bytes on the wire: the compressed size for zstd
+    encoding: Encoding = "identity"
     inbox: queue.Queue[tuple[ChunkHeader, memoryview]] = field(default_factory=queue.Queue)
     pending: dict[int, str] = field(default_factory=dict)  # offset -> request id
 
@@ -83,22 +97,41 @@ class ArtifactFetcher:
         """Requests in flight during a disconnect are lost with the session: ask again at once."""
         self._resend.set()
 
-    def fetch(self, sha256: str, size: int, progress: Progress, cancel: threading.Event) -> None:
-        """Download into the store (verified) or raise FetchError / VerifyError / FetchCancelled."""
-        offset, hasher = self.store.resume_point(sha256, self.chunk_bytes)
+    def fetch(
+        self, sha256: str, size: int, progress: Progress, cancel: threading.Event, offer: Transfer | None = None
+    ) -> None:
+        """Download into the store (verified) or raise FetchError / VerifyError / FetchCancelled. With a zstd `offer`
+        (and zstandard installed) the compressed bytes travel and are decompressed while verifying."""
+        if offer is not None and offer.encoding == "zstd" and can_decompress():
+            try:
+                self._download(_Transfer(sha256, offer.size, "zstd"), progress, cancel)
+            except FetchError as exc:
+                if exc.code != "no_encoding":
+                    raise
+                log.warning("controller has no zstd copy of %s… any more; fetching it raw", sha256[:12])
+            else:
+                self.store.commit_compressed(sha256)
+                return
+        hasher = self._download(_Transfer(sha256, size), progress, cancel)
+        self.store.commit(sha256, hasher.hexdigest())
+
+    def _download(self, transfer: _Transfer, progress: Progress, cancel: threading.Event):
+        """Fetch the transfer's bytes into its partial file, resuming what is there; returns their running hash."""
+        sha256, size, encoding = transfer.sha256, transfer.size, transfer.encoding
+        offset, hasher = self.store.resume_point(sha256, self.chunk_bytes, encoding)
         if offset > size:
-            self.store.partial_path(sha256).unlink()
-            offset, hasher = self.store.resume_point(sha256, self.chunk_bytes)
+            self.store.partial_path(sha256, encoding).unlink()
+            offset, hasher = self.store.resume_point(sha256, self.chunk_bytes, encoding)
         if offset:
-            log.info("resuming download of %s… at %d of %d bytes", sha256[:12], offset, size)
-        transfer = _Transfer(sha256, size)
+            log.info("resuming download of %s… at %d of %d bytes (%s)", sha256[:12], offset, size, encoding)
         self._active = transfer
         try:
-            with open(self.store.partial_path(sha256), "ab") as out, _Writeback(out.fileno()) as writeback:
+            path = self.store.partial_path(sha256, encoding)
+            with open(path, "ab") as out, _Writeback(out.fileno()) as writeback:
                 self._pump(transfer, out, offset, size, hasher, progress, cancel, writeback)
         finally:
             self._active = None
-        self.store.commit(sha256, hasher.hexdigest())
+        return hasher
 
     def _pump(
         self, t: _Transfer, out, offset: int, size: int, hasher, progress: Progress, cancel, writeback: _Writeback
@@ -125,7 +158,7 @@ class ArtifactFetcher:
                 self._request_again(t)
                 continue
             if header.error is not None:
-                raise FetchError(f"controller: {header.error.message}")
+                raise FetchError(f"controller: {header.error.message}", header.error.code)
             if t.pending.get(header.offset) != header.request_id:
                 continue  # duplicate or stale answer
             del t.pending[header.offset]
@@ -144,7 +177,12 @@ class ArtifactFetcher:
         t.pending[offset] = request_id
         length = min(self.chunk_bytes, t.size - offset)
         req = ArtifactRequest(
-            request_id=request_id, reply_to=self.reply_topic, sha256=t.sha256, offset=offset, length=length
+            request_id=request_id,
+            reply_to=self.reply_topic,
+            sha256=t.sha256,
+            offset=offset,
+            length=length,
+            encoding=t.encoding,
         )
         self.publish(self.request_topic, req.encode(), QOS["artifact/request"])
 

@@ -508,11 +508,11 @@ class Agent:
 
     def _fetch_all(self, target: DesiredModel) -> list[Artifact]:
         """Download and verify the original, then each signed variant; a variant that fails is left out."""
-        original = Artifact(None, target.sha256, target.size, target.format)
+        original = Artifact(None, target.sha256, target.size, target.format, target.transfer)
         self._fetch(target.name, original)
         artifacts = [original]
         for ref in target.variants:
-            variant = Artifact(ref.variant, ref.sha256, ref.size, ref.format)
+            variant = Artifact(ref.variant, ref.sha256, ref.size, ref.format, ref.transfer)
             try:
                 if self.verifier is not None:
                     self.verifier.verify(target.variant_manifest(ref), ref.signature)
@@ -528,7 +528,7 @@ class Agent:
         fetched = not self.store.has(artifact.sha256)
         if fetched:  # the fetcher hashes while it writes and commits only a matching file
             self._set_status(name, state="downloading", progress=0.0)
-            self.fetcher.fetch(artifact.sha256, artifact.size, self._progress(name), self._cancel)
+            self.fetcher.fetch(artifact.sha256, artifact.size, self._progress(name), self._cancel, artifact.offer)
         self._set_status(name, state="verifying", progress=1.0)
         if not fetched and not self.store.verify(artifact.sha256):
             raise VerifyError(f"stored {artifact.label} artifact does not match its sha256")

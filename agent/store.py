@@ -104,13 +104,13 @@ class ModelStore:
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
-    def partial_path(self, sha256: str) -> Path:
+    def partial_path(self, sha256: str, encoding: str = "identity") -> Path:
         self.path(sha256)  # validates the digest
-        return self.partial / f"{sha256}.part"
+        return self.partial / (f"{sha256}.zst.part" if encoding == "zstd" else f"{sha256}.part")
 
-    def resume_point(self, sha256: str, chunk_bytes: int) -> tuple[int, hashlib._Hash]:
+    def resume_point(self, sha256: str, chunk_bytes: int, encoding: str = "identity") -> tuple[int, hashlib._Hash]:
         """Bytes already downloaded (cut back to a chunk boundary) and the hash of exactly those bytes."""
-        part = self.partial_path(sha256)
+        part = self.partial_path(sha256, encoding)
         if not part.exists():
             return 0, hashlib.sha256()
         size = part.stat().st_size
@@ -132,6 +132,26 @@ class ModelStore:
         os.replace(part, target)
         fsync_dir(self.objects)
         return target
+
+    def commit_compressed(self, sha256: str) -> Path:
+        """Decompress a finished zstd download into the partial file while hashing it, then commit as usual: the raw
+        bytes must hash to `sha256`. A corrupt stream is discarded like a hash mismatch."""
+        import zstandard
+
+        packed = self.partial_path(sha256, "zstd")
+        hasher = hashlib.sha256()
+        try:
+            with open(packed, "rb") as src, open(self.partial_path(sha256), "wb") as dst:
+                reader = zstandard.ZstdDecompressor().stream_reader(src)
+                while block := reader.read(1 << 20):
+                    hasher.update(block)
+                    dst.write(block)
+        except zstandard.ZstdError as exc:
+            packed.unlink(missing_ok=True)
+            self.partial_path(sha256).unlink(missing_ok=True)
+            raise VerifyError(f"compressed download of {sha256[:12]}… does not decompress: {exc}") from None
+        packed.unlink(missing_ok=True)
+        return self.commit(sha256, hasher.hexdigest())
 
     def verify(self, sha256: str) -> bool:
         """Re-hash a stored object (used at start-up, so a corrupted file is never served)."""
@@ -201,7 +221,7 @@ class ModelStore:
                 obj.unlink(missing_ok=True)
                 removed.append(obj.name)
         for part in self.partial.iterdir():
-            if part.name.removesuffix(".part") not in keep:
+            if part.name.removesuffix(".part").removesuffix(".zst") not in keep:
                 part.unlink(missing_ok=True)
         if removed:
             log.info("removed %d old artifact(s) from %s", len(removed), self.objects)

@@ -12,6 +12,7 @@ from targets.tensors import synthetic_inputs
 
 if TYPE_CHECKING:
     from agent.serving import LoadedModel
+    from protocol import Transfer
 
 MIN_COSINE = 0.99
 TIMED_RUNS = 20
@@ -25,6 +26,7 @@ class Artifact:
     sha256: str
     size: int
     format: str
+    offer: Transfer | None = None  # a compressed encoding the controller holds
 
     @property
     def label(self) -> str:

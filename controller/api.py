@@ -152,6 +152,8 @@ def device_view(row: dict[str, Any]) -> dict[str, Any]:
             "reason": m.get("reason"),
             "serving": m.get("serving"),
             "previous": m.get("previous"),
+            "selection": m.get("selection"),
+            "failover": m.get("failover"),
         }
         for m in row.get("state") or []
     ]

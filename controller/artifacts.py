@@ -1,13 +1,21 @@
-"""Content-addressed artifact storage on the controller: uploads are hashed while written, then renamed into place."""
+"""Content-addressed artifact storage on the controller: uploads are hashed while written, then renamed into place,
+with a zstd copy beside each artifact that compresses well enough to be worth sending instead."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
 from pathlib import Path
 
+from protocol import ZSTD_LEVEL, Encoding, Transfer
+
+log = logging.getLogger(__name__)
+
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+WORTHWHILE = 0.97  # keep the compressed copy only when it is at least 3% smaller
+SAMPLE_BYTES = 4 << 20  # judge compressibility on a sample first: float weights rarely compress, skip them fast
 
 
 class ArtifactStore:
@@ -23,6 +31,9 @@ class ArtifactStore:
             raise ValueError(f"not a sha256 digest: {sha256!r}")
         return self.objects / sha256[:2] / sha256
 
+    def compressed_path(self, sha256: str) -> Path:
+        return self.path(sha256).with_suffix(".zst")
+
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
@@ -37,10 +48,44 @@ class ArtifactStore:
             tmp.unlink(missing_ok=True)
         else:
             os.replace(tmp, target)
+        if not self.compressed_path(sha256).exists():
+            self._compress(target)
         return target
 
-    def read(self, sha256: str, offset: int, length: int) -> tuple[bytes, int]:
-        """One byte range and the artifact's total size."""
-        with open(self.path(sha256), "rb") as f:
+    def transfer(self, sha256: str) -> Transfer | None:
+        """The compressed encoding on offer for this artifact, if any."""
+        try:
+            return Transfer(encoding="zstd", size=self.compressed_path(sha256).stat().st_size)
+        except FileNotFoundError:
+            return None
+
+    def read(self, sha256: str, offset: int, length: int, encoding: Encoding = "identity") -> tuple[bytes, int]:
+        """One byte range of the artifact (or of its compressed copy) and that file's total size."""
+        path = self.compressed_path(sha256) if encoding == "zstd" else self.path(sha256)
+        with open(path, "rb") as f:
             total = os.fstat(f.fileno()).st_size
             return os.pread(f.fileno(), length, offset), total
+
+    def _compress(self, target: Path) -> None:
+        """Write `<sha>.zst` atomically when zstd makes the artifact worthwhile smaller; without zstandard, skip."""
+        try:
+            import zstandard
+        except ImportError:
+            return
+        size = target.stat().st_size
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+        with open(target, "rb") as f:
+            sample = f.read(SAMPLE_BYTES)
+        if not sample or len(compressor.compress(sample)) >= WORTHWHILE * len(sample):
+            return
+        out = target.with_suffix(".zst.tmp")
+        with open(target, "rb") as src, open(out, "wb") as dst:
+            compressor.copy_stream(src, dst, size=size)
+            dst.flush()
+            os.fsync(dst.fileno())
+        compressed = out.stat().st_size
+        if compressed < WORTHWHILE * size:
+            os.replace(out, target.with_suffix(".zst"))
+            log.info("%s travels zstd-compressed: %d -> %d bytes", target.name[:12], size, compressed)
+        else:
+            out.unlink()

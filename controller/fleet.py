@@ -140,7 +140,13 @@ class Fleet:
 
     def desired_model(self, model, backend: str | None, variant_rows=()) -> DesiredModel:
         """The desired entry for a registered version, signed (with each variant) when a signing key is set."""
-        refs = [VariantRef(variant=v.variant, sha256=v.sha256, size=v.size, format=v.format) for v in variant_rows]
+        refs = [
+            VariantRef(
+                variant=v.variant, sha256=v.sha256, size=v.size, format=v.format,
+                transfer=self.artifacts.transfer(v.sha256),
+            )
+            for v in variant_rows
+        ]  # fmt: skip
         entry = DesiredModel(
             name=model.name,
             version=model.version,
@@ -149,6 +155,7 @@ class Fleet:
             format=model.format,
             backend=backend,
             variants=refs,
+            transfer=self.artifacts.transfer(model.sha256),
         )
         if self.signer is not None:
             entry.signature = self.signer.sign(entry.manifest()).as_dict()
@@ -238,8 +245,10 @@ class Fleet:
             header.error = Problem(
                 code="not_deployed", message=f"artifact {req.sha256[:12]}… is not deployed to device {device_id}"
             )
+        elif req.encoding == "zstd" and self.artifacts.transfer(req.sha256) is None:
+            header.error = Problem(code="no_encoding", message=f"artifact {req.sha256[:12]}… has no zstd copy")
         else:
-            data, total = self.artifacts.read(req.sha256, req.offset, req.length)
+            data, total = self.artifacts.read(req.sha256, req.offset, req.length, req.encoding)
             header.length, header.total = len(data), total
         self.link.publish(reply_to, encode_frame(header, data), QOS["artifact/chunk"])
 

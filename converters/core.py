@@ -19,11 +19,11 @@ from converters import fixes as fx
 from converters.calibration import Calibration, load_calibration
 from converters.runtimes import OnnxRunner, OpenVinoRunner, Runner, TfliteRunner, p50_latency_ms
 from converters.variants import VARIANTS, ConversionError, Job, Variant, check_available
+from protocol import ZSTD_LEVEL
 
 log = logging.getLogger("converters")
 
 EVAL_SAMPLES = 200  # agreement is measured on at most this many calibration/validation batches
-ZSTD_LEVEL = 19
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def zstd_size(path: Path, level: int = ZSTD_LEVEL) -> int | None:
     except ImportError:
         return None
     data = path.read_bytes()
-    return len(zstandard.ZstdCompressor(level=level if len(data) < (256 << 20) else 9).compress(data))
+    return len(zstandard.ZstdCompressor(level=level, threads=-1).compress(data))
 
 
 def agreement(

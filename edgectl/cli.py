@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from edgectl.choice_view import print_choice
 from edgectl.client import DEFAULT_CONTROLLER, ApiError, ControllerClient
 from edgectl.watch import DeviceOutcome, wait_serving
 
@@ -302,6 +303,8 @@ def status(
             reason,
         )
     console.print(table)
+    for m in d["models"]:
+        print_choice(console, m)
     for tm in (d.get("telemetry") or {}).get("models") or []:
         line = f"  {tm['name']}@{tm['version']}: p50 {_ms(tm.get('p50_ms'))} ms, p95 {_ms(tm.get('p95_ms'))} ms"
         line += f", {tm.get('requests_per_s') or 0:.1f} req/s"

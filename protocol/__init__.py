@@ -24,6 +24,7 @@ MAX_JSON_BYTES = 1 << 20  # control messages (presence, state, desired, rpc)
 MAX_CHUNK_BYTES = 4 << 20  # one artifact chunk's payload
 DEFAULT_CHUNK_BYTES = 1 << 20
 MAX_FRAME_HEADER_BYTES = 16 << 10
+ZSTD_LEVEL = 3  # compressed transfer: the controller's copies and the converters' reported transfer sizes
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
@@ -92,6 +93,18 @@ class ControllerPresence(Message):
 # --- desired state (controller -> device) and reported state (device -> controller) ------------------------------
 
 
+Encoding = Literal["identity", "zstd"]
+
+
+class Transfer(BaseModel):
+    """A smaller encoding the controller holds for an artifact. The agent may fetch it instead of the raw bytes and
+    decompresses while it verifies: the sha256 (and the signature) stay those of the raw artifact."""
+
+    model_config = ConfigDict(extra="ignore")
+    encoding: Literal["zstd"] = "zstd"
+    size: int = Field(gt=0)  # bytes on the wire
+
+
 class VariantRef(BaseModel):
     """An optimized variant of a desired model (int8, openvino, ...) that passed its accuracy threshold on the
     controller; the agent trials it beside the original and serves the fastest, never one slower than the original."""
@@ -102,6 +115,7 @@ class VariantRef(BaseModel):
     size: int = Field(ge=0)
     format: ModelFormat = "onnx"
     signature: dict[str, str] | None = None  # signs (name, version + "+" + variant, sha256, size, format)
+    transfer: Transfer | None = None
 
 
 class DesiredModel(BaseModel):
@@ -115,6 +129,7 @@ class DesiredModel(BaseModel):
     # Ed25519 over (name, version, sha256, size, format): {"key_id", "value"}; see protocol/signing.py
     signature: dict[str, str] | None = None
     variants: list[VariantRef] = Field(default_factory=list, max_length=16)
+    transfer: Transfer | None = None  # offered when zstd makes the artifact smaller
 
     def manifest(self) -> dict[str, Any]:
         """The signed fields."""
@@ -181,6 +196,7 @@ class ArtifactRequest(Message):
     sha256: Sha256
     offset: int = Field(ge=0)
     length: int = Field(gt=0, le=MAX_CHUNK_BYTES)
+    encoding: Encoding = "identity"  # "zstd": offset and length are in the compressed stream
 
 
 class ChunkHeader(BaseModel):
