@@ -8,22 +8,12 @@ import threading
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import wait_model_state
+from conftest import wait_model_state, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 from test_api_token import TokenController
 
 from protocol import Desired, Topics, decode
 from protocol.signing import SignatureError, Signer, Verifier
-
-
-def agent_verifies_signatures() -> bool:
-    """True once the agent side (config `trusted_keys`, verification in agent/service.py) is in this checkout."""
-    from pathlib import Path
-
-    import agent.config
-
-    service = Path(agent.config.__file__).with_name("service.py").read_text()
-    return "trusted_keys" in agent.config.AgentConfig.model_fields and "Verifier" in service
 
 
 @pytest.fixture
@@ -106,7 +96,6 @@ def test_bad_signing_key_is_a_clear_start_error(tmp_path):
         Controller(ControllerSettings(data_dir=tmp_path / "c", signing_key=tmp_path / "bad.pem"))
 
 
-@pytest.mark.skipif(not agent_verifies_signatures(), reason="agent-side signature checks are not in this checkout")
 def test_trusting_agent_serves_and_other_key_is_refused(signing_controller, start_agent, signer, mlp_model):
     other = Signer.generate()
     start_agent("good", config=f'trusted_keys = ["{signer.public_key_b64}"]\n', wait_online=signing_controller)
@@ -119,3 +108,44 @@ def test_trusting_agent_serves_and_other_key_is_refused(signing_controller, star
     assert entry["reason"]["code"] == "signature_invalid"
     assert signer.key_id in entry["reason"]["message"]
     assert not entry.get("serving")
+
+
+def test_key_rotation_end_to_end(
+    signing_controller, start_agent, broker, prefix, signer, mlp_model, mlp_model_v2, tmp_path
+):
+    """The three steps of docs/security.md with a real agent: trust both, re-key the controller, retire the old key."""
+    new = Signer.generate()
+    new.save(tmp_path / "new.pem")
+    both = f'trusted_keys = ["{signer.public_key_b64}", "{new.public_key_b64}"]\n'
+    agent = start_agent("dev1", config=both, wait_online=signing_controller)  # step 1
+    c = signing_controller.client
+    v1 = c.upload_model(mlp_model, "mlp", None)
+    c.deploy("mlp", v1["version"], ["dev1"])
+    wait_model_state(signing_controller, "dev1", "mlp", v1["sha256"], {"serving"})
+
+    signing_controller.stop()  # step 2: the controller restarts with the new key and re-signs what it publishes
+    signing_controller.extra["signing_key"] = tmp_path / "new.pem"
+    signing_controller.start()
+    wait_until(lambda: retained_desired(broker, prefix, "dev1").models[0].signature["key_id"] == new.key_id, 10,
+               "the desired state to be re-signed with the new key")  # fmt: skip
+    c = signing_controller.client
+    v2 = c.upload_model(mlp_model_v2, "mlp", None)
+    c.deploy("mlp", v2["version"], ["dev1"])
+    wait_model_state(signing_controller, "dev1", "mlp", v2["sha256"], {"serving"})
+
+    agent.stop()  # step 3: the old key is retired; the agent keeps serving what the new key signed
+    agent.data_dir.joinpath("agent.toml").write_text(
+        f'topic_prefix = "{prefix}"\ntrusted_keys = ["{new.public_key_b64}"]\n'
+    )
+    agent.start()
+    wait_until(lambda: signing_controller.device("dev1")["online"], 20, "dev1 back online")
+    wait_model_state(signing_controller, "dev1", "mlp", v2["sha256"], {"serving"})
+    assert agent.metadata("mlp")["versions"] == [v2["version"]]
+    c.deploy("mlp", v1["version"], ["dev1"])  # signed by the new key only: accepted
+    wait_model_state(signing_controller, "dev1", "mlp", v1["sha256"], {"serving"})
+
+    stale = start_agent("stale", config=f'trusted_keys = ["{signer.public_key_b64}"]\n', wait_online=signing_controller)
+    c.deploy("mlp", v1["version"], ["stale"])  # an agent left on the retired key refuses, and says which key signed
+    entry = wait_model_state(signing_controller, "stale", "mlp", v1["sha256"], {"failed"})
+    assert entry["reason"]["code"] == "signature_invalid" and new.key_id in entry["reason"]["message"]
+    assert stale.metadata("mlp") is None
