@@ -148,6 +148,23 @@ def test_falls_back_to_raw_when_the_compressed_copy_is_gone(controller, start_ag
     assert "fetching it raw" in agent.logs()
 
 
+def test_tampered_compressed_copy_is_rejected(controller, start_agent, model_dir):
+    """The hash that counts is the raw artifact's: a compressed copy that decompresses to other bytes is refused."""
+    agent = start_agent("dev1", wait_online=controller)
+    v1 = controller.client.upload_model(sparse_mlp(model_dir / "t1.onnx", pad_mb=1, seed=7), "m", None)
+    controller.client.deploy("m", v1["version"], ["dev1"])
+    wait_model_state(controller, "dev1", "m", v1["sha256"], {"serving"})
+    v2 = controller.client.upload_model(sparse_mlp(model_dir / "t2.onnx", pad_mb=1, seed=8), "m", None)
+    artifacts = controller.bg.controller.artifacts
+    raw = bytearray(artifacts.path(v2["sha256"]).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    artifacts.compressed_path(v2["sha256"]).write_bytes(zstandard.ZstdCompressor().compress(bytes(raw)))
+    controller.client.deploy("m", v2["version"], ["dev1"])
+    entry = wait_model_state(controller, "dev1", "m", v2["sha256"], {"failed"})
+    assert entry["reason"]["code"] == "hash_mismatch" and entry["serving"]["sha256"] == v1["sha256"]
+    assert not (agent.data_dir / "store" / "objects" / v2["sha256"]).exists()
+
+
 def test_store_rejects_corrupt_or_wrong_compressed_download(tmp_path):
     store = ModelStore(tmp_path)
     raw = b"model bytes " * 1000

@@ -93,6 +93,7 @@ def test_wrong_sha256_is_rejected_and_previous_keeps_serving(controller, start_a
     corrupted = bytearray(stored.read_bytes())
     corrupted[len(corrupted) // 2] ^= 0xFF  # same size, different bytes: only the hash can tell
     stored.write_bytes(bytes(corrupted))
+    controller.bg.controller.artifacts.compressed_path(v2["sha256"]).unlink(missing_ok=True)  # raw bytes travel
     c.deploy("mlp", v2["version"], ["dev1"])
 
     entry = wait_model_state(controller, "dev1", "mlp", v2["sha256"], {"failed"})
