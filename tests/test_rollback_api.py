@@ -83,6 +83,7 @@ def test_rollback_wait_reports_failure(controller, start_agent, mlp_model, mlp_m
     v2 = c.upload_model(mlp_model_v2, "mlp", None)
     stored = controller.bg.controller.artifacts.path(v2["sha256"])
     stored.write_bytes(stored.read_bytes()[::-1])  # corrupt: the device refuses it
+    controller.bg.controller.artifacts.compressed_path(v2["sha256"]).unlink(missing_ok=True)  # raw bytes travel
     result = edgectl(controller.url, "rollback", "dev1", "--to", v2["version"], "--wait", "--timeout", "30")
     assert result.returncode == 1
     assert "dev1" in result.stderr and "sha256" in result.stderr
