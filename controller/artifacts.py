@@ -9,12 +9,11 @@ import re
 import uuid
 from pathlib import Path
 
-from protocol import ZSTD_LEVEL, Encoding, Transfer
+from protocol import ZSTD_LEVEL, Encoding, Transfer, worth_compressing
 
 log = logging.getLogger(__name__)
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-WORTHWHILE = 0.97  # keep the compressed copy only when it is at least 3% smaller
 SAMPLE_BYTES = 4 << 20  # judge compressibility on a sample first: float weights rarely compress, skip them fast
 
 
@@ -67,7 +66,7 @@ class ArtifactStore:
             return os.pread(f.fileno(), length, offset), total
 
     def _compress(self, target: Path) -> None:
-        """Write `<sha>.zst` atomically when zstd makes the artifact worthwhile smaller; without zstandard, skip."""
+        """Write `<sha>.zst` atomically when zstd saves enough (protocol.worth_compressing); without zstandard, skip."""
         try:
             import zstandard
         except ImportError:
@@ -76,7 +75,7 @@ class ArtifactStore:
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
         with open(target, "rb") as f:
             sample = f.read(SAMPLE_BYTES)
-        if not sample or len(compressor.compress(sample)) >= WORTHWHILE * len(sample):
+        if not sample or not worth_compressing(len(sample), len(compressor.compress(sample))):
             return
         out = target.with_suffix(".zst.tmp")
         with open(target, "rb") as src, open(out, "wb") as dst:
@@ -84,7 +83,7 @@ class ArtifactStore:
             dst.flush()
             os.fsync(dst.fileno())
         compressed = out.stat().st_size
-        if compressed < WORTHWHILE * size:
+        if worth_compressing(size, compressed):
             os.replace(out, target.with_suffix(".zst"))
             log.info("%s travels zstd-compressed: %d -> %d bytes", target.name[:12], size, compressed)
         else:

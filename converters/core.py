@@ -19,7 +19,7 @@ from converters import fixes as fx
 from converters.calibration import Calibration, load_calibration
 from converters.runtimes import OnnxRunner, OpenVinoRunner, Runner, TfliteRunner, p50_latency_ms
 from converters.variants import VARIANTS, ConversionError, Job, Variant, check_available
-from protocol import ZSTD_LEVEL
+from protocol import ZSTD_LEVEL, worth_compressing
 
 log = logging.getLogger("converters")
 
@@ -49,7 +49,7 @@ class ConversionResult:
     seconds: float = 0.0
     size_bytes: int = 0
     source_size_bytes: int = 0
-    transfer_bytes: int = 0  # what travels: zstd-compressed when that is smaller
+    transfer_bytes: int = 0  # what travels: zstd-compressed when that saves enough (protocol.worth_compressing)
     source_transfer_bytes: int = 0
     transfer_compressed: bool = False
     latency_ms_p50: float | None = None
@@ -220,7 +220,8 @@ class _Session:
         reference = OnnxRunner(prepared)
         self.reference = [reference.run(s) for s in self.eval_samples]
         self.source_size = model_path.stat().st_size
-        self.source_transfer = min(self.source_size, zstd_size(model_path) or self.source_size)
+        packed = zstd_size(model_path)
+        self.source_transfer = packed if worth_compressing(self.source_size, packed) else self.source_size
         self.baselines: dict[str, tuple[float, str]] = {"onnxruntime": (self._latency(reference), "onnxruntime")}
         backend.close()
 
@@ -289,7 +290,7 @@ def _measure(session: _Session, name: str, out_dir: Path, thresholds: Thresholds
         compressed = zstd_size(built)
         if compressed is None:
             result.warnings.append("zstandard not installed: transfer size is the file size")
-        result.transfer_compressed = compressed is not None and compressed < result.size_bytes
+        result.transfer_compressed = worth_compressing(result.size_bytes, compressed)
         result.transfer_bytes = compressed if result.transfer_compressed else result.size_bytes
         try:
             runner = session.open(variant, built)
