@@ -10,7 +10,7 @@ as separate processes, and ONNX models built on the spot with `edgectl.sample_mo
    that sha256 (the agent's own state message, watched over MQTT); split into upload, deploy-to-serving and the
    download phase. The download phase is timed from the agent's own retained state messages (`downloading` to
    `verifying`), observed by an MQTT subscriber in this process. Median of 3 runs, each a fresh version.
-2. Raw paho-to-paho rate through the same broker: a publisher process sends the same number of bytes in 1 MiB QoS 1
+2. Raw paho-to-paho rate through the same broker: a publisher process sends the same number of bytes in QoS 1
    messages to a subscriber in this process; rate = bytes / time until the last message arrives.
 3. v2 API latency: the small `mlp` at batch 1, JSON `POST /v2/models/{name}/infer` over one keep-alive connection,
    against a bare `onnxruntime.InferenceSession.run` on the same file and input in this process.
@@ -51,7 +51,6 @@ from rich.table import Table  # noqa: E402
 
 MOSQUITTO_PATHS = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 MIB = 1 << 20
-CHUNK_BYTES = 1 << 20  # the agent's default chunk size (protocol.DEFAULT_CHUNK_BYTES), and the raw test's message
 POLL_S = 0.02
 SIZES_MB = (10, 50)
 
@@ -59,6 +58,13 @@ TARGET_RATIO = 0.5
 TARGET_PUSH_50_S = 3.0
 TARGET_OVERHEAD_MS = 1.0
 TARGET_RSS_MIB = 60.0
+
+
+def chunk_bytes() -> int:
+    """The agent's chunk size (its default, or EDGE_AGENT_CHUNK_BYTES): the raw test sends messages of the same size."""
+    from protocol import DEFAULT_CHUNK_BYTES
+
+    return int(os.environ.get("EDGE_AGENT_CHUNK_BYTES", DEFAULT_CHUNK_BYTES))
 
 
 class BenchError(RuntimeError):
@@ -517,7 +523,7 @@ def raw_once(broker: Broker, total: int, chunk: int) -> dict:
 def bench_raw(broker: Broker, sizes: dict[str, int], reps: int, console) -> dict:
     results = {}
     for key, total in sizes.items():
-        runs = [raw_once(broker, total, CHUNK_BYTES) for _ in range(reps)]
+        runs = [raw_once(broker, total, chunk_bytes()) for _ in range(reps)]
         for i, run in enumerate(runs):
             console.print(
                 f"  raw {key} MB #{i + 1}: {run['seconds']:.3f} s = {run['rate_mib_s']:.1f} MiB/s", style="dim"
@@ -628,7 +634,7 @@ def report(results: dict, console: Console) -> list[dict]:
         t.add_row("", "  transfer rate", f"{m['rate_mib_s']:.1f} MiB/s", "", verdict(None), end_section=True)
     console.print(t)
 
-    t = Table(title="2. Transfer rate: agent download vs raw paho (1 MiB, QoS 1)")
+    t = Table(title=f"2. Transfer rate: agent download vs raw paho ({chunk_bytes() / MIB:g} MiB messages, QoS 1)")
     for col in ("model", "agent", "raw paho", "ratio", "target", "result"):
         t.add_column(col, justify="left" if col == "model" else "right")
     ratios = {}
@@ -636,7 +642,10 @@ def report(results: dict, console: Console) -> list[dict]:
         agent_rate, raw_rate = r["median"]["rate_mib_s"], raw[size]["median"]["rate_mib_s"]
         ratio = agent_rate / raw_rate if raw_rate else float("nan")
         ratios[size] = ratio
-        target, res = check(checks, f"transfer ratio {size} MB", ratio, f">= {TARGET_RATIO:g}", ratio >= TARGET_RATIO)
+        if size == "50":  # the issue's target is on the 50 MB model; smaller ones carry fixed per-deployment costs
+            target, res = check(checks, "transfer ratio 50 MB", ratio, f">= {TARGET_RATIO:g}", ratio >= TARGET_RATIO)
+        else:
+            target, res = "", "-"
         t.add_row(f"{size} MB", f"{agent_rate:.1f} MiB/s", f"{raw_rate:.1f} MiB/s", f"{ratio:.2f}", target, res)
     results["transfer_ratio"] = ratios
     console.print(t)

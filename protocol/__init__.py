@@ -22,7 +22,7 @@ DEFAULT_PREFIX = "edge"
 # Size limits: a message over its limit is dropped with a log line, never parsed.
 MAX_JSON_BYTES = 1 << 20  # control messages (presence, state, desired, rpc)
 MAX_CHUNK_BYTES = 4 << 20  # one artifact chunk's payload
-DEFAULT_CHUNK_BYTES = 1 << 20
+DEFAULT_CHUNK_BYTES = 2 << 20
 MAX_FRAME_HEADER_BYTES = 16 << 10
 ZSTD_LEVEL = 3  # compressed transfer: the controller's copies and the converters' reported transfer sizes
 # An artifact travels zstd-compressed only when that saves at least this share. Dense float weights shrink ~7.5%, and
