@@ -59,7 +59,9 @@ class RollbackRequest(BaseModel):
 class OptimizeRequest(BaseModel):
     variants: list[str] = Field(min_length=1, max_length=16, description="Variant names, or ['auto']")
     devices: list[str] = Field(default_factory=list, max_length=10_000, description="Targets (for 'auto')")
-    sparsity: float | None = Field(default=None, gt=0, lt=1, description="Weights zeroed by `pruned`")
+    sparsity: float | None = Field(
+        default=None, gt=0, lt=1, description="Weights zeroed by `pruned`; none: the highest that keeps agreement"
+    )
     min_top1: float = Field(default=0.99, ge=0, le=1)
     min_cosine: float = Field(default=0.99, ge=-1, le=1)
     rebuild: bool = Field(default=False, description="Convert again even where a variant is registered")

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,20 @@ class _Session:
                 return None, f"{variant.runtime} (float original does not run there: {fx._first_line(exc)})"
         return self.baselines[variant.runtime]
 
+    def judge(self, thresholds: Thresholds, candidate: Path) -> list[str]:
+        """Failed metrics of a candidate ONNX model against the original on (at most 64 batches of) calibration data."""
+        samples = self.calibration.batches(self.job.batch, 64)
+        if "calibration_reference" not in self.job.cache:
+            original = OnnxRunner(self.job.source)
+            self.job.cache["calibration_reference"] = [original.run(s) for s in samples]
+            original.close()
+        runner = OnnxRunner(candidate)
+        try:
+            outputs = [runner.run(s) for s in samples]
+        finally:
+            runner.close()
+        return agreement(self.job.cache["calibration_reference"], outputs, thresholds)[1]
+
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -333,8 +348,8 @@ def convert_many(
 
     calibration: .npz/.npy/directory keyed by input name (None: synthetic, with a loud warning); validation: the
     same kind of data to measure agreement on (default: the calibration data).
-    options: sparsity (pruned, 0.5), int4_block_size (32), calibration_samples, eval_samples, latency_budget_s,
-    verbose (let the converters print).
+    options: sparsity (pruned: a fraction, or "auto", the default: the highest that keeps agreement),
+    int4_block_size (32), calibration_samples, eval_samples, latency_budget_s, verbose (let the converters print).
     progress(variant, None) is called before each variant and progress(variant, result) after it.
     Raises ConversionError / CalibrationError only for problems with the model or data themselves.
     """
@@ -343,6 +358,7 @@ def convert_many(
     options = dict(options or {})
     options.setdefault("tflite_int8_requested", "tflite-int8" in variants)
     session = _Session(model_path, calibration, options, validation)
+    session.job.judge = partial(session.judge, thresholds or Thresholds())
     results = []
     try:
         for name in variants:

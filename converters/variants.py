@@ -38,6 +38,9 @@ class Job:
     options: dict[str, Any]
     ops: set[str]
     cache: dict[str, Any] = field(default_factory=dict)
+    # failed metrics of a candidate ONNX model against the float original on the calibration data (ONNX Runtime);
+    # lets a builder search its own knob (the pruned sparsity) without touching the validation data
+    judge: Callable[[Path], list[str]] | None = None
 
     def samples(self, limit: int | None = None) -> list[dict]:
         return self.calibration.batches(self.batch, limit)
@@ -179,14 +182,44 @@ def _is_weight(init, consumers: dict[str, set[str]]) -> bool:
     return init.data_type == 1 and len(init.dims) >= 2 and bool(consumers.get(init.name, set()) & weighted)
 
 
+SPARSITY_LADDER = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+
+
 def build_pruned(job: Job, out: Path, fixes: list[str]) -> Path:
+    """Magnitude pruning at the given sparsity, or with `sparsity="auto"` (the default) the highest sparsity on
+    SPARSITY_LADDER that still meets the thresholds on the calibration data: pruning without fine-tuning costs
+    accuracy quickly on small nets, so a fixed 50% is often refused."""
+    requested = job.options.get("sparsity", "auto")
+    if requested in (None, "auto"):
+        return _search_sparsity(job, out, fixes)
+    sparsity = float(requested)
+    if not 0.0 < sparsity < 1.0:
+        raise ConversionError(f"sparsity must be between 0 and 1, not {sparsity}")
+    return _prune(job, out, fixes, sparsity)
+
+
+def _search_sparsity(job: Job, out: Path, fixes: list[str]) -> Path:
+    tried = []
+    for sparsity in SPARSITY_LADDER:
+        notes: list[str] = []
+        _prune(job, out, notes, sparsity)
+        failed = job.judge(out) if job.judge else []
+        if not failed:
+            fixes.extend(notes)
+            fixes.append(f"sparsity {sparsity:.0%} chosen: the highest that keeps agreement on the calibration data"
+                         + (f" ({', '.join(tried)} did not)" if tried else ""))  # fmt: skip
+            return out
+        tried.append(f"{sparsity:.0%}")
+    fixes.extend(notes)
+    fixes.append(f"no sparsity from {SPARSITY_LADDER[0]:.0%} down to {SPARSITY_LADDER[-1]:.0%} kept agreement")
+    return out
+
+
+def _prune(job: Job, out: Path, fixes: list[str], sparsity: float) -> Path:
     import numpy as np
     import onnx
     from onnx import numpy_helper
 
-    sparsity = float(job.options.get("sparsity", 0.5))
-    if not 0.0 < sparsity < 1.0:
-        raise ConversionError(f"sparsity must be between 0 and 1, not {sparsity}")
     model = onnx.load(str(job.source))
     consumers: dict[str, set[str]] = {}
     for node in model.graph.node:

@@ -76,7 +76,10 @@ def push(
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration data for --optimize (.npz keyed by input name, or .npy).")
     ] = None,
-    sparsity: Annotated[float | None, typer.Option(help="Fraction of weights zeroed by the `pruned` variant.")] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(help="Fraction of weights zeroed by `pruned` (default: highest that keeps agreement)."),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Deploy asked-for variants even when below the accuracy threshold.")
     ] = False,

@@ -62,7 +62,10 @@ def convert(
         Path | None, typer.Option(help="Data to measure agreement on (default: the calibration data).")
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Directory for the variants.")] = Path("."),
-    sparsity: Annotated[float, typer.Option(help="Fraction of weights zeroed by `pruned`.")] = 0.5,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(help="Fraction of weights zeroed by `pruned` (default: the highest that keeps agreement)."),
+    ] = None,
     min_top1: Annotated[float, typer.Option(help="Top-1 agreement a classifier variant must keep.")] = 0.99,
     min_cosine: Annotated[float, typer.Option(help="Cosine similarity any other variant must keep.")] = 0.99,
     list_variants: Annotated[bool, typer.Option("--list", help="List the variants and exit.")] = False,
@@ -107,7 +110,7 @@ def convert(
                 calibration,
                 out,
                 Thresholds(top1=min_top1, cosine=min_cosine),
-                {"sparsity": sparsity},
+                {"sparsity": sparsity or "auto"},
                 progress=step,
                 validation=validation,
             )

@@ -55,13 +55,20 @@ def check_report(r: ConversionResult, thresholds: Thresholds = Thresholds()) -> 
 
 
 @pytest.fixture(scope="module")
-def conv(tmp_path_factory):
-    """The conv-net classifier, calibrated on one draw of its images and validated on another."""
+def conv_files(tmp_path_factory):
+    """The conv-net classifier, with one draw of its images to calibrate on and another to validate on."""
     d = tmp_path_factory.mktemp("conv")
     model = sample_models.conv_classifier(d / "conv.onnx")
     np.savez(d / "calib.npz", image=sample_models.classifier_images(128, seed=1)[0])
     np.savez(d / "valid.npz", image=sample_models.classifier_images(200, seed=2)[0])
-    results = convert_many(model, list(VARIANTS), d / "calib.npz", d / "out", options=FAST, validation=d / "valid.npz")
+    return model, d / "calib.npz", d / "valid.npz"
+
+
+@pytest.fixture(scope="module")
+def conv(conv_files, tmp_path_factory):
+    model, calib, valid = conv_files
+    out = tmp_path_factory.mktemp("conv-out")
+    results = convert_many(model, list(VARIANTS), calib, out, options=FAST, validation=valid)
     return {r.variant: r for r in results}
 
 
@@ -74,11 +81,25 @@ def test_conv_int8_static_meets_the_issue_target(conv):
     assert r.runtime == "onnxruntime" and r.validation.endswith("valid.npz")
 
 
-def test_conv_pruned_half_with_zstd_transfer_under_55_percent(conv):
+def test_conv_pruned_auto_sparsity_keeps_agreement(conv):
+    """Without a sparsity the highest one that keeps agreement on the calibration data is chosen; it then also
+    passes on the separate validation data, and travels zstd-compressed."""
     r = conv["pruned"]
+    check_report(r)
+    assert r.passed, r.failed_metrics
+    (chosen,) = [f for f in r.fixes if "chosen" in f]
+    assert "did not" in chosen  # higher sparsities were tried and refused: this net loses accuracy fast
+    assert r.transfer_compressed and r.transfer_bytes <= 0.8 * r.source_size_bytes
+
+
+def test_conv_pruned_half_with_zstd_transfer_under_55_percent(conv_files, tmp_path):
+    """A given sparsity is applied as given, and the report says it falls short (no fine-tuning after pruning)."""
+    model, calib, valid = conv_files
+    r = convert(model, "pruned", calib, tmp_path, options={**FAST, "sparsity": 0.5}, validation=valid)
     check_report(r)
     assert any("magnitude pruning" in f and "(50%" in f for f in r.fixes)
     assert r.transfer_compressed and r.transfer_bytes <= 0.55 * r.source_size_bytes
+    assert not r.passed and "short by" in r.failed_metrics[0]
 
 
 @pytest.mark.parametrize("variant", ["int8", "fp16", "openvino", "openvino-int8", "tflite", "tflite-int8"])
