@@ -6,6 +6,10 @@ backend, and agreement with the original, measured in one run on this machine.
 Models are built on the spot (conv-net classifier with its own validation images, MLP, transformer block).
 The conv net's ONNX Runtime and OpenVINO rows sit side by side: quantization is not always faster, and the
 table says so as measured.
+
+Part 2 pushes each model with the variants that passed to a real agent (controller in this process, embedded
+broker): the agent times the original and every variant on the backends its trial picks and serves the fastest; the
+table re-times each of them here and checks the served one is the fastest within 10% (bench/served.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import numpy as np
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from served import check_served, served_table  # noqa: E402 - bench/served.py
 
 from converters import VARIANTS, convert_many  # noqa: E402
 from edgectl import sample_models  # noqa: E402
@@ -50,6 +57,7 @@ def main() -> None:
     parser.add_argument("--variants", default="all", help="comma-separated variants, or 'all'")
     parser.add_argument("--latency-budget", type=float, default=2.0, help="seconds of timing per measurement")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-serve", action="store_true", help="skip part 2 (push to a real agent)")
     args = parser.parse_args()
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     console = Console(width=170)
@@ -69,6 +77,13 @@ def main() -> None:
                 for r in results:
                     if r.error:
                         console.print(f"  {r.variant}: {r.error}", highlight=False)
+        if not args.no_serve:
+            passing = {name: [r["variant"] for r in reports if r["passed"]] for name, reports in everything.items()}
+            (work / "serve").mkdir()
+            rows = check_served(models(work / "serve"), passing, work / "serve")
+            everything = {"conversions": everything, "served": rows}
+            if not args.json:
+                console.print(served_table(rows))
     if args.json:
         sys.stdout.write(json.dumps(everything, indent=2, default=str) + "\n")
 

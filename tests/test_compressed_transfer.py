@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.store import ModelStore, VerifyError
 from edgectl.sample_models import mlp
-from protocol import Topics
+from protocol import DEFAULT_CHUNK_BYTES, Topics
 
 zstandard = pytest.importorskip("zstandard")
 
@@ -71,7 +71,7 @@ def test_pruned_model_travels_compressed(controller, start_agent, broker, prefix
         spy.close()
     assert spy.encodings and set(spy.encodings) == {"zstd"}
     # chunks cover the compressed size, not the raw one
-    assert len(spy.encodings) == -(-offer.size // (1 << 20))
+    assert len(spy.encodings) == -(-offer.size // DEFAULT_CHUNK_BYTES)
     stored = agent.data_dir / "store" / "objects" / record["sha256"]
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == record["sha256"]
     assert list((agent.data_dir / "store" / "partial").iterdir()) == []
