@@ -39,17 +39,20 @@ class RequestSpy:
 
     def __init__(self, broker, prefix: str, device_id: str) -> None:
         self.encodings: list[str] = []
+        self.offsets: set[int] = set()
         self._subscribed = threading.Event()
         host, port = broker.url.removeprefix("mqtt://").split(":")
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"spy-{device_id}")
-        self.client.on_message = lambda c, u, msg: self.encodings.append(
-            json.loads(msg.payload).get("encoding", "identity")
-        )
+        self.client.on_message = lambda c, u, msg: self._seen(json.loads(msg.payload))
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.connect(host, int(port))
         self.client.subscribe(Topics(prefix).device(device_id, "artifact/request"), 1)
         self.client.loop_start()
         assert self._subscribed.wait(5)
+
+    def _seen(self, request: dict) -> None:
+        self.encodings.append(request.get("encoding", "identity"))
+        self.offsets.add(request["offset"])
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -71,7 +74,7 @@ def test_pruned_model_travels_compressed(controller, start_agent, broker, prefix
         spy.close()
     assert spy.encodings and set(spy.encodings) == {"zstd"}
     # chunks cover the compressed size, not the raw one
-    assert len(spy.encodings) == -(-offer.size // DEFAULT_CHUNK_BYTES)
+    assert spy.offsets == set(range(0, offer.size, DEFAULT_CHUNK_BYTES))
     stored = agent.data_dir / "store" / "objects" / record["sha256"]
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == record["sha256"]
     assert list((agent.data_dir / "store" / "partial").iterdir()) == []
