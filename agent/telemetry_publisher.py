@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from protocol import QOS, Telemetry
 log = logging.getLogger(__name__)
 
 PUBACK_TIMEOUT_S = 5.0
+# A broker's PUBACK means it took the sample, not that the controller got it: a broker that stops right after, or a
+# controller that goes away before its offline will reaches us, loses what it had in hand. Samples acknowledged this
+# long before such a loss are sent again after it (the controller stores a (device_id, ts) once).
+IN_DOUBT_S = 5.0
 
 
 class DiskQueue:
@@ -138,6 +143,8 @@ class TelemetryPublisher:
         self._kick = threading.Event()
         self._reconnected = False
         self._lock = threading.Lock()
+        self._recent: deque[tuple[float, bytes]] = deque()  # (sent at, payload) of the last IN_DOUBT_S
+        self._sendable = False
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
 
     def start(self) -> None:
@@ -150,16 +157,40 @@ class TelemetryPublisher:
         self._kick.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if not self._can_send():
+            self._requeue_in_doubt()
         try:
             self.queue.put(self.sample().encode())
         except Exception:
             log.exception("could not write the last telemetry sample to %s", self.queue.dir)
 
     def on_connected(self) -> None:
-        """Called when sending becomes possible again (reconnect, controller back online): wake the loop, which
-        sends a live sample at once if a backlog waits, then drains it."""
+        """Called when sending becomes possible again (reconnect, controller back online): requeue what was in doubt,
+        and wake the loop, which sends a live sample at once if a backlog waits, then drains it."""
+        self._requeue_in_doubt()
         self._reconnected = True
         self._kick.set()
+
+    def _watch_link(self) -> None:
+        """Forget samples past doubt while sending works; requeue the doubtful ones once it stops working."""
+        sendable = self._can_send()
+        if sendable:
+            cutoff = time.monotonic() - IN_DOUBT_S
+            with self._lock:
+                while self._recent and self._recent[0][0] < cutoff:
+                    self._recent.popleft()
+        elif self._sendable:
+            self._requeue_in_doubt()
+        self._sendable = sendable
+
+    def _requeue_in_doubt(self) -> None:
+        with self._lock:
+            doubtful = [payload for _, payload in self._recent]
+            self._recent.clear()
+        for payload in doubtful:
+            self.queue.put(payload)
+        if doubtful:
+            log.info("%d telemetry sample(s) sent just before the link went away will be sent again", len(doubtful))
 
     def sample(self) -> Telemetry:
         """Close the current window and describe it."""
@@ -183,6 +214,7 @@ class TelemetryPublisher:
     def _run(self) -> None:
         next_at = time.monotonic() + self.interval_s
         while not self._stop.is_set():
+            self._watch_link()
             now = time.monotonic()
             live_first = self._reconnected and len(self.queue) > 0 and self._can_send()
             self._reconnected = False
@@ -214,6 +246,8 @@ class TelemetryPublisher:
             ok = False
         if ok:
             self.published += 1
+            with self._lock:
+                self._recent.append((time.monotonic(), payload))
         return ok
 
     def _drain(self, until: float) -> None:

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RETENTION_S = 7 * 86400.0
 DEFAULT_DRIFT_THRESHOLD = 3.0
 PRUNE_EVERY_S = 60.0
+SEEN_TS_KEPT = 1024  # per device: enough for the samples a device resends after a reconnect
 
 
 @dataclass
@@ -109,6 +111,17 @@ class DeviceView:
     dropped: int = 0
     samples_total: int = 0
     models: dict[str, ModelView] = field(default_factory=dict)
+    # timestamps of the samples seen lately: a sample the device sent again (it was in doubt when the link dropped)
+    # is counted once here, as the database's unique (device_id, ts) stores it once
+    seen_ts: OrderedDict[float, None] = field(default_factory=OrderedDict)
+
+    def first_sight(self, ts: float) -> bool:
+        if ts in self.seen_ts:
+            return False
+        self.seen_ts[ts] = None
+        if len(self.seen_ts) > SEEN_TS_KEPT:
+            self.seen_ts.popitem(last=False)
+        return True
 
     @property
     def resources(self) -> dict[str, Any]:
@@ -270,6 +283,8 @@ class TelemetryIngest:
         device = self.devices.get(message.device_id)
         if device is None:
             device = self.devices[message.device_id] = DeviceView(message.device_id)
+        if not device.first_sight(message.ts):
+            return
         device.samples_total += 1
         latest = message.ts >= device.ts
         if latest:

@@ -194,6 +194,27 @@ def test_publisher_queues_offline_then_sends_live_first_and_drains_in_order(tmp_
     assert all(Telemetry.model_validate(m) for m in link.sent)
 
 
+def test_samples_in_doubt_when_the_link_drops_are_sent_again(tmp_path):
+    """A broker that acknowledged a sample and then stopped may have lost it: the samples acknowledged just before a
+    drop go out again after the reconnect (the controller stores each (device, ts) once)."""
+    link = FakeLink()
+    link.connected.set()
+    recorder = Recorder()
+    pub = TelemetryPublisher("dev1", "t", recorder, link, tmp_path / "q", interval_s=0.1, replay_rate=200)
+    pub.start()
+    wait_until(lambda: len(link.sent) >= 3, 10, "a few samples out")
+    link.connected.clear()
+    before = [m["seq"] for m in link.sent]
+    wait_until(lambda: len(pub.queue) >= 2, 10, "the loop to notice the drop and queue")
+    link.connected.set()
+    pub.on_connected()
+    wait_until(lambda: len(pub.queue) == 0, 10, "the backlog to drain")
+    pub.stop()
+    again = [m["seq"] for m in link.sent[len(before) :]]
+    assert set(before[-2:]) <= set(again)  # the last ones before the drop went out a second time
+    assert set(range(1, max(again) + 1)) <= set(before) | set(again)  # and nothing is missing
+
+
 # -- controller storage, drift, /metrics -----------------------------------------------------------------------
 
 
@@ -252,6 +273,7 @@ def test_ingest_stores_batches_ignores_duplicates_and_applies_retention(db):
     ingest.submit("dev1", sample(ts=now - 7200))  # past retention
     assert ingest.flush()
     assert db.count_telemetry() == 51 and ingest.rejected == 2
+    assert ingest.devices["dev1"].models["mlp"].requests_total == 51 * 10  # the duplicate is not counted again
     assert len(ingest.history("dev1", now - 150)) == 50
     samples = ingest.history("dev1", now - 100, limit=5)
     assert [s["ts"] for s in samples] == [now - 100 + i for i in range(45, 50)]
