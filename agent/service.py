@@ -21,7 +21,7 @@ from agent.store import Installed, ModelStore, VerifyError
 from agent.systemd_notify import Notifier
 from agent.telemetry import Recorder
 from agent.telemetry_publisher import TelemetryPublisher
-from agent.variants import MIN_COSINE, Artifact, agreement, describe, p50_ms
+from agent.variants import MIN_COSINE, Artifact, agreement, describe, head_to_head, p50_ms
 from protocol import (
     QOS,
     ControllerPresence,
@@ -542,8 +542,10 @@ class Agent:
         if len(artifacts) == 1 and not target.variants:
             return original, selection, original_artifact
         inputs = synthetic_inputs(original.backend.inputs)
+        for _ in range(3):
+            original.backend.infer(inputs)  # warm-up: the first runs are not the model's speed
         results = [{"variant": "original", "backend": original.backend.label, "p50_ms": p50_ms(original, inputs)}]
-        best = (results[0]["p50_ms"], original, selection, original_artifact, results[0])
+        best = (original, selection, original_artifact, results[0])
         for ref in target.variants:
             if (target.sha256, ref.variant) in self._variant_errors:
                 results.append({"variant": ref.variant, "error": self._variant_errors[(target.sha256, ref.variant)]})
@@ -561,14 +563,18 @@ class Agent:
                 result["error"] = f"disagrees with the original here (cosine {similarity:.4f} < {MIN_COSINE})"
                 model.backend.close()
                 continue
-            result["p50_ms"] = p50_ms(model, synthetic_inputs(model.backend.inputs))
-            if result["p50_ms"] < best[0]:
-                best[1].backend.close()
+            # timed against the best so far, turn about, so both see the same load
+            result["p50_ms"], best[3]["p50_ms"] = head_to_head(model, best[0])
+            if result["p50_ms"] < best[3]["p50_ms"]:
+                if best[0] is not original:  # the original stays open: later variants are checked against it
+                    best[0].backend.close()
                 model = replace(model, sha256=target.sha256, artifact_sha256=artifact.sha256, variant=artifact.variant)
-                best = (result["p50_ms"], model, sel, artifact, result)
+                best = (model, sel, artifact, result)
             else:
                 model.backend.close()
-        _, model, sel, artifact, winner = best
+        model, sel, artifact, winner = best
+        if model is not original:
+            original.backend.close()
         return model, {**sel, "variants": results, "reason": describe(results, winner)}, artifact
 
     def _check_before_swap(self, model: LoadedModel) -> None:

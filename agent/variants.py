@@ -44,6 +44,23 @@ def p50_ms(model: LoadedModel, inputs: dict[str, Any], runs: int = TIMED_RUNS) -
     return float(np.percentile(times, 50))
 
 
+def head_to_head(a: LoadedModel, b: LoadedModel, rounds: int = 5, round_s: float = 0.05) -> tuple[float, float]:
+    """p50 of two loaded models timed turn about after a warm-up, the best round of each: both see the same load on
+    the box, and a lazy first-run cost (ONNX Runtime's int8 kernels, OpenVINO's first infer) is not counted."""
+    a_inputs, b_inputs = synthetic_inputs(a.backend.inputs), synthetic_inputs(b.backend.inputs)
+    started = time.perf_counter()
+    for _ in range(3):
+        a.backend.infer(a_inputs)
+        b.backend.infer(b_inputs)
+    per_pair = (time.perf_counter() - started) / 3
+    runs = max(3, min(TIMED_RUNS // 2, int(round_s / max(per_pair, 1e-6))))
+    a_best = b_best = float("inf")
+    for _ in range(rounds):
+        a_best = min(a_best, p50_ms(a, a_inputs, runs))
+        b_best = min(b_best, p50_ms(b, b_inputs, runs))
+    return a_best, b_best
+
+
 def cosine(a: Any, b: Any) -> float:
     import numpy as np
 

@@ -24,9 +24,8 @@ import numpy as np
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from served import check_served, served_table  # noqa: E402 - bench/served.py
+from served import check_served, served_table  # noqa: E402 - bench/served.py (the script's own directory)
 
 from converters import VARIANTS, convert_many  # noqa: E402
 from edgectl import sample_models  # noqa: E402
