@@ -297,9 +297,46 @@ def build_openvino_int8(job: Job, out: Path, fixes: list[str]) -> Path:
     if _looks_like_transformer(job.ops):
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
         fixes.append("NNCF model_type=TRANSFORMER (attention/LayerNorm found)")
-    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **kwargs)
-    fixes.append(f"NNCF post-training quantization on {len(samples)} sample(s)")
+    quantized = None
+    if not job.calibration.synthetic:  # with real data, layers that cost agreement stay in float
+        try:
+            quantized = _quantize_with_accuracy_control(model, samples, kwargs)
+            fixes.append(f"NNCF quantization with accuracy control on {len(samples)} sample(s): layers whose INT8 "
+                         f"cost more than {OV_MAX_DROP:.1%} agreement with the float model stay in float")  # fmt: skip
+        except Exception as exc:  # NNCF's own failure: plain post-training quantization still works
+            fixes.append(f"NNCF accuracy control failed ({fx._first_line(exc)}); plain post-training quantization")
+            model = _ov_model(job)
+    if quantized is None:
+        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **kwargs)
+        fixes.append(f"NNCF post-training quantization on {len(samples)} sample(s)")
     return _pack_ir(quantized, out, job.work, compress_to_fp16=False)
+
+
+OV_MAX_DROP = 0.005  # agreement (top-1, or cosine) the accuracy-controlled INT8 model may lose on calibration data
+
+
+def _quantize_with_accuracy_control(model, samples: list[dict], kwargs: dict[str, Any]):
+    """NNCF's accuracy-controlled quantization, scored by agreement with the float model's first output."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+
+    reference = ov.Core().compile_model(model, "CPU")
+    by_sample = {id(s): np.asarray(reference(s)[0]) for s in samples}  # NNCF may validate on a subset
+
+    def agreement_score(compiled, data) -> float:
+        pairs = [(np.asarray(compiled(s)[0]), by_sample[id(s)]) for s in data]
+        if pairs[0][1].ndim == 2 and pairs[0][1].shape[1] > 1:  # classifier-like: top-1 agreement
+            return float(np.mean([np.mean(g.argmax(1) == w.argmax(1)) for g, w in pairs]))
+        flat_g = np.concatenate([g.ravel() for g, _ in pairs]).astype(np.float64)
+        flat_w = np.concatenate([w.ravel() for _, w in pairs]).astype(np.float64)
+        return float(flat_g @ flat_w / (np.linalg.norm(flat_g) * np.linalg.norm(flat_w) or 1.0))
+
+    dataset = nncf.Dataset(samples)
+    return nncf.quantize_with_accuracy_control(
+        model, dataset, dataset, agreement_score, max_drop=OV_MAX_DROP, drop_type=nncf.DropType.ABSOLUTE,
+        subset_size=len(samples), **kwargs,
+    )  # fmt: skip
 
 
 # --- TFLite variants (onnx2tf + TensorFlow) ----------------------------------------------------------------------

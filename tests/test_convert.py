@@ -113,8 +113,11 @@ def test_conv_variants_load_and_report(conv, variant):
         return
     check_report(r)
     assert r.agreement["top1"] is not None  # a classifier: judged on top-1
+    assert r.passed, r.failed_metrics  # every variant meets the threshold on the validation images
     if variant in ("fp16", "openvino", "tflite"):  # float conversions keep every decision
-        assert r.passed and r.agreement["top1"] == 1.0
+        assert r.agreement["top1"] == 1.0
+    if variant == "openvino-int8":  # real calibration data: NNCF keeps the costly layers in float
+        assert any("accuracy control" in f for f in r.fixes)
     if variant.startswith("openvino"):
         assert r.path.endswith(".tar") and r.baseline.startswith("openvino")
 
@@ -141,8 +144,7 @@ def test_transformer_variants(transformer, variant):
         pytest.skip("openvino/nncf not installed")
     check_report(r)
     assert r.agreement["top1"] is None  # not a classifier: judged on cosine similarity
-    if variant in ("fp16", "int4", "openvino"):
-        assert r.passed, r.failed_metrics
+    assert r.passed, r.failed_metrics
     if variant == "int4":
         assert any("MatMulNBits" in f for f in r.fixes)
         assert r.size_ratio < 0.25
