@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from served import check_served, served_table  # noqa: E402 - bench/served.py (the script's own directory)
 
-from converters import VARIANTS, convert_many  # noqa: E402
+from converters import VARIANTS, convert, convert_many  # noqa: E402
 from edgectl import sample_models  # noqa: E402
 from edgectl.convert import report_table  # noqa: E402
 
@@ -68,6 +68,13 @@ def main() -> None:
                 model, names, calib, work / "out", options={"latency_budget_s": args.latency_budget},
                 validation=valid,
             )  # fmt: skip
+            if "pruned" in names:  # the fixed point too: 50% sparsity, whatever it costs in agreement
+                half = convert(
+                    model, "pruned", calib, work / "out-50", options={"latency_budget_s": args.latency_budget,
+                    "sparsity": 0.5}, validation=valid,
+                )  # fmt: skip
+                half.variant = "pruned@50%"
+                results.append(half)
             reports = [r.as_dict() for r in results]
             everything[name] = reports
             if not args.json:
@@ -77,7 +84,10 @@ def main() -> None:
                     if r.error:
                         console.print(f"  {r.variant}: {r.error}", highlight=False)
         if not args.no_serve:
-            passing = {name: [r["variant"] for r in reports if r["passed"]] for name, reports in everything.items()}
+            passing = {
+                name: [r["variant"] for r in reports if r["passed"] and r["variant"] in VARIANTS]
+                for name, reports in everything.items()
+            }
             (work / "serve").mkdir()
             rows = check_served(models(work / "serve"), passing, work / "serve")
             everything = {"conversions": everything, "served": rows}
