@@ -563,8 +563,11 @@ class Agent:
                 result["error"] = f"disagrees with the original here (cosine {similarity:.4f} < {MIN_COSINE})"
                 model.backend.close()
                 continue
-            # timed against the best so far, turn about, so both see the same load
-            result["p50_ms"], best[3]["p50_ms"] = head_to_head(model, best[0])
+            # timed turn about against the original, so both see the same load; every variant is judged by the
+            # same yardstick (its time relative to the original's), reported as p50 on the original's scale
+            mine, theirs = head_to_head(model, original)
+            result["vs_original"] = round(mine / theirs, 4)
+            result["p50_ms"] = results[0]["p50_ms"] * mine / theirs
             if result["p50_ms"] < best[3]["p50_ms"]:
                 if best[0] is not original:  # the original stays open: later variants are checked against it
                     best[0].backend.close()
