@@ -48,7 +48,7 @@ class ArtifactStore:
         else:
             os.replace(tmp, target)
         if not self.compressed_path(sha256).exists():
-            self._compress(target)
+            self._compress(target, self.compressed_path(sha256))
         return target
 
     def transfer(self, sha256: str) -> Transfer | None:
@@ -65,8 +65,9 @@ class ArtifactStore:
             total = os.fstat(f.fileno()).st_size
             return os.pread(f.fileno(), length, offset), total
 
-    def _compress(self, target: Path) -> None:
-        """Write `<sha>.zst` atomically when zstd saves enough (protocol.worth_compressing); without zstandard, skip."""
+    def _compress(self, target: Path, packed: Path) -> None:
+        """Write `packed` (`<sha>.zst`) atomically when zstd saves enough (protocol.worth_compressing); without
+        zstandard, skip."""
         try:
             import zstandard
         except ImportError:
@@ -77,14 +78,14 @@ class ArtifactStore:
             sample = f.read(SAMPLE_BYTES)
         if not sample or not worth_compressing(len(sample), len(compressor.compress(sample))):
             return
-        out = target.with_suffix(".zst.tmp")
+        out = packed.with_name(packed.name + ".tmp")
         with open(target, "rb") as src, open(out, "wb") as dst:
             compressor.copy_stream(src, dst, size=size)
             dst.flush()
             os.fsync(dst.fileno())
         compressed = out.stat().st_size
         if worth_compressing(size, compressed):
-            os.replace(out, target.with_suffix(".zst"))
+            os.replace(out, packed)
             log.info("%s travels zstd-compressed: %d -> %d bytes", target.name[:12], size, compressed)
         else:
             out.unlink()

@@ -245,11 +245,12 @@ class Fleet:
             header.error = Problem(
                 code="not_deployed", message=f"artifact {req.sha256[:12]}… is not deployed to device {device_id}"
             )
-        elif req.encoding == "zstd" and self.artifacts.transfer(req.sha256) is None:
-            header.error = Problem(code="no_encoding", message=f"artifact {req.sha256[:12]}… has no zstd copy")
         else:
-            data, total = self.artifacts.read(req.sha256, req.offset, req.length, req.encoding)
-            header.length, header.total = len(data), total
+            try:
+                data, total = self.artifacts.read(req.sha256, req.offset, req.length, req.encoding)
+                header.length, header.total = len(data), total
+            except FileNotFoundError:  # has() found the raw artifact: only a compressed copy can be missing
+                header.error = Problem(code="no_encoding", message=f"artifact {req.sha256[:12]}… has no zstd copy")
         self.link.publish(reply_to, encode_frame(header, data), QOS["artifact/chunk"])
 
     # -- request / response --------------------------------------------------------------------------------------
