@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _ms(value: float | None) -> str:
+def format_ms(value: float | None) -> str:
+    """Milliseconds as edgectl prints them everywhere: two decimals, or "-"."""
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -24,8 +25,8 @@ def candidates_table(selection: dict[str, Any]) -> Table:
         else:
             result = "agrees" if c.get("agreed") else "not run"
         table.add_row(
-            f"    {c.get('name')}", _ms(c.get("p50_ms")), _ms(c.get("p95_ms")), _ms(c.get("load_ms")),
-            str(c.get("runs", 0)), result,
+            f"    {c.get('name')}", format_ms(c.get("p50_ms")), format_ms(c.get("p95_ms")),
+            format_ms(c.get("load_ms")), str(c.get("runs", 0)), result,
         )  # fmt: skip
     return table
 
@@ -44,7 +45,7 @@ def print_choice(console: Console, model: dict[str, Any]) -> None:
         if selection.get("candidates"):
             console.print(candidates_table(selection))
         for v in selection.get("variants") or []:
-            outcome = v.get("error") or f"p50 {_ms(v.get('p50_ms'))} ms on {v.get('backend')}"
+            outcome = v.get("error") or f"p50 {format_ms(v.get('p50_ms'))} ms on {v.get('backend')}"
             console.print(f"    variant {v.get('variant')}: {outcome}", highlight=False)
     if failover.get("failed_over"):
         console.print(

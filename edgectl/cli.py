@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from edgectl.choice_view import print_choice
+from edgectl.choice_view import format_ms, print_choice
 from edgectl.client import DEFAULT_CONTROLLER, ApiError, ControllerClient
 from edgectl.watch import DeviceOutcome, wait_serving
 
@@ -309,7 +309,8 @@ def status(
     for m in d["models"]:
         print_choice(console, m)
     for tm in (d.get("telemetry") or {}).get("models") or []:
-        line = f"  {tm['name']}@{tm['version']}: p50 {_ms(tm.get('p50_ms'))} ms, p95 {_ms(tm.get('p95_ms'))} ms"
+        line = f"  {tm['name']}@{tm['version']}: p50 {format_ms(tm.get('p50_ms'))} ms"
+        line += f", p95 {format_ms(tm.get('p95_ms'))} ms"
         line += f", {tm.get('requests_per_s') or 0:.1f} req/s"
         for output, drift in (tm.get("drift") or {}).items():
             if drift.get("flagged"):
@@ -437,8 +438,8 @@ def _telemetry_rows(device: dict[str, Any]) -> list[tuple[str, ...]]:
                 online,
                 model + drift,
                 m.get("backend") or "-",
-                _ms(tm.get("p50_ms")),
-                _ms(tm.get("p95_ms")),
+                format_ms(tm.get("p50_ms")),
+                format_ms(tm.get("p95_ms")),
                 f"{tm['requests_per_s']:.1f}" if tm.get("requests_per_s") is not None else "-",
                 cpu,
                 mem,
@@ -446,10 +447,6 @@ def _telemetry_rows(device: dict[str, Any]) -> list[tuple[str, ...]]:
             )
         )
     return rows
-
-
-def _ms(value: float | None) -> str:
-    return f"{value:.2f}" if value is not None else "-"
 
 
 def top_table(fleet: list[dict[str, Any]]) -> Table:
@@ -494,10 +491,10 @@ def telemetry(
                 str(m.get("requests", 0)),
                 str(m.get("errors", 0)),
                 f"{m['requests_per_s']:.1f}" if m.get("requests_per_s") is not None else "-",
-                _ms(m.get("p50_ms")),
-                _ms(m.get("p95_ms")),
-                _ms(m.get("p99_ms")),
-                _ms(m.get("latency_max_ms") if m else None),
+                format_ms(m.get("p50_ms")),
+                format_ms(m.get("p95_ms")),
+                format_ms(m.get("p99_ms")),
+                format_ms(m.get("latency_max_ms") if m else None),
                 cpu,
                 mem,
             )
