@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from targets.tensors import synthetic_inputs
+from agent.timing import turn_about
 
 if TYPE_CHECKING:
     from agent.serving import LoadedModel
@@ -62,37 +62,16 @@ class HealthWatch:
                 self.problem = f"{self.errors} inference errors within the health window; last: {exc}"
 
 
-def p95_ms(model: LoadedModel, inputs: dict[str, Any], runs: int = BENCH_RUNS) -> float:
-    import numpy as np
-
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        model.backend.infer(inputs)
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.percentile(times, 95))
-
-
 def latency_regression(new: LoadedModel, old: LoadedModel, max_pct: float) -> str | None:
     """Compare p95 on synthetic inputs in alternating rounds, so load on the box hits both alike; a regression must
     show in two passes before it counts (a burst of other work on a small board is not the new version's fault)."""
     if new.backend.label != old.backend.label:
         return None  # different backends: the selection already chose the fastest for the new version
     for _ in range(2):
-        new_p95, old_p95 = _alternating_p95(new, old)
+        new_p95, old_p95 = turn_about(new, old, runs=BENCH_RUNS // 3, rounds=4, q=95)
         if not (new_p95 > old_p95 * (1 + max_pct / 100) and new_p95 - old_p95 > MIN_REGRESSION_MS):
             return None
     return (
         f"p95 latency {new_p95:.2f} ms vs {old_p95:.2f} ms for version {old.version} on {old.backend.label} "
         f"(+{(new_p95 / old_p95 - 1) * 100:.0f}%, limit +{max_pct:.0f}%)"
     )
-
-
-def _alternating_p95(new: LoadedModel, old: LoadedModel, rounds: int = 4) -> tuple[float, float]:
-    """The best p95 of each model over `rounds` short runs, taken turn about."""
-    new_inputs, old_inputs = synthetic_inputs(new.backend.inputs), synthetic_inputs(old.backend.inputs)
-    new_best = old_best = float("inf")
-    for _ in range(rounds):
-        new_best = min(new_best, p95_ms(new, new_inputs, BENCH_RUNS // 3))
-        old_best = min(old_best, p95_ms(old, old_inputs, BENCH_RUNS // 3))
-    return new_best, old_best

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agent.timing import percentile_ms, turn_about
 from targets.tensors import synthetic_inputs
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 MIN_COSINE = 0.99
 TIMED_RUNS = 20
-SETTLE_S = 0.005
+SETTLE_S = 0.005  # pause before each timed block in head_to_head (see agent.timing.turn_about)
 
 
 @dataclass
@@ -35,14 +36,7 @@ class Artifact:
 
 
 def p50_ms(model: LoadedModel, inputs: dict[str, Any], runs: int = TIMED_RUNS) -> float:
-    import numpy as np
-
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        model.backend.infer(inputs)
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.percentile(times, 50))
+    return percentile_ms(model, inputs, runs, 50)
 
 
 def head_to_head(a: LoadedModel, b: LoadedModel, rounds: int = 7, round_s: float = 0.05) -> tuple[float, float]:
@@ -55,20 +49,7 @@ def head_to_head(a: LoadedModel, b: LoadedModel, rounds: int = 7, round_s: float
         b.backend.infer(b_inputs)
     per_pair = (time.perf_counter() - started) / 3
     runs = max(3, min(TIMED_RUNS // 2, int(round_s / max(per_pair, 1e-6))))
-    a_best = b_best = float("inf")
-    for _ in range(rounds):
-        a_best = min(a_best, _settled_p50(a, a_inputs, runs))
-        b_best = min(b_best, _settled_p50(b, b_inputs, runs))
-    return a_best, b_best
-
-
-def _settled_p50(model: LoadedModel, inputs: dict[str, Any], runs: int) -> float:
-    """p50 of `runs` timed runs after a pause and two untimed ones: the other runtime's worker threads spin for a
-    while after its last run (ONNX Runtime, XNNPACK), and must not be counted against this one."""
-    time.sleep(SETTLE_S)
-    for _ in range(2):
-        model.backend.infer(inputs)
-    return p50_ms(model, inputs, runs)
+    return turn_about(a, b, runs=runs, rounds=rounds, q=50, settle_s=SETTLE_S)
 
 
 def cosine(a: Any, b: Any) -> float:

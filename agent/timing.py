@@ -1,0 +1,46 @@
+"""Latency of loaded models on synthetic inputs, alone or turn about: the one yardstick the agent uses to choose a
+variant and to refuse a new version that runs slower than the one serving."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from targets.tensors import synthetic_inputs
+
+if TYPE_CHECKING:
+    from agent.serving import LoadedModel
+
+
+def percentile_ms(model: LoadedModel, inputs: dict[str, Any], runs: int, q: float) -> float:
+    """The q-th percentile of `runs` timed inferences, in milliseconds."""
+    import numpy as np
+
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        model.backend.infer(inputs)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(times, q))
+
+
+def turn_about(
+    a: LoadedModel, b: LoadedModel, *, runs: int, rounds: int, q: float, settle_s: float = 0.0
+) -> tuple[float, float]:
+    """The best q-th percentile of each model over `rounds` blocks of `runs`, a's and b's blocks taken in turn, so
+    load on the box hits both alike. With `settle_s`, each block waits that long and runs twice untimed first: the
+    other runtime's worker threads spin for a while after its last run (ONNX Runtime, XNNPACK)."""
+    a_inputs, b_inputs = synthetic_inputs(a.backend.inputs), synthetic_inputs(b.backend.inputs)
+    a_best = b_best = float("inf")
+    for _ in range(rounds):
+        a_best = min(a_best, _block(a, a_inputs, runs, q, settle_s))
+        b_best = min(b_best, _block(b, b_inputs, runs, q, settle_s))
+    return a_best, b_best
+
+
+def _block(model: LoadedModel, inputs: dict[str, Any], runs: int, q: float, settle_s: float) -> float:
+    if settle_s:
+        time.sleep(settle_s)
+        for _ in range(2):
+            model.backend.infer(inputs)
+    return percentile_ms(model, inputs, runs, q)
