@@ -324,23 +324,25 @@ OV_MAX_DROP = 0.005  # agreement (top-1, or cosine) the accuracy-controlled INT8
 
 
 def _agreement_scorer(model, samples: list[dict]):
-    """score(ov model or compiled model) -> agreement of its first output with the float model's: top-1 for
-    classifier-like outputs, cosine similarity otherwise."""
+    """score(ov model or compiled model) -> its agreement with the float model on the calibration samples, as the
+    report measures it (converters.core.agreement): top-1 where an output is classifier-like, else cosine."""
     import numpy as np
     import openvino as ov
 
+    from converters.core import Thresholds, agreement  # core imports this module: import when called
+
     core = ov.Core()
-    reference = core.compile_model(model, "CPU")
-    by_sample = {id(s): np.asarray(reference(s)[0]) for s in samples}  # NNCF may validate on a subset
+
+    def outputs(compiled, data) -> list[dict]:
+        return [{str(i): np.asarray(r[i]) for i in range(len(compiled.outputs))} for r in map(compiled, data)]
+
+    by_sample = dict(zip(map(id, samples), outputs(core.compile_model(model, "CPU"), samples), strict=True))
 
     def score(candidate, data=None) -> float:
+        data = samples if data is None else data  # NNCF may validate on a subset
         compiled = candidate if isinstance(candidate, ov.CompiledModel) else core.compile_model(candidate, "CPU")
-        pairs = [(np.asarray(compiled(s)[0]), by_sample[id(s)]) for s in (samples if data is None else data)]
-        if pairs[0][1].ndim == 2 and pairs[0][1].shape[1] > 1:
-            return float(np.mean([np.mean(g.argmax(1) == w.argmax(1)) for g, w in pairs]))
-        flat_g = np.concatenate([g.ravel() for g, _ in pairs]).astype(np.float64)
-        flat_w = np.concatenate([w.ravel() for _, w in pairs]).astype(np.float64)
-        return float(flat_g @ flat_w / (np.linalg.norm(flat_g) * np.linalg.norm(flat_w) or 1.0))
+        summary, _ = agreement([by_sample[id(s)] for s in data], outputs(compiled, data), Thresholds())
+        return summary["top1"] if summary.get("top1") is not None else summary["cosine"]
 
     return score
 
