@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,16 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from e2e import free_port  # bench/e2e.py, beside this file
 from rich.table import Table
 
 TOLERANCE = 0.10  # the served variant's p50 may be this much above the fastest passing one (timing noise)
 ROUNDS, ROUND_S = 10, 0.2  # the independent check: rounds of timing per variant, seconds each
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
