@@ -161,6 +161,12 @@ class ArtifactFetcher:
                 raise FetchError(f"controller: {header.error.message}", header.error.code)
             if t.pending.get(header.offset) != header.request_id:
                 continue  # duplicate or stale answer
+            if header.total != t.size or not data:  # else the download would wait for bytes that never come
+                raise FetchError(
+                    f"controller sent {len(data)} bytes at offset {header.offset} of a {header.total}-byte "
+                    f"{t.encoding} artifact; the desired state announced {t.size} bytes",
+                    "size_mismatch",
+                )
             del t.pending[header.offset]
             received[header.offset] = data
             while offset in received:

@@ -168,6 +168,24 @@ def test_tampered_compressed_copy_is_rejected(controller, start_agent, model_dir
     assert not (agent.data_dir / "store" / "objects" / v2["sha256"]).exists()
 
 
+def test_compressed_copy_of_another_size_is_a_clear_failure(controller, start_agent, model_dir):
+    """The desired state announced one compressed size, the controller now holds another: the deployment fails with
+    the sizes named (it does not wait forever for bytes that never come), and the previous version keeps serving."""
+    agent = start_agent("dev1", wait_online=controller)
+    v1 = controller.client.upload_model(sparse_mlp(model_dir / "s1.onnx", pad_mb=1, seed=11), "m", None)
+    controller.client.deploy("m", v1["version"], ["dev1"])
+    wait_model_state(controller, "dev1", "m", v1["sha256"], {"serving"})
+    agent.kill()
+    v2 = controller.client.upload_model(sparse_mlp(model_dir / "s2.onnx", pad_mb=1, seed=12), "m", None)
+    controller.client.deploy("m", v2["version"], ["dev1"])
+    packed = controller.bg.controller.artifacts.compressed_path(v2["sha256"])
+    packed.write_bytes(packed.read_bytes() + b"\0" * 4096)  # after the desired state announced its size
+    agent.start()
+    entry = wait_model_state(controller, "dev1", "m", v2["sha256"], {"failed"})
+    assert "desired state announced" in entry["reason"]["message"]
+    assert entry["serving"]["sha256"] == v1["sha256"]
+
+
 def test_store_rejects_corrupt_or_wrong_compressed_download(tmp_path):
     store = ModelStore(tmp_path)
     raw = b"model bytes " * 1000
