@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig
@@ -21,7 +20,7 @@ from agent.store import Installed, ModelStore, VerifyError
 from agent.systemd_notify import Notifier
 from agent.telemetry import Recorder
 from agent.telemetry_publisher import TelemetryPublisher
-from agent.variants import MIN_COSINE, Artifact, agreement, describe, head_to_head, p50_ms
+from agent.variants import Artifact, Contest, Entrant, describe, p50_ms
 from protocol import (
     QOS,
     ControllerPresence,
@@ -544,41 +543,22 @@ class Agent:
         inputs = synthetic_inputs(original.backend.inputs)
         for _ in range(3):
             original.backend.infer(inputs)  # warm-up: the first runs are not the model's speed
-        results = [{"variant": "original", "backend": original.backend.label, "p50_ms": p50_ms(original, inputs)}]
-        best = (original, selection, original_artifact, results[0])
+        first = {"variant": "original", "backend": original.backend.label, "p50_ms": p50_ms(original, inputs)}
+        contest = Contest(Entrant(original, selection, original_artifact, first))
         for ref in target.variants:
             if (target.sha256, ref.variant) in self._variant_errors:
-                results.append({"variant": ref.variant, "error": self._variant_errors[(target.sha256, ref.variant)]})
+                contest.passed_over(ref.variant, self._variant_errors[(target.sha256, ref.variant)])
         for artifact in artifacts[1:]:
-            result: dict[str, Any] = {"variant": artifact.variant}
-            results.append(result)
             try:
                 model, sel = self._load(target.name, target.version, artifact.sha256, artifact.format, target.backend)
             except BackendError as exc:
-                result["error"] = f"does not load: {str(exc)[:200]}"
+                contest.passed_over(artifact.variant, f"does not load: {str(exc)[:200]}")
                 continue
-            similarity = agreement(original, model)
-            result.update(backend=model.backend.label, cosine=similarity)
-            if similarity is not None and similarity < MIN_COSINE:
-                result["error"] = f"disagrees with the original here (cosine {similarity:.4f} < {MIN_COSINE})"
-                model.backend.close()
-                continue
-            # timed turn about against the original, so both see the same load; every variant is judged by the
-            # same yardstick (its time relative to the original's), reported as p50 on the original's scale
-            mine, theirs = head_to_head(model, original)
-            result["vs_original"] = round(mine / theirs, 4)
-            result["p50_ms"] = results[0]["p50_ms"] * mine / theirs
-            if result["p50_ms"] < best[3]["p50_ms"]:
-                if best[0] is not original:  # the original stays open: later variants are checked against it
-                    best[0].backend.close()
-                model = replace(model, sha256=target.sha256, artifact_sha256=artifact.sha256, variant=artifact.variant)
-                best = (model, sel, artifact, result)
-            else:
-                model.backend.close()
-        model, sel, artifact, winner = best
-        if model is not original:
-            original.backend.close()
-        return model, {**sel, "variants": results, "reason": describe(results, winner)}, artifact
+            model = replace(model, sha256=target.sha256, artifact_sha256=artifact.sha256, variant=artifact.variant)
+            contest.enter(Entrant(model, sel, artifact, {"variant": artifact.variant}))
+        winner = contest.decide()
+        reason = describe(contest.results, winner.result)
+        return winner.model, {**winner.selection, "variants": contest.results, "reason": reason}, winner.artifact
 
     def _check_before_swap(self, model: LoadedModel) -> None:
         """A version that answers NaN/Inf, or runs much slower than the one serving, never replaces it."""

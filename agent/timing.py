@@ -27,15 +27,25 @@ def percentile_ms(model: LoadedModel, inputs: dict[str, Any], runs: int, q: floa
 def turn_about(
     a: LoadedModel, b: LoadedModel, *, runs: int, rounds: int, q: float, settle_s: float = 0.0
 ) -> tuple[float, float]:
-    """The best q-th percentile of each model over `rounds` blocks of `runs`, a's and b's blocks taken in turn, so
-    load on the box hits both alike. With `settle_s`, each block waits that long and runs twice untimed first: the
-    other runtime's worker threads spin for a while after its last run (ONNX Runtime, XNNPACK)."""
-    a_inputs, b_inputs = synthetic_inputs(a.backend.inputs), synthetic_inputs(b.backend.inputs)
-    a_best = b_best = float("inf")
-    for _ in range(rounds):
-        a_best = min(a_best, _block(a, a_inputs, runs, q, settle_s))
-        b_best = min(b_best, _block(b, b_inputs, runs, q, settle_s))
+    """The best q-th percentile of each of two models, their blocks taken in turn (see round_robin)."""
+    a_best, b_best = round_robin([a, b], runs=runs, rounds=rounds, q=q, settle_s=settle_s)
     return a_best, b_best
+
+
+def round_robin(
+    models: list[LoadedModel], *, runs: int | list[int], rounds: int, q: float, settle_s: float = 0.0
+) -> list[float]:
+    """The best q-th percentile of each model over `rounds` blocks of `runs` (one count for all, or one per model),
+    the models' blocks taken in turn, so load on the box hits them all alike. With `settle_s`, each block waits that
+    long and runs twice untimed first: the other runtime's worker threads spin for a while after its last run (ONNX
+    Runtime, XNNPACK)."""
+    inputs = [synthetic_inputs(model.backend.inputs) for model in models]
+    counts = runs if isinstance(runs, list) else [runs] * len(models)
+    best = [float("inf")] * len(models)
+    for _ in range(rounds):
+        for i, model in enumerate(models):
+            best[i] = min(best[i], _block(model, inputs[i], counts[i], q, settle_s))
+    return best
 
 
 def _block(model: LoadedModel, inputs: dict[str, Any], runs: int, q: float, settle_s: float) -> float:

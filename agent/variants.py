@@ -1,6 +1,7 @@
 """On-device choice between a model and its optimized variants: each is loaded on the backend its own trial picked,
-checked against the original on the same inputs, timed, and the fastest that agrees serves. The original is one of
-the contestants, so a variant slower than it on this device never serves."""
+checked against the original on the same inputs and timed turn about against it; the original and the variants
+closest to the best then meet in a round-robin run-off, and the fastest there serves. The original is always in the
+run-off, so a variant slower than it on this device never serves."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.timing import percentile_ms, turn_about
+from agent.timing import percentile_ms, round_robin, turn_about
 from targets.tensors import synthetic_inputs
 
 if TYPE_CHECKING:
@@ -17,7 +18,11 @@ if TYPE_CHECKING:
 
 MIN_COSINE = 0.99
 TIMED_RUNS = 20
-SETTLE_S = 0.005  # pause before each timed block in head_to_head (see agent.timing.turn_about)
+SETTLE_S = 0.005  # pause before each timed block (see agent.timing.round_robin)
+RUNOFF_MARGIN = 0.25  # variants whose head-to-head ratio is within this of the best one go to the run-off
+MAX_FINALISTS = 4  # the original and the three best variants at most: finalists stay loaded until the end
+RUNOFF_BLOCK_S, RUNOFF_BUDGET_S = 0.05, 2.0  # a timed block per finalist per round; the run-off's time in all
+MAX_BLOCK_RUNS = 500  # runs in one timed block, at most (sub-millisecond models)
 
 
 @dataclass
@@ -41,15 +46,100 @@ def p50_ms(model: LoadedModel, inputs: dict[str, Any], runs: int = TIMED_RUNS) -
 
 def head_to_head(a: LoadedModel, b: LoadedModel, rounds: int = 7, round_s: float = 0.05) -> tuple[float, float]:
     """p50 of two loaded models timed turn about after a warm-up, the best round of each: both see the same load on
-    the box, and a lazy first-run cost (ONNX Runtime's int8 kernels, OpenVINO's first infer) is not counted."""
-    a_inputs, b_inputs = synthetic_inputs(a.backend.inputs), synthetic_inputs(b.backend.inputs)
+    the box, and a lazy first-run cost (ONNX Runtime's int8 kernels, OpenVINO's first infer) is not counted. A block
+    lasts about round_s / 2, not a few runs: right after the other model ran, the caches hold its weights, and a
+    short block would favour the model with the smaller weights over the one that is faster once warm, as serving
+    is."""
+    per_pair = _warm_up(a) + _warm_up(b)
+    runs = max(3, min(MAX_BLOCK_RUNS, int(round_s / max(per_pair, 1e-6))))
+    return turn_about(a, b, runs=runs, rounds=rounds, q=50, settle_s=SETTLE_S)
+
+
+def runoff(models: list[LoadedModel]) -> list[float]:
+    """p50 of each model, round-robin over as many rounds of RUNOFF_BLOCK_S blocks as RUNOFF_BUDGET_S allows (3 to
+    10), best round kept: longer and more even than a head-to-head, to tell apart models within a few percent."""
+    per_run = [_warm_up(model) for model in models]
+    runs = [max(3, min(MAX_BLOCK_RUNS, int(RUNOFF_BLOCK_S / max(t, 1e-6)))) for t in per_run]
+    round_s = sum(n * t for n, t in zip(runs, per_run, strict=True)) or 1e-6
+    rounds = max(3, min(10, int(RUNOFF_BUDGET_S / round_s)))
+    return round_robin(models, runs=runs, rounds=rounds, q=50, settle_s=SETTLE_S)
+
+
+def _warm_up(model: LoadedModel) -> float:
+    """Three untimed-for-the-result runs (lazy first-run costs); returns the mean seconds per run."""
+    inputs = synthetic_inputs(model.backend.inputs)
     started = time.perf_counter()
     for _ in range(3):
-        a.backend.infer(a_inputs)
-        b.backend.infer(b_inputs)
-    per_pair = (time.perf_counter() - started) / 3
-    runs = max(3, min(TIMED_RUNS // 2, int(round_s / max(per_pair, 1e-6))))
-    return turn_about(a, b, runs=runs, rounds=rounds, q=50, settle_s=SETTLE_S)
+        model.backend.infer(inputs)
+    return (time.perf_counter() - started) / 3
+
+
+@dataclass
+class Entrant:
+    """A loaded model in the contest, with what it is measured by."""
+
+    model: LoadedModel
+    selection: dict[str, Any]  # its backend trial
+    artifact: Artifact
+    result: dict[str, Any]  # what the device status shows for it
+    ratio: float = 1.0  # head-to-head p50 relative to the original
+
+
+class Contest:
+    """The original and its variants on this device. Each variant that agrees with the original is timed turn about
+    against it; the original and the variants within RUNOFF_MARGIN of the best ratio stay loaded, and a round-robin
+    run-off among them picks the one that serves."""
+
+    def __init__(self, original: Entrant) -> None:
+        self.original = original
+        self.results = [original.result]
+        self.finalists = [original]
+
+    def passed_over(self, variant: str | None, error: str) -> None:
+        self.results.append({"variant": variant, "error": error})
+
+    def enter(self, entrant: Entrant) -> None:
+        """Check a loaded variant against the original, time it, and keep it loaded only if it can still win."""
+        model, result = entrant.model, entrant.result
+        self.results.append(result)
+        similarity = agreement(self.original.model, model)
+        result.update(backend=model.backend.label, cosine=similarity)
+        if similarity is not None and similarity < MIN_COSINE:
+            result["error"] = f"disagrees with the original here (cosine {similarity:.4f} < {MIN_COSINE})"
+            model.backend.close()
+            return
+        mine, theirs = head_to_head(model, self.original.model)
+        entrant.ratio = mine / theirs
+        result["vs_original"] = round(entrant.ratio, 4)
+        result["p50_ms"] = self.original.result["p50_ms"] * entrant.ratio
+        self.finalists.append(entrant)
+        self._cut()
+
+    def _cut(self) -> None:
+        best = min(f.ratio for f in self.finalists)
+        ranked = sorted(self.finalists[1:], key=lambda f: f.ratio)
+        close = [f for f in ranked if f.ratio <= best * (1 + RUNOFF_MARGIN)][: MAX_FINALISTS - 1]
+        for dropped in (f for f in ranked if f not in close):
+            dropped.model.backend.close()
+        self.finalists = [self.original, *close]
+
+    def decide(self) -> Entrant:
+        """Run the run-off (when a variant reached it), close every loser, and return the winner; each timed
+        result's p50 is then on the run-off's scale (the run-off's own number, or the original's times its ratio)."""
+        if len(self.finalists) > 1:
+            times = [round(p50, 4) for p50 in runoff([f.model for f in self.finalists])]
+            for finalist, p50 in zip(self.finalists, times, strict=True):
+                finalist.result["runoff_p50_ms"] = p50
+            scale = times[0]
+            for result in self.results[1:]:
+                if "vs_original" in result:
+                    result["p50_ms"] = result.get("runoff_p50_ms") or scale * result["vs_original"]
+            self.original.result["p50_ms"] = scale
+        winner = min(self.finalists, key=lambda f: f.result["p50_ms"])
+        for loser in self.finalists:
+            if loser is not winner:
+                loser.model.backend.close()
+        return winner
 
 
 def cosine(a: Any, b: Any) -> float:
@@ -77,6 +167,9 @@ def describe(results: list[dict[str, Any]], winner: dict[str, Any]) -> str:
     head = f"{winner['variant']} on {winner['backend']}: p50 {winner['p50_ms']:.3f} ms"
     if original is not None and winner is not original:
         head += f" vs original {original['p50_ms']:.3f} ms"
+    finalists = [r["variant"] for r in results if r.get("runoff_p50_ms") is not None]
+    if len(finalists) > 1:
+        head += f" (run-off among {', '.join(finalists)})"
     others = [r for r in results if r is not winner]
     failed = [f"{r['variant']} ({r['error']})" for r in others if r.get("error")]
     slower = [r["variant"] for r in others if not r.get("error")]

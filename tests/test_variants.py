@@ -82,8 +82,13 @@ def test_fastest_agreeing_variant_serves(broker, prefix, start_agent, tmp_path):
     results = {r["variant"]: r for r in entry.selection["variants"]}
     assert set(results) == {"original", "fp16", "int8", "int8-static"}
     assert "disagrees with the original" in results["int8-static"]["error"]
-    contenders = {k: r["p50_ms"] for k, r in results.items() if not r.get("error")}
-    winner = min(contenders, key=contenders.get)
+    timed = {k: r for k, r in results.items() if not r.get("error")}
+    finalists = {k: r["p50_ms"] for k, r in timed.items() if "runoff_p50_ms" in r}
+    winner = min(finalists, key=finalists.get) if finalists else "original"
+    best_ratio = min([1.0] + [r["vs_original"] for r in timed.values() if "vs_original" in r])
+    for name, r in timed.items():  # the original, and each variant that timed close to the best, met in the run-off
+        close = name == "original" or r["vs_original"] <= best_ratio * 1.25
+        assert (name in finalists) == (close and len(timed) > 1), (name, r)
     assert (entry.serving.variant or "original") == winner
     assert entry.serving.sha256 == orig_sha and entry.sha256 == orig_sha  # identity stays the desired model's
     assert winner in entry.selection["reason"]
@@ -105,3 +110,70 @@ def test_fastest_agreeing_variant_serves(broker, prefix, start_agent, tmp_path):
     publisher.publish(topics.device("dev1", "desired"), b"", qos=1, retain=True).wait_for_publish(5)
     publisher.loop_stop()
     watcher.close()
+
+
+def _padded(path: Path, extra: int) -> Path:
+    """y = x @ w + 0 * sum(relu(x @ h)): the same answer whatever `extra` (h's width), which sets how long it takes."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((64, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["base"])]
+    inits = [w]
+    if extra:
+        h = numpy_helper.from_array(rng.standard_normal((64, extra)).astype(np.float32), "h")
+        zero = numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
+        inits += [h, zero]
+        nodes += [
+            helper.make_node("MatMul", ["x", "h"], ["wide"]),
+            helper.make_node("Relu", ["wide"], ["act"]),
+            helper.make_node("ReduceSum", ["act"], ["total"], keepdims=1),
+            helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+            helper.make_node("Add", ["base", "nothing"], ["y"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["base"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "padded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        inits,
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
+    """A variant far slower than the best never reaches the run-off (it is closed at once); the original always does;
+    the winner is the run-off's fastest, and every other finalist is closed."""
+    from agent.serving import LoadedModel
+    from agent.variants import Artifact, Contest, Entrant
+    from targets import registry
+
+    def entrant(label: str, extra: int) -> Entrant:
+        backend = registry.create("onnxruntime")
+        backend.load(_padded(tmp_path / f"{label}.onnx", extra), "onnx")
+        model = LoadedModel(label, "1", "0" * 64, backend, variant=None if label == "original" else label)
+        return Entrant(model, {}, Artifact(label, "0" * 64, 0, "onnx"), {"variant": label, "backend": "onnxruntime"})
+
+    original = entrant("original", 20_000)
+    original.result["p50_ms"] = 1.0  # the standalone measure; the run-off replaces it
+    contest = Contest(original)
+    lean, heavy = entrant("lean", 0), entrant("heavy", 200_000)
+    contest.enter(heavy)
+    contest.enter(lean)
+    winner = contest.decide()
+
+    results = {r["variant"]: r for r in contest.results}
+    assert winner is lean, contest.results
+    assert heavy.result["vs_original"] > 2 and lean.result["vs_original"] < 0.5
+    assert "runoff_p50_ms" not in results["heavy"]  # cut when lean's ratio came in
+    assert results["original"]["runoff_p50_ms"] > results["lean"]["runoff_p50_ms"] > 0
+    assert results["original"]["p50_ms"] == results["original"]["runoff_p50_ms"]  # every p50 on the run-off's scale
+    assert results["heavy"]["p50_ms"] == pytest.approx(results["original"]["p50_ms"] * heavy.result["vs_original"])
+    inputs = {"x": np.ones((4, 64), np.float32)}
+    for loser in (original, heavy):
+        with pytest.raises(Exception):  # noqa: B017 - closed: its session is gone
+            loser.model.backend.infer(inputs)
+    assert winner.model.backend.infer(inputs)["y"].shape == (4, 8)
