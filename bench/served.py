@@ -157,10 +157,16 @@ def check_served(models: list[tuple[str, Path, Path, Path]], variants: dict[str,
 
 
 def served_table(rows: list[dict]) -> Table:
-    table = Table(title=f"What the device serves: fastest passing variant, re-timed here (within {TOLERANCE:.0%})")
-    for col in ("model", "variant", "backend", "agent p50 ms", "re-timed p50 ms", "served", "result"):
+    table = Table(
+        title=f"What the device serves: fastest passing variant, re-timed here (within {TOLERANCE:.0%})",
+        caption="x original: p50 over the original's, timed in the same rounds. This box's speed drifts by up to "
+        "1.6x from one second to the next, so only ratios from one run compare, not the two p50 columns.",
+    )
+    columns = ("model", "variant", "backend", "agent p50 ms", "x original", "re-timed p50 ms", "x original ", "served")
+    for col in (*columns, "result"):
         table.add_column(col, justify="left" if col in ("model", "variant", "backend") else "right")
     for row in rows:
+        agent_ratio, retimed_ratio = _vs_original(row, "agent_p50_ms"), _vs_original(row, "retimed_p50_ms")
         for i, (variant, t) in enumerate(
             sorted(row["variants"].items(), key=lambda kv: kv[1]["retimed_p50_ms"] or 1e9)
         ):
@@ -169,9 +175,20 @@ def served_table(rows: list[dict]) -> Table:
             retimed = t["retimed_p50_ms"]
             table.add_row(
                 row["model"] if i == 0 else "", variant, t["backend"], f"{t['agent_p50_ms']:.3f}",
-                "-" if retimed is None else f"{retimed:.3f}", mark, result,
+                _ratio(agent_ratio.get(variant)), "-" if retimed is None else f"{retimed:.3f}",
+                _ratio(retimed_ratio.get(variant)), mark, result,
             )  # fmt: skip
         for m in row["passed_over"]:
-            table.add_row("", m["variant"], "", "", "", f"passed over: {m['error'][:60]}", "")
+            table.add_row("", m["variant"], "", "", "", "", "", f"passed over: {m['error'][:60]}", "")
         table.add_section()
     return table
+
+
+def _vs_original(row: dict, key: str) -> dict[str, float]:
+    """Each variant's p50 over the original's, both from the same measurement (the agent's, or the re-timing)."""
+    base = row["variants"].get("original", {}).get(key)
+    return {v: t[key] / base for v, t in row["variants"].items() if base and t.get(key) is not None}
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
