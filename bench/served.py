@@ -159,10 +159,11 @@ def check_served(models: list[tuple[str, Path, Path, Path]], variants: dict[str,
 def served_table(rows: list[dict]) -> Table:
     table = Table(
         title=f"What the device serves: fastest passing variant, re-timed here (within {TOLERANCE:.0%})",
-        caption="x original: p50 over the original's, timed in the same rounds. This box's speed drifts by up to "
+        caption="x orig: p50 over the original's, timed in the same rounds. This box's speed drifts by up to "
         "1.6x from one second to the next, so only ratios from one run compare, not the two p50 columns.",
     )
-    columns = ("model", "variant", "backend", "agent p50 ms", "x original", "re-timed p50 ms", "x original ", "served")
+    columns = ("model", "variant", "backend", "agent p50 ms", "agent x orig", "re-timed p50 ms", "re-timed x orig")
+    columns += ("served",)
     for col in (*columns, "result"):
         table.add_column(col, justify="left" if col in ("model", "variant", "backend") else "right")
     for row in rows:
