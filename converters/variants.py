@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -372,11 +373,7 @@ def _onnx2tf(job: Job, integer: bool) -> dict[str, Path]:
     import numpy as np
 
     folder = job.work / "onnx2tf"
-    shutil.rmtree(folder, ignore_errors=True)
     kwargs: dict[str, Any] = {}
-    keep = [name for name, rank in job.input_ranks.items() if rank >= 3]
-    if keep:
-        kwargs["keep_ncw_or_nchw_or_ncdhw_input_names"] = keep  # same input layout as the ONNX model
     if integer:
         calib = []
         for name in job.input_names:
@@ -384,6 +381,55 @@ def _onnx2tf(job: Job, integer: bool) -> dict[str, Path]:
             np.save(path, job.calibration.arrays[name][: job.options.get("calibration_samples", 100)])
             calib.append([name, str(path), 0.0, 1.0])  # mean 0, std 1: the data is used as it is
         kwargs |= {"output_integer_quantized_tflite": True, "custom_input_op_name_np_data_path": calib}
+    if "Erf" in job.ops:  # TFLite has no builtin Erf (GELU): it would need the Flex delegate, which LiteRT lacks
+        kwargs["replace_to_pseudo_operators"] = ["erf"]
+        job.cache["onnx2tf_erf"] = "Erf built from TFLite builtin ops (onnx2tf pseudo-Erf): no Flex delegate needed"
+    keep = [name for name, rank in job.input_ranks.items() if rank >= 3]
+    layouts: list[tuple[dict[str, Any], str | None]] = [({}, None)]
+    if keep:  # onnx2tf guesses channels-last layouts; keep the ONNX one, and if that trips, keep the shapes as they are
+        layouts = [
+            ({"keep_ncw_or_nchw_or_ncdhw_input_names": keep}, f"inputs {keep} kept in ONNX (channels-first) layout"),
+            ({"keep_shape_absolutely_input_names": keep}, f"inputs {keep} kept in their ONNX shape, unchanged "
+             "({error})"),
+        ]  # fmt: skip
+    first_error: ConversionError | None = None
+    for layout, note in layouts:
+        try:
+            _run_onnx2tf(job, folder, kwargs | layout)
+        except ConversionError as exc:
+            first_error = first_error or exc
+            continue
+        if note:
+            job.cache["onnx2tf_note"] = note.format(error=str(first_error).split(":")[0])
+        break
+    else:
+        job.cache["onnx2tf"] = (integer, first_error)
+        raise first_error
+    stem = job.source.stem
+    kinds = ("float32", "integer_quant", "dynamic_range_quant")
+    found = {kind: folder / f"{stem}_{kind}.tflite" for kind in kinds}
+    found = {k: p for k, p in found.items() if p.exists()}
+    error = ConversionError(f"onnx2tf produced no {stem}_float32.tflite") if "float32" not in found else None
+    if flex := flex_ops(found.get("float32")):
+        needs = ", ".join(flex)
+        error = ConversionError(f"onnx2tf (TFLite) needs TensorFlow op(s) {needs} (Flex delegate); LiteRT lacks it")
+    if error is not None:
+        job.cache["onnx2tf"] = (integer, error)
+        raise error
+    job.cache["onnx2tf"] = (integer, found)
+    return found
+
+
+def flex_ops(path: Path | None) -> list[str]:
+    """The TensorFlow ops a .tflite file calls through the Flex delegate (custom op codes named Flex<Op>)."""
+    if path is None:
+        return []
+    return sorted({m.decode() for m in re.findall(rb"Flex([A-Z][A-Za-z0-9]+)", path.read_bytes())})
+
+
+def _run_onnx2tf(job: Job, folder: Path, kwargs: dict[str, Any]) -> None:
+    """One onnx2tf conversion into a fresh `folder`; ConversionError names the op it failed at."""
+    shutil.rmtree(folder, ignore_errors=True)
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import onnx2tf
@@ -401,41 +447,52 @@ def _onnx2tf(job: Job, integer: bool) -> dict[str, Path]:
         text = str(exc)
         if isinstance(exc, ModuleNotFoundError) and "onnx2tf.ops." in text:  # its way of saying "no such op"
             op = text.rsplit("onnx2tf.ops.", 1)[1].strip("'\" ")
-            error = ConversionError(f"onnx2tf (TFLite) does not support op {op}")
-        else:
-            error = ConversionError(fx.unsupported_op_message(exc, job.ops, "onnx2tf (TFLite)"))
-        job.cache["onnx2tf"] = (integer, error)
-        raise error from exc
-    stem = job.source.stem
-    found = {kind: folder / f"{stem}_{kind}.tflite" for kind in ("float32", "integer_quant")}
-    found = {k: p for k, p in found.items() if p.exists()}
-    if "float32" not in found:
-        error = ConversionError(f"onnx2tf produced no {stem}_float32.tflite")
-        job.cache["onnx2tf"] = (integer, error)
-        raise error
-    if keep:
-        job.cache["onnx2tf_note"] = f"inputs {keep} kept in ONNX (channels-first) layout"
-    job.cache["onnx2tf"] = (integer, found)
-    return found
+            raise ConversionError(f"onnx2tf (TFLite) does not support op {op}") from exc
+        raise ConversionError(fx.unsupported_op_message(exc, job.ops, "onnx2tf (TFLite)")) from exc
+
+
+def _onnx2tf_notes(job: Job) -> list[str]:
+    return [note for key in ("onnx2tf_note", "onnx2tf_erf") if (note := job.cache.get(key))]
 
 
 def build_tflite(job: Job, out: Path, fixes: list[str]) -> Path:
     found = _onnx2tf(job, integer=False)
-    if note := job.cache.get("onnx2tf_note"):
-        fixes.append(note)
+    fixes.extend(_onnx2tf_notes(job))
     shutil.copyfile(found["float32"], out)
     return out
 
 
 def build_tflite_int8(job: Job, out: Path, fixes: list[str]) -> Path:
+    """Full int8 when LiteRT runs it; else int8 weights with float activations (a transformer's pseudo-Erf divides
+    by a value that int8 rounds to zero), named in the report."""
     found = _onnx2tf(job, integer=True)
-    if "integer_quant" not in found:
-        raise ConversionError("onnx2tf produced no integer-quantized model")
-    if note := job.cache.get("onnx2tf_note"):
-        fixes.append(note)
-    fixes.append("int8 weights and activations, float32 inputs/outputs (onnx2tf integer_quant)")
-    shutil.copyfile(found["integer_quant"], out)
+    fixes.extend(_onnx2tf_notes(job))
+    full = found.get("integer_quant")
+    problem = _litert_problem(job, full) if full else "onnx2tf produced no integer-quantized model"
+    if problem is None:
+        fixes.append("int8 weights and activations, float32 inputs/outputs (onnx2tf integer_quant)")
+        shutil.copyfile(full, out)
+    elif "dynamic_range_quant" in found:
+        fixes.append(f"int8 weights, float activations (onnx2tf dynamic_range_quant): full int8 {problem}")
+        shutil.copyfile(found["dynamic_range_quant"], out)
+    else:
+        raise ConversionError(f"full int8 {problem}")
     return out
+
+
+def _litert_problem(job: Job, path: Path) -> str | None:
+    """Why LiteRT cannot run a .tflite file on one calibration batch, or None when it can."""
+    from converters.runtimes import TfliteRunner
+
+    try:
+        runner = TfliteRunner(path, job.input_names, job.output_names)
+        try:
+            runner.run(job.samples(1)[0])
+        finally:
+            runner.close()
+    except Exception as exc:
+        return f"does not run on LiteRT: {fx._first_line(exc)}"
+    return None
 
 
 _ORT = ("onnxruntime",)
