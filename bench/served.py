@@ -152,7 +152,8 @@ def check_served(models: list[tuple[str, Path, Path, Path]], variants: dict[str,
             fastest = min(retimed, key=retimed.get) if retimed else None
             ok = bool(retimed) and served in retimed and retimed[served] <= (1 + TOLERANCE) * retimed[fastest]
             rows.append({"model": name, "served": served, "fastest": fastest, "ok": ok, "variants": timings,
-                         "passed_over": [m for m in measured if m.get("error")]})  # fmt: skip
+                         "passed_over": [m for m in measured if m.get("error")], "agent_choice": measured,
+                         "reason": (entry.get("selection") or {}).get("reason")})  # fmt: skip
     return rows
 
 
