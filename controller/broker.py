@@ -14,6 +14,21 @@ class BrokerStartError(RuntimeError):
     pass
 
 
+class MqttFiveAttempt(logging.Filter):
+    """amqtt reads an MQTT 5 CONNECT as a broken 3.1.1 one and warns twice; every client of ours then retries with
+    3.1.1 and connects, so say that once at INFO instead of two alarming warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith("Invalid connection from"):  # the reason follows in its own record
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return log.isEnabledFor(logging.DEBUG)
+        if "Will flag set, but will topic/message not present" in text:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "a client's CONNECT was not MQTT 3.1.1 (an MQTT 5 client falls back): %s", (text,)
+        return True
+
+
 def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,6 +72,10 @@ class EmbeddedBroker:
 
     def _run(self, ready: threading.Event, errors: list[BaseException]) -> None:
         from amqtt.broker import Broker
+
+        amqtt_log = logging.getLogger("amqtt.broker")
+        if not any(isinstance(f, MqttFiveAttempt) for f in amqtt_log.filters):
+            amqtt_log.addFilter(MqttFiveAttempt())
 
         async def main() -> None:
             config = {

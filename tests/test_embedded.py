@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from controller.broker import BrokerStartError, EmbeddedBroker
 from protocol.link import BrokerAddress, MqttLink, Will
 
 
-def test_link_falls_back_to_mqtt_311_on_the_embedded_broker():
+def test_link_falls_back_to_mqtt_311_on_the_embedded_broker(caplog):
+    caplog.set_level(logging.INFO, logger="amqtt")
     broker = EmbeddedBroker("127.0.0.1", free_port())
     broker.start()
     try:
@@ -32,6 +34,9 @@ def test_link_falls_back_to_mqtt_311_on_the_embedded_broker():
         wait_until(lambda: received, 5, "own message back")
         assert received == [("a/b", b"hello")]
         link.stop()
+        amqtt = [r for r in caplog.records if r.name == "amqtt.broker"]
+        assert not [r for r in amqtt if r.levelno >= logging.WARNING], [r.getMessage() for r in amqtt]
+        assert any("MQTT 5 client falls back" in r.getMessage() for r in amqtt)
     finally:
         broker.stop()
 
