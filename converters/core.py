@@ -18,7 +18,7 @@ from typing import Any
 
 from converters import fixes as fx
 from converters.calibration import Calibration, load_calibration
-from converters.runtimes import OnnxRunner, OpenVinoRunner, Runner, TfliteRunner, p50_latency_ms
+from converters.runtimes import OnnxRunner, OpenVinoRunner, Runner, TfliteRunner, p50_latency_ms, paired_p50_ms
 from converters.variants import VARIANTS, ConversionError, Job, Variant, check_available
 from protocol import ZSTD_LEVEL, worth_compressing
 
@@ -223,11 +223,9 @@ class _Session:
         self.source_size = model_path.stat().st_size
         packed = zstd_size(model_path)
         self.source_transfer = packed if worth_compressing(self.source_size, packed) else self.source_size
-        self.baselines: dict[str, tuple[float, str]] = {"onnxruntime": (self._latency(reference), "onnxruntime")}
+        reference.close()
+        self.baselines: dict[str, tuple[Runner | None, str]] = {}
         backend.close()
-
-    def _latency(self, runner: Runner) -> float:
-        return p50_latency_ms(runner, self.eval_samples[0], budget_s=self.job.options.get("latency_budget_s", 1.5))
 
     def open(self, variant: Variant, path: Path) -> Runner:
         if variant.runtime == "onnxruntime":
@@ -236,25 +234,35 @@ class _Session:
             return OpenVinoRunner(path)
         return TfliteRunner(path, self.job.input_names, self.job.output_names)
 
-    def baseline(self, variant: Variant) -> tuple[float | None, str]:
-        """p50 of the float original on the variant's runtime: ONNX on ORT and OpenVINO, the float32 TFLite
-        conversion on LiteRT."""
+    def baseline(self, variant: Variant) -> tuple[Runner | None, str]:
+        """The float original on the variant's runtime, kept open to be timed beside each variant: ONNX on ORT and
+        OpenVINO, the float32 TFLite conversion on LiteRT; None and the reason where it does not run there."""
         if variant.runtime not in self.baselines:
             try:
-                if variant.runtime == "openvino":
-                    runner = OpenVinoRunner(self.job.source)
-                    self.baselines["openvino"] = (self._latency(runner), "openvino (float ONNX)")
+                if variant.runtime == "onnxruntime":
+                    self.baselines["onnxruntime"] = (OnnxRunner(self.job.source), "onnxruntime")
+                elif variant.runtime == "openvino":
+                    self.baselines["openvino"] = (OpenVinoRunner(self.job.source), "openvino (float ONNX)")
                 else:
                     from converters.variants import _onnx2tf
 
                     found = _onnx2tf(self.job, integer=False)
                     runner = TfliteRunner(found["float32"], self.job.input_names, self.job.output_names)
-                    self.baselines["tflite"] = (self._latency(runner), "tflite (float32 conversion)")
-                runner.close()
+                    self.baselines["tflite"] = (runner, "tflite (float32 conversion)")
             except Exception as exc:
                 log.info("no %s baseline: %s", variant.runtime, exc)
-                return None, f"{variant.runtime} (float original does not run there: {fx._first_line(exc)})"
+                reason = f"{variant.runtime} (float original does not run there: {fx._first_line(exc)})"
+                self.baselines[variant.runtime] = (None, reason)
         return self.baselines[variant.runtime]
+
+    def latencies(self, variant: Variant, runner: Runner) -> tuple[float, float | None, str]:
+        """p50 of the variant and of the float original on the same runtime, timed in turn; what the latter ran on."""
+        baseline, label = self.baseline(variant)
+        budget = self.job.options.get("latency_budget_s", 1.5)
+        if baseline is None:
+            return p50_latency_ms(runner, self.eval_samples[0], budget_s=budget), None, label
+        mine, theirs = paired_p50_ms(runner, baseline, self.eval_samples[0], budget_s=2 * budget)
+        return mine, theirs, label
 
     def judge(self, thresholds: Thresholds, candidate: Path) -> list[str]:
         """Failed metrics of a candidate ONNX model against the original on (at most 64 batches of) calibration data."""
@@ -271,6 +279,9 @@ class _Session:
         return agreement(self.job.cache["calibration_reference"], outputs, thresholds)[1]
 
     def close(self) -> None:
+        for runner, _ in self.baselines.values():
+            if runner is not None:
+                runner.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
 
@@ -314,10 +325,9 @@ def _measure(session: _Session, name: str, out_dir: Path, thresholds: Thresholds
             raise ConversionError(f"the {name} model does not load in {variant.runtime}: {reason}") from exc
         try:
             outputs = [runner.run(s) for s in session.eval_samples]
-            result.latency_ms_p50 = session._latency(runner)
+            result.latency_ms_p50, result.source_latency_ms_p50, result.baseline = session.latencies(variant, runner)
         finally:
             runner.close()
-        result.source_latency_ms_p50, result.baseline = session.baseline(variant)
         if result.source_latency_ms_p50 and result.latency_ms_p50:
             result.speedup = result.source_latency_ms_p50 / result.latency_ms_p50
         result.samples = len(session.eval_samples)

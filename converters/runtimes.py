@@ -137,3 +137,25 @@ def p50_latency_ms(runner: Runner, sample: dict[str, np.ndarray], budget_s: floa
         runner.run(sample)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000.0
+
+
+def paired_p50_ms(
+    a: Runner, b: Runner, sample: dict[str, np.ndarray], budget_s: float = 1.5, rounds: int = 6
+) -> tuple[float, float]:
+    """p50 of two runners after a warm-up, timed in turn (`rounds` blocks each, best block kept): this box's speed
+    drifts by over 1.5x between seconds, so a variant timed apart from its baseline gives a speedup off by as much."""
+    for runner in (a, b):
+        for _ in range(3):
+            runner.run(sample)
+    block_s = budget_s / (2 * rounds)
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for i, runner in enumerate((a, b)):
+            times: list[float] = []
+            deadline = time.perf_counter() + block_s
+            while len(times) < 3 or time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                runner.run(sample)
+                times.append(time.perf_counter() - t0)
+            best[i] = min(best[i], statistics.median(times) * 1000.0)
+    return best[0], best[1]

@@ -46,7 +46,7 @@ def report_table(reports: list[dict[str, Any]], title: str) -> Table:
             f"{a['cosine']:.4f}" if a.get("cosine") is not None else "-",
             f"{a['max_abs_error']:.3g}" if a.get("max_abs_error") is not None else "-",
         )
-    table.caption = "* zstd-compressed transfer; FP32 p50 = the float original on the same runtime"
+    table.caption = "* zstd-compressed transfer; FP32 p50 = the float original on the same runtime, timed in turn"
     return table
 
 

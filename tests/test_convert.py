@@ -344,3 +344,19 @@ def test_cli_convert_json_and_table(tmp_path):
     assert "UNPROVEN" in result.output  # synthetic data warning
     result = runner.invoke(app, ["convert", str(model), "--list"])
     assert result.exit_code == 0 and "openvino-int8" in result.stdout
+
+
+def test_paired_latency_ranks_two_models_timed_in_turn(tmp_path):
+    """The report's speedup comes from the variant and its float baseline timed in turn, so it ranks them right
+    whatever the box's speed does meanwhile."""
+    from converters.runtimes import OnnxRunner, paired_p50_ms
+
+    small = OnnxRunner(sample_models.mlp(tmp_path / "small.onnx", n_in=64, hidden=32))
+    big = OnnxRunner(sample_models.mlp(tmp_path / "big.onnx", n_in=64, hidden=8192))
+    sample = {"x": np.ones((1, 64), np.float32)}
+    try:
+        fast, slow = paired_p50_ms(small, big, sample, budget_s=0.3)
+    finally:
+        small.close()
+        big.close()
+    assert fast > 0 and slow > 2 * fast
