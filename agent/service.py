@@ -540,6 +540,7 @@ class Agent:
         )
         if len(artifacts) == 1 and not target.variants:
             return original, selection, original_artifact
+        started = time.monotonic()
         inputs = synthetic_inputs(original.backend.inputs)
         for _ in range(3):
             original.backend.infer(inputs)  # warm-up: the first runs are not the model's speed
@@ -558,7 +559,9 @@ class Agent:
             contest.enter(Entrant(model, sel, artifact, {"variant": artifact.variant}))
         winner = contest.decide()
         reason = describe(contest.results, winner.result)
-        return winner.model, {**winner.selection, "variants": contest.results, "reason": reason}, winner.artifact
+        chosen = {**winner.selection, "variants": contest.results, "reason": reason}
+        chosen["variants_trial_s"] = round(time.monotonic() - started, 2)  # loading, checking and timing them all
+        return winner.model, chosen, winner.artifact
 
     def _check_before_swap(self, model: LoadedModel) -> None:
         """A version that answers NaN/Inf, or runs much slower than the one serving, never replaces it."""

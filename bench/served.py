@@ -153,7 +153,8 @@ def check_served(models: list[tuple[str, Path, Path, Path]], variants: dict[str,
             ok = bool(retimed) and served in retimed and retimed[served] <= (1 + TOLERANCE) * retimed[fastest]
             rows.append({"model": name, "served": served, "fastest": fastest, "ok": ok, "variants": timings,
                          "passed_over": [m for m in measured if m.get("error")], "agent_choice": measured,
-                         "reason": (entry.get("selection") or {}).get("reason")})  # fmt: skip
+                         "reason": (entry.get("selection") or {}).get("reason"),
+                         "trial_s": (entry.get("selection") or {}).get("variants_trial_s")})  # fmt: skip
     return rows
 
 
@@ -176,7 +177,7 @@ def served_table(rows: list[dict]) -> Table:
             result = ("PASS" if row["ok"] else "FAIL") if i == 0 else ""
             retimed = t["retimed_p50_ms"]
             table.add_row(
-                row["model"] if i == 0 else "", variant, t["backend"], f"{t['agent_p50_ms']:.3f}",
+                _model_cell(row) if i == 0 else "", variant, t["backend"], f"{t['agent_p50_ms']:.3f}",
                 _ratio(agent_ratio.get(variant)), "-" if retimed is None else f"{retimed:.3f}",
                 _ratio(retimed_ratio.get(variant)), mark, result,
             )  # fmt: skip
@@ -194,3 +195,7 @@ def _vs_original(row: dict, key: str) -> dict[str, float]:
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _model_cell(row: dict) -> str:
+    return row["model"] if row.get("trial_s") is None else f"{row['model']}\n(agent trial {row['trial_s']} s)"

@@ -44,8 +44,12 @@ def print_choice(console: Console, model: dict[str, Any]) -> None:
         console.print(line, highlight=False)
         if selection.get("candidates"):
             console.print(candidates_table(selection))
+        if selection.get("variants_trial_s") is not None:
+            console.print(f"    variants timed on the device in {selection['variants_trial_s']} s", highlight=False)
         for v in selection.get("variants") or []:
             outcome = v.get("error") or f"p50 {format_ms(v.get('p50_ms'))} ms on {v.get('backend')}"
+            if v.get("runoff_p50_ms") is not None:
+                outcome += " (run-off)"
             console.print(f"    variant {v.get('variant')}: {outcome}", highlight=False)
     if failover.get("failed_over"):
         console.print(

@@ -91,6 +91,7 @@ def test_fastest_agreeing_variant_serves(broker, prefix, start_agent, tmp_path):
     assert (entry.serving.variant or "original") == winner
     assert entry.serving.sha256 == orig_sha and entry.sha256 == orig_sha  # identity stays the desired model's
     assert winner in entry.selection["reason"]
+    assert 0 < entry.selection["variants_trial_s"] < 60
 
     x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
     import httpx
