@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +19,10 @@ from rich.table import Table
 
 TOLERANCE = 0.10  # the served variant's p50 may be this much above the fastest passing one (timing noise)
 ROUNDS, ROUND_S = 10, 0.2  # the independent check: rounds of timing per variant, seconds each
+SERVED_COLUMNS = (
+    "model", "variant", "backend", "agent p50 ms", "agent x orig", "re-timed p50 ms", "re-timed x orig", "served",
+    "result",
+)  # fmt: skip
 
 
 @contextmanager
@@ -66,6 +69,7 @@ def retime(files: dict[str, tuple[Path, str, str]], hardware: dict[str, Any]) ->
     """p50 of each artifact {variant: (path, format, backend label)} on the candidate the agent picked for it, all
     loaded at once and timed round-robin (ROUNDS rounds of ROUND_S each, best round kept): drifting load on the box
     then hits every variant alike, as it does in the agent's own turn-about comparison."""
+    from converters.runtimes import round_robin_p50_ms
     from targets.selection import candidates, load_candidate
     from targets.tensors import synthetic_inputs
 
@@ -77,19 +81,9 @@ def retime(files: dict[str, tuple[Path, str, str]], hardware: dict[str, Any]) ->
             loaded[variant] = (backend, synthetic_inputs(backend.inputs))
     best: dict[str, float | None] = {variant: None for variant in files}
     try:
-        for backend, inputs in loaded.values():
-            for _ in range(5):
-                backend.infer(inputs)
-        for _ in range(ROUNDS):
-            for variant, (backend, inputs) in loaded.items():
-                times: list[float] = []
-                deadline = time.perf_counter() + ROUND_S
-                while time.perf_counter() < deadline or len(times) < 5:
-                    started = time.perf_counter()
-                    backend.infer(inputs)
-                    times.append((time.perf_counter() - started) * 1000)
-                p50 = statistics.median(times)
-                best[variant] = p50 if best[variant] is None else min(best[variant], p50)
+        calls = [lambda b=backend, x=inputs: b.infer(x) for backend, inputs in loaded.values()]
+        times = round_robin_p50_ms(calls, block_s=ROUND_S, rounds=ROUNDS, warmup=5, min_runs=5)
+        best |= dict(zip(loaded, times, strict=True))
     finally:
         for backend, _ in loaded.values():
             backend.close()
@@ -164,9 +158,7 @@ def served_table(rows: list[dict]) -> Table:
         caption="x orig: p50 over the original's, timed in the same rounds. This box's speed drifts by up to "
         "1.6x from one second to the next, so only ratios from one run compare, not the two p50 columns.",
     )
-    columns = ("model", "variant", "backend", "agent p50 ms", "agent x orig", "re-timed p50 ms", "re-timed x orig")
-    columns += ("served",)
-    for col in (*columns, "result"):
+    for col in SERVED_COLUMNS:
         table.add_column(col, justify="left" if col in ("model", "variant", "backend") else "right")
     for row in rows:
         agent_ratio, retimed_ratio = _vs_original(row, "agent_p50_ms"), _vs_original(row, "retimed_p50_ms")

@@ -22,7 +22,7 @@ class MqttFiveAttempt(logging.Filter):
         text = record.getMessage()
         if text.startswith("Invalid connection from"):  # the reason follows in its own record
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return log.isEnabledFor(logging.DEBUG)
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         if "Will flag set, but will topic/message not present" in text:
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg, record.args = "a client's CONNECT was not MQTT 3.1.1 (an MQTT 5 client falls back): %s", (text,)

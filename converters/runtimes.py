@@ -6,6 +6,7 @@ import statistics
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,18 +145,27 @@ def paired_p50_ms(
 ) -> tuple[float, float]:
     """p50 of two runners after a warm-up, timed in turn (`rounds` blocks each, best block kept): this box's speed
     drifts by over 1.5x between seconds, so a variant timed apart from its baseline gives a speedup off by as much."""
-    for runner in (a, b):
-        for _ in range(3):
-            runner.run(sample)
-    block_s = budget_s / (2 * rounds)
-    best = [float("inf"), float("inf")]
+    calls = [lambda: a.run(sample), lambda: b.run(sample)]
+    a_p50, b_p50 = round_robin_p50_ms(calls, block_s=budget_s / (2 * rounds), rounds=rounds)
+    return a_p50, b_p50
+
+
+def round_robin_p50_ms(
+    calls: list[Callable[[], object]], *, block_s: float, rounds: int, warmup: int = 3, min_runs: int = 3
+) -> list[float]:
+    """p50 in ms of each call after `warmup` runs, over `rounds` blocks of block_s (at least min_runs runs) taken in
+    turn, best block kept: drifting load on the box hits every call alike."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    best = [float("inf")] * len(calls)
     for _ in range(rounds):
-        for i, runner in enumerate((a, b)):
+        for i, call in enumerate(calls):
             times: list[float] = []
             deadline = time.perf_counter() + block_s
-            while len(times) < 3 or time.perf_counter() < deadline:
+            while len(times) < min_runs or time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                runner.run(sample)
+                call()
                 times.append(time.perf_counter() - t0)
             best[i] = min(best[i], statistics.median(times) * 1000.0)
-    return best[0], best[1]
+    return best

@@ -383,15 +383,13 @@ def _onnx2tf(job: Job, integer: bool) -> dict[str, Path]:
         kwargs |= {"output_integer_quantized_tflite": True, "custom_input_op_name_np_data_path": calib}
     if "Erf" in job.ops:  # TFLite has no builtin Erf (GELU): it would need the Flex delegate, which LiteRT lacks
         kwargs["replace_to_pseudo_operators"] = ["erf"]
-        job.cache["onnx2tf_erf"] = "Erf built from TFLite builtin ops (onnx2tf pseudo-Erf): no Flex delegate needed"
     keep = [name for name, rank in job.input_ranks.items() if rank >= 3]
     layouts: list[tuple[dict[str, Any], str | None]] = [({}, None)]
     if keep:  # onnx2tf guesses channels-last layouts; keep the ONNX one, and if that trips, keep the shapes as they are
         layouts = [
             ({"keep_ncw_or_nchw_or_ncdhw_input_names": keep}, f"inputs {keep} kept in ONNX (channels-first) layout"),
-            ({"keep_shape_absolutely_input_names": keep}, f"inputs {keep} kept in their ONNX shape, unchanged "
-             "({error})"),
-        ]  # fmt: skip
+            ({"keep_shape_absolutely_input_names": keep}, f"inputs {keep} kept in their ONNX shape, unchanged"),
+        ]
     first_error: ConversionError | None = None
     for layout, note in layouts:
         try:
@@ -399,8 +397,8 @@ def _onnx2tf(job: Job, integer: bool) -> dict[str, Path]:
         except ConversionError as exc:
             first_error = first_error or exc
             continue
-        if note:
-            job.cache["onnx2tf_note"] = note.format(error=str(first_error).split(":")[0])
+        if note:  # after a failed layout, say why the next one was tried
+            job.cache["onnx2tf_note"] = f"{note} ({str(first_error).split(':')[0]})" if first_error else note
         break
     else:
         job.cache["onnx2tf"] = (integer, first_error)
@@ -452,7 +450,10 @@ def _run_onnx2tf(job: Job, folder: Path, kwargs: dict[str, Any]) -> None:
 
 
 def _onnx2tf_notes(job: Job) -> list[str]:
-    return [note for key in ("onnx2tf_note", "onnx2tf_erf") if (note := job.cache.get(key))]
+    notes = [job.cache["onnx2tf_note"]] if job.cache.get("onnx2tf_note") else []
+    if "Erf" in job.ops:
+        notes.append("Erf built from TFLite builtin ops (onnx2tf pseudo-Erf): no Flex delegate needed")
+    return notes
 
 
 def build_tflite(job: Job, out: Path, fixes: list[str]) -> Path:
