@@ -109,13 +109,19 @@ class Contest:
         """Check a loaded variant against the original, time it, and keep it loaded only if it can still win."""
         model, result = entrant.model, entrant.result
         self.results.append(result)
-        similarity = agreement(self.original.model, model)
-        result.update(backend=model.backend.label, cosine=similarity)
-        if similarity is not None and similarity < MIN_COSINE:
-            result["error"] = f"disagrees with the original here (cosine {similarity:.4f} < {MIN_COSINE})"
+        result["backend"] = model.backend.label
+        try:  # a variant that loads but fails to run here is left out; the original and the others still compete
+            similarity = agreement(self.original.model, model)
+            result["cosine"] = similarity
+            if similarity is not None and similarity < MIN_COSINE:
+                result["error"] = f"disagrees with the original here (cosine {similarity:.4f} < {MIN_COSINE})"
+            else:
+                mine, theirs = head_to_head(model, self.original.model)
+        except Exception as exc:
+            result["error"] = f"fails to run here: {str(exc)[:200]}"
+        if "error" in result:
             model.backend.close()
             return
-        mine, theirs = head_to_head(model, self.original.model)
         entrant.ratio = mine / theirs
         result["vs_original"] = round(entrant.ratio, 4)
         result["p50_ms"] = self.original.result["p50_ms"] * entrant.ratio

@@ -144,6 +144,22 @@ def _padded(path: Path, extra: int) -> Path:
     return path
 
 
+def _unrunnable(path: Path) -> Path:
+    """x[4, 64] reshaped to [3, 5]: ONNX Runtime loads it and fails at every run."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    shape = numpy_helper.from_array(np.array([3, 5], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "unrunnable",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
+        [shape],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
     """A variant clearly slower than the original never reaches the run-off (it is closed at once); the original and
     every variant not slower than it do, however far behind the best; the winner is the run-off's fastest, and every
@@ -152,9 +168,9 @@ def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
     from agent.variants import Artifact, Contest, Entrant
     from targets import registry
 
-    def entrant(label: str, extra: int) -> Entrant:
+    def entrant(label: str, extra: int, model_file: Path | None = None) -> Entrant:
         backend = registry.create("onnxruntime")
-        backend.load(_padded(tmp_path / f"{label}.onnx", extra), "onnx")
+        backend.load(model_file or _padded(tmp_path / f"{label}.onnx", extra), "onnx")
         model = LoadedModel(label, "1", "0" * 64, backend, variant=None if label == "original" else label)
         return Entrant(model, {}, Artifact(label, "0" * 64, 0, "onnx"), {"variant": label, "backend": "onnxruntime"})
 
@@ -165,6 +181,8 @@ def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
     contest.enter(heavy)
     contest.enter(lean)
     contest.enter(trimmed)
+    broken = entrant("broken", 0, _unrunnable(tmp_path / "broken.onnx"))
+    contest.enter(broken)  # loads, but fails at its first inference: left out, the contest goes on
     winner = contest.decide()
 
     results = {r["variant"]: r for r in contest.results}
@@ -173,6 +191,7 @@ def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
     assert "runoff_p50_ms" not in results["heavy"]  # clearly slower than the original: closed at once
     assert results["original"]["runoff_p50_ms"] > results["lean"]["runoff_p50_ms"] > 0
     assert results["trimmed"]["runoff_p50_ms"] > 0  # far behind lean, but not slower than the original: it ran
+    assert results["broken"]["error"].startswith("fails to run here") and "runoff_p50_ms" not in results["broken"]
     assert results["original"]["p50_ms"] == results["original"]["runoff_p50_ms"]  # every p50 on the run-off's scale
     assert results["heavy"]["p50_ms"] == pytest.approx(results["original"]["p50_ms"] * heavy.result["vs_original"])
     inputs = {"x": np.ones((4, 64), np.float32)}
