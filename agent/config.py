@@ -53,6 +53,10 @@ class AgentConfig(BaseModel):
     backend_options: dict[str, Any] = Field(default_factory=dict)
     backend_trial: bool = True
     trial_budget_s: float = Field(default=3.0, gt=0, le=60)
+    # The trial runs in a short-lived worker process: runtimes that lose never enter the agent's memory, and a
+    # runtime that crashes natively fails its candidate instead of the agent.
+    trial_isolated: bool = True
+
     trusted_keys: list[str] = Field(default_factory=list)
     health_window_s: float = Field(default=30.0, ge=0, le=86400)
     rollback_max_errors: int = Field(default=3, ge=1)

@@ -63,10 +63,12 @@ class HealthWatch:
 
 
 def latency_regression(new: LoadedModel, old: LoadedModel, max_pct: float) -> str | None:
-    """Compare p95 on synthetic inputs in alternating rounds, so load on the box hits both alike; a regression must
-    show in two passes before it counts (a burst of other work on a small board is not the new version's fault)."""
-    if new.backend.label != old.backend.label:
-        return None  # different backends: the selection already chose the fastest for the new version
+    """Compare p95 on the models' representative inputs in alternating rounds, so load on the box hits both alike; a
+    regression must show in two passes before it counts (a burst of other work on a small board is not the new
+    version's fault). Different backends: the selection already chose the fastest for the new version."""
+    if new.backend.label != old.backend.label or not new.probe or not old.probe:
+        return None
+
     for _ in range(2):
         new_p95, old_p95 = turn_about(new, old, runs=BENCH_RUNS // 3, rounds=4, q=95)
         if not (new_p95 > old_p95 * (1 + max_pct / 100) and new_p95 - old_p95 > MIN_REGRESSION_MS):

@@ -588,6 +588,7 @@ def _model_metadata(model: LoadedModel) -> dict[str, Any]:
         "platform": backend.label,
         "inputs": [spec.as_dict() for spec in backend.inputs],
         "outputs": [spec.as_dict() for spec in backend.outputs],
+        "parameters": {"precision": backend.precision, **backend.metadata},
     }
 
 

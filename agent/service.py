@@ -41,9 +41,10 @@ from protocol.link import BrokerAddress, MqttLink, TlsFiles, Will
 from protocol.signing import SignatureError, Verifier
 from targets.base import BackendError
 from targets.failover import FailoverBackend
+from targets.inputs import Inputs, SampleError, unpack_samples
 from targets.probe import probe
 from targets.selection import candidates, load_candidate, select_backend
-from targets.tensors import InputError, decode_tensor, encode_tensor, synthetic_inputs
+from targets.tensors import InputError, decode_tensor, encode_tensor
 
 log = logging.getLogger(__name__)
 
@@ -385,11 +386,15 @@ class Agent:
                     log.error("stored %s %s fails its sha256 check; not serving it", name, candidate.version)
                     continue
                 try:
-                    model, selection = self._load(name, candidate.version, candidate.sha256, candidate.format, None)
+                    samples = self._stored_samples(candidate.samples)
+                    model, selection = self._load(
+                        name, candidate.version, candidate.sha256, candidate.format, None, samples,
+                        candidate.input_shapes,
+                    )  # fmt: skip
                     model = replace(
                         model, sha256=candidate.identity, artifact_sha256=candidate.sha256, variant=candidate.variant
                     )
-                except BackendError as exc:
+                except (BackendError, SampleError, OSError) as exc:
                     log.error("stored %s %s does not load: %s", name, candidate.version, exc)
                     continue
                 self.table.swap(model)
@@ -449,6 +454,7 @@ class Agent:
                 continue
             self._deploy(model)
         pinned = {m.sha256 for m in desired.models} | {v.sha256 for m in desired.models for v in m.variants}
+        pinned |= {m.samples.sha256 for m in desired.models if m.samples is not None}
         self.store.collect_garbage(self.config.keep_versions, pinned)
         self.publish_state()
 
@@ -467,13 +473,18 @@ class Agent:
             if self.verifier is not None:
                 self.verifier.verify(target.manifest(), target.signature)
             artifacts = self._fetch_all(target)
+            samples = self._fetch_samples(target)
             self._set_status(target.name, state="loading")
-            model, selection, artifact = self._choose(target, artifacts)
+            model, selection, artifact = self._choose(target, artifacts, samples)
             self._check_before_swap(model)
         except FetchCancelled:
             log.info("deployment of %s %s superseded", target.name, target.version)
             return
         except (FetchError, VerifyError, BackendError, SignatureError, Unhealthy, OSError, KeyError) as exc:
+            self._fail(target, exc)
+            return
+        except SampleError as exc:
+            self._fail(target, Unhealthy("bad_samples", f"the samples given with the model do not fit it: {exc}"))
             self._fail(target, exc)
             return
         with self._swap_lock:
@@ -490,6 +501,8 @@ class Agent:
                     model.backend.label,
                     artifact.variant,
                     target.sha256 if artifact.variant else None,
+                    target.samples.sha256 if target.samples else None,
+                    dict(target.input_shapes) or None,
                 ),
             )
         serving, previous = self._serving_info(target.name)
@@ -523,6 +536,17 @@ class Agent:
             artifacts.append(variant)
         return artifacts
 
+    def _fetch_samples(self, target: DesiredModel) -> list[Inputs] | None:
+        """The representative inputs given with the version, fetched and verified like a model."""
+        if target.samples is None:
+            return None
+        self._fetch(target.name, Artifact("samples", target.samples.sha256, target.samples.size, "npz"))
+        return self._stored_samples(target.samples.sha256)
+
+    def _stored_samples(self, sha256: str | None) -> list[Inputs] | None:
+        path = self.store.path(sha256) if sha256 else None
+        return unpack_samples(path) if path is not None and path.exists() else None
+
     def _fetch(self, name: str, artifact: Artifact) -> None:
         fetched = not self.store.has(artifact.sha256)
         if fetched:  # the fetcher hashes while it writes and commits only a matching file
@@ -532,16 +556,23 @@ class Agent:
         if not fetched and not self.store.verify(artifact.sha256):
             raise VerifyError(f"stored {artifact.label} artifact does not match its sha256")
 
-    def _choose(self, target: DesiredModel, artifacts: list[Artifact]) -> tuple[LoadedModel, dict, Artifact]:
+    def _choose(
+        self, target: DesiredModel, artifacts: list[Artifact], samples: list[Inputs] | None = None
+    ) -> tuple[LoadedModel, dict, Artifact]:
         """The original alone, or the fastest of original and variants that agree with it on this device."""
         original_artifact = artifacts[0]
+        hints = dict(target.input_shapes) or None
         original, selection = self._load(
-            target.name, target.version, target.sha256, original_artifact.format, target.backend
+            target.name, target.version, target.sha256, original_artifact.format, target.backend, samples, hints
         )
         if len(artifacts) == 1 and not target.variants:
             return original, selection, original_artifact
+        inputs = original.sample()
+        if inputs is None:  # nothing to compare or time the variants on: the original serves
+            for artifact in artifacts[1:]:
+                self._variant_errors[(target.sha256, artifact.variant or "")] = "no representative inputs"
+            return original, selection, original_artifact
         started = time.monotonic()
-        inputs = synthetic_inputs(original.backend.inputs)
         for _ in range(3):
             original.backend.infer(inputs)  # warm-up: the first runs are not the model's speed
         first = {"variant": "original", "backend": original.backend.label, "p50_ms": p50_ms(original, inputs)}
@@ -551,8 +582,10 @@ class Agent:
                 contest.passed_over(ref.variant, self._variant_errors[(target.sha256, ref.variant)])
         for artifact in artifacts[1:]:
             try:
-                model, sel = self._load(target.name, target.version, artifact.sha256, artifact.format, target.backend)
-            except BackendError as exc:
+                model, sel = self._load(
+                    target.name, target.version, artifact.sha256, artifact.format, target.backend, samples, hints
+                )
+            except (BackendError, SampleError) as exc:
                 contest.passed_over(artifact.variant, f"does not load: {str(exc)[:200]}")
                 continue
             model = replace(model, sha256=target.sha256, artifact_sha256=artifact.sha256, variant=artifact.variant)
@@ -565,9 +598,10 @@ class Agent:
 
     def _check_before_swap(self, model: LoadedModel) -> None:
         """A version that answers NaN/Inf, or runs much slower than the one serving, never replaces it."""
-        bad = nonfinite_output(model.backend.infer(synthetic_inputs(model.backend.inputs)))
-        if bad:
-            raise Unhealthy("nonfinite_output", f"{bad} on a warm-up inference; the serving version stays")
+        for inputs in model.probe:
+            bad = nonfinite_output(model.backend.infer(inputs))
+            if bad:
+                raise Unhealthy("nonfinite_output", f"{bad} on a warm-up inference; the serving version stays")
         serving = self.table.current(model.name)
         if serving is not None and self.config.rollback_latency_pct:
             regression = latency_regression(model, serving, self.config.rollback_latency_pct)
@@ -656,10 +690,17 @@ class Agent:
         return report
 
     def _load(
-        self, name: str, version: str, sha256: str, model_format: str, backend: str | None
+        self,
+        name: str,
+        version: str,
+        sha256: str,
+        model_format: str,
+        backend: str | None,
+        samples: list[Inputs] | None = None,
+        hints: dict[str, list[int]] | None = None,
     ) -> tuple[LoadedModel, dict]:
-        """Choose the backend by a short measured trial (cached per model and hardware), wrap it with the other
-        working candidates for run-time failover, and warm it up."""
+        """Choose the backend by a short measured trial (cached per model and hardware) on representative inputs,
+        wrap it with the other working candidates for run-time failover, and warm it up."""
         path = self.store.path(sha256)
         override = backend or self.config.backend
         selection = select_backend(
@@ -672,26 +713,41 @@ class Agent:
             budget_s=self.config.trial_budget_s,
             cache_dir=Path(self.config.data_dir) / "selection",
             sha256=sha256,
+            samples=samples,
+            hints=hints,
+            isolated=self.config.trial_isolated,
         )
         instance = selection.backend
+        probe = tuple(selection.probe.sets)
         fallbacks = self._fallbacks(selection, path, model_format) if not override else []
         if fallbacks:
             instance = FailoverBackend(
-                instance, fallbacks, on_change=lambda status, n=name: self._set_status(n, failover=status)
+                instance,
+                fallbacks,
+                on_change=lambda status, n=name: self._set_status(n, failover=status),
+                probe=probe[0] if probe else None,
             )
-        instance.infer(synthetic_inputs(instance.inputs))
-        model = LoadedModel(name, version, sha256, instance, stats=self.recorder.model(name, version))
+        if probe:
+            instance.infer(probe[0])  # warm-up on a representative input
+        model = LoadedModel(name, version, sha256, instance, stats=self.recorder.model(name, version), probe=probe)
         return model, selection.as_dict()
 
     def _fallbacks(self, selection, path: Path, model_format: str) -> list:
         """The other candidates that agreed in the trial, fastest first, loaded only if the chosen one fails."""
         working = sorted(
-            (r for r in selection.candidates if r.agreed and r.name != selection.label and r.p50_ms is not None),
+            (r for r in selection.candidates if r.agreed and r.name != selection.choice and r.p50_ms is not None),
             key=lambda r: r.p50_ms,
         )
         by_name = {c.name: c for c in candidates(model_format, self.hardware)}
+        names = {"input_names": [s.name for s in selection.backend.inputs]}
+        names["output_names"] = [s.name for s in selection.backend.outputs]
         return [
-            (r.name, lambda c=by_name[r.name]: load_candidate(c, path, model_format))
+            (
+                r.name,
+                lambda c=by_name[r.name]: load_candidate(
+                    c, path, model_format, names if c.backend == "openvino" else None
+                ),
+            )
             for r in working
             if r.name in by_name
         ]

@@ -29,9 +29,17 @@ class LoadedModel:
     variant: str | None = None  # an optimized variant of the desired model serves (int8-static, openvino, ...)
     artifact_sha256: str | None = None  # the file loaded, when it is a variant's and not `sha256` itself
     watch: HealthWatch | None = field(default=None, compare=False, repr=False)  # set for a freshly swapped version
+    # Representative inputs (the operator's samples, or synthetic inputs the reference runtime ran): what warm-up,
+    # timing and every check run on. Empty when none were found: the model then serves untimed and unchecked.
+    probe: tuple[dict[str, np.ndarray], ...] = field(default=(), compare=False, repr=False)
+
+    def sample(self, index: int = 0) -> dict[str, np.ndarray] | None:
+        """One representative input set, or None when the model has none."""
+        return self.probe[index % len(self.probe)] if self.probe else None
 
     @property
     def artifact(self) -> str:
+
         return self.artifact_sha256 or self.sha256
 
     def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

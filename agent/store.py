@@ -30,6 +30,8 @@ class Installed:
     backend: str | None = None
     variant: str | None = None  # optimized variant served instead of the original
     desired_sha256: str | None = None  # the desired model this artifact stands for (None: itself)
+    samples: str | None = None  # sha256 of the representative inputs given with the version
+    input_shapes: dict[str, list[int]] | None = None  # shape hints given with the version
 
     @property
     def identity(self) -> str:

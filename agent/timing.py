@@ -1,12 +1,10 @@
-"""Latency of loaded models on synthetic inputs, alone or turn about: the one yardstick the agent uses to choose a
-variant and to refuse a new version that runs slower than the one serving."""
+"""Latency of loaded models on their representative inputs, alone or turn about: the one yardstick the agent uses to
+choose a variant and to refuse a new version that runs slower than the one serving."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
-
-from targets.tensors import synthetic_inputs
 
 if TYPE_CHECKING:
     from agent.serving import LoadedModel
@@ -39,7 +37,8 @@ def round_robin(
     the models' blocks taken in turn, so load on the box hits them all alike. With `settle_s`, each block waits that
     long and runs twice untimed first: the other runtime's worker threads spin for a while after its last run (ONNX
     Runtime, XNNPACK)."""
-    inputs = [synthetic_inputs(model.backend.inputs) for model in models]
+    inputs = [model.sample() or {} for model in models]
+
     counts = runs if isinstance(runs, list) else [runs] * len(models)
     best = [float("inf")] * len(models)
     for _ in range(rounds):

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.timing import percentile_ms, round_robin
-from targets.tensors import synthetic_inputs
 
 if TYPE_CHECKING:
     from agent.serving import LoadedModel
@@ -72,7 +71,7 @@ def timed_rounds(models: list[LoadedModel], *, block_s: float, budget_s: float) 
 def _warm_up(model: LoadedModel) -> float:
     """Three untimed runs (lazy first-run costs), then the mean seconds of three more: a fresh model's first runs
     would make its blocks too short."""
-    inputs = synthetic_inputs(model.backend.inputs)
+    inputs = model.sample() or {}
     for _ in range(3):
         model.backend.infer(inputs)
     started = time.perf_counter()
@@ -168,13 +167,16 @@ def cosine(a: Any, b: Any) -> float:
 
 
 def agreement(original: LoadedModel, candidate: LoadedModel) -> float | None:
-    """Cosine similarity of the first output on the same synthetic inputs; None when the signatures differ."""
+    """The worst cosine similarity of the first output over the original's representative inputs; None when the
+    signatures differ (e.g. a TFLite variant taking NHWC: agreement was measured on the controller)."""
     if [(s.name, s.shape) for s in original.backend.inputs] != [(s.name, s.shape) for s in candidate.backend.inputs]:
-        return None  # e.g. a TFLite variant taking NHWC: agreement was measured on the controller
-    inputs = synthetic_inputs(original.backend.inputs, seed=7)
-    want = next(iter(original.backend.infer(inputs).values()))
-    got = next(iter(candidate.backend.infer(inputs).values()))
-    return cosine(want, got)
+        return None
+    worst = 1.0
+    for inputs in original.probe:
+        want = next(iter(original.backend.infer(inputs).values()))
+        got = next(iter(candidate.backend.infer(inputs).values()))
+        worst = min(worst, cosine(want, got))
+    return worst
 
 
 def describe(results: list[dict[str, Any]], winner: dict[str, Any]) -> str:

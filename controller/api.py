@@ -20,6 +20,7 @@ from controller.db import Conflict, Database, ModelRow, VariantRow
 from controller.fleet import DeviceUnreachable, Fleet
 from controller.inspect import InvalidModel, inspect_model
 from controller.metrics import render as render_metrics
+from controller.samples_api import samples_router
 from protocol import DEVICE_ID_PATTERN, MODEL_NAME_PATTERN, valid_device_id
 
 _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
@@ -188,6 +189,7 @@ def create_app(
     )
     if token:
         app.add_middleware(TokenAuth, token=token)
+    app.include_router(samples_router(db, artifacts))
     calibration_dir = (work_dir or artifacts.root.parent) / "calibration"
     convert_lock = threading.Lock()  # conversions are CPU-heavy: one at a time
 

@@ -198,7 +198,18 @@ class Database:
             conn.execute(models.insert().values(**row.as_dict()))
         return row
 
+    def update_model_info(self, name: str, version: str, changes: dict[str, Any]) -> ModelRow:
+        """Merge `changes` into a version's info (samples, shape hints); KeyError when the version is unknown."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(models).where(models.c.name == name, models.c.version == version)).first()
+            if row is None:
+                raise KeyError(f"model {name} version {version}")
+            info = {**(row.info or {}), **changes}
+            conn.execute(models.update().where(models.c.name == name, models.c.version == version).values(info=info))
+        return ModelRow(**{**row._mapping, "info": info})
+
     def find_model_by_sha(self, name: str, sha256: str) -> ModelRow | None:
+
         with self.engine.connect() as conn:
             r = conn.execute(sa.select(models).where(models.c.name == name, models.c.sha256 == sha256)).first()
         return ModelRow(**r._mapping) if r else None

@@ -8,6 +8,7 @@ import queue
 import threading
 import uuid
 from concurrent.futures import Future
+from typing import Any
 
 from controller import __version__
 from controller.artifacts import ArtifactStore
@@ -27,6 +28,7 @@ from protocol import (
     ProtocolError,
     RpcRequest,
     RpcResponse,
+    SampleRef,
     Topics,
     VariantRef,
     decode,
@@ -133,7 +135,8 @@ class Fleet:
 
     def _digests(self, device_id: str) -> set[str]:
         """Every artifact the device may fetch: its desired versions and their deployed variants."""
-        digests = {m.sha256 for m, _ in self.db.desired_models(device_id)}
+        wanted = self.db.desired_models(device_id)
+        digests = {m.sha256 for m, _ in wanted} | {m.info["samples"]["sha256"] for m, _ in wanted if _samples(m)}
         for rows in self.db.deployed_variants(device_id).values():
             digests.update(v.sha256 for v in rows if v.sha256)
         return digests
@@ -156,6 +159,8 @@ class Fleet:
             backend=backend,
             variants=refs,
             transfer=self.artifacts.transfer(model.sha256),
+            samples=SampleRef(**_samples(model)) if _samples(model) else None,
+            input_shapes=(model.info or {}).get("input_shapes") or {},
         )
         if self.signer is not None:
             entry.signature = self.signer.sign(entry.manifest()).as_dict()
@@ -173,9 +178,12 @@ class Fleet:
             generation=generation,
             models=[self.desired_model(m, backend, variant_rows.get(m.name, ())) for m, backend in wanted],
         )
-        self._allowed[device_id] = {m.sha256 for m in desired.models} | {
-            v.sha256 for m in desired.models for v in m.variants
-        }
+        self._allowed[device_id] = (
+            {m.sha256 for m in desired.models}
+            | {v.sha256 for m in desired.models for v in m.variants}
+            | {m.samples.sha256 for m in desired.models if m.samples is not None}
+        )
+
         self.link.publish(self.topics.device(device_id, "desired"), desired.encode(), QOS["desired"], retain=True)
         return desired
 
@@ -287,3 +295,9 @@ class Fleet:
         future = self._calls.get(response.id)
         if future is not None and not future.done():
             future.set_result(response)
+
+
+def _samples(model) -> dict[str, Any] | None:
+    """The version's samples reference (sha256, size, count), when samples were given."""
+    found = (model.info or {}).get("samples")
+    return {k: found[k] for k in ("sha256", "size", "count")} if found else None

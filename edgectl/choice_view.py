@@ -15,18 +15,18 @@ def format_ms(value: float | None) -> str:
 
 def candidates_table(selection: dict[str, Any]) -> Table:
     """Every backend the agent tried: its timing, or why it was passed over."""
-    table = Table("candidate", "p50 ms", "p95 ms", "load ms", "runs", "result", box=None, pad_edge=False)
+    table = Table("candidate", "precision", "p50 ms", "p95 ms", "load ms", "result", box=None, pad_edge=False)
     chosen = selection.get("backend")
     for c in selection.get("candidates") or []:
         if c.get("error"):
-            result = f"[red]{c['error']}[/red]"
+            result = f"[red]{c['error'][:160]}[/red]"
         elif c.get("name") == chosen:
             result = "[green]chosen[/green]"
         else:
             result = "agrees" if c.get("agreed") else "not run"
         table.add_row(
-            f"    {c.get('name')}", format_ms(c.get("p50_ms")), format_ms(c.get("p95_ms")),
-            format_ms(c.get("load_ms")), str(c.get("runs", 0)), result,
+            f"    {c.get('name')}", c.get("precision", "full"), format_ms(c.get("p50_ms")), format_ms(c.get("p95_ms")),
+            format_ms(c.get("load_ms")), result,
         )  # fmt: skip
     return table
 
@@ -42,6 +42,10 @@ def print_choice(console: Console, model: dict[str, Any]) -> None:
         cached = " (cached trial)" if selection.get("cached") else ""
         line = f"  {name} backend {selection.get('backend')}: {selection.get('reason')}{cached}"
         console.print(line, highlight=False)
+        if selection.get("reference"):
+            facts = f"precision {selection.get('precision', 'full')}, checked against {selection['reference']}"
+            console.print(f"    {facts} on {selection.get('inputs', 'synthetic inputs')}", highlight=False)
+
         if selection.get("candidates"):
             console.print(candidates_table(selection))
         if selection.get("variants_trial_s") is not None:

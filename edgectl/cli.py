@@ -16,6 +16,7 @@ from rich.table import Table
 
 from edgectl.choice_view import format_ms, print_choice
 from edgectl.client import DEFAULT_CONTROLLER, ApiError, ControllerClient
+from edgectl.samples import attach_inputs, describe_inputs
 from edgectl.watch import DeviceOutcome, wait_serving
 
 app = typer.Typer(
@@ -83,6 +84,22 @@ def push(
     force: Annotated[
         bool, typer.Option("--force", help="Deploy asked-for variants even when below the accuracy threshold.")
     ] = False,
+    sample: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sample",
+            help="A representative input (repeatable): .npz with one array per input name, .npy for a one-input "
+            "model, or a v2 JSON request body. Devices choose the backend, check answers and time on them.",
+        ),
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-shape",
+            help="NAME=DIMxDIM... (repeatable): the shape of synthetic inputs when no --sample is given, "
+            "e.g. audio=1x16000.",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until every device serves it; exit non-zero if any fails.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
     controller: ControllerOpt = DEFAULT_CONTROLLER,
@@ -94,6 +111,9 @@ def push(
         raise fail(f"cannot read model file {model}")
     if calibration is not None and not calibration.is_file():
         raise fail(f"cannot read calibration file {calibration}")
+    unreadable = [str(s) for s in sample or [] if not s.is_file() or not os.access(s, os.R_OK)]
+    if unreadable:
+        raise fail(f"cannot read sample file {unreadable[0]}")
     wanted = [v.strip() for v in (optimize or "").split(",") if v.strip()]
     auto = wanted == ["auto"]
     if model.suffix == ".xml":  # OpenVINO IR: the .xml and its .bin travel as one tar artifact
@@ -110,6 +130,8 @@ def push(
         if auto and not devices:
             raise fail("--optimize auto picks variants by the target devices: add --to DEVICE")
         record = upload_with_progress(client, model, name, version, quiet=as_json)
+        record = attach_inputs(client, record, sample or [], input_shape or [])
+
         if wanted:
             if calibration is not None:
                 client.upload_calibration(name, record["version"], calibration)
@@ -331,7 +353,7 @@ def models(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = Non
         raise fail(str(exc)) from None
     if as_json:
         return emit_json(rows)
-    table = Table("model", "version", "format", "size", "sha256", "registered", "variants")
+    table = Table("model", "version", "format", "size", "sha256", "registered", "inputs", "variants")
     for m in rows:
         variants = "\n".join(
             f"{v['variant']} "
@@ -346,6 +368,7 @@ def models(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = Non
             f"{m['size'] / 1e6:.1f} MB",
             m["sha256"][:12],
             ago(m["created_at"]),
+            describe_inputs(m.get("info") or {}),
             variants or "-",
         )
     console.print(table)

@@ -115,6 +115,20 @@ class ControllerClient:
             timeout=httpx.Timeout(30.0, write=600.0, read=600.0),
         )
 
+    def upload_sample(self, name: str, version: str, path: Path, replace: bool = False) -> dict[str, Any]:
+        """One representative input file for a version (.npz, .npy or a v2 JSON request body)."""
+        return self._request(
+            "POST",
+            f"/api/v1/models/{name}/versions/{version}/samples",
+            params={"filename": path.name, "replace": str(replace).lower()},
+            content=path.read_bytes(),
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=httpx.Timeout(30.0, write=600.0, read=600.0),
+        )
+
+    def set_input_shapes(self, name: str, version: str, shapes: list[str]) -> dict[str, Any]:
+        return self._request("PUT", f"/api/v1/models/{name}/versions/{version}/input-shapes", json={"shapes": shapes})
+
     def optimize(self, name: str, version: str, variants: list[str], devices: list[str], **options: Any) -> dict:
         """Build variants on the controller (synchronous: the call lasts as long as the conversions)."""
         body = {"variants": variants, "devices": devices} | {k: v for k, v in options.items() if v is not None}

@@ -22,6 +22,9 @@ DEFAULT_PREFIX = "edge"
 # Size limits: a message over its limit is dropped with a log line, never parsed.
 MAX_JSON_BYTES = 1 << 20  # control messages (presence, state, desired, rpc)
 MAX_CHUNK_BYTES = 4 << 20  # one artifact chunk's payload
+MAX_SAMPLES_BYTES = 64 << 20  # the representative inputs given with one model version, packed
+MAX_SAMPLES = 64
+
 DEFAULT_CHUNK_BYTES = 2 << 20
 MAX_FRAME_HEADER_BYTES = 16 << 10
 ZSTD_LEVEL = 3  # compressed transfer: the controller's copies and the converters' reported transfer sizes
@@ -127,6 +130,16 @@ class VariantRef(BaseModel):
     transfer: Transfer | None = None
 
 
+class SampleRef(BaseModel):
+    """Representative inputs given with a model version (`edgectl push --sample`): an .npz artifact of arrays named
+    `sample<i>/<input name>`, fetched like a model; every decision on the device runs on them."""
+
+    model_config = ConfigDict(extra="ignore")
+    sha256: Sha256
+    size: int = Field(ge=0, le=MAX_SAMPLES_BYTES)
+    count: int = Field(default=1, ge=1, le=MAX_SAMPLES)
+
+
 class DesiredModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: ModelName
@@ -139,11 +152,19 @@ class DesiredModel(BaseModel):
     signature: dict[str, str] | None = None
     variants: list[VariantRef] = Field(default_factory=list, max_length=16)
     transfer: Transfer | None = None  # offered when zstd makes the artifact smaller
+    samples: SampleRef | None = None
+    # Shapes for synthetic inputs when no samples are given: input name -> dims (e.g. {"audio": [1, 16000]}).
+    input_shapes: dict[str, list[Annotated[int, Field(ge=0, le=1 << 24)]]] = Field(default_factory=dict, max_length=64)
 
     def manifest(self) -> dict[str, Any]:
-        """The signed fields."""
-        return {"name": self.name, "version": self.version, "sha256": self.sha256, "size": self.size,
-                "format": self.format}  # fmt: skip
+        """The signed fields (samples and shape hints only when given, so older signatures stay valid)."""
+        signed: dict[str, Any] = {"name": self.name, "version": self.version, "sha256": self.sha256,
+                                  "size": self.size, "format": self.format}  # fmt: skip
+        if self.samples is not None:
+            signed["samples"] = self.samples.sha256
+        if self.input_shapes:
+            signed["input_shapes"] = {k: list(v) for k, v in sorted(self.input_shapes.items())}
+        return signed
 
     def variant_manifest(self, variant: VariantRef) -> dict[str, Any]:
         return {"name": self.name, "version": f"{self.version}+{variant.variant}", "sha256": variant.sha256,

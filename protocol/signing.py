@@ -12,6 +12,7 @@ from typing import Any
 
 SIGNING_CONTEXT = b"edgefleet-manifest-v1\n"
 MANIFEST_FIELDS = ("name", "version", "sha256", "size", "format")
+OPTIONAL_FIELDS = ("samples", "input_shapes")  # signed when present: the inputs every decision on the device runs on
 
 
 class SignatureError(ValueError):
@@ -23,7 +24,8 @@ def canonical_manifest(manifest: dict[str, Any]) -> bytes:
     missing = [f for f in MANIFEST_FIELDS if f not in manifest]
     if missing:
         raise SignatureError(f"manifest lacks {missing}")
-    body = {f: manifest[f] for f in MANIFEST_FIELDS}
+    body = {f: manifest[f] for f in (*MANIFEST_FIELDS, *OPTIONAL_FIELDS) if f in manifest}
+
     return SIGNING_CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 

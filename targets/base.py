@@ -57,5 +57,15 @@ class Backend(ABC):
         """Name shown in status: the backend, plus the device/provider it ended up on."""
         return self.type_key
 
+    @property
+    def precision(self) -> str:
+        """What the arithmetic runs at: "full" (the model's own types) unless reduced precision was asked for."""
+        return "full"
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        """Extra facts for the v2 model metadata endpoint (e.g. class labels of a rewritten ZipMap output)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the runtime's resources."""

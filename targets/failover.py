@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from targets.base import Backend, BackendConfig, BackendError
-from targets.tensors import synthetic_inputs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,9 +50,11 @@ class FailoverBackend(Backend):
         recheck_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[dict[str, Any]], None] | None = None,
+        probe: dict[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__(FailoverConfig())
         self.on_change = on_change
+        self.probe = probe  # representative inputs the re-check runs on
         self.inputs, self.outputs = preferred.inputs, preferred.outputs
         self.chain = [_Slot(preferred.label, None, preferred)] + [_Slot(name, load) for name, load in fallbacks]
         self.max_failures = max_failures
@@ -75,6 +76,16 @@ class FailoverBackend(Backend):
     def label(self) -> str:
         slot = self.chain[self.active]
         return slot.backend.label if slot.backend else slot.name
+
+    @property
+    def precision(self) -> str:
+        slot = self.chain[self.active]
+        return slot.backend.precision if slot.backend else "full"
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        slot = self.chain[self.active]
+        return slot.backend.metadata if slot.backend else {}
 
     def status(self) -> dict[str, Any]:
         """What serves now and why, for the device status."""
@@ -147,14 +158,16 @@ class FailoverBackend(Backend):
     # -- re-promotion ----------------------------------------------------------------------------------------------
 
     def recheck(self) -> bool:
-        """Try the preferred backend on synthetic inputs (reloading it if it cannot run); promote it if it works."""
+        """Try the preferred backend on the model's representative inputs; promote it if it works."""
         if self.active == 0 or not self._checking.acquire(blocking=False):
             return self.active == 0
         try:
             preferred = self.chain[0].backend
-            probe = synthetic_inputs(self.inputs)
             try:
-                preferred.infer(probe)
+                if preferred is None or self.probe is None:
+                    raise BackendError("no representative inputs to re-check it on")
+                preferred.infer(self.probe)
+
             except Exception as exc:
                 log.info("preferred backend %s still fails: %s", self.chain[0].name, exc)
                 return False

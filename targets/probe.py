@@ -27,7 +27,10 @@ def _read(path: Path) -> str:
 
 
 # CPU flags the selection rules care about, as /proc/cpuinfo spells them (x86 "flags", ARM "Features")
-INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "neon", "asimd", "fphp")
+INTERESTING_FLAGS = (
+    "avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+    "neon", "asimd", "fphp",
+)  # fmt: skip
 
 
 def _cpuinfo_fields(root: Path) -> dict[str, str]:

@@ -1,6 +1,6 @@
-"""Measured backend selection: rules give the order of the candidates that read a model's format here, a short
-bounded trial loads each, checks its outputs against the first working one and times it, and the fastest that agrees
-wins. Results are cached per (model sha256, hardware fingerprint) so a restart does not repeat the trial.
+"""Measured backend selection: the trial (targets/trial.py) judges every candidate against the format's own runtime
+on representative inputs and the fastest that agrees wins. Results, with the inputs that ran, are cached per (model
+sha256, hardware fingerprint) so a restart does not repeat the trial.
 
 Entry point: `select_backend(path, model_format, hardware, ...) -> Selection`; `Selection.backend` is loaded."""
 
@@ -16,37 +16,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from targets import registry
 from targets.base import Backend, BackendError
-from targets.tensors import InputError, check_inputs, synthetic_inputs
+from targets.candidates import Candidate, candidates
+from targets.inputs import Inputs, ProbeInputs, find_runnable, pack_samples, unpack_samples
+from targets.trial import CandidateResult, TrialOutcome, load, run_trial
 
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "backend-selection.json"
-RTOL, ATOL = 1e-2, 1e-3  # agreement with the reference backend: |got - want| <= ATOL + RTOL * max|want|
-MAX_RUNS = 50
-MIN_RUNS = 3
+CACHE_VERSION = 2  # entries of an older trial (judged without a trusted reference) are tried again
 _cache_lock = threading.Lock()
 
-
-@dataclass(frozen=True)
-class Candidate:
-    """One way to run the model: a registered backend with the options that pin its device/provider."""
-
-    name: str  # e.g. "onnxruntime:tensorrt", "openvino:cpu", "litert"
-    backend: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class CandidateResult:
-    name: str
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    load_ms: float | None = None
-    runs: int = 0
-    agreed: bool = False
-    error: str | None = None  # why it was passed over (failed to load, errored, disagreed, out of budget)
+__all__ = ["Candidate", "CandidateResult", "Selection", "candidates", "load_candidate", "select_backend"]
 
 
 @dataclass
@@ -56,6 +37,12 @@ class Selection:
     candidates: list[CandidateResult]
     reason: str
     cached: bool = False
+    precision: str = "full"
+    reference: str = ""
+    probe: ProbeInputs = field(default_factory=lambda: ProbeInputs([], "none"))
+    timed: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    choice: str = ""  # the candidate's name, e.g. "openvino:cpu:bf16" (the label does not name the precision)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe summary for the device status."""
@@ -63,50 +50,19 @@ class Selection:
             "backend": self.label,
             "reason": self.reason,
             "cached": self.cached,
+            "precision": self.precision,
+            "reference": self.reference,
+            "inputs": self.probe.describe(),
+            "timed": self.timed,
             "candidates": [asdict(c) for c in self.candidates],
         }
 
 
-# -- candidates and their prior order --------------------------------------------------------------------------------
-
-
-def candidates(model_format: str, hardware: dict[str, Any], cache_dir: Path | None = None) -> list[Candidate]:
-    """Installed candidates that read `model_format`, in rule order for this hardware."""
-    installed = set(registry.installed_backends(model_format))
-    found: dict[str, list[Candidate]] = {"onnxruntime": [], "openvino": [], "litert": []}
-    if "onnxruntime" in installed:
-        providers = hardware.get("ort_providers") or ["CPUExecutionProvider"]
-        if "TensorrtExecutionProvider" in providers:
-            trt: dict[str, Any] = {"providers": ["TensorrtExecutionProvider"], "fallback": False}
-            if cache_dir is not None:
-                trt["tensorrt_cache_dir"] = str(cache_dir / "tensorrt")
-            found["onnxruntime"].append(Candidate("onnxruntime:tensorrt", "onnxruntime", trt))
-        if "CUDAExecutionProvider" in providers:
-            cuda = {"providers": ["CUDAExecutionProvider"], "fallback": False}
-            found["onnxruntime"].append(Candidate("onnxruntime:cuda", "onnxruntime", cuda))
-        cpu = {"providers": ["CPUExecutionProvider"]}
-        found["onnxruntime"].append(Candidate("onnxruntime:cpu", "onnxruntime", cpu))
-    if "openvino" in installed:
-        devices = hardware.get("openvino_devices") or ["CPU"]
-        for device in ("GPU", "NPU", "CPU"):
-            if any(d.split(".")[0] == device for d in devices):
-                found["openvino"].append(Candidate(f"openvino:{device.lower()}", "openvino", {"device": device}))
-    if "litert" in installed:
-        found["litert"].append(Candidate("litert", "litert", {}))
-    for key in installed - found.keys():  # backends added later run after the known ones, with default options
-        found[key] = [Candidate(key, key, {})]
-
-    arm = str(hardware.get("arch", "")).startswith(("aarch64", "arm"))
-    if hardware.get("jetson") or hardware.get("nvidia_gpu"):
-        order = ["onnxruntime", "litert" if model_format == "tflite" else "openvino"]
-    elif arm:
-        order = ["litert", "openvino"] if model_format == "tflite" else ["onnxruntime", "openvino"]
-    elif hardware.get("cpu_vendor") == "intel":
-        order = ["openvino", "onnxruntime", "litert"]
-    else:
-        order = ["onnxruntime", "openvino", "litert"] if model_format != "tflite" else ["litert", "openvino"]
-    order += [k for k in found if k not in order]
-    return [c for key in order for c in found.get(key, [])]
+def load_candidate(
+    candidate: Candidate, path: Path, model_format: str, options: dict[str, Any] | None = None
+) -> Backend:
+    """Load one candidate (e.g. a failover fallback); BackendError says why it cannot."""
+    return load(candidate, path, model_format, options)
 
 
 # -- cache -------------------------------------------------------------------------------------------------------
@@ -135,9 +91,13 @@ def _cache_update(cache_dir: Path, key: str, entry: dict[str, Any] | None) -> No
         else:
             data[key] = entry
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{CACHE_FILE}.{os.getpid()}.tmp"
+        tmp = cache_dir / f".{CACHE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, cache_dir / CACHE_FILE)
+
+
+def _inputs_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "inputs" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".npz")
 
 
 def file_sha256(path: Path) -> str:
@@ -148,114 +108,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# -- trial -----------------------------------------------------------------------------------------------------------
-
-
-def load_candidate(
-    candidate: Candidate, path: Path, model_format: str, options: dict[str, Any] | None = None
-) -> Backend:
-    """Load one candidate (e.g. a failover fallback); BackendError says why it cannot."""
-    return _load(candidate, path, model_format, options)
-
-
-def _load(candidate: Candidate, path: Path, model_format: str, options: dict[str, Any] | None = None) -> Backend:
-    try:
-        backend = registry.create(candidate.backend, {**candidate.options, **(options or {})})
-    except (KeyError, ValueError) as exc:
-        raise BackendError(f"invalid options for {candidate.backend}: {exc}") from exc
-    backend.load(path, model_format)
-    return backend
-
-
-def _disagreement(got: dict[str, Any], want: dict[str, Any]) -> str | None:
-    import numpy as np
-
-    for name, ref in want.items():
-        if name not in got:
-            return f"output {name!r} missing"
-        out = np.asarray(got[name])
-        if out.shape != ref.shape:
-            return f"output {name!r} has shape {list(out.shape)}, the reference {list(ref.shape)}"
-        if ref.dtype.kind in "fc" or out.dtype.kind in "fc":
-            a, b = out.astype(np.float64), ref.astype(np.float64)
-            err = float(np.abs(a - b).max()) if a.size else 0.0
-            if err > ATOL + RTOL * (float(np.abs(b).max()) if b.size else 0.0):
-                return f"output {name!r} differs from the reference by up to {err:.3g}"
-        elif not np.array_equal(out, ref):
-            return f"output {name!r} differs from the reference"
-    return None
-
-
-def _not_finite(outputs: dict[str, Any]) -> str | None:
-    import numpy as np
-
-    for name, out in outputs.items():
-        out = np.asarray(out)
-        if out.dtype.kind in "fc" and not np.isfinite(out).all():
-            return f"output {name!r} is not finite"
-    return None
-
-
-def _trial(
-    path: Path, model_format: str, cands: list[Candidate], budget_s: float
-) -> tuple[Backend | None, Candidate | None, list[CandidateResult]]:
-    import numpy as np
-
-    start = time.perf_counter()
-    results: list[CandidateResult] = []
-    reference: dict[str, Any] | None = None
-    inputs: dict[str, Any] | None = None
-    best: tuple[float, Backend, Candidate] | None = None
-    for i, cand in enumerate(cands):
-        result = CandidateResult(cand.name)
-        results.append(result)
-        left = budget_s - (time.perf_counter() - start)
-        if left <= 0 and best is not None:
-            result.error = "not tried: trial budget spent"
-            continue
-        slice_end = time.perf_counter() + max(left, 0.0) / (len(cands) - i)
-        backend: Backend | None = None
-        try:
-            t0 = time.perf_counter()
-            backend = _load(cand, path, model_format)
-            result.load_ms = round((time.perf_counter() - t0) * 1000, 2)
-            if inputs is None:
-                inputs = synthetic_inputs(backend.inputs, dynamic_size=1, seed=0)
-            check_inputs(backend.inputs, inputs)
-            first = backend.infer(inputs)  # warm-up, and the outputs to check
-            problem = _not_finite(first) or (_disagreement(first, reference) if reference is not None else None)
-            if problem:
-                raise BackendError(problem)
-            times = []
-            while len(times) < MAX_RUNS and (len(times) < MIN_RUNS or time.perf_counter() < slice_end):
-                t0 = time.perf_counter()
-                backend.infer(inputs)
-                times.append(time.perf_counter() - t0)
-        except (BackendError, InputError) as exc:
-            result.error = str(exc)
-            if backend is not None:
-                backend.close()
-            continue
-        except Exception as exc:  # a runtime crashing in an unexpected way is one more failed candidate
-            result.error = f"{type(exc).__name__}: {exc}"[:500]
-            if backend is not None:
-                backend.close()
-            continue
-        if reference is None:
-            reference = first
-        result.agreed = True
-        result.runs = len(times)
-        result.p50_ms = round(float(np.percentile(times, 50)) * 1000, 4)
-        result.p95_ms = round(float(np.percentile(times, 95)) * 1000, 4)
-        if best is None or result.p50_ms < best[0]:
-            if best is not None:
-                best[1].close()
-            best = (result.p50_ms, backend, cand)
-        else:
-            backend.close()
-    if best is None:
-        return None, None, results
-    return best[1], best[2], results
+def cache_key(path: Path, model_format: str, hardware: dict[str, Any], sha256: str | None, extra: str = "") -> str:
+    return f"v{CACHE_VERSION}/{sha256 or file_sha256(path)}/{model_format}/{hardware_fingerprint(hardware)}{extra}"
 
 
 # -- entry point -----------------------------------------------------------------------------------------------------
@@ -272,72 +126,179 @@ def select_backend(
     budget_s: float = 3.0,
     cache_dir: Path | None = None,
     sha256: str | None = None,
+    samples: list[Inputs] | None = None,
+    hints: dict[str, list[int]] | None = None,
+    isolated: bool = False,
 ) -> Selection:
-    """Choose and load the backend for one model; raise BackendError (naming every candidate's failure) if none works.
+    """Choose and load the backend for one model; raise BackendError (the cause, in one line) if none can run it.
 
     `override`: a backend name ("openvino") or candidate name ("onnxruntime:cuda") chosen by the operator; it is
-    loaded with `options` and no trial, and its failure is raised, not worked around. `trial=False` takes the first
-    candidate in rule order that loads. `cache_dir` keeps trial results per (sha256, hardware fingerprint)."""
+    loaded with `options` and no trial. `trial=False` takes the first candidate in rule order that loads. `samples`
+    (input sets keyed by input name) or `hints` (input name -> shape) make the inputs every check runs on.
+    `isolated` runs the trial in a short-lived worker process: runtimes that do not win never enter this process,
+    and a runtime that crashes natively fails its candidate instead of the caller."""
     path = Path(path)
     cands = candidates(model_format, hardware, cache_dir)
     if override:
-        match = next((c for c in cands if override in (c.name, c.backend)), None) or Candidate(override, override)
-        try:
-            backend = _load(match, path, model_format, options)
-        except BackendError as exc:
-            raise BackendError(f"backend {override!r} (set by the operator) failed: {exc}") from exc
-        result = CandidateResult(backend.label, agreed=True)
-        return Selection(backend, backend.label, [result], f"{override} set by the operator")
+        return _overridden(path, model_format, cands, override, options, samples, hints)
     if not cands:
         raise BackendError(f"no installed backend reads {model_format!r} models; install the matching extra")
     if not trial:
-        failures: list[CandidateResult] = []
-        for cand in cands:
-            try:
-                backend = _load(cand, path, model_format)
-            except BackendError as exc:
-                failures.append(CandidateResult(cand.name, error=str(exc)))
-                continue
-            reason = "first candidate in rule order that loads (trial disabled)"
-            return Selection(backend, backend.label, [*failures, CandidateResult(cand.name, agreed=True)], reason)
-        raise BackendError(_none_worked(failures))
-
-    key = None
-    if cache_dir is not None:
-        key = f"{sha256 or file_sha256(path)}/{model_format}/{hardware_fingerprint(hardware)}"
-        entry = _cache_read(Path(cache_dir)).get(key)
-        cand = next((c for c in cands if entry and c.name == entry.get("choice")), None)
-        if cand is not None:
-            try:
-                backend = _load(cand, path, model_format)
-                results = [CandidateResult(**r) for r in entry.get("candidates", [])]
-                return Selection(backend, backend.label, results, entry.get("reason", ""), cached=True)
-            except (BackendError, TypeError) as exc:
-                log.warning("cached backend choice %s no longer loads (%s): trying again", entry.get("choice"), exc)
-                _cache_update(Path(cache_dir), key, None)
-
-    backend, chosen, results = _trial(path, model_format, cands, budget_s)
-    if backend is None or chosen is None:
-        raise BackendError(_none_worked(results))
-    working = [r for r in results if r.agreed]
-    if len(working) == 1:
-        reason = f"{chosen.name}: the only candidate that worked"
-    else:
-        runner_up = min((r for r in working if r.name != chosen.name), key=lambda r: r.p50_ms or 0.0)
-        reason = f"{chosen.name}: fastest that agrees, p50 {_p50(results, chosen.name)} ms vs {runner_up.name} "
-        reason += f"{runner_up.p50_ms} ms"
-    failed = [r.name for r in results if r.error]
-    if failed:
-        reason += f"; passed over: {', '.join(failed)}"
+        return _first_that_loads(path, model_format, cands, samples, hints)
+    extra = (
+        "/" + hashlib.sha256(pack_samples(samples) if samples else json.dumps(hints or {}).encode()).hexdigest()[:12]
+    )
+    key = cache_key(path, model_format, hardware, sha256, extra) if cache_dir is not None else None
     if key is not None and cache_dir is not None:
-        entry = {"choice": chosen.name, "reason": reason, "candidates": [asdict(r) for r in results], "at": time.time()}
-        _cache_update(Path(cache_dir), key, entry)
-    return Selection(backend, backend.label, results, reason)
+        cached = _from_cache(Path(cache_dir), key, cands, path, model_format)
+        if cached is not None:
+            return cached
+    if isolated:
+        from targets.trial_worker import run_isolated
+
+        outcome = run_isolated(path, model_format, hardware, cands, budget_s, samples, hints)
+    else:
+        outcome = run_trial(path, model_format, cands, budget_s, samples, hints)
+    selection = _selection(outcome)
+    if key is not None and cache_dir is not None and selection.timed:
+        _remember(Path(cache_dir), key, selection)
+    return selection
 
 
-def _p50(results: list[CandidateResult], name: str) -> float | None:
-    return next((r.p50_ms for r in results if r.name == name), None)
+def _selection(outcome: TrialOutcome) -> Selection:
+    if outcome.backend is None or outcome.chosen is None:
+        raise BackendError(_none_worked(outcome))
+    chosen, results = outcome.chosen, outcome.results
+    if not outcome.timed:
+        why = outcome.probe.note or "no size tried ran"
+        reason = (
+            f"{chosen.name} (the reference), untimed: no synthetic input ran on the model ({why}); "
+            "give representative inputs with `edgectl push --sample FILE` or `--input-shape NAME=1x512`"
+        )
+    else:
+        working = [r for r in results if r.agreed]
+        p50 = next((r.p50_ms for r in results if r.name == chosen.name), None)
+        if len(working) == 1:
+            reason = f"{chosen.name}: the only candidate that agrees with the reference"
+        else:
+            runner_up = min((r for r in working if r.name != chosen.name), key=lambda r: r.p50_ms or 0.0)
+            reason = f"{chosen.name}: fastest that agrees with the reference ({outcome.reference}), p50 {p50} ms vs "
+            reason += f"{runner_up.name} {runner_up.p50_ms} ms"
+        failed = [r.name for r in results if r.error]
+        if failed:
+            reason += f"; passed over: {', '.join(failed)}"
+    return Selection(
+        outcome.backend, outcome.backend.label, results, reason, precision=chosen.precision,
+        reference=outcome.reference, probe=outcome.probe, timed=outcome.timed, options=outcome.options,
+        choice=chosen.name,
+    )  # fmt: skip
 
 
-def _none_worked(results: list[CandidateResult]) -> str:
-    return "no backend could run the model: " + "; ".join(f"{r.name}: {r.error}" for r in results)
+def _remember(cache_dir: Path, key: str, selection: Selection) -> None:
+    entry = {
+        "choice": selection.choice or selection.label,
+        "options": selection.options,
+        "reason": selection.reason,
+        "precision": selection.precision,
+        "reference": selection.reference,
+        "inputs": {"source": selection.probe.source, "note": selection.probe.note},
+        "candidates": [asdict(r) for r in selection.candidates],
+        "at": time.time(),
+    }
+    if selection.probe.sets:
+        target = _inputs_file(cache_dir, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(pack_samples(selection.probe.sets))
+    _cache_update(cache_dir, key, entry)
+
+
+def _from_cache(cache_dir: Path, key: str, cands: list[Candidate], path: Path, fmt: str) -> Selection | None:
+    entry = _cache_read(cache_dir).get(key)
+    if not entry:
+        return None
+    cand = next((c for c in cands if c.name == entry.get("choice")), None)
+    if cand is None:
+        return None
+    try:
+        backend = load(cand, path, fmt, entry.get("options") or {})
+        results = [CandidateResult(**r) for r in entry.get("candidates", [])]
+        sets = unpack_samples(_inputs_file(cache_dir, key)) if _inputs_file(cache_dir, key).exists() else []
+    except (BackendError, TypeError, ValueError) as exc:
+        log.warning("cached backend choice %s no longer loads (%s): trying again", entry.get("choice"), exc)
+        _cache_update(cache_dir, key, None)
+        return None
+    inputs = entry.get("inputs") or {}
+    probe = ProbeInputs(sets, inputs.get("source", "none") if sets else "none", inputs.get("note", ""))
+    return Selection(
+        backend, backend.label, results, entry.get("reason", ""), cached=True, precision=entry.get("precision", "full"),
+        reference=entry.get("reference", ""), probe=probe, options=entry.get("options") or {}, choice=cand.name,
+    )  # fmt: skip
+
+
+def _probe(backend: Backend, samples: list[Inputs] | None, hints: dict[str, list[int]] | None) -> ProbeInputs:
+    """Inputs for a backend chosen without a trial: the samples, or synthetic inputs it runs."""
+    from targets.inputs import fit_samples
+
+    if samples:
+        return ProbeInputs(fit_samples(backend.inputs, samples), "samples")
+    probe, _ = find_runnable(backend.inputs, backend.infer, hints)
+    return probe
+
+
+def _overridden(
+    path: Path,
+    model_format: str,
+    cands: list[Candidate],
+    override: str,
+    options: dict[str, Any] | None,
+    samples: list[Inputs] | None,
+    hints: dict[str, list[int]] | None,
+) -> Selection:
+    match = next((c for c in cands if override in (c.name, c.backend)), None) or Candidate(override, override)
+    try:
+        backend = load(match, path, model_format, options)
+    except BackendError as exc:
+        raise BackendError(f"backend {override!r} (set by the operator) failed: {exc}") from exc
+    result = CandidateResult(backend.label, agreed=True, precision=backend.precision)
+    probe = _probe(backend, samples, hints)
+    return Selection(
+        backend, backend.label, [result], f"{override} set by the operator", precision=backend.precision, probe=probe,
+        timed=False, options=dict(options or {}),
+    )  # fmt: skip
+
+
+def _first_that_loads(
+    path: Path,
+    model_format: str,
+    cands: list[Candidate],
+    samples: list[Inputs] | None,
+    hints: dict[str, list[int]] | None,
+) -> Selection:
+    failures: list[CandidateResult] = []
+    for cand in (c for c in cands if c.precision == "full"):
+        try:
+            backend = load(cand, path, model_format)
+        except BackendError as exc:
+            failures.append(CandidateResult(cand.name, error=str(exc)))
+            continue
+        reason = "first candidate in rule order that loads (trial disabled)"
+        results = [*failures, CandidateResult(cand.name, agreed=True)]
+        probe = _probe(backend, samples, hints)
+        return Selection(backend, backend.label, results, reason, probe=probe, timed=False, choice=cand.name)
+    raise BackendError(_summary(failures))
+
+
+def _none_worked(outcome: TrialOutcome) -> str:
+    return _summary(outcome.results, outcome.reference)
+
+
+def _summary(results: list[CandidateResult], reference: str = "") -> str:
+    """One line naming the cause: the reference runtime's reason first (it is the one that decides)."""
+    first = next((r for r in results if r.name == reference and r.error), None) or next(
+        (r for r in results if r.error), None
+    )
+    if first is None:
+        return "no backend could run the model"
+    others = [r.name for r in results if r.error and r is not first]
+    tail = f" (also failed: {', '.join(others)})" if others else ""
+    return f"no backend could run the model: {first.name}: {first.error}{tail}"

@@ -127,6 +127,7 @@ def test_model_metadata(client: httpx.Client):
         "name": "scaled_sum",
         "versions": ["3"],
         "platform": "onnxruntime:cpu",
+        "parameters": {"precision": "full"},
         "inputs": [
             {"name": "x", "datatype": "FP32", "shape": [-1, 4]},
             {"name": "k", "datatype": "INT64", "shape": []},

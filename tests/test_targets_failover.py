@@ -69,8 +69,11 @@ def cpu_loader(path):
 def test_failover_serves_every_request_and_promotes_back(model):
     accel = LosableAccelerator(model)
     clock = Clock()
-    fo = FailoverBackend(accel, [("onnxruntime:cpu", cpu_loader(model))], max_failures=3, recheck_s=30, clock=clock)
     x = {"x": np.ones((2, 16), np.float32)}
+    fo = FailoverBackend(
+        accel, [("onnxruntime:cpu", cpu_loader(model))], max_failures=3, recheck_s=30, clock=clock, probe=x
+    )
+
     expected = accel.real.infer(x)["probs"]
     assert fo.label == "accelerator" and fo.chain[1].backend is None  # fallback not loaded until needed
 

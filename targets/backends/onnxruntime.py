@@ -59,10 +59,21 @@ def _provider_entry(provider: str, config: OnnxRuntimeConfig):
     return provider
 
 
+# scikit-learn classifiers exported with skl2onnx's default ZipMap: one {label: probability} map per row. Served as
+# the probability tensor it wraps, [rows, classes] in the map's key order; the labels go to the metadata endpoint.
+_ZIPMAP_TYPES = ("seq(map(int64,tensor(float)))", "seq(map(string,tensor(float)))")
+
+
 def _spec(node) -> TensorSpec:
+    if node.type in _ZIPMAP_TYPES:
+        return TensorSpec(node.name, "FP32", (-1, -1), (None, None))
     datatype = _ORT_TYPES.get(node.type)
     if datatype is None:
-        raise BackendError(f"tensor {node.name!r} has unsupported type {node.type}")
+        hint = " (for scikit-learn models: export with tensor outputs, e.g. options={'zipmap': False})"
+        raise BackendError(
+            f"output {node.name!r} is a {node.type}, which is not a tensor the v2 API can serve"
+            + (hint if node.type.startswith(("seq", "map")) else "")
+        )
     dims = tuple(d if isinstance(d, int) else -1 for d in node.shape)
     names = tuple(d if isinstance(d, str) else None for d in node.shape)
     return TensorSpec(node.name, datatype, dims, names)
@@ -96,7 +107,7 @@ class OnnxRuntimeBackend(Backend):
             try:  # a lone provider per try: ONNX Runtime would otherwise fall back silently, hiding the reason
                 session = ort.InferenceSession(str(path), options, providers=[_provider_entry(provider, config)])
             except Exception as exc:  # onnxruntime raises several unrelated exception types
-                last_error = str(exc).strip()[:500]
+                last_error = _first_line(exc)
                 self.provider_notes[provider] = f"failed: {last_error}"
                 continue
             if session.get_providers()[0] != provider:  # the provider failed to initialise; ORT fell back to CPU
@@ -111,18 +122,50 @@ class OnnxRuntimeBackend(Backend):
         self.inputs = [_spec(n) for n in self.session.get_inputs()]
         self.outputs = [_spec(n) for n in self.session.get_outputs()]
         self._output_names = [s.name for s in self.outputs]
+        self._zipmaps = {n.name for n in self.session.get_outputs() if n.type in _ZIPMAP_TYPES}
+        self._labels: dict[str, list] = {}
 
     @property
     def label(self) -> str:
         provider = self.session.get_providers()[0] if hasattr(self, "session") else ""
         return f"onnxruntime:{short_name(provider)}" if provider else self.type_key
 
+    @property
+    def precision(self) -> str:
+        config: OnnxRuntimeConfig = self.config  # type: ignore[assignment]
+        return "fp16" if config.tensorrt_fp16 and self.label == "onnxruntime:tensorrt" else "full"
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        return {"class_labels": dict(self._labels)} if getattr(self, "_labels", None) else {}
+
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             results = self.session.run(self._output_names, inputs)
         except Exception as exc:
-            raise BackendError(f"ONNX Runtime inference failed: {str(exc).strip()[:500]}") from exc
-        return dict(zip(self._output_names, results, strict=True))
+            raise BackendError(f"ONNX Runtime inference failed: {_first_line(exc)}") from exc
+        named = dict(zip(self._output_names, results, strict=True))
+        for name in self._zipmaps:
+            named[name] = self._unzip(name, named[name])
+        return named
+
+    def _unzip(self, name: str, rows: list[dict]) -> np.ndarray:
+        """ZipMap's list of {label: probability} as a [rows, classes] float32 tensor; labels kept once."""
+        import numpy as np
+
+        labels = list(rows[0]) if rows else self._labels.get(name, [])
+        self._labels.setdefault(name, [x if isinstance(x, str) else int(x) for x in labels])
+        return np.array([[row[k] for k in labels] for row in rows], dtype=np.float32).reshape(len(rows), len(labels))
 
     def close(self) -> None:
         self.__dict__.pop("session", None)
+
+
+def _first_line(exc: Exception) -> str:
+    """ONNX Runtime's messages carry a source location prefix and, for unknown ops, a long schema dump: keep the
+    sentence that names the cause."""
+    text = str(exc).strip()
+    for prefix in ("[ONNXRuntimeError] : ",):
+        text = text.split(prefix, 1)[-1]
+    text = text.split(" : ", 1)[-1] if text[:2].isdigit() else text
+    return " ".join(text.split())[:300] or type(exc).__name__

@@ -1,0 +1,228 @@
+"""Representative inputs for every decision on the device: the operator's samples when given, otherwise synthetic
+inputs that the model's own runtime actually runs (a ladder of sizes for dynamic dimensions, shared `dim_param`
+names kept equal, plausible values for integer scalars), never only "every dynamic dimension = 1"."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from targets.tensors import TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Inputs = dict[str, "np.ndarray"]
+
+# Sizes tried for dynamic dimensions, smallest first; a size whose inputs would exceed MAX_ELEMENTS is skipped.
+LADDER = (1, 16, 64, 256, 512, 1024, 4000, 16000)
+MAX_ELEMENTS = 8 << 20
+_BATCH_NAMES = re.compile(r"^(n|b|bs|batch.*|.*batch_?size.*|num_?batch.*)$", re.IGNORECASE)
+_RATE_NAMES = re.compile(r"(^|_)(sr|sample_?rate|sampling_?rate|rate)($|_)", re.IGNORECASE)
+_LENGTH_NAMES = re.compile(r"(len|length|lengths|size|count|num)", re.IGNORECASE)
+_SAMPLE_KEY = re.compile(r"^sample(\d+)/(.+)$")
+
+
+class SampleError(ValueError):
+    """Sample inputs that cannot be read or do not fit the model; the message says which input and why."""
+
+
+@dataclass
+class ProbeInputs:
+    """The inputs a model's checks run on, and where they came from (shown in the status)."""
+
+    sets: list[Inputs]
+    source: str  # "samples" | "synthetic" | "none"
+    note: str = ""
+    tried: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.source == "samples":
+            return f"{len(self.sets)} sample(s) given with the model"
+        if self.source == "synthetic":
+            return f"synthetic inputs ({self.note})"
+        return "no runnable inputs found" + (f" ({self.note})" if self.note else "")
+
+
+# -- samples: files the operator gives, stored as one .npz --------------------------------------------------------
+
+
+def pack_samples(sets: list[Inputs]) -> bytes:
+    """One .npz holding every sample: array `sample{i}/{input name}`."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **{f"sample{i}/{name}": array for i, arrays in enumerate(sets) for name, array in arrays.items()})
+    return buf.getvalue()
+
+
+def unpack_samples(data: bytes | Path) -> list[Inputs]:
+    """Inverse of pack_samples; SampleError when the file is not such an archive."""
+    import numpy as np
+
+    raw = Path(data).read_bytes() if isinstance(data, Path) else data
+    try:
+        archive = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SampleError(f"samples are not a readable .npz archive: {exc}") from None
+    sets: dict[int, Inputs] = {}
+    for key in archive.files:
+        match = _SAMPLE_KEY.match(key)
+        if match is None:
+            raise SampleError(f"sample archive holds {key!r}; expected 'sample<i>/<input name>'")
+        sets.setdefault(int(match.group(1)), {})[match.group(2)] = archive[key]
+    return [sets[i] for i in sorted(sets)]
+
+
+def read_sample_file(raw: bytes, filename: str = "") -> Inputs:
+    """One sample from what an operator has: .npz (an array per input name), .npy (a single-input model; the name is
+    filled in later) or a v2 JSON request body."""
+    import numpy as np
+
+    if raw[:1] in (b"{", b"[") or filename.endswith(".json"):
+        return _from_v2_json(raw)
+    try:
+        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SampleError(f"{filename or 'sample'} is not a .npz, .npy or v2 JSON file: {exc}") from None
+    if isinstance(loaded, np.ndarray):
+        return {"": loaded}
+    return {key: loaded[key] for key in loaded.files}
+
+
+def _from_v2_json(raw: bytes) -> Inputs:
+    import json
+
+    import numpy as np
+
+    from targets.tensors import V2_TO_NUMPY
+
+    try:
+        body = json.loads(raw)
+        arrays = {}
+        for tensor in body["inputs"]:
+            dtype = V2_TO_NUMPY[tensor["datatype"]]
+            arrays[tensor["name"]] = np.asarray(tensor["data"], dtype=dtype).reshape(tensor["shape"])
+        return arrays
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SampleError(f"not a v2 inference request body ({type(exc).__name__}: {exc})") from None
+
+
+def fit_samples(specs: list[TensorSpec], sets: list[Inputs]) -> list[Inputs]:
+    """Name a lone .npy after the model's single input and cast to its dtypes; SampleError on anything else."""
+    import numpy as np
+
+    from targets.tensors import InputError, check_inputs
+
+    fitted = []
+    for i, arrays in enumerate(sets):
+        if set(arrays) == {""}:
+            if len(specs) != 1:
+                raise SampleError(f"sample {i} is a single .npy but the model takes {len(specs)} inputs: use .npz")
+            arrays = {specs[0].name: arrays[""]}
+        wanted = {s.name: s for s in specs}
+        cast = {
+            n: np.asarray(a).astype(wanted[n].numpy_dtype, copy=False) if n in wanted else a for n, a in arrays.items()
+        }
+        try:
+            check_inputs(specs, cast)
+        except InputError as exc:
+            raise SampleError(f"sample {i}: {exc}") from None
+        fitted.append(cast)
+    return fitted
+
+
+# -- synthetic inputs that run ----------------------------------------------------------------------------------------
+
+
+def _is_batch(spec: TensorSpec, axis: int) -> bool:
+    name = spec.dim_names[axis] if axis < len(spec.dim_names) else None
+    if name:
+        return bool(_BATCH_NAMES.match(name))
+    return axis == 0 and len(spec.shape) >= 3
+
+
+def synthesize(specs: list[TensorSpec], size: int, hints: dict[str, list[int]] | None = None, seed: int = 0) -> Inputs:
+    """Inputs for `specs` with every non-batch dynamic dimension `size` (the operator's shape hints win), equal
+    sizes for dimensions that share a name, and plausible values for integer inputs."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    hints = hints or {}
+    named: dict[str, int] = {}
+    arrays: Inputs = {}
+    for spec in specs:
+        shape = list(hints.get(spec.name) or [])
+        if len(shape) != len(spec.shape):
+            shape = []
+            for axis, dim in enumerate(spec.shape):
+                name = spec.dim_names[axis] if axis < len(spec.dim_names) else None
+                if dim >= 0:
+                    shape.append(dim)
+                elif name and name in named:
+                    shape.append(named[name])
+                else:
+                    shape.append(1 if _is_batch(spec, axis) else size)
+                if name and dim < 0:
+                    named.setdefault(name, shape[-1])
+        arrays[spec.name] = _values(spec, tuple(shape), size, rng)
+    return arrays
+
+
+def _values(spec: TensorSpec, shape: tuple[int, ...], size: int, rng: Any) -> Any:
+    import numpy as np
+
+    dtype = np.dtype(spec.numpy_dtype)
+    if dtype.kind == "f":
+        return (0.5 * rng.standard_normal(shape)).astype(dtype)
+    if dtype.kind == "b":
+        return np.ones(shape, dtype=bool)
+    if _RATE_NAMES.search(spec.name):
+        return np.full(shape, 16000, dtype=dtype)  # audio models check their sample rate
+    if _LENGTH_NAMES.search(spec.name):
+        return np.full(shape, size, dtype=dtype)  # lengths of the sequences in the other inputs
+    if dtype == np.uint8:
+        return rng.integers(0, 256, shape).astype(dtype)  # image bytes
+    return rng.integers(0, 2, shape).astype(dtype)  # ids, masks and flags: small valid indices
+
+
+def _elements(arrays: Inputs) -> int:
+    return sum(int(a.size) for a in arrays.values())
+
+
+def find_runnable(
+    specs: list[TensorSpec],
+    run: Callable[[Inputs], Any],
+    hints: dict[str, list[int]] | None = None,
+    deadline_s: float = 20.0,
+) -> tuple[ProbeInputs, Any]:
+    """Climb the ladder of sizes until `run` (the reference runtime) accepts the inputs; return them with its
+    outputs, or ProbeInputs(source="none") with what each size gave."""
+    import time
+
+    started = time.monotonic()
+    tried: list[str] = []
+    has_dynamic = any(d < 0 for s in specs for d in s.shape) and not hints
+    for size in LADDER if has_dynamic else (1,):
+        arrays = synthesize(specs, size, hints)
+        if _elements(arrays) > MAX_ELEMENTS:
+            break
+        try:
+            outputs = run(arrays)
+        except Exception as exc:  # any runtime failure means: try a larger size
+            tried.append(f"size {size}: {_first_line(exc)}")
+            if time.monotonic() - started > deadline_s:
+                break
+            continue
+        note = f"dynamic dimensions {size}" if has_dynamic else ("shape hints" if hints else "static shapes")
+        return ProbeInputs([arrays], "synthetic", note, tried), outputs
+    return ProbeInputs([], "none", tried[-1] if tried else "", tried), None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

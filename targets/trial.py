@@ -1,0 +1,188 @@
+"""The backend trial: the reference runtime answers first on representative inputs, then every candidate is loaded,
+compared with those answers (never with each other) and, if it agrees, timed turn about with the others."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from targets import registry
+from targets.agreement import disagreement, worst_deviation
+from targets.base import Backend, BackendError
+from targets.candidates import Candidate, reference
+from targets.inputs import Inputs, ProbeInputs, SampleError, find_runnable, fit_samples
+
+log = logging.getLogger(__name__)
+
+MIN_RUNS = 3
+MAX_RUNS = 200
+ROUNDS = 4
+
+
+@dataclass
+class CandidateResult:
+    name: str
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    load_ms: float | None = None
+    runs: int = 0
+    agreed: bool = False
+    error: str | None = None  # why it was passed over (failed to load, errored, disagreed, out of budget)
+    precision: str = "full"
+    deviation: float | None = None  # worst error against the reference, in units of the tolerance (<= 1 agrees)
+
+
+@dataclass
+class TrialOutcome:
+    """What the trial found: the winner (loaded), how every candidate fared, the reference and the inputs used."""
+
+    backend: Backend | None
+    chosen: Candidate | None
+    options: dict[str, Any]
+    results: list[CandidateResult]
+    reference: str
+    reference_note: str
+    probe: ProbeInputs
+    timed: bool = True
+    problems: list[str] = field(default_factory=list)
+
+
+def load(candidate: Candidate, path: Path, model_format: str, options: dict[str, Any] | None = None) -> Backend:
+    """Load one candidate with its options (plus `options`); BackendError says why it cannot."""
+    announce(candidate.name)
+    try:
+        backend = registry.create(candidate.backend, {**candidate.options, **(options or {})})
+    except (KeyError, ValueError) as exc:
+        raise BackendError(f"invalid options for {candidate.backend}: {exc}") from exc
+    backend.load(path, model_format)
+    return backend
+
+
+def announce(name: str) -> None:
+    """In the isolated trial worker, say which runtime is about to run, so a native crash can be blamed on it."""
+    if getattr(sys, "_edge_trial_worker", False):
+        print(f"TRYING {name}", file=sys.stderr, flush=True)
+
+
+def run_trial(
+    path: Path,
+    model_format: str,
+    cands: list[Candidate],
+    budget_s: float,
+    samples: list[Inputs] | None = None,
+    hints: dict[str, list[int]] | None = None,
+) -> TrialOutcome:
+    """Reference first, then every candidate judged against it; raises BackendError when nothing can load the model."""
+    ref_cand, ref, note, failures = _load_reference(path, model_format, cands)
+    probe, want = _reference_answers(ref, samples, hints)
+    if not probe.sets:
+        result = CandidateResult(ref_cand.name, agreed=True)
+        return TrialOutcome(ref, ref_cand, {}, [*failures, result], ref_cand.name, note, probe, timed=False)
+    results: list[CandidateResult] = list(failures)
+    entrants: list[tuple[Candidate, Backend, dict[str, Any], CandidateResult]] = []
+    for cand in (c for c in cands if c.name not in {f.name for f in failures}):
+        result = CandidateResult(cand.name, precision=cand.precision)
+        results.append(result)
+        options = _name_options(cand, ref_cand, ref)
+        try:
+            started = time.perf_counter()
+            backend = ref if cand is ref_cand else load(cand, path, model_format, options)
+            result.load_ms = round((time.perf_counter() - started) * 1000, 2)
+            result.deviation, problem = _judge(backend, probe.sets, want, ref_cand.name)
+        except (BackendError, SampleError) as exc:
+            result.error = str(exc)
+            continue
+        except Exception as exc:  # a runtime failing in an unexpected way is one more failed candidate
+            result.error = f"{type(exc).__name__}: {exc}"[:300]
+            continue
+        if problem:
+            result.error = problem
+            if backend is not ref:
+                backend.close()
+            continue
+        result.agreed = True
+        entrants.append((cand, backend, options, result))
+    _time_turn_about(entrants, probe.sets[0], budget_s)
+    best = min(entrants, key=lambda e: e[3].p50_ms if e[3].p50_ms is not None else float("inf"))
+    for cand, backend, _, _ in entrants:
+        if cand is not best[0]:
+            backend.close()
+    return TrialOutcome(best[1], best[0], best[2], results, ref_cand.name, note, probe)
+
+
+def _reference_answers(
+    ref: Backend, samples: list[Inputs] | None, hints: dict[str, list[int]] | None
+) -> tuple[ProbeInputs, list[dict[str, Any]]]:
+    if samples:
+        sets = fit_samples(ref.inputs, samples)
+        try:
+            return ProbeInputs(sets, "samples"), [ref.infer(x) for x in sets]
+        except BackendError as exc:
+            raise BackendError(f"the model's own runtime ({ref.label}) fails on the given samples: {exc}") from exc
+    probe, outputs = find_runnable(ref.inputs, ref.infer, hints)
+    return probe, ([outputs] if outputs is not None else [])
+
+
+def _judge(backend: Backend, sets: list[Inputs], want: list[dict[str, Any]], ref_name: str) -> tuple[float, str | None]:
+    worst = 0.0
+    for inputs, expected in zip(sets, want, strict=True):
+        got = backend.infer(inputs)
+        problem = disagreement(got, expected, f"the reference ({ref_name})")
+        if problem:
+            return worst_deviation(got, expected), problem
+        worst = max(worst, worst_deviation(got, expected))
+    return round(worst, 4), None
+
+
+def _name_options(cand: Candidate, ref_cand: Candidate, ref: Backend) -> dict[str, Any]:
+    """OpenVINO may rename tensors: give it the reference's names by position."""
+    if cand is ref_cand or cand.backend != "openvino":
+        return {}
+    return {"input_names": [s.name for s in ref.inputs], "output_names": [s.name for s in ref.outputs]}
+
+
+def _time_turn_about(entrants: list, inputs: Inputs, budget_s: float) -> None:
+    """p50/p95 of each agreeing candidate from blocks taken in turn, so the box's drift hits them all alike."""
+    import numpy as np
+
+    times: list[list[float]] = [[] for _ in entrants]
+    block_s = max(budget_s, 0.05) / (ROUNDS * max(len(entrants), 1))
+    for _ in range(ROUNDS):
+        for i, (_, backend, _, _) in enumerate(entrants):
+            end = time.perf_counter() + block_s
+            runs = 0
+            while runs < MIN_RUNS or (time.perf_counter() < end and runs < MAX_RUNS):
+                started = time.perf_counter()
+                backend.infer(inputs)
+                times[i].append(time.perf_counter() - started)
+                runs += 1
+    for (_, _, _, result), measured in zip(entrants, times, strict=True):
+        result.runs = len(measured)
+        result.p50_ms = round(float(np.percentile(measured, 50)) * 1000, 4)
+        result.p95_ms = round(float(np.percentile(measured, 95)) * 1000, 4)
+
+
+def _load_reference(
+    path: Path, model_format: str, cands: list[Candidate]
+) -> tuple[Candidate, Backend, str, list[CandidateResult]]:
+    """The format's own runtime at full precision; where it cannot load the model, the next full-precision candidate
+    that can (noted in the status). BackendError with the own runtime's reason when none can."""
+    own, note = reference(model_format, cands)
+    if own is None:
+        raise BackendError(note)
+    failures: list[CandidateResult] = []
+    for cand in [own] + [c for c in cands if c is not own and c.precision == "full"]:
+        try:
+            backend = load(cand, path, model_format)
+        except BackendError as exc:
+            failures.append(CandidateResult(cand.name, error=str(exc), precision=cand.precision))
+            continue
+        if failures:
+            note = f"{own.name} cannot load the model, so {cand.name} is the reference: {failures[0].error}"
+        return cand, backend, note, failures
+    others = f" (also failed: {', '.join(f.name for f in failures[1:])})" if len(failures) > 1 else ""
+    raise BackendError(f"no backend could run the model: {own.name}: {failures[0].error}{others}")

@@ -1,0 +1,136 @@
+"""The backend trial in a short-lived worker process: runtimes that do not win never enter the agent's memory, and a
+runtime that dies natively (SIGSEGV in a driver or a mismatched wheel) fails its candidate, not the agent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from targets.base import BackendError
+from targets.candidates import Candidate
+from targets.inputs import Inputs, ProbeInputs, pack_samples, unpack_samples
+from targets.trial import CandidateResult, TrialOutcome, load, run_trial
+
+log = logging.getLogger(__name__)
+
+WORKER_TIMEOUT_S = 600.0
+MAX_CRASHES = 3
+
+
+def run_isolated(
+    path: Path,
+    model_format: str,
+    hardware: dict[str, Any],
+    cands: list[Candidate],
+    budget_s: float,
+    samples: list[Inputs] | None,
+    hints: dict[str, list[int]] | None,
+) -> TrialOutcome:
+    """run_trial in a child process; a candidate whose runtime crashes the child is left out with the signal named,
+    and the trial runs again without it. The winner is then loaded here, with the options the trial found."""
+    crashed: list[CandidateResult] = []
+    remaining = list(cands)
+    for _ in range(MAX_CRASHES + 1):
+        with tempfile.TemporaryDirectory(prefix="edge-trial-") as tmp:
+            request = Path(tmp) / "request.json"
+            request.write_text(json.dumps({
+                "path": str(path), "format": model_format, "budget_s": budget_s, "hints": hints,
+                "candidates": [asdict(c) for c in remaining],
+                "samples": str(Path(tmp) / "samples.npz") if samples else None,
+            }))  # fmt: skip
+            if samples:
+                (Path(tmp) / "samples.npz").write_bytes(pack_samples(samples))
+            proc = subprocess.run(
+                [sys.executable, "-m", "targets.trial_worker", str(request)],
+                capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, cwd=str(Path(__file__).resolve().parents[1]),
+            )  # fmt: skip
+            if proc.returncode == 0:
+                return _outcome(Path(tmp), remaining, path, model_format, crashed)
+            culprit, why = _blame(proc, remaining)
+            if culprit is None:
+                raise BackendError(f"the backend trial failed: {why}")
+            log.error("backend trial: %s %s; trying again without it", culprit.name, why)
+            crashed.append(CandidateResult(culprit.name, error=why, precision=culprit.precision))
+            remaining = [c for c in remaining if c is not culprit]
+            if not remaining or _is_reference(culprit, model_format):
+                raise BackendError(f"{culprit.name} {why} (the model's own runtime: nothing can be checked)")
+    raise BackendError("the backend trial crashed too often: " + "; ".join(f"{r.name} {r.error}" for r in crashed))
+
+
+def _is_reference(cand: Candidate, model_format: str) -> bool:
+    from targets.candidates import REFERENCE
+
+    return REFERENCE.get(model_format) == cand.name
+
+
+def _blame(proc: subprocess.CompletedProcess, cands: list[Candidate]) -> tuple[Candidate | None, str]:
+    """The candidate the worker was running when it died, and how it died."""
+    code = proc.returncode
+    if code > 0:  # an error the worker reported (its last line), not a crash
+        tail = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("TRYING ")]
+        return None, (tail[-1] if tail else f"exited with status {code}")[:300]
+    trying = [ln.split(" ", 1)[1] for ln in proc.stderr.splitlines() if ln.startswith("TRYING ")]
+    culprit = next((c for c in cands if trying and c.name == trying[-1]), None)
+    return culprit, f"crashed the trial process with {_signal_name(-code)}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _outcome(
+    tmp: Path, cands: list[Candidate], path: Path, model_format: str, crashed: list[CandidateResult]
+) -> TrialOutcome:
+    answer = json.loads((tmp / "outcome.json").read_text())
+    results = crashed + [CandidateResult(**r) for r in answer["results"]]
+    sets = unpack_samples(tmp / "inputs.npz") if (tmp / "inputs.npz").exists() else []
+    p = answer["probe"]
+    probe = ProbeInputs(sets, p["source"], p["note"], p["tried"])
+    chosen = next((c for c in cands if c.name == answer.get("chosen")), None)
+    if answer.get("error") or chosen is None:
+        return TrialOutcome(None, None, {}, results, answer["reference"], answer["note"], probe, timed=False)
+    backend = load(chosen, path, model_format, answer["options"])
+    return TrialOutcome(
+        backend, chosen, answer["options"], results, answer["reference"], answer["note"], probe, answer["timed"]
+    )
+
+
+def _work(request_path: Path) -> int:
+    request = json.loads(request_path.read_text())
+    cands = [Candidate(**c) for c in request["candidates"]]
+    samples = unpack_samples(Path(request["samples"])) if request.get("samples") else None
+    tmp = request_path.parent
+    outcome = run_trial(Path(request["path"]), request["format"], cands, request["budget_s"], samples, request["hints"])
+    if outcome.probe.sets:
+        (tmp / "inputs.npz").write_bytes(pack_samples(outcome.probe.sets))
+    (tmp / "outcome.json").write_text(json.dumps({
+        "chosen": outcome.chosen.name if outcome.chosen else None, "options": outcome.options,
+        "results": [asdict(r) for r in outcome.results], "reference": outcome.reference, "note": outcome.reference_note,
+        "probe": {"source": outcome.probe.source, "note": outcome.probe.note, "tried": outcome.probe.tried},
+        "timed": outcome.timed, "error": outcome.backend is None,
+    }))  # fmt: skip
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    sys._edge_trial_worker = True  # type: ignore[attr-defined]
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return _work(Path(argv[0]))
+    except BackendError as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
