@@ -39,8 +39,8 @@ def models(d: Path) -> list[tuple[str, Path, str]]:
 
 def measure(cand: selection.Candidate, path: Path, fmt: str, runs: int) -> tuple[float, float] | str:
     try:
-        backend = selection._load(cand, path, fmt)
-        x = synthetic_inputs(backend.inputs, dynamic_size=1)
+        backend = selection.load_candidate(cand, path, fmt)
+        x = synthetic_inputs(backend.inputs, dynamic_size=1)  # the sample models have no dims that cannot be 1
         for _ in range(5):
             backend.infer(x)
         times = []

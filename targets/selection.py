@@ -19,7 +19,7 @@ from typing import Any
 from targets.base import Backend, BackendError
 from targets.candidates import Candidate, candidates
 from targets.inputs import Inputs, ProbeInputs, find_runnable, pack_samples, unpack_samples
-from targets.trial import CandidateResult, TrialOutcome, load, run_trial
+from targets.trial import NOT_TRIED, CandidateResult, TrialOutcome, load, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _selection(outcome: TrialOutcome) -> Selection:
             runner_up = min((r for r in working if r.name != chosen.name), key=lambda r: r.p50_ms or 0.0)
             reason = f"{chosen.name}: fastest that agrees with the reference ({outcome.reference}), p50 {p50} ms vs "
             reason += f"{runner_up.name} {runner_up.p50_ms} ms"
-        failed = [r.name for r in results if r.error]
+        failed = [r.name for r in results if r.error and not r.error.startswith(NOT_TRIED)]
         if failed:
             reason += f"; passed over: {', '.join(failed)}"
     return Selection(

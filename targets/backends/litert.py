@@ -65,18 +65,30 @@ class LiteRtBackend(Backend):
         try:
             interpreter_class = importlib.import_module(module_name).Interpreter
             self.interpreter = interpreter_class(model_path=str(path), num_threads=config.num_threads)
-            self.interpreter.allocate_tensors()
+            self._input_details = self.interpreter.get_input_details()
+            self._output_details = self.interpreter.get_output_details()
+            self._allocate_default()
         except Exception as exc:  # the interpreter raises ValueError/RuntimeError with the TFLite message
             raise BackendError(f"LiteRT could not load the model: {str(exc).strip()[:500]}") from exc
-        self._input_details = self.interpreter.get_input_details()
-        self._output_details = self.interpreter.get_output_details()
         self.inputs = [_spec(d) for d in self._input_details]
         self.outputs = [_spec(d) for d in self._output_details]
         self._shapes = {d["index"]: tuple(int(x) for x in d["shape"]) for d in self._input_details}
         self._lock = threading.Lock()  # one interpreter, one set of tensor buffers: calls run one at a time
 
+    def _allocate_default(self) -> None:
+        """Allocate for the default shapes; a model with dynamic dims whose placeholder shape (1) cannot run (an
+        STFT needs more than one sample) is allocated at its first request's shapes instead."""
+        try:
+            self.interpreter.allocate_tensors()
+        except (RuntimeError, ValueError):
+            dynamic = any(int(d) < 0 for x in self._input_details for d in x.get("shape_signature", ()))
+            if not dynamic:
+                raise
+            self._input_details = [{**d, "shape": [0] * len(d["shape"])} for d in self._input_details]
+
     @property
     def label(self) -> str:
+
         runtime = getattr(self, "_module", "")
         return "litert" if runtime in ("", "ai_edge_litert") else f"litert:{runtime}"
 

@@ -92,7 +92,7 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # failures come back as exceptions with the message; no stderr noise
         wanted = list(dict.fromkeys(config.providers))
         if config.fallback and "CPUExecutionProvider" not in wanted:
             wanted.append("CPUExecutionProvider")

@@ -248,5 +248,9 @@ class ShapeSpecializer:
 
 def _first_lines(exc: Exception) -> str:
     """OpenVINO prefixes messages with source locations; keep the informative part."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("Exception from")]
-    return " ".join(lines)[:500] or type(exc).__name__
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    summary = next((ln for ln in lines if ln.startswith("-- Conversion is failed for:")), None)
+    if summary is not None:
+        return "unsupported operations: " + summary.split(":", 1)[1].strip()
+    noise = ("Exception from", "Check '", "FrontEnd API failed")
+    return " ".join(ln for ln in lines if not ln.startswith(noise))[:300] or type(exc).__name__
