@@ -174,3 +174,86 @@ def test_tflite_selection(models, hardware):
     assert {r.name for r in chosen.candidates} >= {"litert"}
     assert all(r.agreed for r in chosen.candidates if r.precision == "full")
     assert chosen.reference == "litert" and chosen.precision == "full"
+
+
+@pytest.fixture(scope="module")
+def fixed_size_model(tmp_path_factory) -> Path:
+    """A dynamic input that only 15 elements fit (a Reshape to 3x5): no size on the ladder runs it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([3, 5], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "fifteen",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
+        [shape],
+    )
+    path = tmp_path_factory.mktemp("fifteen") / "fifteen.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_no_synthetic_input_runs_serves_untimed_on_the_reference(fixed_size_model, hardware):
+    """A model its own runtime loads is never refused because synthetic inputs fail: it serves on the reference,
+    untimed, and the reason says how to give inputs; a shape hint or a sample then makes the full trial run."""
+    import numpy as np
+
+    chosen = select_backend(fixed_size_model, "onnx", hardware | {"cpu_vendor": "intel"}, budget_s=0.3)
+    assert chosen.choice == "onnxruntime:cpu" and not chosen.timed and not chosen.probe.sets
+    assert "untimed" in chosen.reason and "--sample" in chosen.reason and "--input-shape" in chosen.reason
+    assert chosen.backend.infer({"x": np.arange(15, dtype=np.float32)})["y"].shape == (3, 5)
+
+    hinted = select_backend(fixed_size_model, "onnx", hardware, budget_s=0.3, hints={"x": [15]})
+    assert hinted.timed and hinted.probe.source == "synthetic" and "shape hints" in hinted.probe.note
+    sampled = select_backend(fixed_size_model, "onnx", hardware, budget_s=0.3, samples=[{"x": np.ones(15, "f4")}])
+    assert sampled.timed and sampled.probe.source == "samples"
+    assert all(r.agreed for r in sampled.candidates if r.precision == "full")
+
+
+def test_dynamic_dims_climb_the_ladder_and_share_names():
+    """Dimensions that share a name get one size; a batch dimension stays 1; lengths and rates get plausible values."""
+    import numpy as np
+
+    from targets.inputs import find_runnable
+    from targets.tensors import TensorSpec
+
+    specs = [
+        TensorSpec("audio", "FP32", (-1, -1), ("batch", "samples")),
+        TensorSpec("mask", "BOOL", (-1, -1), ("batch", "samples")),
+        TensorSpec("sr", "INT64", ()),
+        TensorSpec("lengths", "INT64", (-1,), ("batch",)),
+    ]
+
+    def needs_256(x):
+        if x["audio"].shape[1] < 256 or x["audio"].shape != x["mask"].shape:
+            raise ValueError("too short")
+        return {"ok": np.ones(1)}
+
+    probe, out = find_runnable(specs, needs_256)
+    (found,) = probe.sets
+    assert found["audio"].shape == (1, 256) and found["mask"].shape == (1, 256) and out is not None
+    assert int(found["sr"]) == 16000 and found["lengths"].tolist() == [256]
+    assert len(probe.tried) == 3 and probe.tried[0].startswith("size 1: too short")
+
+
+def test_a_runtime_that_crashes_the_trial_fails_only_its_candidate(models, hardware, tmp_path, monkeypatch):
+    """The isolated trial: a runtime that dies with SIGSEGV while loading is left out with the signal named, the
+    trial runs again without it, and the caller (the agent) never loaded it."""
+    if not BOTH:
+        pytest.skip("needs onnxruntime and openvino")
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "from targets.backends import openvino\n"
+        "def crash(self, path, model_format):\n"
+        "    os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "openvino.OpenVinoBackend.load = crash\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    chosen = select_backend(models["mlp"], "onnx", hardware | {"cpu_vendor": "intel"}, budget_s=0.3, isolated=True)
+    tried = {r.name: r for r in chosen.candidates}
+    assert chosen.choice == "onnxruntime:cpu"
+    assert tried["openvino:cpu"].error == "crashed the trial process with SIGSEGV"
+    assert "passed over: openvino:cpu" in chosen.reason

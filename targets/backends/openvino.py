@@ -58,8 +58,13 @@ class OpenVinoConfig(BackendConfig):
 
 
 def _name(port, fallback: str) -> str:
+    """The port's public name: a tensor fused into another carries both names, and OpenVINO's "any name" can be the
+    internal one ('/attn/Cast_output_0' for 'input_lengths'); names without a leading '/' are the model's own."""
     names = port.get_names()
-    return port.get_any_name() if names else fallback
+    if not names:
+        return fallback
+    public = sorted(n for n in names if not n.startswith("/"))
+    return public[0] if len(public) == 1 else port.get_any_name()
 
 
 def _spec(port, fallback: str) -> TensorSpec:
