@@ -19,9 +19,13 @@ if TYPE_CHECKING:
 Inputs = dict[str, "np.ndarray"]
 
 # Sizes tried for dynamic dimensions, smallest first; a size whose inputs would exceed MAX_ELEMENTS is skipped.
-LADDER = (1, 16, 64, 256, 512, 1024, 4000, 16000)
+# First a typical size (images IMAGE_SIZE), then the ladder from 1 up.
+LADDER = (1, 32, 64, 256, 512, 1024, 4000, 16000)
+TYPICAL_SIZE = 32
 MAX_ELEMENTS = 8 << 20
 _BATCH_NAMES = re.compile(r"^(n|b|bs|batch.*|.*batch_?size.*|num_?batch.*)$", re.IGNORECASE)
+_GENERIC_NAMES = re.compile(r"^(.*dynamic_?dimension.*|unk_*\d*|dim_?\d*|\?|-1|none)$", re.IGNORECASE)
+IMAGE_SIZE = 224  # dynamic height/width of an image input start here
 _RATE_NAMES = re.compile(r"(^|_)(sr|sample_?rate|sampling_?rate|rate)($|_)", re.IGNORECASE)
 _LENGTH_NAMES = re.compile(r"(len|length|lengths|size|count|num)", re.IGNORECASE)
 _SAMPLE_KEY = re.compile(r"^sample(\d+)/(.+)$")
@@ -140,13 +144,31 @@ def fit_samples(specs: list[TensorSpec], sets: list[Inputs]) -> list[Inputs]:
 
 
 def _is_batch(spec: TensorSpec, axis: int) -> bool:
+    """A batch dimension: named so, or the first of a tensor of rank 3+ whose name says nothing ('DynamicDimension.0',
+    'unk__12', none)."""
     name = spec.dim_names[axis] if axis < len(spec.dim_names) else None
-    if name:
-        return bool(_BATCH_NAMES.match(name))
-    return axis == 0 and len(spec.shape) >= 3
+    if name and _BATCH_NAMES.match(name):
+        return True
+    return axis == 0 and len(spec.shape) >= 3 and (not name or bool(_GENERIC_NAMES.match(name)))
 
 
-def synthesize(specs: list[TensorSpec], size: int, hints: dict[str, list[int]] | None = None, seed: int = 0) -> Inputs:
+def _is_image_axis(spec: TensorSpec, axis: int) -> bool:
+    """A spatial dimension of an NCHW/NHWC image (1 or 3 channels): such models pool and stride, and a tiny image
+    is neither runnable everywhere nor what they are timed on."""
+    if len(spec.shape) != 4 or spec.datatype not in ("FP32", "FP16", "UINT8"):
+        return False
+    if spec.shape[1] in (1, 3):
+        return axis in (2, 3)
+    return spec.shape[3] in (1, 3) and axis in (1, 2)
+
+
+def synthesize(
+    specs: list[TensorSpec],
+    size: int,
+    hints: dict[str, list[int]] | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> Inputs:
     """Inputs for `specs` with every non-batch dynamic dimension `size` (the operator's shape hints win), equal
     sizes for dimensions that share a name, and plausible values for integer inputs."""
     import numpy as np
@@ -165,8 +187,10 @@ def synthesize(specs: list[TensorSpec], size: int, hints: dict[str, list[int]] |
                     shape.append(dim)
                 elif name and name in named:
                     shape.append(named[name])
+                elif _is_batch(spec, axis):
+                    shape.append(1)
                 else:
-                    shape.append(1 if _is_batch(spec, axis) else size)
+                    shape.append(image_size if image_size and _is_image_axis(spec, axis) else size)
                 if name and dim < 0:
                     named.setdefault(name, shape[-1])
         arrays[spec.name] = _values(spec, tuple(shape), size, rng)
@@ -207,10 +231,12 @@ def find_runnable(
     started = time.monotonic()
     tried: list[str] = []
     has_dynamic = any(d < 0 for s in specs for d in s.shape) and not hints
-    for size in LADDER if has_dynamic else (1,):
-        arrays = synthesize(specs, size, hints)
+    rungs = [(TYPICAL_SIZE, IMAGE_SIZE)] + [(s, s) for s in LADDER] if has_dynamic else [(1, 1)]
+    for size, image_size in rungs:
+        arrays = synthesize(specs, size, hints, image_size=image_size)
         if _elements(arrays) > MAX_ELEMENTS:
             break
+
         try:
             outputs = run(arrays)
         except Exception as exc:  # any runtime failure means: try a larger size
