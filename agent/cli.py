@@ -1,7 +1,9 @@
-"""`edge-agent`: run the agent daemon, or print the hardware probe."""
+"""`edge-agent`: run the agent daemon, check the device (`doctor`), or print the hardware probe. argparse, not typer:
+the agent stays small on the device (typer and click cost ~5 MiB of resident memory for three commands)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import signal
@@ -9,10 +11,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
 
-import typer
-
+from agent import __version__
 from agent.config import ENV_CONFIG, ConfigError, load_config
 from agent.logs import setup_logging
 
@@ -21,40 +21,26 @@ READY_GRACE_S = 20.0  # with no model on disk and no broker, report READY anyway
 TICK_S = 1.0
 
 log = logging.getLogger("agent")
+RUN_FLAGS = {  # flag -> (config key, help)
+    "--broker": ("broker", "Broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT."),
+    "--device-id": ("device_id", "This device's id (default: hostname)."),
+    "--data-dir": ("data_dir", "Where models and state live."),
+    "--api": ("api", "HOST:PORT of the local v2 inference API."),
+    "--backend": ("backend", "Force a backend instead of choosing one."),
+    "--mqtt-protocol": ("mqtt_protocol", "auto, 5 or 3.1.1."),
+    "--topic-prefix": ("topic_prefix", "Topic prefix shared with the controller (default: edge)."),
+    "--log-level": ("log_level", "DEBUG, INFO, WARNING or ERROR."),
+}
 
-app = typer.Typer(
-    help="Edge agent: pulls models from the controller over MQTT and serves them locally.", add_completion=False
-)
 
-
-@app.command()
-def run(
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", envvar=ENV_CONFIG, help="TOML config file; flags override it.")
-    ] = None,
-    broker: Annotated[str | None, typer.Option(help="Broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT.")] = None,
-    device_id: Annotated[str | None, typer.Option(help="This device's id (default: hostname).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Where models and state live.")] = None,
-    api: Annotated[str | None, typer.Option(help="HOST:PORT of the local v2 inference API.")] = None,
-    backend: Annotated[str | None, typer.Option(help="Force a backend instead of choosing one.")] = None,
-    mqtt_protocol: Annotated[str | None, typer.Option(help="auto, 5 or 3.1.1.")] = None,
-    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
-) -> None:
+def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM/SIGINT. Serves models already on disk before the broker answers."""
-    overrides = {
-        "broker": broker,
-        "device_id": device_id,
-        "data_dir": data_dir,
-        "api": api,
-        "backend": backend,
-        "mqtt_protocol": mqtt_protocol,
-        "log_level": log_level,
-    }
+    overrides = {key: getattr(args, key) for key, _ in RUN_FLAGS.values()}
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config(args.config, overrides)
     except ConfigError as exc:
-        typer.echo(f"edge-agent: {exc}", err=True)
-        raise typer.Exit(EX_CONFIG) from None
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EX_CONFIG
     setup_logging(cfg.log_level)
     from agent.service import Agent
     from agent.systemd_notify import Notifier
@@ -67,12 +53,13 @@ def run(
     try:
         agent.start()
     except OSError as exc:
-        typer.echo(f"edge-agent: {exc}", err=True)
-        raise typer.Exit(1) from None
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
     supervise(agent, notifier, stop)
     notifier.stopping("stopping: finishing in-flight inferences")
     agent.stop()
     notifier.close()
+    return 0
 
 
 def supervise(agent, notifier, stop: threading.Event) -> None:
@@ -101,44 +88,62 @@ def supervise(agent, notifier, stop: threading.Event) -> None:
         stop.wait(tick)
 
 
-@app.command()
-def doctor(
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", envvar=ENV_CONFIG, help="TOML config file to check.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds for each network check.")] = 5.0,
-) -> None:
+def doctor(args: argparse.Namespace) -> int:
     """Check the config, the broker (TCP, then MQTT CONNACK), the data directory, the runtimes and the clock."""
     from agent.doctor import as_dicts, failed, render, run_checks
 
-    checks = run_checks(config, timeout=timeout)
-    if as_json:
-        typer.echo(json.dumps({"ok": not failed(checks), "checks": as_dicts(checks)}, indent=2))
+    checks = run_checks(args.config, timeout=args.timeout)
+    if args.json:
+        print(json.dumps({"ok": not failed(checks), "checks": as_dicts(checks)}, indent=2))
     else:
-        typer.echo(render(checks))
-    if failed(checks):
-        raise typer.Exit(1)
+        print(render(checks))
+    return 1 if failed(checks) else 0
 
 
-@app.command()
-def probe(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    root: Annotated[Path, typer.Option(help="Filesystem root to read /proc, /sys, /etc from.")] = Path("/"),
-) -> None:
+def probe(args: argparse.Namespace) -> int:
     """Print what this device is and which runtimes it can use."""
     from targets.probe import probe as run_probe
 
-    result = run_probe(root)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
+    result = run_probe(args.root)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
     for key, value in result.items():
-        typer.echo(f"{key:>10}: {value}")
+        print(f"{key:>10}: {value}")
+    return 0
 
 
-def main() -> None:
-    app(prog_name="edge-agent")
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="edge-agent", description="Edge agent: pulls models from the controller over MQTT and serves them locally."
+    )
+    root.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = f"TOML config file; flags override it (or {ENV_CONFIG})."
+    run_cmd = commands.add_parser("run", help=run.__doc__, description=run.__doc__)
+    run_cmd.add_argument("--config", "-c", type=Path, help=config_help)
+    for flag, (key, text) in RUN_FLAGS.items():
+        run_cmd.add_argument(flag, dest=key, type=Path if key == "data_dir" else str, help=text)
+    run_cmd.set_defaults(handler=run)
+    doctor_cmd = commands.add_parser("doctor", help=doctor.__doc__, description=doctor.__doc__)
+    doctor_cmd.add_argument("--config", "-c", type=Path, help=f"TOML config file to check (or {ENV_CONFIG}).")
+    doctor_cmd.add_argument("--json", action="store_true", help="Machine-readable output.")
+    doctor_cmd.add_argument("--timeout", type=float, default=5.0, help="Seconds for each network check (default 5).")
+    doctor_cmd.set_defaults(handler=doctor)
+    probe_cmd = commands.add_parser("probe", help=probe.__doc__, description=probe.__doc__)
+    probe_cmd.add_argument("--json", action="store_true", help="Machine-readable output.")
+    probe_cmd.add_argument("--root", type=Path, default=Path("/"), help="Filesystem root to read /proc, /sys, /etc.")
+    probe_cmd.set_defaults(handler=probe)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    args = parser().parse_args(argv)
+    if getattr(args, "config", None) is None and os.environ.get(ENV_CONFIG):
+        args.config = Path(os.environ[ENV_CONFIG])
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":
