@@ -4,9 +4,8 @@ runtime that dies natively (SIGSEGV in a driver or a mismatched wheel) fails its
 from __future__ import annotations
 
 import json
-import os
-
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -116,12 +115,14 @@ def _work(request_path: Path) -> int:
     outcome = run_trial(Path(request["path"]), request["format"], cands, request["budget_s"], samples, request["hints"])
     if outcome.probe.sets:
         (tmp / "inputs.npz").write_bytes(pack_samples(outcome.probe.sets))
-    (tmp / "outcome.json").write_text(json.dumps({
+    (tmp / "outcome.tmp").write_text(json.dumps({
         "chosen": outcome.chosen.name if outcome.chosen else None, "options": outcome.options,
         "results": [asdict(r) for r in outcome.results], "reference": outcome.reference, "note": outcome.reference_note,
         "probe": {"source": outcome.probe.source, "note": outcome.probe.note, "tried": outcome.probe.tried},
         "timed": outcome.timed, "error": outcome.backend is None,
     }))  # fmt: skip
+    os.replace(tmp / "outcome.tmp", tmp / "outcome.json")  # whole or absent, whatever happens next
+
     return 0
 
 
