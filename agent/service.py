@@ -727,8 +727,9 @@ class Agent:
                 on_change=lambda status, n=name: self._set_status(n, failover=status),
                 probe=probe[0] if probe else None,
             )
-        if probe:
-            instance.infer(probe[0])  # warm-up on a representative input
+        for inputs in probe[:1] * 3:  # warm-up on a representative input; a dynamic OpenVINO model compiles a
+            instance.infer(inputs)  # static copy for its shapes once it has seen them three times
+
         model = LoadedModel(name, version, sha256, instance, stats=self.recorder.model(name, version), probe=probe)
         return model, selection.as_dict()
 
