@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import ENV_CONFIG, ConfigError, load_config
-from agent.logs import setup_logging
+from daemon.logs import setup_logging
 
 EX_CONFIG = 78  # sysexits.h: the unit does not restart on it
 READY_GRACE_S = 20.0  # with no model on disk and no broker, report READY anyway (the API is up, MQTT retries)
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return EX_CONFIG
     setup_logging(cfg.log_level)
     from agent.service import Agent
-    from agent.systemd_notify import Notifier
+    from daemon.systemd_notify import Notifier
 
     notifier = Notifier()
     agent = Agent(cfg, notifier)

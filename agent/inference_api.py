@@ -35,8 +35,8 @@ from urllib.parse import unquote
 
 import agent
 from agent.serving import LoadedModel, ModelTable
+from protocol.tensors import NUMPY_TO_V2, V2_TO_NUMPY, InputError
 from targets.base import BackendError
-from targets.tensors import NUMPY_TO_V2, V2_TO_NUMPY, InputError
 
 try:
     import orjson

@@ -17,10 +17,10 @@ from agent.fetcher import ArtifactFetcher, FetchCancelled, FetchError
 from agent.health import HealthWatch, latency_regression, nonfinite_output
 from agent.serving import LoadedModel, ModelTable
 from agent.store import Installed, ModelStore, VerifyError
-from agent.systemd_notify import Notifier
 from agent.telemetry import Recorder
 from agent.telemetry_publisher import TelemetryPublisher
 from agent.variants import Artifact, Contest, Entrant, describe, p50_ms
+from daemon.systemd_notify import Notifier
 from protocol import (
     QOS,
     ControllerPresence,
@@ -39,12 +39,12 @@ from protocol import (
 )
 from protocol.link import BrokerAddress, MqttLink, TlsFiles, Will
 from protocol.signing import SignatureError, Verifier
+from protocol.tensors import InputError, decode_tensor, encode_tensor
 from targets.base import BackendError
 from targets.failover import FailoverBackend
 from targets.inputs import Inputs, SampleError, unpack_samples
 from targets.probe import probe
 from targets.selection import candidates, load_candidate, select_backend
-from targets.tensors import InputError, decode_tensor, encode_tensor
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from agent.logs import setup_logging
+from daemon.logs import setup_logging
 
 app = typer.Typer(help="Edge controller: model registry, deployments and the fleet's MQTT side.", add_completion=False)
 log = logging.getLogger("controller")
@@ -126,8 +126,8 @@ def run_until_signal(controller) -> None:
     import signal
     import threading
 
-    from agent.systemd_notify import Notifier
     from controller.service import BackgroundHttp
+    from daemon.systemd_notify import Notifier
 
     notifier = Notifier()
     stop = threading.Event()

@@ -389,7 +389,7 @@ def infer(
     """Run one inference on a device, remotely over MQTT request/response."""
     import numpy as np
 
-    from targets.tensors import InputError, decode_tensor, encode_tensor
+    from protocol.tensors import InputError, decode_tensor, encode_tensor
 
     client = client_for(controller, token)
     try:
@@ -422,7 +422,7 @@ def load_inputs(path: Path, model_info) -> dict[str, Any]:
     """Named arrays from .npz, or the model's single input from .npy."""
     import numpy as np
 
-    from targets.tensors import InputError
+    from protocol.tensors import InputError
 
     if not path.is_file():
         raise InputError(f"cannot read input file {path}")

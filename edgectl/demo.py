@@ -126,7 +126,7 @@ def run_demo(console: Console, keep: bool = False, requests: int = 200) -> None:
 
 
 def _encode(array):
-    from targets.tensors import encode_tensor
+    from protocol.tensors import encode_tensor
 
     return encode_tensor(array)
 

@@ -9,14 +9,17 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from protocol.errors import EdgeError
 from targets.tensors import TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np
 
 
-class BackendError(RuntimeError):
+class BackendError(EdgeError, RuntimeError):
     """A backend could not load or run a model; the message is the operator-facing reason."""
+
+    code = "backend_error"
 
 
 class BackendConfig(BaseModel):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protocol.errors import EdgeError
 from targets.tensors import TensorSpec
 
 if TYPE_CHECKING:
@@ -31,8 +32,10 @@ _LENGTH_NAMES = re.compile(r"(len|length|lengths|size|count|num)", re.IGNORECASE
 _SAMPLE_KEY = re.compile(r"^sample(\d+)/(.+)$")
 
 
-class SampleError(ValueError):
+class SampleError(EdgeError, ValueError):
     """Sample inputs that cannot be read or do not fit the model; the message says which input and why."""
+
+    code = "bad_samples"
 
 
 @dataclass
@@ -103,7 +106,7 @@ def _from_v2_json(raw: bytes) -> Inputs:
 
     import numpy as np
 
-    from targets.tensors import V2_TO_NUMPY
+    from protocol.tensors import V2_TO_NUMPY
 
     try:
         body = json.loads(raw)
@@ -120,7 +123,8 @@ def fit_samples(specs: list[TensorSpec], sets: list[Inputs]) -> list[Inputs]:
     """Name a lone .npy after the model's single input and cast to its dtypes; SampleError on anything else."""
     import numpy as np
 
-    from targets.tensors import InputError, check_inputs
+    from protocol.tensors import InputError
+    from targets.tensors import check_inputs
 
     fitted = []
     for i, arrays in enumerate(sets):

@@ -15,6 +15,7 @@ from targets.agreement import disagreement, worst_deviation
 from targets.base import Backend, BackendError
 from targets.candidates import Candidate, reference
 from targets.inputs import Inputs, ProbeInputs, SampleError, find_runnable, fit_samples
+from targets.timing import pooled_ms, turn_about
 
 log = logging.getLogger(__name__)
 
@@ -153,24 +154,14 @@ def _name_options(cand: Candidate, ref_cand: Candidate, ref: Backend) -> dict[st
 
 
 def _time_turn_about(entrants: list, inputs: Inputs, budget_s: float) -> None:
-    """p50/p95 of each agreeing candidate from blocks taken in turn, so the box's drift hits them all alike."""
-    import numpy as np
-
-    times: list[list[float]] = [[] for _ in entrants]
+    """p50/p95 of each agreeing candidate from blocks taken in turn (targets.timing)."""
+    runners = [lambda b=backend: b.infer(inputs) for _, backend, _, _ in entrants]
     block_s = max(budget_s, 0.05) / (ROUNDS * max(len(entrants), 1))
-    for _ in range(ROUNDS):
-        for i, (_, backend, _, _) in enumerate(entrants):
-            end = time.perf_counter() + block_s
-            runs = 0
-            while runs < MIN_RUNS or (time.perf_counter() < end and runs < MAX_RUNS // ROUNDS):
-                started = time.perf_counter()
-                backend.infer(inputs)
-                times[i].append(time.perf_counter() - started)
-                runs += 1
-    for (_, _, _, result), measured in zip(entrants, times, strict=True):
-        result.runs = len(measured)
-        result.p50_ms = round(float(np.percentile(measured, 50)) * 1000, 4)
-        result.p95_ms = round(float(np.percentile(measured, 95)) * 1000, 4)
+    measured = turn_about(runners, rounds=ROUNDS, block_s=block_s, min_runs=MIN_RUNS, max_runs=MAX_RUNS // ROUNDS)
+    for (_, _, _, result), rounds in zip(entrants, measured, strict=True):
+        result.runs = sum(len(r) for r in rounds)
+        result.p50_ms = round(pooled_ms(rounds, 50), 4)
+        result.p95_ms = round(pooled_ms(rounds, 95), 4)
 
 
 def _load_reference(

@@ -67,7 +67,7 @@ def test_garbage_on_every_topic_is_dropped(broker, controller, start_agent, pref
     v2 = controller.client.upload_model(mlp_model_v2, "mlp", None)
     controller.client.deploy("mlp", v2["version"], ["dev1"])
     wait_model_state(controller, "dev1", "mlp", v2["sha256"], {"serving"})
-    from targets.tensors import encode_tensor
+    from protocol.tensors import encode_tensor
 
     x = {"x": encode_tensor(np.zeros((1, 16), np.float32))}
     assert controller.client.infer("dev1", "mlp", x)["model_version"] == v2["version"]

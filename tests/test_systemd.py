@@ -22,7 +22,7 @@ import pytest
 from conftest import AgentProcess, free_port, wait_model_state, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.systemd_notify import Notifier
+from daemon.systemd_notify import Notifier
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = ("edge-agent.service", "edge-controller.service")

@@ -114,8 +114,8 @@ def test_recording_cost_on_the_request_path_is_a_few_microseconds():
 
 def test_errors_are_counted_in_loaded_model_infer(mlp_model):
     from agent.serving import LoadedModel
+    from protocol.tensors import InputError
     from targets import registry
-    from targets.tensors import InputError
 
     backend = registry.create("onnxruntime")
     backend.load(mlp_model, "onnx")

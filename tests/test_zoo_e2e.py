@@ -36,7 +36,7 @@ def _close(got: np.ndarray, want: np.ndarray) -> bool:
 
 def _v2(agent: AgentProcess, name: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
     """One request through tritonclient's HTTP client with binary tensors, as a user's client would send it."""
-    from targets.tensors import v2_datatype
+    from protocol.tensors import v2_datatype
 
     if any(a.ndim == 0 for a in inputs.values()):  # tritonclient cannot send a 0-d tensor: plain v2 JSON
         return _v2_json(agent, name, inputs, outputs)
@@ -54,7 +54,7 @@ def _v2(agent: AgentProcess, name: str, inputs: dict[str, np.ndarray], outputs: 
 def _v2_json(agent: AgentProcess, name: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict:
     import httpx
 
-    from targets.tensors import V2_TO_NUMPY, v2_datatype
+    from protocol.tensors import V2_TO_NUMPY, v2_datatype
 
     body = {
         "inputs": [

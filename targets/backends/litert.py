@@ -8,8 +8,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from protocol.tensors import NUMPY_TO_V2
 from targets.base import Backend, BackendConfig, BackendError
-from targets.tensors import NUMPY_TO_V2, TensorSpec
+from targets.tensors import TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np

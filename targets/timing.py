@@ -1,0 +1,63 @@
+"""The one interleaved timer: every latency comparison (backend trial, variant contest, pre-swap check, converters'
+reports, benchmarks) times its contenders in blocks taken in turn, so the box's drift hits them all alike (this
+box's speed drifts up to 1.6x between seconds; absolute timings taken apart cannot be compared)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+Run = Callable[[], object]
+
+
+def block(run: Run, *, min_runs: int, max_runs: int, seconds: float) -> list[float]:
+    """Seconds of each of at least `min_runs` and at most `max_runs` calls of `run`, for about `seconds`."""
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(times) < min_runs or (time.perf_counter() < end and len(times) < max_runs):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def turn_about(
+    runs: Sequence[Run],
+    *,
+    rounds: int,
+    block_s: float | Sequence[float],
+    min_runs: int = 3,
+    max_runs: int | Sequence[int] = 500,
+    settle_s: float = 0.0,
+) -> list[list[list[float]]]:
+    """Per contender, per round, the seconds of each call: contenders' blocks taken in turn, `rounds` times. With
+    `settle_s`, each block waits that long and runs twice untimed first (the other runtime's worker threads spin
+    for a while after its last run: ONNX Runtime, XNNPACK)."""
+    seconds = [block_s] * len(runs) if isinstance(block_s, float | int) else list(block_s)
+    limits = [max_runs] * len(runs) if isinstance(max_runs, int) else list(max_runs)
+    measured: list[list[list[float]]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            if settle_s:
+                time.sleep(settle_s)
+                run()
+                run()
+            measured[i].append(block(run, min_runs=min(min_runs, limits[i]), max_runs=limits[i], seconds=seconds[i]))
+    return measured
+
+
+def percentile_ms(times: Sequence[float], q: float) -> float:
+    """The q-th percentile of seconds, in milliseconds."""
+    import numpy as np
+
+    return float(np.percentile(times, q)) * 1000 if times else float("nan")
+
+
+def best_block_ms(rounds: list[list[float]], q: float) -> float:
+    """The best round's q-th percentile (ms): a block hit by a burst of other work does not count against one."""
+    return min(percentile_ms(r, q) for r in rounds)
+
+
+def pooled_ms(rounds: list[list[float]], q: float) -> float:
+    """The q-th percentile (ms) over every call of every round."""
+    return percentile_ms([t for r in rounds for t in r], q)
