@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from targets.base import Backend, BackendConfig, BackendError
@@ -69,7 +70,7 @@ class FailoverBackend(Backend):
         self._checking = threading.Lock()
         self._lock = threading.Lock()
 
-    def load(self, path, model_format: str) -> None:  # pragma: no cover - built from loaded backends
+    def load(self, path: Path, model_format: str) -> None:  # pragma: no cover - built from loaded backends
         raise BackendError("FailoverBackend wraps backends that are already loaded")
 
     @property

@@ -63,7 +63,8 @@ def pack_samples(sets: list[Inputs]) -> bytes:
     import numpy as np
 
     buf = io.BytesIO()
-    np.savez(buf, **{f"sample{i}/{name}": array for i, arrays in enumerate(sets) for name, array in arrays.items()})
+    named = {f"sample{i}/{name}": array for i, arrays in enumerate(sets) for name, array in arrays.items()}
+    np.savez(buf, **named)  # type: ignore[arg-type]  # numpy's stub types **kwds as its bool option
     return buf.getvalue()
 
 

@@ -77,9 +77,19 @@ def arch(root: Path) -> str:
 
 
 def board_model(root: Path) -> str | None:
-    """The device-tree model string (ARM boards: Jetson, Raspberry Pi), or None on machines without one."""
+    """The board: the device-tree model (Arm boards: Jetson, Raspberry Pi), else cpuinfo's "Model" line (Raspberry Pi
+    kernels and containers without /proc/device-tree), else the firmware's DMI product (x86 boxes), else None."""
     text = _read(root / "proc/device-tree/model").strip("\x00 \n")
-    return text or None
+    if text:
+        return text
+    model = _cpuinfo_fields(root).get("Model", "")
+    if model:
+        return model
+    vendor = _read(root / "sys/class/dmi/id/sys_vendor").strip()
+    product = _read(root / "sys/class/dmi/id/product_name").strip()
+    if product and product.lower() not in ("to be filled by o.e.m.", "system product name", "default string"):
+        return f"{vendor} {product}".strip()
+    return None
 
 
 def jetson(root: Path) -> dict[str, str] | None:
@@ -139,11 +149,32 @@ def openvino_devices() -> list[str] | None:
         return []
 
 
+# Arm's "CPU implementer" / "CPU part" codes of the cores edge boards carry (Linux's arch/arm64 cputype.h)
+_ARM_CORES = {
+    (0x41, 0xD03): "Cortex-A53", (0x41, 0xD04): "Cortex-A35", (0x41, 0xD05): "Cortex-A55",
+    (0x41, 0xD07): "Cortex-A57", (0x41, 0xD08): "Cortex-A72", (0x41, 0xD09): "Cortex-A73",
+    (0x41, 0xD0A): "Cortex-A75", (0x41, 0xD0B): "Cortex-A76", (0x41, 0xD0C): "Neoverse-N1",
+    (0x41, 0xD0D): "Cortex-A77", (0x41, 0xD40): "Neoverse-V1", (0x41, 0xD41): "Cortex-A78",
+    (0x41, 0xD42): "Cortex-A78AE", (0x41, 0xD44): "Cortex-X1", (0x41, 0xD46): "Cortex-A510",
+    (0x41, 0xD47): "Cortex-A710", (0x41, 0xD4F): "Neoverse-V2", (0x4E, 0x004): "NVIDIA Carmel",
+}  # fmt: skip
+
+
 def cpu_model(root: Path) -> str:
-    for line in _read(root / "proc/cpuinfo").splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
-            return value.strip()
+    """The CPU core model, never the board: x86's "model name", an Arm core named from its implementer and part
+    codes (Raspberry Pi kernels put the board in cpuinfo's "Model" line: that is `board`, not the CPU)."""
+    fields = _cpuinfo_fields(root)
+    try:  # Arm: a kernel's "model name" there is a generic "ARMv8 Processor rev 1 (v8l)"
+        core = (int(fields["CPU implementer"], 16), int(fields["CPU part"], 16))
+        if core in _ARM_CORES:
+            return _ARM_CORES[core]
+    except (KeyError, ValueError):
+        core = None
+    for key in ("model name", "cpu model", "uarch"):
+        if fields.get(key):
+            return fields[key]
+    if core is not None:
+        return f"Arm core implementer {core[0]:#x} part {core[1]:#x}"
     return platform.processor() or "unknown"
 
 

@@ -28,13 +28,14 @@ def backend_types() -> dict[str, type[Backend]]:
 @cache
 def _config_adapter() -> TypeAdapter[Any]:
     configs = tuple(cls.config_class for cls in backend_types().values())
-    union = Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 - dynamic union
+    union = Annotated[Union[configs], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007 - dynamic union
     return TypeAdapter(union)
 
 
 def parse_config(options: dict[str, Any]) -> BackendConfig:
     """Validate backend options (with `type`) against that backend's own config class."""
-    return _config_adapter().validate_python(options)
+    config: BackendConfig = _config_adapter().validate_python(options)
+    return config
 
 
 def create(name: str, options: dict[str, Any] | None = None) -> Backend:

@@ -153,7 +153,9 @@ def _name_options(cand: Candidate, ref_cand: Candidate, ref: Backend) -> dict[st
     return {"input_names": [s.name for s in ref.inputs], "output_names": [s.name for s in ref.outputs]}
 
 
-def _time_turn_about(entrants: list, inputs: Inputs, budget_s: float) -> None:
+def _time_turn_about(
+    entrants: list[tuple[Candidate, Backend, dict[str, Any], CandidateResult]], inputs: Inputs, budget_s: float
+) -> None:
     """p50/p95 of each agreeing candidate from blocks taken in turn (targets.timing)."""
     runners = [lambda b=backend: b.infer(inputs) for _, backend, _, _ in entrants]
     block_s = max(budget_s, 0.05) / (ROUNDS * max(len(entrants), 1))

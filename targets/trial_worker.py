@@ -72,7 +72,7 @@ def _is_reference(cand: Candidate, model_format: str) -> bool:
     return REFERENCE.get(model_format) == cand.name
 
 
-def _blame(proc: subprocess.CompletedProcess, cands: list[Candidate]) -> tuple[Candidate | None, str]:
+def _blame(proc: subprocess.CompletedProcess[str], cands: list[Candidate]) -> tuple[Candidate | None, str]:
     """The candidate the worker was running when it died, and how it died."""
     code = proc.returncode
     if code > 0:  # an error the worker reported (its last line), not a crash

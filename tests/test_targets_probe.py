@@ -28,7 +28,7 @@ def test_jetson_orin():
 def test_raspberry_pi_5():
     result = probe(FIXTURES / "rpi5")
     assert result["arch"] == "aarch64"
-    assert result["cpu_model"] == "Raspberry Pi 5 Model B Rev 1.0"
+    assert result["cpu_model"] == "Cortex-A76" and result["board"] == "Raspberry Pi 5 Model B Rev 1.0"
     assert "neon" in result["cpu_flags"] and "avx2" not in result["cpu_flags"]
     assert result["memory_mb"] == 8052
     assert result["os"] == "Debian GNU/Linux 12 (bookworm)"
@@ -83,3 +83,14 @@ def test_ort_providers_read_from_the_installed_build_without_importing_it(tmp_pa
     code = "import sys; from targets.probe import probe; probe(); print('onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_raspberry_pi_without_device_tree_and_cpu_model_apart_from_board():
+    """A container or a kernel without /proc/device-tree: the board comes from cpuinfo's Model line, and the CPU is
+    the core (Cortex-A72), not the board line."""
+    result = probe(FIXTURES / "rpi4-no-devicetree")
+    assert result["board"] == result["raspberry_pi"] == "Raspberry Pi 4 Model B Rev 1.4"
+    assert result["cpu_model"] == "Cortex-A72"
+    assert result["os"] == "Debian GNU/Linux 11 (bullseye)"
+    assert probe(FIXTURES / "rpi5")["cpu_model"] == "Cortex-A76"
+    assert probe(FIXTURES / "jetson-orin")["cpu_model"] == "Cortex-A78AE"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from protocol.tensors import NUMPY_TO_V2
 from targets.base import Backend, BackendConfig, BackendError
@@ -31,7 +31,7 @@ def _find_interpreter_module() -> str | None:
     return None
 
 
-def _spec(detail: dict) -> TensorSpec:
+def _spec(detail: dict[str, Any]) -> TensorSpec:
     import numpy as np
 
     dtype = np.dtype(detail["dtype"]).name

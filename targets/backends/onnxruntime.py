@@ -4,7 +4,7 @@ one was passed over recorded in `provider_notes`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from targets.base import Backend, BackendConfig, BackendError
 from targets.tensors import TensorSpec
@@ -47,9 +47,9 @@ def short_name(provider: str) -> str:
     return provider.removesuffix("ExecutionProvider").lower()
 
 
-def _provider_entry(provider: str, config: OnnxRuntimeConfig):
+def _provider_entry(provider: str, config: OnnxRuntimeConfig) -> str | tuple[str, dict[str, Any]]:
     if provider == "TensorrtExecutionProvider":
-        options = {"device_id": config.cuda_device_id, "trt_fp16_enable": config.tensorrt_fp16}
+        options: dict[str, Any] = {"device_id": config.cuda_device_id, "trt_fp16_enable": config.tensorrt_fp16}
         if config.tensorrt_cache_dir:
             Path(config.tensorrt_cache_dir).mkdir(parents=True, exist_ok=True)
             options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": config.tensorrt_cache_dir}
@@ -64,7 +64,7 @@ def _provider_entry(provider: str, config: OnnxRuntimeConfig):
 _ZIPMAP_TYPES = ("seq(map(int64,tensor(float)))", "seq(map(string,tensor(float)))")
 
 
-def _spec(node) -> TensorSpec:
+def _spec(node: Any) -> TensorSpec:
     if node.type in _ZIPMAP_TYPES:
         return TensorSpec(node.name, "FP32", (-1, -1), (None, None))
     datatype = _ORT_TYPES.get(node.type)
@@ -123,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
         self.outputs = [_spec(n) for n in self.session.get_outputs()]
         self._output_names = [s.name for s in self.outputs]
         self._zipmaps = {n.name for n in self.session.get_outputs() if n.type in _ZIPMAP_TYPES}
-        self._labels: dict[str, list] = {}
+        self._labels: dict[str, list[str | int]] = {}
 
     @property
     def label(self) -> str:
@@ -149,7 +149,7 @@ class OnnxRuntimeBackend(Backend):
             named[name] = self._unzip(name, named[name])
         return named
 
-    def _unzip(self, name: str, rows: list[dict]) -> np.ndarray:
+    def _unzip(self, name: str, rows: list[dict[Any, float]]) -> np.ndarray:
         """ZipMap's list of {label: probability} as a [rows, classes] float32 tensor; labels kept once."""
         import numpy as np
 

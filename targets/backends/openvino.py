@@ -57,17 +57,17 @@ class OpenVinoConfig(BackendConfig):
     output_names: list[str] | None = None
 
 
-def _name(port, fallback: str) -> str:
+def _name(port: Any, fallback: str) -> str:
     """The port's public name: a tensor fused into another carries both names, and OpenVINO's "any name" can be the
     internal one ('/attn/Cast_output_0' for 'input_lengths'); names without a leading '/' are the model's own."""
     names = port.get_names()
     if not names:
         return fallback
     public = sorted(n for n in names if not n.startswith("/"))
-    return public[0] if len(public) == 1 else port.get_any_name()
+    return public[0] if len(public) == 1 else str(port.get_any_name())
 
 
-def _spec(port, fallback: str) -> TensorSpec:
+def _spec(port: Any, fallback: str) -> TensorSpec:
     name = _name(port, fallback)
     type_name = port.get_element_type().get_type_name()
     datatype = _OV_TYPES.get(type_name)
@@ -87,7 +87,7 @@ def _named(specs: list[TensorSpec], names: list[str] | None) -> list[TensorSpec]
     return [TensorSpec(name, s.datatype, s.shape, s.dim_names) for name, s in zip(names, specs, strict=True)]
 
 
-def _read_ir_tar(core, path: Path):
+def _read_ir_tar(core: Any, path: Path) -> Any:
     """An "openvino" artifact: one tar holding model.xml and model.bin, read from memory (nothing unpacked)."""
     import numpy as np
     import openvino as ov
@@ -107,7 +107,7 @@ def _read_ir_tar(core, path: Path):
     return core.read_model(model=xml_bytes, weights=tensor)
 
 
-def _read(core, path: Path, model_format: str):
+def _read(core: Any, path: Path, model_format: str) -> Any:
     if model_format == "openvino":
         if path.suffix == ".xml":
             return core.read_model(str(path))
@@ -198,20 +198,25 @@ class OpenVinoBackend(Backend):
         self.__dict__.pop("_local", None)
 
 
+Shapes = tuple[tuple[int, ...], ...]
+
+
 class ShapeSpecializer:
     """Static-shape compilations of a dynamic model for the input shapes actually seen (bounded, LRU). The dynamic
     compilation keeps serving every other shape, and serves a shape while its static copy compiles."""
 
-    def __init__(self, core, model, device: str, properties: dict[str, str], capacity: int, after: int) -> None:
+    def __init__(
+        self, core: Any, model: Any, device: str, properties: dict[str, str], capacity: int, after: int
+    ) -> None:
         self.core, self.model, self.device, self.properties = core, model, device, properties
         self.capacity, self.after = capacity, after
-        self.compiled: OrderedDict[tuple, Any] = OrderedDict()
-        self.seen: OrderedDict[tuple, int] = OrderedDict()
-        self.failed: set[tuple] = set()
-        self._compiling: set[tuple] = set()
+        self.compiled: OrderedDict[Shapes, Any] = OrderedDict()
+        self.seen: OrderedDict[Shapes, int] = OrderedDict()
+        self.failed: set[Shapes] = set()
+        self._compiling: set[Shapes] = set()
         self._lock = threading.Lock()
 
-    def lookup(self, shapes: tuple[tuple[int, ...], ...]):
+    def lookup(self, shapes: Shapes) -> Any:
         """The static compilation for these shapes, or None (then maybe start compiling one)."""
         found = self.compiled.get(shapes)
         if found is not None:
