@@ -300,5 +300,5 @@ def _summary(results: list[CandidateResult], reference: str = "") -> str:
     if first is None:
         return "no backend could run the model"
     others = [r.name for r in results if r.error and r is not first]
-    tail = f" (also failed: {', '.join(others)})" if others else ""
-    return f"no backend could run the model: {first.name}: {first.error}{tail}"
+    tail = f" (nor could {', '.join(others)})" if others else ""
+    return f"{first.error}{tail}"

@@ -184,5 +184,5 @@ def _load_reference(
         if failures:
             note = f"{own.name} cannot load the model, so {cand.name} is the reference: {failures[0].error}"
         return cand, backend, note, failures
-    others = f" (also failed: {', '.join(f.name for f in failures[1:])})" if len(failures) > 1 else ""
-    raise BackendError(f"no backend could run the model: {own.name}: {failures[0].error}{others}")
+    others = f" (nor could {', '.join(f.name for f in failures[1:])})" if len(failures) > 1 else ""
+    raise BackendError(f"{failures[0].error}{others}")

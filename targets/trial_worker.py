@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 WORKER_TIMEOUT_S = 600.0
 MAX_CRASHES = 3
+REFUSED = "REFUSED "  # the worker's stderr line carrying the trial's verdict when no backend can run the model
 
 
 def run_isolated(
@@ -55,6 +56,9 @@ def run_isolated(
             if proc.returncode == 0 or (Path(tmp) / "outcome.json").exists():  # a crash after the answer is harmless
                 return _outcome(Path(tmp), remaining, path, model_format, crashed)
 
+            refused = [ln[len(REFUSED) :] for ln in proc.stderr.splitlines() if ln.startswith(REFUSED)]
+            if refused:  # the trial's own one-line verdict: nothing can run the model
+                raise BackendError(refused[-1])
             culprit, why = _blame(proc, remaining)
             if culprit is None:
                 raise BackendError(f"the backend trial failed: {why}")
@@ -132,7 +136,7 @@ def main(argv: list[str]) -> int:
     try:
         return _work(Path(argv[0]))
     except BackendError as exc:
-        print(str(exc), file=sys.stderr)
+        print(f"{REFUSED}{exc}", file=sys.stderr)
         return 3
 
 

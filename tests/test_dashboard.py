@@ -126,3 +126,44 @@ def test_dashboard_lists_the_device_and_draws_its_latency_chart(controller, star
     assert "cam-01" in title
     models = browser.evaluate("document.getElementById('models').innerText")
     assert "mlp" in models and "onnxruntime" in models
+
+
+def test_dashboard_shows_a_failed_model_with_its_reason_and_colour(controller, start_agent, tmp_path, browser):
+    """A model no backend can run: the fleet row and the device page show `failed` in red with its reason (one
+    line), and the page renders fully in headless Chromium (screenshot taken after the data loaded)."""
+    import base64
+
+    from onnx import TensorProto, helper, save
+
+    start_agent("cam-02", wait_online=controller)
+    graph = helper.make_graph(
+        [helper.make_node("FancyNorm", ["x"], ["y"], domain="com.example.custom")],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example.custom", 1)]
+    )
+    save(model, str(tmp_path / "custom.onnx"))
+    c = controller.client
+    record = c.upload_model(tmp_path / "custom.onnx", "custom", None)
+    c.deploy("custom", record["version"], ["cam-02"])
+    wait_model_state(controller, "cam-02", "custom", record["sha256"], {"failed"})
+
+    browser.call("Page.enable")
+    browser.call("Page.navigate", url=f"{controller.url}/")
+    row = 'document.querySelector(\'tr.device-row[data-device="cam-02"]\')'
+    browser.wait_for(f"{row} !== null && {row}.querySelector('.state-failed') !== null", what="the failed model")
+    text = browser.evaluate(f"{row}.innerText")
+    assert "failed" in text and "FancyNorm" in text, text
+    colour = browser.evaluate(f"getComputedStyle({row}.querySelector('.state-failed')).backgroundColor")
+    assert colour == "rgb(179, 38, 30)", colour
+
+    browser.call("Page.navigate", url=f"{controller.url}/#/device/cam-02")
+    browser.wait_for("document.querySelector('tr.model-row[data-model=\"custom\"] .reason') !== null", what="reason")
+    reason = browser.evaluate("document.querySelector('tr.model-row[data-model=\"custom\"] .reason').innerText")
+    assert "FancyNorm" in reason and "\n" not in reason and len(reason) <= 200, reason
+    shot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+    (tmp_path / "dashboard-failed.png").write_bytes(shot)
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000  # a drawn page, not a blank one

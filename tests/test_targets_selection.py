@@ -106,7 +106,7 @@ def test_failing_backend_is_skipped_with_its_reason(models, hardware):
 def test_nothing_works_names_every_failure(tmp_path, hardware):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
-    with pytest.raises(BackendError, match="no backend could run the model: onnxruntime:cpu: ONNX Runtime"):
+    with pytest.raises(BackendError, match=r"^ONNX Runtime could not load the model: .*\(nor could openvino:cpu"):
         select_backend(bad, "onnx", hardware, budget_s=0.5)
     with pytest.raises(BackendError, match="no installed backend reads 'pmml'"):
         select_backend(bad, "pmml", hardware)

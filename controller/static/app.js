@@ -9,6 +9,25 @@ function esc(value) {
   return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 function fmt(value, digits = 2) { return value === null || value === undefined ? "–" : Number(value).toFixed(digits); }
+const STALE_S = 60;  // an online device silent this long is flagged: its telemetry or state stopped arriving
+const BUSY = new Set(["pending", "downloading", "verifying", "loading"]);
+// One vocabulary for states, with a colour each: serving (green), busy (amber), failed (red, with its reason).
+function stateCell(m) {
+  const state = m.state === "downloading" && m.progress ? `downloading ${Math.round(m.progress * 100)}%` : m.state;
+  const cls = m.state === "failed" ? "state-failed" : BUSY.has(m.state) ? "state-busy" : `state-${m.state}`;
+  const reason = m.reason?.message ? oneLine(m.reason.message) : "";
+  const why = reason ? ` <span class="reason" title="${esc(m.reason.message)}">${esc(m.reason.code)}: ${esc(reason)}</span>` : "";
+  return `<span class="state ${cls}">${esc(state)}</span>${why}`;
+}
+function oneLine(text, max = 140) {
+  const line = String(text).split("\n")[0];
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line;
+}
+function presence(d) {
+  const silent = d.last_seen ? Date.now() / 1000 - d.last_seen : Infinity;
+  if (!d.online) return `<span class="off">offline</span>`;
+  return silent > STALE_S ? `<span class="stale" title="no message for ${ago(d.last_seen)}">online, stale</span>` : `<span class="on">online</span>`;
+}
 function ago(ts) {
   if (!ts) return "never";
   const s = Math.max(0, Date.now() / 1000 - ts);
@@ -81,11 +100,11 @@ async function fleetPage() {
     const modelCells = d.models.map((m) => {
       const tm = models.find((x) => x.name === m.name) || {};
       const drift = tm.drifting ? ` <span class="drift">drift ${fmt(tm.drift_score, 1)}σ</span>` : "";
-      return `${esc(m.name)}@${esc(m.serving?.version ?? m.version)} ${esc(m.state)} ${esc(m.backend ?? "")}` +
+      return `${esc(m.name)}@${esc(m.serving?.version ?? m.version)} ${stateCell(m)} ${esc(m.backend ?? "")}` +
         ` p50 ${fmt(tm.p50_ms)} p95 ${fmt(tm.p95_ms)} ms ${fmt(tm.requests_per_s, 1)}/s${drift}`;
     }).join("<br>") || "–";
     return `<tr class="device-row" data-device="${esc(d.id)}"><td><a href="#/device/${encodeURIComponent(d.id)}">${esc(d.id)}</a></td>` +
-      `<td class="${d.online ? "on" : "off"}">${d.online ? "online" : "offline"}</td><td>${modelCells}</td>` +
+      `<td>${presence(d)}</td><td>${modelCells}</td>` +
       `<td>${fmt(res.cpu_percent, 0)}%</td><td>${fmt(res.mem_percent, 0)}%</td><td>${fmt(res.temperature_c, 0)}</td>` +
       `<td>${ago(d.last_seen)}</td></tr>`;
   }).join("");
@@ -111,12 +130,12 @@ async function devicePage(id) {
   const modelRows = device.models.map((m) => {
     const tm = latest.models.find((x) => x.name === m.name) || {};
     const drift = tm.drifting ? `<span class="drift">drifting (${fmt(tm.drift_score, 1)}σ)</span>` : (tm.drift ? "ok" : "–");
-    return `<tr><td>${esc(m.name)}</td><td>${esc(m.version)}</td><td>${esc(m.state)}</td><td>${esc(m.backend ?? "")}</td>` +
+    return `<tr class="model-row" data-model="${esc(m.name)}"><td>${esc(m.name)}</td><td>${esc(m.version)}</td><td>${stateCell(m)}</td><td>${esc(m.backend ?? "")}</td>` +
       `<td>${esc(m.serving?.version ?? "–")}</td><td>${esc(m.previous?.version ?? "–")}</td>` +
       `<td>${fmt(tm.p50_ms)} / ${fmt(tm.p95_ms)} / ${fmt(tm.p99_ms)}</td><td>${fmt(tm.requests_per_s, 1)}</td><td>${drift}</td></tr>`;
   }).join("");
   const hw = device.hardware || {};
-  view.innerHTML = `<h2 id="device-title">${esc(device.id)} <span class="${device.online ? "on" : "off"}">${device.online ? "online" : "offline"}</span></h2>` +
+  view.innerHTML = `<h2 id="device-title">${esc(device.id)} ${presence(device)}</h2>` +
     `<p class="muted">${esc(hw.arch ?? "?")}, ${esc(hw.cores ?? "?")} cores, agent ${esc(device.agent_version)}, last seen ${ago(device.last_seen)}, ${samples.length} sample(s) in the last hour</p>` +
     `<table id="models"><tr><th>model</th><th>target</th><th>state</th><th>backend</th><th>serving</th><th>previous</th><th>p50 / p95 / p99 ms</th><th>req/s</th><th>drift</th></tr>${modelRows}</table>` +
     `<div class="charts">` +

@@ -3,6 +3,7 @@ one was passed over recorded in `provider_notes`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -161,11 +162,18 @@ class OnnxRuntimeBackend(Backend):
         self.__dict__.pop("session", None)
 
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
+_LOAD_PREFIX = re.compile(r"^Load model from .*? failed:\s*(Fatal error: )?")
+_UNKNOWN_OP = re.compile(r"^(?P<domain>[\w.]*):(?P<op>\w+)\(-?\d+\) is not a registered function/op")
+
+
 def _first_line(exc: Exception) -> str:
-    """ONNX Runtime's messages carry a source location prefix and, for unknown ops, a long schema dump: keep the
-    sentence that names the cause."""
-    text = str(exc).strip()
-    for prefix in ("[ONNXRuntimeError] : ",):
-        text = text.split(prefix, 1)[-1]
-    text = text.split(" : ", 1)[-1] if text[:2].isdigit() else text
-    return " ".join(text.split())[:300] or type(exc).__name__
+    """The sentence that names the cause, without ONNX Runtime's status prefix, the model's path or a schema dump;
+    an unknown operator as 'operator FancyNorm of domain com.example.custom is not available in ONNX Runtime'."""
+    text = " ".join(str(exc).split())
+    text = _LOAD_PREFIX.sub("", _ORT_PREFIX.sub("", text))
+    unknown = _UNKNOWN_OP.match(text)
+    if unknown:
+        domain = unknown["domain"] or "ai.onnx"
+        return f"operator {unknown['op']} of domain {domain} is not available in ONNX Runtime (a custom op?)"
+    return text[:300] or type(exc).__name__
