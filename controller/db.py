@@ -10,102 +10,23 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-metadata = sa.MetaData()
-
-models = sa.Table(
-    "models",
+from controller.schema import (
+    deployment_variants,
+    deployments,
+    devices,
+    drift_baselines,
     metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("version", sa.String(64), primary_key=True),
-    sa.Column("sha256", sa.String(64), nullable=False, index=True),
-    sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("format", sa.String(16), nullable=False),
-    sa.Column("filename", sa.String(256), nullable=False, default=""),
-    sa.Column("info", sa.JSON, nullable=False, default=dict),
-    sa.Column("created_at", sa.Float, nullable=False),
+    models,
+    telemetry,
+    variants,
 )
-
-devices = sa.Table(
-    "devices",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("online", sa.Boolean, nullable=False, default=False),
-    sa.Column("hardware", sa.JSON, nullable=False, default=dict),
-    sa.Column("agent_version", sa.String(32), nullable=False, default=""),
-    sa.Column("api_url", sa.String(256)),
-    sa.Column("state", sa.JSON, nullable=False, default=list),
-    sa.Column("generation", sa.Integer, nullable=False, default=0),
-    sa.Column("first_seen", sa.Float, nullable=False),
-    sa.Column("last_seen", sa.Float, nullable=False),
-)
-
-deployments = sa.Table(
-    "deployments",
-    metadata,
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id"), primary_key=True),
-    sa.Column("model_name", sa.String(128), primary_key=True),
-    sa.Column("version", sa.String(64), nullable=False),
-    sa.Column("backend", sa.String(64)),
-    sa.Column("created_at", sa.Float, nullable=False),
-)
-
-# Optimized variants of a registered model version (built by converters on the controller), each content-addressed
-# in the artifact store, with its conversion report; `passed` says it met the accuracy thresholds.
-variants = sa.Table(
-    "variants",
-    metadata,
-    sa.Column("model_name", sa.String(128), primary_key=True),
-    sa.Column("version", sa.String(64), primary_key=True),
-    sa.Column("variant", sa.String(64), primary_key=True),
-    sa.Column("sha256", sa.String(64)),  # None when the variant could not be built
-    sa.Column("size", sa.BigInteger, nullable=False, default=0),
-    sa.Column("format", sa.String(16), nullable=False, default="onnx"),
-    sa.Column("report", sa.JSON, nullable=False, default=dict),
-    sa.Column("passed", sa.Boolean, nullable=False, default=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-)
-
-# Which variants travel with a deployment (a JSON list of variant names; a table of its own so databases made before
-# variants existed need no migration).
-deployment_variants = sa.Table(
-    "deployment_variants",
-    metadata,
-    sa.Column("device_id", sa.String(64), primary_key=True),
-    sa.Column("model_name", sa.String(128), primary_key=True),
-    sa.Column("variants", sa.JSON, nullable=False, default=list),
-)
-
-# One row per telemetry message: the message's JSON as received; (device_id, ts) is unique, so a sample replayed
-# twice (queued on the device, then also resent by the MQTT client) is stored once.
-telemetry = sa.Table(
-    "telemetry",
-    metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("device_id", sa.String(64), nullable=False),
-    sa.Column("ts", sa.Float, nullable=False),
-    sa.Column("received_at", sa.Float, nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),
-    sa.UniqueConstraint("device_id", "ts", name="uq_telemetry_device_ts"),
-)
-sa.Index("ix_telemetry_ts", telemetry.c.ts)
-
-# Output statistics a model version showed first on a device: what drift is measured against.
-drift_baselines = sa.Table(
-    "drift_baselines",
-    metadata,
-    sa.Column("device_id", sa.String(64), primary_key=True),
-    sa.Column("model", sa.String(128), primary_key=True),
-    sa.Column("version", sa.String(64), primary_key=True),
-    sa.Column("output", sa.String(128), primary_key=True),
-    sa.Column("mean", sa.Float, nullable=False),
-    sa.Column("std", sa.Float, nullable=False),
-    sa.Column("count", sa.BigInteger, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-)
+from protocol.errors import EdgeError
 
 
-class Conflict(ValueError):
+class Conflict(EdgeError, ValueError):
     """The request contradicts what is stored (e.g. a version re-used for different bytes)."""
+
+    code = "conflict"
 
 
 @dataclass(frozen=True)
@@ -192,7 +113,8 @@ class Database:
                 if existing.sha256 != row.sha256:
                     raise Conflict(
                         f"model {row.name} version {row.version} already exists with sha256 {existing.sha256[:12]}…;"
-                        " push it under a new version"
+                        " push it under a new version",
+                        code="version_exists",
                     )
                 return ModelRow(**existing._mapping)
             conn.execute(models.insert().values(**row.as_dict()))

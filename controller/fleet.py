@@ -34,14 +34,17 @@ from protocol import (
     decode,
     encode_frame,
 )
+from protocol.errors import EdgeError
 from protocol.link import BrokerAddress, MqttLink, MqttProtocol, Will
 from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
 
 
-class DeviceUnreachable(RuntimeError):
+class DeviceUnreachable(EdgeError, RuntimeError):
     """The device did not answer in time (offline, or the broker is down)."""
+
+    code = "device_unreachable"
 
 
 class Fleet:

@@ -6,9 +6,13 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import EdgeError
 
-class InvalidModel(ValueError):
+
+class InvalidModel(EdgeError, ValueError):
     """The file is not a model this system can deploy; the message says why."""
+
+    code = "invalid_model"
 
 
 def detect_format(path: Path, filename: str) -> str:

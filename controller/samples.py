@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from controller.artifacts import ArtifactStore
+from controller.db import Database
 from protocol import MAX_SAMPLES, MAX_SAMPLES_BYTES
+from protocol.errors import EdgeError
 from targets.inputs import Inputs, SampleError, pack_samples, read_sample_file, unpack_samples
 
 _ONNX_DTYPES = {
@@ -71,3 +73,40 @@ def add_samples(
     artifacts.commit(tmp, sha256)
     shapes = {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in sets[0].items()}
     return {"sha256": sha256, "size": len(packed), "count": len(sets), "inputs": shapes}
+
+
+def version_info(db: Database, name: str, version: str) -> dict[str, Any]:
+    """The registered version's info, or unknown_model."""
+    row = db.get_model(name, version)
+    if row is None:
+        raise EdgeError(f"model {name!r} version {version!r} is not registered", code="unknown_model")
+    return dict(row.info or {})
+
+
+def add_sample(
+    db: Database, artifacts: ArtifactStore, name: str, version: str, sample: tuple[str, bytes], replace: bool
+) -> dict[str, Any]:
+    """Add one (filename, bytes) sample to the version (bad_sample says why not); its new `samples` entry."""
+    filename = sample[0]
+    try:
+        entry = add_samples(artifacts, version_info(db, name, version), [sample], replace)
+    except SampleError as exc:
+        raise EdgeError(f"{filename}: {exc}", code="bad_sample") from None
+    db.update_model_info(name, version, {"samples": entry})
+    return entry
+
+
+def set_input_shapes(db: Database, name: str, version: str, texts: list[str]) -> dict[str, list[int]]:
+    """Record `NAME=DIMxDIM` hints for the version's synthetic inputs (replacing earlier ones); bad_shape says why
+    not."""
+    info = version_info(db, name, version)
+    try:
+        shapes = dict(parse_shape(text) for text in texts)
+    except SampleError as exc:
+        raise EdgeError(str(exc), code="bad_shape") from None
+    declared = {d["name"] for d in info.get("inputs") or []}
+    unknown = sorted(set(shapes) - declared) if declared else []
+    if unknown:
+        raise EdgeError(f"unknown input(s) {unknown}; the model takes {sorted(declared)}", code="bad_shape")
+    db.update_model_info(name, version, {"input_shapes": shapes})
+    return shapes

@@ -1,0 +1,62 @@
+"""The one place an error code becomes an HTTP status and the `{"error": {"code", "message"}}` body clients read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol.errors import EdgeError
+
+# Every code the controller's domain raises, with the status it answers with.
+STATUS: dict[str, int] = {
+    # requests the controller refuses as given
+    "bad_name": 400,
+    "bad_version": 400,
+    "bad_since": 400,
+    "bad_calibration": 400,
+    "bad_sample": 400,
+    "bad_shape": 400,
+    "invalid_model": 400,
+    "not_onnx": 400,
+    "cannot_convert": 400,
+    "auto_needs_devices": 400,
+    "which_model": 400,
+    "unauthorized": 401,
+    # things that are not there
+    "not_found": 404,
+    "unknown_model": 404,
+    "unknown_version": 404,
+    "unknown_device": 404,
+    "unknown_variant": 404,
+    # requests that contradict what is stored
+    "conflict": 409,
+    "version_exists": 409,
+    "no_variants": 409,
+    "no_previous": 409,
+    "variant_not_built": 409,
+    "variant_below_threshold": 409,
+    "too_large": 413,
+    "no_converters": 501,
+    "device_offline": 503,
+    "device_unreachable": 504,
+}
+
+# A device's own error codes: the few that are the caller's fault keep theirs, any other is a bad gateway.
+DEVICE_STATUS: dict[str, int] = {"bad_input": 400, "not_found": 404}
+
+
+class DeviceError(EdgeError):
+    """An error a device answered a request with (its code is the device's)."""
+
+    code = "device_error"
+
+
+def http_status(exc: EdgeError) -> int:
+    """The HTTP status for an error: a device's by DEVICE_STATUS (else 502), the controller's by STATUS (else 500)."""
+    if isinstance(exc, DeviceError):
+        return DEVICE_STATUS.get(exc.code, 502)
+    return STATUS.get(exc.code, 500)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The JSON body of every error answer."""
+    return {"error": {"code": code, "message": message}}

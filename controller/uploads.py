@@ -1,0 +1,59 @@
+"""Request bodies read under a size limit: a model streamed and hashed to a temp file, small data into memory."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.errors import EdgeError
+
+
+class TooLarge(EdgeError):
+    """The body exceeds the limit the controller accepts for it."""
+
+    code = "too_large"
+
+
+@dataclass(frozen=True)
+class Received:
+    """An upload on disk, not yet registered: its temp path, sha256 and size."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+async def receive_file(chunks: AsyncIterable[bytes], tmp: Path, limit: int, too_large: str) -> Received:
+    """Write `chunks` to `tmp` while hashing them; past `limit` bytes, remove it and raise TooLarge(`too_large`)."""
+    h, size = hashlib.sha256(), 0
+    with open(tmp, "wb") as f:
+        async for block in chunks:
+            size += len(block)
+            if size > limit:
+                f.close()
+                tmp.unlink(missing_ok=True)
+                raise TooLarge(too_large)
+            h.update(block)
+            f.write(block)
+    return Received(tmp, h.hexdigest(), size)
+
+
+async def receive_bytes(chunks: AsyncIterable[bytes], limit: int, too_large: str) -> bytes:
+    """The whole body in memory; past `limit` bytes, TooLarge(`too_large`)."""
+    data = bytearray()
+    async for block in chunks:
+        data += block
+        if len(data) > limit:
+            raise TooLarge(too_large)
+    return bytes(data)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file on disk, read a MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
