@@ -29,7 +29,7 @@ from served import check_served, served_table  # noqa: E402 - bench/served.py (t
 
 from converters import VARIANTS, convert, convert_many  # noqa: E402
 from edgectl import sample_models  # noqa: E402
-from edgectl.convert import report_table  # noqa: E402
+from edgectl.commands.convert import report_table  # noqa: E402
 
 
 def models(work: Path) -> list[tuple[str, Path, Path, Path]]:

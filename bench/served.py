@@ -69,9 +69,9 @@ def retime(files: dict[str, tuple[Path, str, str]], hardware: dict[str, Any]) ->
     """p50 of each artifact {variant: (path, format, backend label)} on the candidate the agent picked for it, all
     loaded at once and timed round-robin (ROUNDS rounds of ROUND_S each, best round kept): drifting load on the box
     then hits every variant alike, as it does in the agent's own turn-about comparison."""
-    from converters.runtimes import round_robin_p50_ms
     from targets.selection import candidates, load_candidate
     from targets.tensors import synthetic_inputs
+    from targets.timing import best_block_ms, turn_about
 
     loaded = {}
     for variant, (path, model_format, label) in files.items():
@@ -82,8 +82,11 @@ def retime(files: dict[str, tuple[Path, str, str]], hardware: dict[str, Any]) ->
     best: dict[str, float | None] = {variant: None for variant in files}
     try:
         calls = [lambda b=backend, x=inputs: b.infer(x) for backend, inputs in loaded.values()]
-        times = round_robin_p50_ms(calls, block_s=ROUND_S, rounds=ROUNDS, warmup=5, min_runs=5)
-        best |= dict(zip(loaded, times, strict=True))
+        for call in calls:  # warm-up: lazy first-run costs are not the model's speed
+            for _ in range(5):
+                call()
+        rounds = turn_about(calls, rounds=ROUNDS, block_s=ROUND_S, min_runs=5)
+        best |= {variant: best_block_ms(times, 50) for variant, times in zip(loaded, rounds, strict=True)}
     finally:
         for backend, _ in loaded.values():
             backend.close()

@@ -1,12 +1,14 @@
 """Model optimization on the operator side (quantization, format conversion, pruning), each with a report.
 
 Entry points: `convert(model, variant, calibration, out_dir)` -> ConversionResult, `convert_many(...)` for several
-variants sharing one prepared model, and `VARIANTS`, the table of what can be built.
+variants sharing one prepared model, and `VARIANTS`, the registry of what can be built.
 """
 
 from converters.calibration import Calibration, CalibrationError, load_calibration
-from converters.core import ConversionResult, Thresholds, convert, convert_many, parse_variants
-from converters.variants import VARIANTS, ConversionError
+from converters.core import convert, convert_many
+from converters.job import ConversionError
+from converters.report import ConversionResult, Thresholds
+from converters.variants import VARIANTS, Variant, parse_variants
 
 __all__ = [
     "VARIANTS",
@@ -15,6 +17,7 @@ __all__ = [
     "ConversionError",
     "ConversionResult",
     "Thresholds",
+    "Variant",
     "convert",
     "convert_many",
     "load_calibration",

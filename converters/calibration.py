@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from protocol.errors import EdgeError
 from targets.tensors import TensorSpec, synthetic_inputs
 
 if TYPE_CHECKING:
@@ -20,8 +21,10 @@ SYNTHETIC_WARNING = (
 )
 
 
-class CalibrationError(ValueError):
+class CalibrationError(EdgeError, ValueError):
     """Calibration data that does not fit the model: the message says what was expected."""
+
+    code = "bad_calibration"
 
 
 @dataclass

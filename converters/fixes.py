@@ -6,21 +6,25 @@ import logging
 import platform
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onnx import GraphProto, ModelProto
 
 log = logging.getLogger("converters")
 
 MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
 
 
-def default_opset(model) -> int:
+def default_opset(model: ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def op_types(model) -> set[str]:
+def op_types(model: ModelProto) -> set[str]:
     """Every op type in the graph and its subgraphs, with a domain prefix for non-default domains."""
     found: set[str] = set()
 
-    def walk(graph) -> None:
+    def walk(graph: GraphProto) -> None:
         for node in graph.node:
             found.add(f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type)
             for attr in node.attribute:
@@ -33,7 +37,7 @@ def op_types(model) -> set[str]:
     return found
 
 
-def constants_to_initializers(model, fixes: list[str]) -> None:
+def constants_to_initializers(model: ModelProto, fixes: list[str]) -> None:
     """Move top-level Constant nodes holding tensors into initializers, where quantizers look for weights."""
     from onnx import numpy_helper
 
@@ -53,7 +57,7 @@ def constants_to_initializers(model, fixes: list[str]) -> None:
         fixes.append(f"constant folding: moved {moved} Constant node(s) into initializers")
 
 
-def unique_node_names(model) -> int:
+def unique_node_names(model: ModelProto) -> int:
     """Give every node of the main graph a unique name (ONNX Runtime refuses duplicates); returns how many changed."""
     seen: set[str] = set()
     changed = 0
@@ -71,7 +75,7 @@ def unique_node_names(model) -> int:
     return changed
 
 
-def upgrade_opset(model, minimum: int, fixes: list[str]):
+def upgrade_opset(model: ModelProto, minimum: int, fixes: list[str]) -> ModelProto:
     """The model converted to `minimum` opset when it is older (onnx.version_converter)."""
     import onnx
     from onnx import version_converter
@@ -106,7 +110,7 @@ def ort_preprocess(src: Path, dst: Path, fixes: list[str]) -> Path:
         try:
             quant_pre_process(str(src), str(dst), **kwargs)
         except Exception as exc:  # the pre-processor raises whatever its passes raise
-            error = _first_line(exc)
+            error = first_line(exc)
             log.info("pre-processing %s failed: %s", kwargs, error)
             continue
         fixes.append(note.format(err=error))
@@ -132,7 +136,7 @@ def needs_reduce_range() -> bool:
 _TELLING = re.compile(r"no conversion rule|not supported|not yet implemented|unsupported", re.I)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     lines = [line.strip(" -") for line in text.splitlines() if line.strip(" -")]
     telling = [line for line in lines if _TELLING.search(line)]
@@ -147,7 +151,7 @@ def unsupported_op_message(exc: BaseException, model_ops: set[str], tool: str) -
         op for op in model_ops if re.search(rf"(?<![A-Za-z]){re.escape(op.split('.')[-1])}(?![A-Za-z0-9])", text)
     )
     if named and _TELLING.search(text):
-        return f"{tool} does not support op {', '.join(named)}: {_first_line(exc)}"
+        return f"{tool} does not support op {', '.join(named)}: {first_line(exc)}"
     if named:  # it choked on a supported op (a shape or layout it could not follow)
-        return f"{tool} failed at op {', '.join(named)}: {_first_line(exc)}"
-    return f"{tool} failed: {_first_line(exc)}"
+        return f"{tool} failed at op {', '.join(named)}: {first_line(exc)}"
+    return f"{tool} failed: {first_line(exc)}"

@@ -7,61 +7,66 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from protocol import Failover, Selection
+
 
 def format_ms(value: float | None) -> str:
     """Milliseconds as edgectl prints them everywhere: two decimals, or "-"."""
     return "-" if value is None else f"{value:.2f}"
 
 
-def candidates_table(selection: dict[str, Any]) -> Table:
+def candidates_table(selection: Selection) -> Table:
     """Every backend the agent tried: its timing, or why it was passed over."""
     table = Table("candidate", "precision", "p50 ms", "p95 ms", "load ms", "result", box=None, pad_edge=False)
-    chosen = selection.get("backend")
-    for c in selection.get("candidates") or []:
-        if c.get("error"):
-            result = f"[red]{c['error'][:160]}[/red]"
-        elif c.get("name") == chosen:
+    for c in selection.candidates:
+        if c.error:
+            result = f"[red]{c.error[:160]}[/red]"
+        elif c.name == selection.backend:
             result = "[green]chosen[/green]"
         else:
-            result = "agrees" if c.get("agreed") else "not run"
+            result = "agrees" if c.agreed else "not run"
         table.add_row(
-            f"    {c.get('name')}", c.get("precision", "full"), format_ms(c.get("p50_ms")), format_ms(c.get("p95_ms")),
-            format_ms(c.get("load_ms")), result,
+            f"    {c.name}", c.precision or "full", format_ms(c.p50_ms), format_ms(c.p95_ms), format_ms(c.load_ms),
+            result,
         )  # fmt: skip
     return table
 
 
-def print_choice(console: Console, model: dict[str, Any]) -> None:
-    """The backend choice with its reason and candidates, the variant choice, and any run-time failover."""
-    selection = model.get("selection") or {}
-    failover = model.get("failover") or {}
-    if not selection and not failover:
-        return
-    name = f"{model.get('name')}@{model.get('version')}"
-    if selection:
-        cached = " (cached trial)" if selection.get("cached") else ""
-        line = f"  {name} backend {selection.get('backend')}: {selection.get('reason')}{cached}"
-        console.print(line, highlight=False)
-        if selection.get("reference"):
-            facts = f"precision {selection.get('precision', 'full')}, checked against {selection['reference']}"
-            console.print(f"    {facts} on {selection.get('inputs', 'synthetic inputs')}", highlight=False)
+def print_selection(console: Console, name: str, selection: Selection) -> None:
+    """The backend chosen and why, what it was checked against, its candidates, and the variants timed."""
+    cached = " (cached trial)" if selection.cached else ""
+    console.print(f"  {name} backend {selection.backend}: {selection.reason}{cached}", highlight=False)
+    if selection.reference:
+        facts = f"precision {selection.precision or 'full'}, checked against {selection.reference}"
+        console.print(f"    {facts} on {selection.inputs or 'synthetic inputs'}", highlight=False)
+    if selection.candidates:
+        console.print(candidates_table(selection))
+    if selection.variants_trial_s is not None:
+        console.print(f"    variants timed on the device in {selection.variants_trial_s} s", highlight=False)
+    for v in selection.variants:
+        outcome = v.error or f"p50 {format_ms(v.p50_ms)} ms on {v.backend}"
+        if v.runoff_p50_ms is not None:
+            outcome += " (run-off)"
+        console.print(f"    variant {v.variant}: {outcome}", highlight=False)
 
-        if selection.get("candidates"):
-            console.print(candidates_table(selection))
-        if selection.get("variants_trial_s") is not None:
-            console.print(f"    variants timed on the device in {selection['variants_trial_s']} s", highlight=False)
-        for v in selection.get("variants") or []:
-            outcome = v.get("error") or f"p50 {format_ms(v.get('p50_ms'))} ms on {v.get('backend')}"
-            if v.get("runoff_p50_ms") is not None:
-                outcome += " (run-off)"
-            console.print(f"    variant {v.get('variant')}: {outcome}", highlight=False)
-    if failover.get("failed_over"):
+
+def print_failover(console: Console, name: str, failover: Failover) -> None:
+    """A model serving on a fallback backend, or back on its preferred one after failing over."""
+    if failover.failed_over:
         console.print(
-            f"  [yellow]FAILOVER[/yellow] {name}: serving on {failover.get('active')} instead of "
-            f"{failover.get('preferred')} ({failover.get('reason')}); re-checked periodically",
+            f"  [yellow]FAILOVER[/yellow] {name}: serving on {failover.active} instead of "
+            f"{failover.preferred} ({failover.reason}); re-checked periodically",
             highlight=False,
         )
-    elif failover.get("failovers"):
-        console.print(
-            f"  {name}: back on {failover.get('preferred')} after {failover['failovers']} failover(s)", highlight=False
-        )
+    elif failover.failovers:
+        console.print(f"  {name}: back on {failover.preferred} after {failover.failovers} failover(s)", highlight=False)
+
+
+def print_choice(console: Console, model: dict[str, Any]) -> None:
+    """The backend choice with its reason and candidates, the variant choice, and any run-time failover (from the
+    controller API's JSON of one model on a device)."""
+    name = f"{model.get('name')}@{model.get('version')}"
+    if model.get("selection"):
+        print_selection(console, name, Selection.model_validate(model["selection"]))
+    if model.get("failover"):
+        print_failover(console, name, Failover.model_validate(model["failover"]))

@@ -9,15 +9,21 @@ from typing import Any
 
 import httpx
 
+from protocol.errors import EdgeError
+
 DEFAULT_CONTROLLER = "http://127.0.0.1:8400"
 UPLOAD_BLOCK = 1 << 20
 
 
-class ApiError(RuntimeError):
+class ApiError(EdgeError, RuntimeError):
+    """The controller refused a request or could not be reached: `status` is the HTTP status (None when it never
+    answered), `code` the controller's error code when it gave one."""
+
+    code = "api_error"
+
     def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, code)
         self.status = status
-        self.code = code
 
 
 class ControllerClient:
@@ -99,7 +105,7 @@ class ControllerClient:
         variants: list[str] | None = None,
         force: bool = False,
     ) -> dict[str, Any]:
-        body = {"model": model, "version": version, "devices": devices, "backend": backend}
+        body: dict[str, Any] = {"model": model, "version": version, "devices": devices, "backend": backend}
         body |= {"variants": variants, "force": force} if variants is not None or force else {}
         return self._request("POST", "/api/v1/deployments", json=body)
 
@@ -138,6 +144,14 @@ class ControllerClient:
             json=body,
             timeout=httpx.Timeout(30.0, read=3600.0),
         )
+
+    def telemetry(self, device_id: str, since: str) -> dict[str, Any]:
+        """A device's telemetry samples since `since` (30s, 10m, 2h, 1d, or epoch seconds)."""
+        return self._request("GET", f"/api/v1/devices/{device_id}/telemetry", params={"since": since})
+
+    def fleet_telemetry(self) -> list[dict[str, Any]]:
+        """Every device with its latest telemetry."""
+        return self._request("GET", "/api/v1/telemetry")
 
     def infer(self, device_id: str, model: str, inputs: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         body = {"model": model, "inputs": inputs, "timeout": timeout}

@@ -22,3 +22,9 @@ class EdgeError(Exception):
 def error_code(exc: BaseException, default: str = "error") -> str:
     """The code of any exception: an EdgeError's own, else `default`."""
     return exc.code if isinstance(exc, EdgeError) else default
+
+
+class ProtocolError(EdgeError, ValueError):
+    """A payload that does not follow this contract; the receiver logs it and drops the message."""
+
+    code = "invalid_message"

@@ -11,13 +11,14 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class MqttLink:
         """Publish; the v5 properties are an addition only (the body already carries reply topic and id)."""
         props = None
         if self._v5 and (response_topic or correlation_id or expiry_s):
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if response_topic:
                 props.ResponseTopic = response_topic
             if correlation_id:
@@ -190,7 +191,9 @@ class MqttLink:
         factor = random.uniform(0.5, 1.5)
         client.reconnect_delay_set(min_delay=factor, max_delay=self.max_backoff * min(factor, 1.0))  # type: ignore[arg-type]
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+    ) -> None:
         if reason_code.is_failure:
             self.last_error = f"broker {self.address} refused the connection: {reason_code}"
             if self._v5 and self.protocol_setting == "auto" and "protocol version" in str(reason_code).lower():
@@ -210,7 +213,7 @@ class MqttLink:
             except Exception:
                 log.exception("on_connected handler failed")
 
-    def _on_socket_open(self, client, userdata, sock) -> None:
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         """Disable Nagle (request/response and chunk round trips otherwise wait ~40 ms for delayed ACKs); and since
         some 3.1.1-only brokers never answer a v5 CONNECT (amqtt with a will), no CONNACK in time means downgrade."""
         with contextlib.suppress(OSError, AttributeError):
@@ -223,7 +226,9 @@ class MqttLink:
             log.info("no CONNACK to MQTT 5 from %s in %.0fs; falling back to 3.1.1", self.address, CONNACK_TIMEOUT_S)
             self._downgrade()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+    ) -> None:
         was = self.connected.is_set()
         self.connected.clear()
         self._jitter_backoff(client)
@@ -231,9 +236,9 @@ class MqttLink:
             self.last_error = f"lost connection to broker {self.address}: {reason_code}"
             log.warning("%s; reconnecting with backoff", self.last_error)
 
-    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        try:
-            self.on_message(message.topic, message.payload)
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:  # paho hands over bytes (typed bytes | bytearray): no copy
+            self.on_message(message.topic, cast(bytes, message.payload))
         except Exception:
             log.exception("dropped message on %s: handler failed", message.topic)
 

@@ -8,15 +8,22 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from protocol.errors import EdgeError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SIGNING_CONTEXT = b"edgefleet-manifest-v1\n"
 MANIFEST_FIELDS = ("name", "version", "sha256", "size", "format")
 OPTIONAL_FIELDS = ("samples", "input_shapes")  # signed when present: the inputs every decision on the device runs on
 
 
-class SignatureError(ValueError):
+class SignatureError(EdgeError, ValueError):
     """A manifest is unsigned, signed by an untrusted key, or does not match its signature."""
+
+    code = "signature_invalid"  # what the device status reports for it
 
 
 def canonical_manifest(manifest: dict[str, Any]) -> bytes:
@@ -46,7 +53,7 @@ class Signature:
 class Signer:
     """Holds the controller's private key."""
 
-    def __init__(self, private_key) -> None:
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
         from cryptography.hazmat.primitives import serialization
 
         self._key = private_key
@@ -127,4 +134,4 @@ class Verifier:
             key.verify(base64.b64decode(str(signature.get("value")), validate=True), canonical_manifest(manifest))
         except (InvalidSignature, ValueError):
             raise SignatureError(f"signature by key {signature['key_id']} does not match the manifest") from None
-        return signature["key_id"]
+        return str(signature["key_id"])

@@ -52,7 +52,8 @@ def encode_tensor(array: np.ndarray) -> dict[str, Any]:
 
     array = np.ascontiguousarray(array)
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    return {"datatype": v2_datatype(array.dtype), "shape": list(array.shape), "b64": base64.b64encode(little).decode()}
+    data = base64.b64encode(little.data).decode()
+    return {"datatype": v2_datatype(array.dtype), "shape": list(array.shape), "b64": data}
 
 
 def decode_tensor(name: str, obj: Any) -> np.ndarray:

@@ -27,8 +27,8 @@ from converters import (  # noqa: E402
     convert_many,
     load_calibration,
 )
+from converters.builders.tflite import flex_ops  # noqa: E402
 from converters.calibration import SYNTHETIC_WARNING  # noqa: E402
-from converters.variants import flex_ops  # noqa: E402
 from edgectl import sample_models  # noqa: E402
 from targets.tensors import TensorSpec  # noqa: E402
 
@@ -349,10 +349,10 @@ def test_cli_convert_json_and_table(tmp_path):
 def test_paired_latency_ranks_two_models_timed_in_turn(tmp_path):
     """The report's speedup comes from the variant and its float baseline timed in turn, so it ranks them right
     whatever the box's speed does meanwhile."""
-    from converters.runtimes import OnnxRunner, paired_p50_ms
+    from converters.measure import load_onnx, paired_p50_ms
 
-    small = OnnxRunner(sample_models.mlp(tmp_path / "small.onnx", n_in=64, hidden=32))
-    big = OnnxRunner(sample_models.mlp(tmp_path / "big.onnx", n_in=64, hidden=8192))
+    small = load_onnx(sample_models.mlp(tmp_path / "small.onnx", n_in=64, hidden=32))
+    big = load_onnx(sample_models.mlp(tmp_path / "big.onnx", n_in=64, hidden=8192))
     sample = {"x": np.ones((1, 64), np.float32)}
     try:
         fast, slow = paired_p50_ms(small, big, sample, budget_s=0.3)

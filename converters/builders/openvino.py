@@ -1,0 +1,123 @@
+"""OpenVINO variants: the IR (FP16-stored weights), and INT8 by NNCF post-training quantization, accuracy-controlled
+when real calibration data says plain INT8 costs agreement."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from converters import fixes as fx
+from converters.job import ConversionError, Job
+from converters.report import Thresholds, agreement
+
+OV_MAX_DROP = 0.005  # agreement (top-1, or cosine) the accuracy-controlled INT8 model may lose on calibration data
+
+Scorer = Callable[..., float]
+
+
+def _pack_ir(model: Any, out: Path, work: Path, compress_to_fp16: bool) -> Path:
+    """Save the model as IR and pack model.xml + model.bin into one reproducible tar (the "openvino" artifact)."""
+    import openvino as ov
+
+    folder = work / f"ir-{out.stem}"
+    folder.mkdir(exist_ok=True)
+    ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=compress_to_fp16)
+    with tarfile.open(out, "w") as tar:
+        for name in ("model.xml", "model.bin"):
+            info = tar.gettarinfo(str(folder / name), arcname=name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with open(folder / name, "rb") as f:
+                tar.addfile(info, f)
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def _ov_model(job: Job) -> Any:
+    import openvino as ov
+
+    try:
+        return ov.convert_model(str(job.source))
+    except Exception as exc:
+        raise ConversionError(fx.unsupported_op_message(exc, job.ops, "OpenVINO")) from exc
+
+
+def build_openvino(job: Job, out: Path, fixes: list[str]) -> Path:
+    fixes.append("IR weights stored as FP16 (OpenVINO's default; CPU computes in FP32)")
+    return _pack_ir(_ov_model(job), out, job.work, compress_to_fp16=True)
+
+
+def _looks_like_transformer(ops: set[str]) -> bool:
+    """LayerNorm, or attention's Softmax + MatMul + Transpose (an MLP classifier's output Softmax is not enough)."""
+    return "LayerNormalization" in ops or ({"Softmax", "MatMul", "Transpose"} <= ops and "Conv" not in ops)
+
+
+def build_openvino_int8(job: Job, out: Path, fixes: list[str]) -> Path:
+    import nncf
+
+    model = _ov_model(job)
+    samples = job.samples(limit=job.options.get("calibration_samples", 300))
+    kwargs: dict[str, Any] = {}
+    if _looks_like_transformer(job.ops):
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+        fixes.append("NNCF model_type=TRANSFORMER (attention/LayerNorm found)")
+    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **kwargs)
+    fixes.append(f"NNCF post-training quantization on {len(samples)} sample(s)")
+    if not job.calibration.synthetic:
+        quantized = _keep_agreement(job, quantized, samples, kwargs, fixes)
+    return _pack_ir(quantized, out, job.work, compress_to_fp16=False)
+
+
+def _keep_agreement(job: Job, quantized: Any, samples: list[dict], kwargs: dict[str, Any], fixes: list[str]) -> Any:
+    """Where real data says INT8 costs agreement, NNCF's accuracy control keeps the costly layers in float."""
+    score = _agreement_scorer(_ov_model(job), samples)
+    plain = score(quantized)
+    if plain >= 1 - OV_MAX_DROP:
+        return quantized
+    try:
+        controlled = _quantize_with_accuracy_control(_ov_model(job), samples, score, kwargs)
+        kept = score(controlled)
+    except Exception as exc:  # NNCF's own failure: the plain quantization stands
+        fixes.append(f"NNCF accuracy control failed ({fx.first_line(exc)})")
+        return quantized
+    if kept > plain:
+        fixes.append(f"NNCF accuracy control: agreement on calibration data {plain:.3f} -> {kept:.3f}, "
+                     "the layers that cost it stay in float")  # fmt: skip
+        return controlled
+    fixes.append(f"NNCF accuracy control did not help ({kept:.3f} vs {plain:.3f}); plain INT8 kept")
+    return quantized
+
+
+def _agreement_scorer(model: Any, samples: list[dict]) -> Scorer:
+    """score(ov model or compiled model) -> its agreement with the float model on the calibration samples, as the
+    report measures it (converters.report.agreement): top-1 where an output is classifier-like, else cosine."""
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+
+    def outputs(compiled: Any, data: list[dict]) -> list[dict]:
+        return [{str(i): np.asarray(r[i]) for i in range(len(compiled.outputs))} for r in map(compiled, data)]
+
+    by_sample = dict(zip(map(id, samples), outputs(core.compile_model(model, "CPU"), samples), strict=True))
+
+    def score(candidate: Any, data: list[dict] | None = None) -> float:
+        data = samples if data is None else data  # NNCF may validate on a subset
+        compiled = candidate if isinstance(candidate, ov.CompiledModel) else core.compile_model(candidate, "CPU")
+        summary, _ = agreement([by_sample[id(s)] for s in data], outputs(compiled, data), Thresholds())
+        return summary["top1"] if summary.get("top1") is not None else summary["cosine"]
+
+    return score
+
+
+def _quantize_with_accuracy_control(model: Any, samples: list[dict], score: Scorer, kwargs: dict[str, Any]) -> Any:
+    """NNCF's accuracy-controlled quantization, validated by agreement with the float model."""
+    import nncf
+
+    dataset = nncf.Dataset(samples)
+    return nncf.quantize_with_accuracy_control(
+        model, dataset, dataset, lambda compiled, data: score(compiled, data), max_drop=OV_MAX_DROP,
+        drop_type=nncf.DropType.ABSOLUTE, subset_size=len(samples), **kwargs,
+    )  # fmt: skip

@@ -1,0 +1,1 @@
+"""One module per command group; edgectl/cli.py registers each module's COMMANDS."""

@@ -1,0 +1,150 @@
+"""`edgectl convert`: build optimized variants of an ONNX model here, each with its size/speed/accuracy report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgectl.errors import CommandFailed
+from edgectl.options import JsonOpt
+from edgectl.output import console, emit_json, errors, verdict
+
+if TYPE_CHECKING:
+    from converters import ConversionResult
+
+CAPTION = "* zstd-compressed transfer; FP32 p50 = the float original on the same runtime, timed in turn"
+COLUMNS = ("variant", "result", "size", "vs FP32", "transfer", "runtime", "p50 ms", "FP32 p50", "speedup", "top-1",
+           "cosine", "max err")  # fmt: skip
+
+
+def _mb(n: int | None) -> str:
+    return f"{n / 1e6:.2f} MB" if n else "-"
+
+
+def _pct(x: float | None) -> str:
+    return f"{x:.1%}" if x is not None else "-"
+
+
+def _row(r: dict[str, Any]) -> tuple[str, ...]:
+    a = r["agreement"]
+    return (
+        r["variant"],
+        verdict(r),
+        _mb(r["size_bytes"]),
+        _pct(r["size_ratio"]),
+        _mb(r["transfer_bytes"]) + ("*" if r["transfer_compressed"] else ""),
+        r["runtime"],
+        f"{r['latency_ms_p50']:.3f}" if r["latency_ms_p50"] else "-",
+        f"{r['source_latency_ms_p50']:.3f}" if r["source_latency_ms_p50"] else "-",
+        f"{r['speedup']:.2f}x" if r["speedup"] else "-",
+        _pct(a.get("top1")),
+        f"{a['cosine']:.4f}" if a.get("cosine") is not None else "-",
+        f"{a['max_abs_error']:.3g}" if a.get("max_abs_error") is not None else "-",
+    )
+
+
+def report_table(reports: list[dict[str, Any]], title: str) -> Table:
+    """The conversion reports as a rich table (shared with bench/converters.py)."""
+    table = Table(title=title, title_justify="left")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("variant", "result", "runtime") else "right")
+    for r in reports:
+        if r["ok"]:
+            table.add_row(*_row(r))
+        else:
+            table.add_row(r["variant"], "[red]failed[/red]", *["-"] * (len(table.columns) - 2))
+    table.caption = CAPTION
+    return table
+
+
+def list_variants(as_json: bool) -> None:
+    from converters import VARIANTS
+
+    if as_json:
+        return emit_json({v.name: {"format": v.format, "summary": v.summary} for v in VARIANTS.values()})
+    for v in VARIANTS.values():
+        console.print(f"[bold]{v.name:14}[/bold] {v.format:9} {v.summary}", highlight=False)
+    return None
+
+
+def show_results(results: list[ConversionResult], model: Path) -> None:
+    """The report table, then per variant why it failed or fell short, what was fixed, and where it was written."""
+    source = f"{model} ({_mb(results[0].source_size_bytes)})"
+    console.print(report_table([r.as_dict() for r in results], f"edgectl convert {source}"))
+    for r in results:
+        if r.error:
+            console.print(f"[red]{r.variant}[/red] failed: {r.error}", highlight=False)
+        for line in r.failed_metrics:
+            console.print(f"[yellow]{r.variant}[/yellow] below threshold: {line}", highlight=False)
+        if r.ok and r.fixes:
+            console.print(f"[dim]{r.variant} fixes: {'; '.join(r.fixes)}[/dim]", highlight=False)
+        if r.path:
+            console.print(f"[dim]{r.variant} -> {r.path}[/dim]", highlight=False)
+
+
+def convert(
+    model: Annotated[Path, typer.Argument(help="Float ONNX model to optimize.")],
+    to: Annotated[str, typer.Option("--to", help="Variant(s), comma-separated, or 'all'. See --list.")] = "",
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Calibration data: .npz/.npy or a directory of them, keyed by input name."),
+    ] = None,
+    validation: Annotated[
+        Path | None, typer.Option(help="Data to measure agreement on (default: the calibration data).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Directory for the variants.")] = Path("."),
+    sparsity: Annotated[
+        float | None,
+        typer.Option(help="Fraction of weights zeroed by `pruned` (default: the highest that keeps agreement)."),
+    ] = None,
+    min_top1: Annotated[float, typer.Option(help="Top-1 agreement a classifier variant must keep.")] = 0.99,
+    min_cosine: Annotated[float, typer.Option(help="Cosine similarity any other variant must keep.")] = 0.99,
+    list_only: Annotated[bool, typer.Option("--list", help="List the variants and exit.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build optimized variants (int8, fp16, OpenVINO, TFLite, pruned...) and report size, speed and agreement.
+
+    Exits 0 when every variant was built and passes the thresholds, 1 otherwise (the report says which and why).
+    """
+    from converters import VARIANTS, Thresholds, convert_many, parse_variants
+    from converters.calibration import SYNTHETIC_WARNING
+
+    if list_only:
+        return list_variants(as_json)
+    names = parse_variants(to)
+    if not names:
+        raise CommandFailed(f"--to is required: one or more of {', '.join(VARIANTS)} (comma-separated), or 'all'")
+    if not model.is_file():
+        raise CommandFailed(f"cannot read model file {model}")
+    if calibration is None:
+        errors.print(f"[bold yellow]WARNING:[/bold yellow] {SYNTHETIC_WARNING}", highlight=False)
+    logging.getLogger("converters").setLevel(logging.ERROR)  # the warning above is the loud one
+    thresholds = Thresholds(top1=min_top1, cosine=min_cosine)
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=errors, transient=True
+    ) as progress:
+        task = progress.add_task("preparing (reference outputs, FP32 latency)", total=len(names))
+
+        def step(name: str, result: ConversionResult | None) -> None:
+            if result is None:
+                progress.update(task, description=f"converting [bold]{name}[/bold]")
+            else:
+                progress.advance(task)
+
+        options = {"sparsity": sparsity or "auto"}
+        results = convert_many(model, names, calibration, out, thresholds, options, step, validation)
+    if as_json:
+        emit_json([r.as_dict() for r in results])
+    else:
+        show_results(results, model)
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
+    return None
+
+
+COMMANDS = (convert,)

@@ -1,0 +1,67 @@
+"""`edgectl infer`: one inference on a device, remotely over MQTT request/response through the controller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
+from edgectl.output import console, emit_json
+from protocol.tensors import InputError, decode_tensor, encode_tensor
+
+
+def infer(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name serving on the device.")],
+    input_file: Annotated[
+        Path, typer.Option("--input", "-i", help=".npy (single-input models) or .npz by input name.")
+    ],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the device.")] = 10.0,
+    controller: ControllerOpt = DEFAULT_CONTROLLER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run one inference on a device, remotely over MQTT request/response."""
+    import numpy as np
+
+    client = client_for(controller, token)
+    client.device(device)  # an unknown device is the first thing to report
+    arrays = load_inputs(input_file, lambda: client.model(model))
+    result = client.infer(device, model, {k: encode_tensor(v) for k, v in arrays.items()}, timeout)
+    outputs = {k: decode_tensor(k, v) for k, v in result["outputs"].items()}
+    if as_json:
+        meta = {k: v for k, v in result.items() if k != "outputs"}
+        shown = {k: {"shape": list(v.shape), "dtype": str(v.dtype), "data": v.tolist()} for k, v in outputs.items()}
+        return emit_json({**meta, "outputs": shown})
+    console.print(
+        f"{result['model_name']}@{result['model_version']} on {result['backend']}: {result['latency_ms']:.2f} ms"
+    )
+    with np.printoptions(precision=4, threshold=20, edgeitems=3):
+        for key, value in outputs.items():
+            console.print(f"  {key} {value.dtype}{list(value.shape)} = {value}")
+
+
+def load_inputs(path: Path, model_info: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Named arrays from .npz, or the model's single input from .npy (InputError says what does not fit)."""
+    import numpy as np
+
+    if not path.is_file():
+        raise InputError(f"cannot read input file {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a .npy/.npz file: {exc}") from None
+    if isinstance(loaded, np.ndarray):
+        inputs = model_info().get("info", {}).get("inputs", [])
+        if len(inputs) != 1:
+            names = [i["name"] for i in inputs]
+            raise InputError(f"the model takes {len(inputs)} inputs {names}: pass an .npz keyed by input name")
+        return {inputs[0]["name"]: loaded}
+    with loaded:
+        return {key: loaded[key] for key in loaded.files}
+
+
+COMMANDS = (infer,)

@@ -1,0 +1,41 @@
+"""`edgectl models`: the registry's models and versions, with their inputs and built variants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
+from edgectl.output import ago, console, emit_json, verdict
+from edgectl.samples import describe_inputs
+
+
+def models(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered models and versions."""
+    rows = client_for(controller, token).models()
+    if as_json:
+        return emit_json(rows)
+    table = Table("model", "version", "format", "size", "sha256", "registered", "inputs", "variants")
+    for m in rows:
+        table.add_row(
+            m["name"],
+            m["version"],
+            m["format"],
+            f"{m['size'] / 1e6:.1f} MB",
+            m["sha256"][:12],
+            ago(m["created_at"]),
+            describe_inputs(m.get("info") or {}),
+            variants_cell(m.get("variants") or []) or "-",
+        )
+    console.print(table)
+
+
+def variants_cell(variants: list[dict[str, Any]]) -> str:
+    """One line per built variant: its name, verdict and size."""
+    return "\n".join(
+        f"{v['variant']} " + verdict(v) + (f" {v['size'] / 1e6:.2f} MB" if v["ok"] else "") for v in variants
+    )
+
+
+COMMANDS = (models,)

@@ -1,0 +1,184 @@
+"""`edgectl push`: upload a model (optionally build optimized variants of it) and deploy it to devices."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from edgectl.client import ControllerClient
+from edgectl.errors import CommandFailed
+from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
+from edgectl.output import console, emit_json, errors, verdict
+from edgectl.progress import finish_wait, upload_with_progress
+from edgectl.samples import attach_inputs
+
+ModelArg = Annotated[
+    Path, typer.Argument(help="Model file: .onnx, .tflite, or OpenVINO IR (.xml with its .bin, or a .tar).")
+]
+OptimizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Build optimized variants on the controller: VARIANT[,VARIANT...] (see `edgectl convert --list`) "
+        "or 'auto' (the ones that suit the target devices' runtimes)."
+    ),
+]
+SparsityOpt = Annotated[
+    float | None,
+    typer.Option(help="Fraction of weights zeroed by `pruned` (default: highest that keeps agreement)."),
+]
+SampleOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--sample",
+        help="A representative input (repeatable): .npz with one array per input name, .npy for a one-input "
+        "model, or a v2 JSON request body. Devices choose the backend, check answers and time on them.",
+    ),
+]
+InputShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-shape",
+        help="NAME=DIMxDIM... (repeatable): the shape of synthetic inputs when no --sample is given, "
+        "e.g. audio=1x16000.",
+    ),
+]
+
+
+def push(
+    model: ModelArg,
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name in the registry.")],
+    to: Annotated[list[str] | None, typer.Option("--to", help="Device id to deploy to (repeatable).")] = None,
+    version: Annotated[str | None, typer.Option(help="Version label (default: next integer).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Force a backend on the devices.")] = None,
+    optimize: OptimizeOpt = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration data for --optimize (.npz keyed by input name, or .npy).")
+    ] = None,
+    sparsity: SparsityOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Deploy asked-for variants even when below the accuracy threshold.")
+    ] = False,
+    sample: SampleOpt = None,
+    input_shape: InputShapeOpt = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every device serves it; exit non-zero if any fails.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
+    controller: ControllerOpt = DEFAULT_CONTROLLER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a model to the registry (optionally build optimized variants of it) and deploy it to devices."""
+    model = checked_files(model, calibration, sample or [])
+    wanted = [v.strip() for v in (optimize or "").split(",") if v.strip()]
+    auto = wanted == ["auto"]
+    client = client_for(controller, token)
+    devices = list(dict.fromkeys(to or []))
+    for device_id in devices:  # fail before uploading anything
+        client.device(device_id)
+    if auto and not devices:
+        raise CommandFailed("--optimize auto picks variants by the target devices: add --to DEVICE")
+    record = upload_with_progress(client, model, name, version, quiet=as_json)
+    record = attach_inputs(client, record, sample or [], input_shape or [])
+    built = build_variants(client, record, wanted, devices, calibration, sparsity, as_json) if wanted else []
+    if not devices:
+        return emit_json({**record, "variants": built} if wanted else record) if as_json else show_upload(record)
+    ship = None if auto or not wanted else [v["variant"] for v in built]
+    deployed = client.deploy(name, record["version"], devices, backend, variants=ship, force=force)
+    if not as_json:
+        show_deployment(record, devices, built, deployed)
+    if wait:
+        extra = {"model": record, "variants": built}
+        return finish_wait(client, devices, name, record["sha256"], timeout, as_json, extra)
+    if as_json:
+        emit_json({"model": record, "devices": devices, "variants": built, "deployed": deployed.get("variants")})
+    return None
+
+
+def checked_files(model: Path, calibration: Path | None, samples: list[Path]) -> Path:
+    """CommandFailed naming the first file that cannot be read; the model to upload (an IR packed as one tar)."""
+    if not model.is_file() or not os.access(model, os.R_OK):
+        raise CommandFailed(f"cannot read model file {model}")
+    if calibration is not None and not calibration.is_file():
+        raise CommandFailed(f"cannot read calibration file {calibration}")
+    unreadable = [str(s) for s in samples if not s.is_file() or not os.access(s, os.R_OK)]
+    if unreadable:
+        raise CommandFailed(f"cannot read sample file {unreadable[0]}")
+    return pack_openvino_ir(model) if model.suffix == ".xml" else model
+
+
+def pack_openvino_ir(xml: Path) -> Path:
+    """Pack model.xml + model.bin into one tar in a temp dir (they travel as one artifact); OSError names a missing
+    .bin."""
+    weights = xml.with_suffix(".bin")
+    if not weights.is_file():
+        raise OSError(f"OpenVINO IR {xml} needs its weights file {weights} beside it")
+    out = Path(tempfile.mkdtemp(prefix="edgectl-ir-")) / f"{xml.stem}.tar"
+    with tarfile.open(out, "w") as tar:
+        tar.add(xml, arcname=xml.name)
+        tar.add(weights, arcname=weights.name)
+    return out
+
+
+def build_variants(
+    client: ControllerClient,
+    record: dict[str, Any],
+    wanted: list[str],
+    devices: list[str],
+    calibration: Path | None,
+    sparsity: float | None,
+    as_json: bool,
+) -> list[dict[str, Any]]:
+    """Build the variants on the controller (with the calibration data, when given) and show their reports."""
+    name, version = record["name"], record["version"]
+    if calibration is not None:
+        client.upload_calibration(name, version, calibration)
+    with errors.status(f"optimizing {name}@{version}: {','.join(wanted)}", spinner="dots"):
+        built = client.optimize(name, version, wanted, devices, sparsity=sparsity)["variants"]
+    if not as_json:
+        console.print(variants_table(built, f"{name}@{version} variants"))
+    return built
+
+
+def variants_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table("variant", "result", "size", "vs original", "speedup", "top-1", "cosine", "why", title=title)
+    for v in rows:
+        table.add_row(
+            v["variant"],
+            verdict(v),
+            f"{v['size'] / 1e6:.2f} MB" if v["ok"] else "-",
+            f"{v['size_ratio']:.0%}" if v.get("size_ratio") else "-",
+            f"{v['speedup']:.2f}x" if v.get("speedup") else "-",
+            f"{v['top1']:.2%}" if v.get("top1") is not None else "-",
+            f"{v['cosine']:.4f}" if v.get("cosine") is not None else "-",
+            v.get("failure") or "",
+        )
+    return table
+
+
+def describe_upload(record: dict[str, Any]) -> str:
+    verb = "registered" if record.get("created") else "already registered"
+    size_mb = record["size"] / 1e6
+    return f"{verb} {record['name']} version {record['version']} ({size_mb:.1f} MB, sha256 {record['sha256'][:12]}…)"
+
+
+def show_upload(record: dict[str, Any]) -> None:
+    console.print(describe_upload(record))
+
+
+def show_deployment(
+    record: dict[str, Any], devices: list[str], built: list[dict[str, Any]], deployed: dict[str, Any]
+) -> None:
+    """What was deployed where, and each built variant left out with the reason."""
+    with_variants = f" with {', '.join(deployed['variants'])}" if deployed.get("variants") else ""
+    console.print(describe_upload(record) + f" -> deploying{with_variants} to {', '.join(devices)}")
+    for v in built:
+        if v["variant"] not in deployed.get("variants", []):
+            errors.print(f"[yellow]not deployed:[/yellow] {v['variant']}: {v['failure']}", highlight=False)
+
+
+COMMANDS = (push,)

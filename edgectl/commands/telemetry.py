@@ -1,0 +1,119 @@
+"""`edgectl telemetry` and `edgectl top`: one device's telemetry over time, and a live table of the fleet."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from edgectl.choice_view import format_ms
+from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
+from edgectl.output import console, emit_json
+
+TOP_COLUMNS = ("device", "online", "model@version", "backend", "p50 ms", "p95 ms", "req/s", "CPU", "mem", "temp")
+HISTORY_COLUMNS = ("time", "model@version", "requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
+                   "CPU", "mem")  # fmt: skip
+
+
+def _percent(resources: dict[str, Any], key: str) -> str:
+    return f"{resources[key]:.0f}%" if resources.get(key) is not None else "-"
+
+
+def _rate(entry: dict[str, Any]) -> str:
+    return f"{entry['requests_per_s']:.1f}" if entry.get("requests_per_s") is not None else "-"
+
+
+def _telemetry_rows(device: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per model (or one for a device without models): the columns of `edgectl top`."""
+    t = device.get("telemetry") or {}
+    res = t.get("resources") or {}
+    by_name = {m["name"]: m for m in t.get("models") or []}
+    online = "[green]yes[/green]" if device["online"] else "[red]no[/red]"
+    temp = f"{res['temperature_c']:.0f}°C" if res.get("temperature_c") is not None else "-"
+    rows: list[tuple[str, ...]] = []
+    for m in device.get("models") or [{}]:
+        tm = by_name.get(m.get("name"), {})
+        serving = (m.get("serving") or {}).get("version") or m.get("version")
+        model = f"{m['name']}@{serving}" if m else "-"
+        drift = " [red]drift[/red]" if tm.get("drifting") else ""
+        rows.append((
+            device["id"], online, model + drift, m.get("backend") or "-", format_ms(tm.get("p50_ms")),
+            format_ms(tm.get("p95_ms")), _rate(tm), _percent(res, "cpu_percent"), _percent(res, "mem_percent"), temp,
+        ))  # fmt: skip
+    return rows
+
+
+def top_table(fleet: list[dict[str, Any]]) -> Table:
+    table = Table(*TOP_COLUMNS)
+    for device in fleet:
+        for row in _telemetry_rows(device):
+            table.add_row(*row)
+    return table
+
+
+def history_table(samples: list[dict[str, Any]]) -> Table:
+    """One row per model per telemetry sample: counts, latency percentiles, and the box's CPU and memory."""
+    table = Table(*HISTORY_COLUMNS)
+    for s in samples:
+        res = s.get("resources") or {}
+        when = time.strftime("%H:%M:%S", time.localtime(s["ts"]))
+        for m in s.get("models") or [{}]:
+            table.add_row(
+                when,
+                f"{m['name']}@{m['version']}" if m else "-",
+                str(m.get("requests", 0)),
+                str(m.get("errors", 0)),
+                _rate(m),
+                format_ms(m.get("p50_ms")),
+                format_ms(m.get("p95_ms")),
+                format_ms(m.get("p99_ms")),
+                format_ms(m.get("latency_max_ms") if m else None),
+                _percent(res, "cpu_percent"),
+                _percent(res, "mem_percent"),
+            )
+    return table
+
+
+def telemetry(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    since: Annotated[str, typer.Option(help="How far back: 30s, 10m, 2h, 1d, or epoch seconds.")] = "10m",
+    controller: ControllerOpt = DEFAULT_CONTROLLER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A device's telemetry over time: latency per model, throughput, errors, CPU, memory, temperature."""
+    data = client_for(controller, token).telemetry(device, since)
+    if as_json:
+        return emit_json(data)
+    samples = data["samples"]
+    since_text = time.strftime("%H:%M:%S", time.localtime(data["since"]))
+    console.print(f"[bold]{device}[/bold]: {len(samples)} sample(s) since {since_text}")
+    console.print(history_table(samples))
+
+
+def top(
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print the table once and exit (for scripts).")] = False,
+    controller: ControllerOpt = DEFAULT_CONTROLLER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A live table of the fleet: device, online, model@version, backend, p50, p95, req/s, CPU, memory, temperature."""
+    from rich.live import Live
+
+    client = client_for(controller, token)
+    if once or as_json:
+        fleet = client.fleet_telemetry()
+        return emit_json(fleet) if as_json else console.print(top_table(fleet))
+    with Live(top_table(client.fleet_telemetry()), console=console, refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(top_table(client.fleet_telemetry()))
+        except KeyboardInterrupt:
+            pass
+
+
+COMMANDS = (telemetry, top)

@@ -1,0 +1,45 @@
+"""The one place a failure becomes one line on stderr and a non-zero exit: every command runs inside `one_line`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+import typer
+
+from edgectl.output import errors
+from protocol.errors import EdgeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandFailed(EdgeError):
+    """What a command found wrong (an unreadable file, a device that did not get there): the message says what."""
+
+    code = "command_failed"
+
+
+# EdgeError: the controller's answers (ApiError), bad inputs, conversions, signatures; OSError: files that cannot be
+# read; httpx.HTTPError: a connection the client did not already turn into an ApiError.
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (EdgeError, OSError, httpx.HTTPError)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `error: message` on stderr; the Exit to raise with the exit code."""
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def one_line(command: F) -> F:
+    """The command, with every known error reported as one line on stderr and exit status 1 (no traceback)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KNOWN_ERRORS as exc:
+            raise fail(str(exc)) from None
+
+    return run  # type: ignore[return-value]

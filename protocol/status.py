@@ -1,0 +1,98 @@
+"""Typed parts of a device's report: why a model serves on its backend (trial, variants), run-time failover, and
+the hardware probe. Every field is optional and unknown ones are ignored, so any report an agent sends validates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+
+class Reported(BaseModel):
+    """Base of the report parts: dumps only the fields it was given, so what the controller stores and its API
+    answers is the JSON the agent sent (no null for a field an older agent never reported)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_serializer(mode="wrap")
+    def _given_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+class CandidateResult(Reported):
+    """How one backend candidate fared in the trial: its timing, or why it was passed over."""
+
+    name: str | None = None
+    precision: str | None = None  # "full", "fp16", "bf16"
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    load_ms: float | None = None
+    runs: int | None = None
+    agreed: bool | None = None
+    deviation: float | None = None  # worst error against the reference, in units of the tolerance (<= 1 agrees)
+    error: str | None = None
+
+
+class VariantTrial(Reported):
+    """One optimized variant (or the original) timed on the device against the original."""
+
+    variant: str | None = None  # "original", "int8", ...
+    backend: str | None = None
+    cosine: float | None = None  # agreement with the original on the representative inputs
+    vs_original: float | None = None  # head-to-head p50 relative to the original
+    p50_ms: float | None = None
+    runoff_p50_ms: float | None = None
+    error: str | None = None
+
+
+class Selection(Reported):
+    """The backend choice for a model: the winner, why, every candidate tried, and the variants contest."""
+
+    backend: str | None = None
+    reason: str | None = None
+    cached: bool | None = None  # the choice came from an earlier trial on this hardware
+    precision: str | None = None
+    reference: str | None = None  # the runtime whose answers every candidate was checked against
+    inputs: str | None = None  # what the candidates ran on (samples given with the model, or synthetic inputs)
+    timed: bool | None = None
+    candidates: list[CandidateResult] = Field(default_factory=list)
+    variants: list[VariantTrial] = Field(default_factory=list)
+    variants_trial_s: float | None = None
+
+
+class Failover(Reported):
+    """Run-time failover: what serves now instead of the preferred backend, and why."""
+
+    active: str | None = None
+    preferred: str | None = None
+    failed_over: bool | None = None
+    failovers: int | None = None
+    reason: str | None = None
+    since: float | None = None
+
+
+class Jetson(Reported):
+    model: str | None = None
+    l4t: str | None = None
+
+
+class Hardware(Reported):
+    """The agent's hardware probe (targets/probe.py): what the device is and which runtimes it can import."""
+
+    arch: str | None = None
+    cpu_model: str | None = None
+    cpu_vendor: str | None = None
+    cpu_flags: list[str] | None = None
+    cores: int | None = None
+    memory_mb: int | None = None
+    os: str | None = None
+    python: str | None = None
+    board: str | None = None
+    jetson: Jetson | None = None
+    raspberry_pi: str | None = None
+    ort_providers: list[str] | None = None
+    nvidia_gpu: bool | None = None
+    openvino_devices: list[str] | None = None
+    intel_gpu: bool | None = None
+    intel_npu: bool | None = None
+    runtimes: dict[str, str | None] | None = None  # runtime -> installed version, None where absent

@@ -1,0 +1,61 @@
+"""edgectl's shape: a root that registers one module per command group, `--version`, and every known failure as
+one line on stderr with a non-zero exit, from one place."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import typer
+from typer.testing import CliRunner
+
+from edgectl import __version__
+from edgectl.cli import GROUPS, app
+from edgectl.errors import CommandFailed, one_line
+
+EXPECTED = {"push", "rollback", "devices", "status", "models", "infer", "telemetry", "top", "demo", "convert"}
+
+
+def edgectl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_every_command_is_registered_once():
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert sorted(names) == sorted(EXPECTED)
+    assert sum(len(group.COMMANDS) for group in GROUPS) == len(EXPECTED)
+
+
+def test_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"edgectl {__version__}"
+
+
+def test_unreachable_controller_is_one_line_and_exit_1():
+    result = edgectl("devices", "--controller", "http://127.0.0.1:9")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot reach the controller")
+
+
+def test_unreadable_files_are_one_line(tmp_path):
+    result = edgectl("push", str(tmp_path / "missing.onnx"), "-n", "m")
+    assert result.returncode == 1 and result.stderr.strip() == f"error: cannot read model file {tmp_path}/missing.onnx"
+    xml = tmp_path / "model.xml"
+    xml.write_text("<net/>")
+    result = edgectl("push", str(xml), "-n", "m")  # an IR without its weights: OSError, reported the same way
+    assert result.returncode == 1 and "needs its weights file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_one_line_maps_known_errors_and_lets_others_through():
+    def broken(kind: str) -> None:
+        raise {"known": CommandFailed("the reason"), "os": FileNotFoundError("gone"), "bug": KeyError("k")}[kind]
+
+    runner = CliRunner()
+    wrapped = one_line(broken)
+    assert wrapped.__name__ == "broken"
+    cli = typer.Typer()
+    cli.command()(wrapped)
+    for kind, message in (("known", "the reason"), ("os", "gone")):
+        result = runner.invoke(cli, [kind])
+        assert result.exit_code == 1 and f"error: {message}" in result.output
+    assert isinstance(runner.invoke(cli, ["bug"]).exception, KeyError)
