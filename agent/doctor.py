@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from agent.config import AgentConfig, ConfigError, load_config
 from protocol.link import BrokerAddress
@@ -76,7 +76,7 @@ def check_mqtt(cfg: AgentConfig, address: BrokerAddress, timeout: float) -> Chec
     versions = {"5": [mqtt.MQTTv5], "3.1.1": [mqtt.MQTTv311]}.get(cfg.mqtt_protocol, [mqtt.MQTTv5, mqtt.MQTTv311])
     last = "no CONNACK"
     for version in versions:
-        result: dict[str, object] = {}
+        result: dict[str, Any] = {}
         done = threading.Event()
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"edge-agent-doctor-{cfg.device_id}-{os.getpid()}", protocol=version

@@ -61,7 +61,8 @@ class ResourceSampler:
             mem = psutil.virtual_memory()
             res.mem_percent = round(mem.percent, 1)
             res.mem_used_mb = round((mem.total - mem.available) / 2**20, 1)
-            res.rss_mb = round(self._process.memory_info().rss / 2**20, 1)
+            if self._process is not None:
+                res.rss_mb = round(self._process.memory_info().rss / 2**20, 1)
             net = psutil.net_io_counters()
             if net is not None:
                 if self._net is not None:

@@ -82,9 +82,9 @@ class EmbeddedBroker:
                 "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 1000}},
                 "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
             }
-            self._broker = Broker(config)
+            broker = self._broker = Broker(config)
             try:
-                await self._broker.start()
+                await broker.start()
             except BaseException as exc:
                 errors.append(exc)
                 ready.set()
@@ -92,7 +92,7 @@ class EmbeddedBroker:
             ready.set()
             self._stopped = asyncio.Event()
             await self._stopped.wait()
-            await self._broker.shutdown()
+            await broker.shutdown()
 
         self._loop = asyncio.new_event_loop()
         try:

@@ -319,12 +319,14 @@ class Database:
     def _insert_ignoring_duplicates(self, table: sa.Table):
         dialect = self.engine.dialect.name
         if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            return table.insert()
-        return insert(table).on_conflict_do_nothing()
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table).on_conflict_do_nothing()
+        if dialect == "sqlite":
+            from sqlalchemy.dialects import sqlite
+
+            return sqlite.insert(table).on_conflict_do_nothing()
+        return table.insert()
 
     def insert_telemetry(self, rows: list[dict[str, Any]], baselines: list[dict[str, Any]] | None = None) -> None:
         """One transaction for a batch: rows {device_id, ts, received_at, payload}; duplicates are ignored."""

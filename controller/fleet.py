@@ -162,7 +162,7 @@ class Fleet:
             backend=backend,
             variants=refs,
             transfer=self.artifacts.transfer(model.sha256),
-            samples=SampleRef(**_samples(model)) if _samples(model) else None,
+            samples=_sample_ref(model),
             input_shapes=(model.info or {}).get("input_shapes") or {},
         )
         if self.signer is not None:
@@ -298,6 +298,11 @@ class Fleet:
         future = self._calls.get(response.id)
         if future is not None and not future.done():
             future.set_result(response)
+
+
+def _sample_ref(model) -> SampleRef | None:
+    found = _samples(model)
+    return SampleRef(**found) if found else None
 
 
 def _samples(model) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from controller.broker import EmbeddedBroker, port_free
 from controller.db import Database
 from controller.fleet import Fleet
 from controller.telemetry import DEFAULT_DRIFT_THRESHOLD, DEFAULT_RETENTION_S, TelemetryIngest
+from protocol.link import MqttProtocol
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class ControllerSettings:
     db: str | None = None  # default sqlite:///DATA_DIR/controller.db
     http: str = "127.0.0.1:8400"
     topic_prefix: str = "edge"
-    mqtt_protocol: str = "auto"
+    mqtt_protocol: MqttProtocol = "auto"
     telemetry_retention_s: float = DEFAULT_RETENTION_S  # telemetry older than this is deleted (0 keeps everything)
     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD  # output-mean shift, in baseline std units, that flags drift
     metrics_max_devices: int = 1000  # devices with their own series in /metrics (bounds label cardinality)
