@@ -153,7 +153,7 @@ def test_dashboard_shows_a_failed_model_with_its_reason_and_colour(controller, s
 
     browser.call("Page.enable")
     browser.call("Page.navigate", url=f"{controller.url}/")
-    row = 'document.querySelector(\'tr.device-row[data-device="cam-02"]\')'
+    row = "document.querySelector('tr.device-row[data-device=\"cam-02\"]')"
     browser.wait_for(f"{row} !== null && {row}.querySelector('.state-failed') !== null", what="the failed model")
     text = browser.evaluate(f"{row}.innerText")
     assert "failed" in text and "FancyNorm" in text, text
