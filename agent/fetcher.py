@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from agent.store import ModelStore
 from protocol import QOS, ArtifactRequest, ChunkHeader, Encoding, ProtocolError, Topics, Transfer, decode_frame
+from protocol.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,17 @@ Progress = Callable[[int, int], None]
 WRITEBACK_BYTES = 8 << 20
 
 
-class FetchError(RuntimeError):
-    """The controller could not supply the artifact; the message is its reason."""
+class FetchError(EdgeError, RuntimeError):
+    """The controller could not supply the artifact; the message is its reason, `code` the controller's own (or
+    size_mismatch for a chunk that does not fit the announced size)."""
 
-    def __init__(self, message: str, code: str = "fetch_failed") -> None:
-        super().__init__(message)
-        self.code = code
+    code = "fetch_failed"
 
 
-class FetchCancelled(RuntimeError):
+class FetchCancelled(EdgeError, RuntimeError):
     """The download was superseded (a newer deployment) or the agent is stopping."""
+
+    code = "fetch_cancelled"
 
 
 def can_decompress() -> bool:

@@ -39,7 +39,6 @@ class LoadedModel:
 
     @property
     def artifact(self) -> str:
-
         return self.artifact_sha256 or self.sha256
 
     def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -75,7 +74,7 @@ class LoadedModel:
             raise
         if self.stats is not None:
             self.stats.record((perf_counter() - started) * 1000.0, outputs)
-        watch.observe(outputs)
+        watch.observe(outputs, arrays)
         return outputs
 
 

@@ -8,16 +8,21 @@ import json
 import logging
 import os
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from protocol.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class VerifyError(RuntimeError):
+class VerifyError(EdgeError, RuntimeError):
     """Downloaded bytes do not hash to the expected sha256."""
+
+    code = "hash_mismatch"
 
 
 @dataclass
@@ -208,7 +213,7 @@ class ModelStore:
 
     # -- retention -----------------------------------------------------------------------------------------------
 
-    def collect_garbage(self, keep_versions: int, pinned: set[str] = frozenset()) -> list[str]:
+    def collect_garbage(self, keep_versions: int, pinned: AbstractSet[str] = frozenset()) -> list[str]:
         """Remove objects no model keeps; per model keep serving + previous + up to keep_versions in all."""
         keep = set(pinned)
         for rec in self.records.values():

@@ -1,55 +1,54 @@
-"""Latency of loaded models on their representative inputs, alone or turn about: the one yardstick the agent uses to
-choose a variant and to refuse a new version that runs slower than the one serving."""
+"""Times loaded models turn about on their representative inputs, with the one timer (targets.timing).
+
+The yardstick by which the agent chooses a variant and refuses a version slower than the serving one."""
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from agent.serving import LoadedModel
-
-
-def percentile_ms(model: LoadedModel, inputs: dict[str, Any], runs: int, q: float) -> float:
-    """The q-th percentile of `runs` timed inferences, in milliseconds."""
-    import numpy as np
-
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        model.backend.infer(inputs)
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.percentile(times, q))
+from targets.timing import Run, best_block_ms, turn_about
 
 
-def turn_about(
-    a: LoadedModel, b: LoadedModel, *, runs: int, rounds: int, q: float, settle_s: float = 0.0
-) -> tuple[float, float]:
-    """The best q-th percentile of each of two models, their blocks taken in turn (see round_robin)."""
-    a_best, b_best = round_robin([a, b], runs=runs, rounds=rounds, q=q, settle_s=settle_s)
-    return a_best, b_best
+class Timed(Protocol):
+    """A loaded model, as far as timing goes (agent.serving.LoadedModel is one)."""
+
+    @property
+    def backend(self) -> Any: ...
+
+    def sample(self, index: int = 0) -> dict[str, Any] | None: ...
 
 
-def round_robin(
-    models: list[LoadedModel], *, runs: int | list[int], rounds: int, q: float, settle_s: float = 0.0
+def runner(model: Timed) -> Run:
+    """One inference of `model` on its first representative input."""
+    inputs = model.sample() or {}
+    backend = model.backend
+    return lambda: backend.infer(inputs)
+
+
+def best_ms(
+    models: Sequence[Timed],
+    *,
+    q: float,
+    rounds: int,
+    block_s: float = 0.0,
+    min_runs: int = 3,
+    max_runs: int = 500,
+    settle_s: float = 0.0,
 ) -> list[float]:
-    """The best q-th percentile of each model over `rounds` blocks of `runs` (one count for all, or one per model),
-    the models' blocks taken in turn, so load on the box hits them all alike. With `settle_s`, each block waits that
-    long and runs twice untimed first: the other runtime's worker threads spin for a while after its last run (ONNX
-    Runtime, XNNPACK)."""
-    inputs = [model.sample() or {} for model in models]
+    """Each model's best round's q-th percentile (ms), the models' blocks taken in turn (targets.timing.turn_about):
+    load on the box hits them all alike, and a round hit by a burst of other work does not count against one."""
+    measured = turn_about(
+        [runner(m) for m in models],
+        rounds=rounds,
+        block_s=block_s,
+        min_runs=min_runs,
+        max_runs=max_runs,
+        settle_s=settle_s,
+    )
+    return [best_block_ms(rounds_of_one, q) for rounds_of_one in measured]
 
-    counts = runs if isinstance(runs, list) else [runs] * len(models)
-    best = [float("inf")] * len(models)
-    for _ in range(rounds):
-        for i, model in enumerate(models):
-            best[i] = min(best[i], _block(model, inputs[i], counts[i], q, settle_s))
-    return best
 
-
-def _block(model: LoadedModel, inputs: dict[str, Any], runs: int, q: float, settle_s: float) -> float:
-    if settle_s:
-        time.sleep(settle_s)
-        for _ in range(2):
-            model.backend.infer(inputs)
-    return percentile_ms(model, inputs, runs, q)
+def p50_ms(model: Timed, runs: int) -> float:
+    """The median of `runs` inferences in one block, in milliseconds."""
+    return best_ms([model], q=50, rounds=1, min_runs=runs, max_runs=runs)[0]

@@ -1,23 +1,28 @@
-"""On-device choice between a model and its optimized variants: each is loaded on the backend its own trial picked,
-checked against the original on the same inputs and timed turn about against it; the original and the variants
-closest to the best then meet in a round-robin run-off, and the fastest there serves. The original is always in the
-run-off, so a variant slower than it on this device never serves."""
+"""Chooses on the device between a model and its optimized variants: agreement, head-to-head, run-off.
+
+Each variant is loaded on the backend its own trial picked, checked against the original on the same inputs and
+timed turn about against it; the original and the variants closest to the best then meet in a round-robin run-off,
+and the fastest there serves. The original is always in the run-off, so a variant slower than it on this device
+never serves."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from agent.timing import percentile_ms, round_robin
+from agent.timing import best_ms, p50_ms, runner
+from targets.base import BackendError
+from targets.inputs import SampleError
 
 if TYPE_CHECKING:
     from agent.serving import LoadedModel
-    from protocol import Transfer
+    from protocol import DesiredModel, Transfer
 
 MIN_COSINE = 0.99
 TIMED_RUNS = 20
-SETTLE_S = 0.005  # pause before each timed block (see agent.timing.round_robin)
+SETTLE_S = 0.005  # pause before each timed block (see targets.timing.turn_about)
 RUNOFF_MARGIN = 0.25  # variants whose head-to-head time is at most this much above the original's go to the run-off
 MAX_FINALISTS = 5  # the original and the four best variants at most: finalists stay loaded until the end
 RUNOFF_BLOCK_S, RUNOFF_BUDGET_S = 0.05, 2.0  # a timed block per finalist per round; the run-off's time in all
@@ -40,10 +45,6 @@ class Artifact:
         return self.variant or "original"
 
 
-def p50_ms(model: LoadedModel, inputs: dict[str, Any], runs: int = TIMED_RUNS) -> float:
-    return percentile_ms(model, inputs, runs, 50)
-
-
 def head_to_head(a: LoadedModel, b: LoadedModel) -> tuple[float, float]:
     """p50 of two loaded models, timed as in the run-off on a shorter budget (H2H_BLOCK_S blocks, 7 rounds)."""
     a_p50, b_p50 = timed_rounds([a, b], block_s=H2H_BLOCK_S, budget_s=7 * 2 * H2H_BLOCK_S)
@@ -57,26 +58,25 @@ def runoff(models: list[LoadedModel]) -> list[float]:
 
 
 def timed_rounds(models: list[LoadedModel], *, block_s: float, budget_s: float) -> list[float]:
-    """p50 of each model after a warm-up, round-robin over 3 to 10 rounds (as many as budget_s allows) of one block
-    of about block_s each, best round kept: the models see the same load on the box, and a lazy first-run cost (ONNX
+    """p50 of each model after a warm-up, turn about over 3 to 10 rounds (as many as budget_s allows) of one block of
+    about block_s each, best round kept: the models see the same load on the box, and a lazy first-run cost (ONNX
     Runtime's int8 kernels, OpenVINO's first infer) is not counted. A block lasts block_s, not a few runs: right after
     the other model ran the caches hold its weights, and short blocks favour small weights over speed once warm."""
     per_run = [_warm_up(model) for model in models]
-    runs = [max(3, min(MAX_BLOCK_RUNS, int(block_s / max(t, 1e-6)))) for t in per_run]
-    round_s = sum(n * t for n, t in zip(runs, per_run, strict=True)) or 1e-6
+    round_s = sum(max(3, min(MAX_BLOCK_RUNS, int(block_s / max(t, 1e-6)))) * t for t in per_run) or 1e-6
     rounds = max(3, min(10, int(budget_s / round_s)))
-    return round_robin(models, runs=runs, rounds=rounds, q=50, settle_s=SETTLE_S)
+    return best_ms(models, q=50, rounds=rounds, block_s=block_s, max_runs=MAX_BLOCK_RUNS, settle_s=SETTLE_S)
 
 
 def _warm_up(model: LoadedModel) -> float:
     """Three untimed runs (lazy first-run costs), then the mean seconds of three more: a fresh model's first runs
     would make its blocks too short."""
-    inputs = model.sample() or {}
+    run = runner(model)
     for _ in range(3):
-        model.backend.infer(inputs)
+        run()
     started = time.perf_counter()
     for _ in range(3):
-        model.backend.infer(inputs)
+        run()
     return (time.perf_counter() - started) / 3
 
 
@@ -195,3 +195,37 @@ def describe(results: list[dict[str, Any]], winner: dict[str, Any]) -> str:
     if failed:
         head += f"; passed over: {', '.join(failed)}"
     return head
+
+
+Load = Callable[["Artifact"], tuple["LoadedModel", dict[str, Any]]]  # an artifact of the target, loaded and warm
+
+
+def choose(
+    target: DesiredModel, artifacts: list[Artifact], left_out: dict[str, str], load: Load
+) -> tuple[LoadedModel, dict[str, Any], Artifact]:
+    """The original alone, or the fastest of original and variants that agree with it on this device; `left_out`:
+    variants that could not be fetched or verified, with why. The selection gains `variants` and the contest's time."""
+    original_artifact = artifacts[0]
+    original, selection = load(original_artifact)
+    inputs = original.sample()
+    if (len(artifacts) == 1 and not target.variants) or inputs is None:  # nothing to compare or time variants on
+        return original, selection, original_artifact
+    started = time.monotonic()
+    for _ in range(3):
+        original.backend.infer(inputs)  # warm-up: the first runs are not the model's speed
+    first = {"variant": "original", "backend": original.backend.label, "p50_ms": p50_ms(original, TIMED_RUNS)}
+    contest = Contest(Entrant(original, selection, original_artifact, first))
+    for variant, error in left_out.items():
+        contest.passed_over(variant, error)
+    for artifact in artifacts[1:]:
+        try:
+            model, trial = load(artifact)
+        except (BackendError, SampleError) as exc:
+            contest.passed_over(artifact.variant, f"does not load: {str(exc)[:200]}")
+            continue
+        model = replace(model, sha256=target.sha256, artifact_sha256=artifact.sha256, variant=artifact.variant)
+        contest.enter(Entrant(model, trial, artifact, {"variant": artifact.variant}))
+    winner = contest.decide()
+    chosen = {**winner.selection, "variants": contest.results, "reason": describe(contest.results, winner.result)}
+    chosen["variants_trial_s"] = round(time.monotonic() - started, 2)  # loading, checking and timing them all
+    return winner.model, chosen, winner.artifact

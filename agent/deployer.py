@@ -1,0 +1,229 @@
+"""Follows the desired state: deploys each new version beside the serving one, and serves from disk at start.
+
+One worker reconciles the newest desired state; a version is swapped in only when it is verified, loaded, warm and
+checked (agent.preswap)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import replace
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.downloads import Downloads
+from agent.fetcher import FetchCancelled
+from agent.loader import Loader, failover_status
+from agent.preswap import check_before_swap
+from agent.rollback import Rollback
+from agent.serving import LoadedModel, ModelTable
+from agent.status_board import StatusBoard
+from agent.store import Installed, ModelRecord, ModelStore
+from agent.variants import Artifact, choose
+from protocol import Desired, DesiredModel, Problem
+from protocol.errors import EdgeError, error_code
+from protocol.signing import Verifier
+from targets.base import BackendError
+from targets.inputs import SampleError
+
+log = logging.getLogger(__name__)
+
+# The codes a failed deployment reports that are not the exception's own: a backend that cannot load the version.
+REPORTED_AS: dict[type[Exception], str] = {BackendError: "load_failed"}
+
+
+def failure_code(exc: Exception) -> str:
+    """The status' reason code for a failed deployment: REPORTED_AS, else an EdgeError's own code."""
+    for kind, code in REPORTED_AS.items():
+        if isinstance(exc, kind):
+            return code
+    return error_code(exc, "deploy_failed")
+
+
+def pinned(desired: Desired) -> set[str]:
+    """Every artifact the desired state names (models, variants, samples): garbage collection keeps them."""
+    models = desired.models
+    found = {m.sha256 for m in models} | {v.sha256 for m in models for v in m.variants}
+    return found | {m.samples.sha256 for m in models if m.samples is not None}
+
+
+class Deployer:
+    """The deploy worker: `submit` a desired state (from the MQTT thread); the worker reconciles the newest one."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        table: ModelTable,
+        store: ModelStore,
+        board: StatusBoard,
+        loader: Loader,
+        downloads: Downloads,
+        rollback: Rollback,
+        verifier: Verifier | None,
+    ) -> None:
+        self.config = config
+        self.table = table
+        self.store = store
+        self.board = board
+        self.loader = loader
+        self.downloads = downloads
+        self.rollback = rollback
+        self.verifier = verifier
+        self.cancel = downloads.cancel
+        self._desired: queue.Queue[Desired | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="deploy", daemon=True)
+
+    # -- the worker --------------------------------------------------------------------------------------------------
+
+    def submit(self, desired: Desired) -> None:
+        self.cancel.set()  # a newer desired state supersedes a download in progress
+        self._desired.put(desired)
+
+    def stop(self) -> None:
+        self.cancel.set()
+        self._desired.put(None)
+
+    def _loop(self) -> None:
+        while (desired := self._next()) is not None:
+            self.cancel.clear()
+            try:
+                self.reconcile(desired)
+            except Exception:
+                log.exception("reconcile failed")
+
+    def _next(self) -> Desired | None:
+        """The newest desired state queued (the older ones no longer matter); None to stop."""
+        desired = self._desired.get()
+        while desired is not None and not self._desired.empty():
+            desired = self._desired.get()
+        return desired
+
+    # -- reconciling -------------------------------------------------------------------------------------------------
+
+    def reconcile(self, desired: Desired) -> None:
+        self.board.generation = desired.generation
+        wanted = {m.name for m in desired.models}
+        for name in self.board.names():
+            if name not in wanted:
+                self._remove(name)
+        for target in desired.models:
+            if self.cancel.is_set():
+                return
+            self._follow(target)
+        self.store.collect_garbage(self.config.keep_versions, pinned(desired))
+        self.board.publish()
+
+    def _remove(self, name: str) -> None:
+        self.table.remove(name)
+        self.rollback.forget(name)
+        self.store.forget(name)
+        self.board.remove(name)
+        log.info("model %s removed by the controller", name)
+
+    def _follow(self, target: DesiredModel) -> None:
+        loaded = self.table.current(target.name)
+        if loaded and loaded.sha256 == target.sha256:
+            self.board.update(target.name, state="serving", reason=None)
+            return
+        rejected = self.store.rejection(target.name, target.sha256)
+        if rejected:
+            problem = Problem(code="rolled_back", message=rejected)
+            backend = self.board.serving_backend(target.name)
+            self.board.open(target.name, target.version, target.sha256, "failed", reason=problem, backend=backend)
+            self.board.publish()
+            return
+        self._deploy(target)
+
+    def _deploy(self, target: DesiredModel) -> None:
+        self.board.open(target.name, target.version, target.sha256, "pending")
+        try:
+            model, selection, artifact = self._prepare(target)
+        except FetchCancelled:
+            log.info("deployment of %s %s superseded", target.name, target.version)
+            return
+        except SampleError as exc:
+            self._fail(target, SampleError(f"the samples given with the model do not fit it: {exc}"))
+            return
+        except (EdgeError, OSError, KeyError) as exc:
+            self._fail(target, exc)
+            return
+        self._swap_in(target, model, selection, artifact)
+
+    def _prepare(self, target: DesiredModel) -> tuple[LoadedModel, dict[str, Any], Artifact]:
+        """Verify the signature, fetch, load the original and its variants, choose, and check the winner."""
+        if self.verifier is not None:
+            self.verifier.verify(target.manifest(), target.signature)
+        artifacts, left_out = self.downloads.fetch_all(target)
+        samples = self.downloads.fetch_samples(target)
+        self.board.update(target.name, state="loading")
+        hints = dict(target.input_shapes) or None
+
+        def load(artifact: Artifact) -> tuple[LoadedModel, dict[str, Any]]:
+            return self.loader.load(
+                target.name, target.version, artifact.sha256, artifact.format,
+                backend=target.backend, samples=samples, hints=hints,
+            )  # fmt: skip
+
+        model, selection, artifact = choose(target, artifacts, left_out, load)
+        check_before_swap(model, self.table.current(target.name), self.config.rollback_latency_pct)
+        return model, selection, artifact
+
+    def _swap_in(self, target: DesiredModel, model: LoadedModel, selection: dict[str, Any], artifact: Artifact) -> None:
+        installed = Installed(
+            target.version,
+            artifact.sha256,
+            artifact.format,
+            model.backend.label,
+            artifact.variant,
+            target.sha256 if artifact.variant else None,
+            target.samples.sha256 if target.samples else None,
+            dict(target.input_shapes) or None,
+        )
+        self.rollback.swap_in(model, installed)
+        self.board.update_serving(
+            target.name,
+            state="serving",
+            backend=model.backend.label,
+            reason=None,
+            selection=selection,
+            failover=failover_status(model.backend),
+        )
+        log.info("now serving %s %s on %s (%s)", target.name, target.version, model.backend.label, selection["reason"])
+
+    def _fail(self, target: DesiredModel, exc: Exception) -> None:
+        log.error("deployment of %s %s failed: %s", target.name, target.version, exc)
+        self.board.update(target.name, state="failed", reason=Problem(code=failure_code(exc), message=str(exc)))
+
+    # -- from disk ---------------------------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Serve each model's last good version from the store; fall back to older verified versions."""
+        for name, record in list(self.store.records.items()):
+            for candidate in ([record.serving] if record.serving else []) + record.history:
+                if self._restore(name, record, candidate):
+                    break
+
+    def _restore(self, name: str, record: ModelRecord, candidate: Installed) -> bool:
+        if not self.store.verify(candidate.sha256):
+            log.error("stored %s %s fails its sha256 check; not serving it", name, candidate.version)
+            return False
+        try:
+            model, selection = self.loader.load(
+                name, candidate.version, candidate.sha256, candidate.format,
+                samples=self.downloads.stored_samples(candidate.samples), hints=candidate.input_shapes,
+            )  # fmt: skip
+        except (BackendError, SampleError, OSError) as exc:
+            log.error("stored %s %s does not load: %s", name, candidate.version, exc)
+            return False
+        model = replace(model, sha256=candidate.identity, artifact_sha256=candidate.sha256, variant=candidate.variant)
+        self.table.swap(model)
+        if candidate is not record.serving:
+            self.store.mark_serving(name, candidate)
+        self.board.open(
+            name, candidate.version, candidate.identity, "serving",
+            progress=1.0, backend=model.backend.label, selection=selection, failover=failover_status(model.backend),
+        )  # fmt: skip
+        log.info("serving %s %s from disk on %s", name, candidate.version, model.backend.label)
+        return True

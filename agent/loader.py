@@ -1,0 +1,113 @@
+"""Loads a version for serving: the backend its trial chose, failover to the runner-ups, warm-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.serving import LoadedModel
+from agent.store import ModelStore
+from agent.telemetry import Recorder
+from targets.base import Backend
+from targets.failover import FailoverBackend
+from targets.inputs import Inputs
+from targets.selection import Selection, candidates, load_candidate, select_backend
+
+WARM_UP_RUNS = 3  # a dynamic OpenVINO model compiles a static copy for its shapes once it has seen them three times
+
+FailoverChanged = Callable[[str, dict[str, Any]], None]  # (model name, failover status)
+
+
+def failover_status(backend: Backend) -> dict[str, Any] | None:
+    """What serves instead of the preferred backend and why (the status' `failover`); None without failover."""
+    return backend.status() if isinstance(backend, FailoverBackend) else None
+
+
+@dataclass
+class Loader:
+    """Turns a stored artifact into a warm LoadedModel; `on_failover` hears each run-time failover of a model."""
+
+    config: AgentConfig
+    hardware: dict[str, Any]
+    store: ModelStore
+    recorder: Recorder
+    on_failover: FailoverChanged
+
+    def load(
+        self,
+        name: str,
+        version: str,
+        sha256: str,
+        model_format: str,
+        *,
+        backend: str | None = None,
+        samples: list[Inputs] | None = None,
+        hints: dict[str, list[int]] | None = None,
+    ) -> tuple[LoadedModel, dict[str, Any]]:
+        """The model loaded on the backend its trial chose (cached per model and hardware) on representative inputs,
+        with the trial's summary for the status; BackendError or SampleError when it cannot serve here."""
+        path = self.store.path(sha256)
+        override = backend or self.config.backend
+        selection = self._select(path, model_format, sha256, override, samples, hints)
+        probe = tuple(selection.probe.sets)
+        instance = selection.backend
+        fallbacks = [] if override else self._fallbacks(selection, path, model_format)
+        if fallbacks:
+            instance = FailoverBackend(
+                instance,
+                fallbacks,
+                on_change=partial(self.on_failover, name),
+                probe=probe[0] if probe else None,
+            )
+        for inputs in probe[:1] * WARM_UP_RUNS:
+            instance.infer(inputs)
+        model = LoadedModel(name, version, sha256, instance, stats=self.recorder.model(name, version), probe=probe)
+        return model, selection.as_dict()
+
+    def _select(
+        self,
+        path: Path,
+        model_format: str,
+        sha256: str,
+        override: str | None,
+        samples: list[Inputs] | None,
+        hints: dict[str, list[int]] | None,
+    ) -> Selection:
+        cfg = self.config
+        return select_backend(
+            path,
+            model_format,
+            self.hardware,
+            override=override,
+            options=cfg.backend_options if override else None,
+            trial=cfg.backend_trial,
+            budget_s=cfg.trial_budget_s,
+            cache_dir=Path(cfg.data_dir) / "selection",
+            sha256=sha256,
+            samples=samples,
+            hints=hints,
+            isolated=cfg.trial_isolated,
+        )
+
+    def _fallbacks(
+        self, selection: Selection, path: Path, model_format: str
+    ) -> list[tuple[str, Callable[[], Backend]]]:
+        """The other candidates that agreed in the trial, fastest first, loaded only if the chosen one fails."""
+        working = sorted(
+            (r for r in selection.candidates if r.agreed and r.name != selection.choice and r.p50_ms is not None),
+            key=lambda r: r.p50_ms or 0.0,
+        )
+        by_name = {c.name: c for c in candidates(model_format, self.hardware)}
+        names = {
+            "input_names": [s.name for s in selection.backend.inputs],
+            "output_names": [s.name for s in selection.backend.outputs],
+        }
+        return [
+            (r.name, partial(load_candidate, c, path, model_format, names if c.backend == "openvino" else None))
+            for r in working
+            if (c := by_name.get(r.name)) is not None
+        ]
