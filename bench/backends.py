@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -22,6 +21,7 @@ from targets import selection  # noqa: E402
 from targets.base import BackendError  # noqa: E402
 from targets.probe import probe  # noqa: E402
 from targets.tensors import synthetic_inputs  # noqa: E402
+from targets.timing import pooled_ms, turn_about  # noqa: E402
 
 
 def models(d: Path) -> list[tuple[str, Path, str]]:
@@ -37,21 +37,25 @@ def models(d: Path) -> list[tuple[str, Path, str]]:
     return found
 
 
-def measure(cand: selection.Candidate, path: Path, fmt: str, runs: int) -> tuple[float, float] | str:
-    try:
-        backend = selection.load_candidate(cand, path, fmt)
-        x = synthetic_inputs(backend.inputs, dynamic_size=1)  # the sample models have no dims that cannot be 1
-        for _ in range(5):
-            backend.infer(x)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            backend.infer(x)
-            times.append(time.perf_counter() - t0)
-        backend.close()
-    except BackendError as exc:
-        return str(exc)[:90]
-    return float(np.percentile(times, 50)) * 1000, float(np.percentile(times, 95)) * 1000
+def measure(cands: list[selection.Candidate], path: Path, fmt: str, runs: int) -> dict[str, tuple[float, float] | str]:
+    """p50/p95 (ms) of every candidate that loads, timed turn about (targets.timing), or why it could not run."""
+    loaded, found = {}, {}
+    for cand in cands:
+        try:
+            backend = selection.load_candidate(cand, path, fmt)
+            x = synthetic_inputs(backend.inputs, dynamic_size=1)  # the sample models have no dims that cannot be 1
+            for _ in range(5):
+                backend.infer(x)
+            loaded[cand.name] = (backend, x)
+        except BackendError as exc:
+            found[cand.name] = str(exc)[:90]
+    per_block = max(runs // 10, 3)
+    runners = [lambda b=b, x=x: b.infer(x) for b, x in loaded.values()]
+    measured = turn_about(runners, rounds=10, block_s=0.0, min_runs=per_block, max_runs=per_block)
+    for name, rounds in zip(loaded, measured, strict=True):
+        found[name] = (pooled_ms(rounds, 50), pooled_ms(rounds, 95))
+        loaded[name][0].close()
+    return found
 
 
 def main() -> int:
@@ -75,8 +79,9 @@ def main() -> int:
         for title, path, fmt in models(Path(tmp)):
             cells: dict[str, str] = {}
             p50s: dict[str, float] = {}
-            for cand in selection.candidates(fmt, hardware):
-                result = measure(cand, path, fmt, args.runs)
+            exact = [c for c in selection.candidates(fmt, hardware) if c.precision == "full"]
+            for name, result in measure(exact, path, fmt, args.runs).items():
+                cand = next(c for c in exact if c.name == name)
                 if isinstance(result, str):
                     cells[cand.name] = f"[red]failed[/red]: {result}"
                 else:
@@ -85,7 +90,7 @@ def main() -> int:
             t0 = time.perf_counter()
             try:
                 chosen = selection.select_backend(path, fmt, hardware, budget_s=args.budget)
-                pick, trial_s = chosen.label, time.perf_counter() - t0
+                pick, trial_s = chosen.choice, time.perf_counter() - t0
             except BackendError as exc:
                 pick, trial_s = f"none: {exc}", time.perf_counter() - t0
             fastest = min(p50s.values()) if p50s else None

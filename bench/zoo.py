@@ -29,22 +29,20 @@ from targets.base import Backend, BackendError  # noqa: E402
 from targets.candidates import REFERENCE, candidates  # noqa: E402
 from targets.probe import probe  # noqa: E402
 from targets.selection import load_candidate, select_backend  # noqa: E402
+from targets.timing import pooled_ms, turn_about  # noqa: E402
 
 
 def turn_about_p50(a: Backend, b: Backend, inputs: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
-    """p50 (ms) of two loaded backends, blocks of runs taken in turn so the box's drift hits both alike."""
-    times: list[list[float]] = [[], []]
+    """p50 (ms) of two loaded backends after a warm-up, blocks taken in turn (targets.timing, the one timer)."""
     for backend in (a, b):
         for _ in range(3):
             backend.infer(inputs)
-    block = max(runs // 8, 3)
-    for _ in range(8):
-        for i, backend in enumerate((a, b)):
-            for _ in range(block):
-                started = time.perf_counter()
-                backend.infer(inputs)
-                times[i].append(time.perf_counter() - started)
-    return float(np.median(times[0]) * 1000), float(np.median(times[1]) * 1000)
+    per_block = max(runs // 8, 3)
+    measured = turn_about(
+        [lambda: a.infer(inputs), lambda: b.infer(inputs)], rounds=8, block_s=0.0, min_runs=per_block,
+        max_runs=per_block,
+    )  # fmt: skip
+    return pooled_ms(measured[0], 50), pooled_ms(measured[1], 50)
 
 
 def one(model: catalog.ZooModel, mode: str, hardware: dict[str, Any], budget: float, runs: int) -> dict[str, Any]:
