@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.systemd_notify import Notifier
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNITS = ("edge-agent.service", "edge-controller.service")
 
 

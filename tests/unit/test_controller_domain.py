@@ -25,7 +25,7 @@ from controller.uploads import TooLarge, receive_bytes
 from edgectl import sample_models
 from protocol.errors import EdgeError
 
-CONTROLLER = Path(__file__).resolve().parents[1] / "controller"
+CONTROLLER = Path(__file__).resolve().parents[2] / "controller"
 
 
 @pytest.fixture

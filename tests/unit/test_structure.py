@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("agent", "targets", "converters", "controller", "edgectl", "protocol", "daemon")
 MAX_LINES = 430  # "about 400": one concept per module
 

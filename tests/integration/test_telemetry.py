@@ -427,7 +427,7 @@ def test_grafana_dashboard_uses_only_exported_metrics(tmp_path):
     exported = {line.split()[2] for line in render(db.list_devices(), ingest).splitlines() if line.startswith("# TYPE")}
     ingest.stop()
     db.close()
-    dashboard = json.loads((Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
     used = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:

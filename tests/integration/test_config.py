@@ -13,7 +13,7 @@ import pytest
 
 from agent.config import AgentConfig, ConfigError, env_overrides, load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "systemd" / "agent.toml.example"
 
 

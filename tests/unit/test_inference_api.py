@@ -22,7 +22,7 @@ from agent.serving import LoadedModel, ModelTable
 from edgectl.sample_models import mlp, scaled_sum
 from targets import registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(name: str, path: Path, version: str = "1") -> LoadedModel:
