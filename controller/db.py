@@ -263,6 +263,17 @@ class Database:
             conn.execute(devices.update().where(devices.c.id == device_id).values(generation=devices.c.generation + 1))
             return conn.execute(sa.select(devices.c.generation).where(devices.c.id == device_id)).scalar_one()
 
+    def remove_deployment(self, device_id: str, model_name: str) -> int | None:
+        """Take a model out of the device's desired state; the new generation, or None when it was not deployed."""
+        with self.engine.begin() as conn:
+            key = (deployments.c.device_id == device_id) & (deployments.c.model_name == model_name)
+            if conn.execute(deployments.delete().where(key)).rowcount == 0:
+                return None
+            vkey = (deployment_variants.c.device_id == device_id) & (deployment_variants.c.model_name == model_name)
+            conn.execute(deployment_variants.delete().where(vkey))
+            conn.execute(devices.update().where(devices.c.id == device_id).values(generation=devices.c.generation + 1))
+            return int(conn.execute(sa.select(devices.c.generation).where(devices.c.id == device_id)).scalar_one())
+
     def desired_models(self, device_id: str) -> list[tuple[ModelRow, str | None]]:
         """The (model version, backend override) pairs a device should serve."""
         query = (

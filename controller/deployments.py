@@ -133,6 +133,18 @@ class Deployments:
             "generation": generation,
         }
 
+    def undeploy(self, device_id: str, model: str) -> dict[str, Any]:
+        """Remove `model` from the device's desired state: the agent stops serving it and deletes its files."""
+        find_device(self.db, device_id)
+        generation = self.db.remove_deployment(device_id, model)
+        if generation is None:
+            deployed = sorted(m.name for m, _ in self.db.desired_models(device_id))
+            raise EdgeError(
+                f"model {model!r} is not deployed to {device_id}; deployed: {deployed}", code="not_deployed"
+            )
+        self.fleet.publish_desired(device_id)
+        return {"device": device_id, "model": model, "generation": generation}
+
     def _apply(self, device_id: str, model: ModelRow, backend: str | None, variants: list[str]) -> int:
         """Record the deployment and publish the device's new desired state; its generation."""
         generation = self.db.set_deployment(device_id, model, backend, variants)

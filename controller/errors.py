@@ -24,6 +24,7 @@ STATUS: dict[str, int] = {
     # things that are not there
     "not_found": 404,
     "unknown_model": 404,
+    "not_deployed": 404,
     "unknown_version": 404,
     "unknown_device": 404,
     "unknown_variant": 404,

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from edgectl import __version__
-from edgectl.commands import convert, demo, infer, models, push, rollback, status, telemetry
+from edgectl.commands import convert, demo, infer, models, push, rollback, status, telemetry, undeploy
 from edgectl.errors import one_line
 
-GROUPS = (push, rollback, status, models, infer, telemetry, demo, convert)  # in the order `--help` lists them
+GROUPS = (push, rollback, undeploy, status, models, infer, telemetry, demo, convert)  # in the order `--help` lists them
 
 
 def show_version(value: bool) -> None:

@@ -109,6 +109,9 @@ class ControllerClient:
         body |= {"variants": variants, "force": force} if variants is not None or force else {}
         return self._request("POST", "/api/v1/deployments", json=body)
 
+    def undeploy(self, device_id: str, model: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/api/v1/devices/{device_id}/models/{model}")
+
     def rollback(self, device_id: str, model: str | None = None, to: str | None = None) -> dict[str, Any]:
         return self._request("POST", f"/api/v1/devices/{device_id}/rollback", json={"model": model, "to": to})
 

@@ -44,4 +44,9 @@ def router(state: AppState) -> APIRouter:
         body = body or RollbackRequest()
         return state.deployments.rollback(device_id, body.model, body.to)
 
+    @router.delete("/api/v1/devices/{device_id}/models/{name}")
+    def undeploy(device_id: str, name: str) -> dict[str, Any]:
+        """Remove a model from a device: it stops serving it, deletes its files and no longer reports it."""
+        return state.deployments.undeploy(device_id, name)
+
     return router

@@ -13,7 +13,9 @@ from edgectl import __version__
 from edgectl.cli import GROUPS, app
 from edgectl.errors import CommandFailed, one_line
 
-EXPECTED = {"push", "rollback", "devices", "status", "models", "infer", "telemetry", "top", "demo", "convert"}
+EXPECTED = {
+    "push", "rollback", "undeploy", "devices", "status", "models", "infer", "telemetry", "top", "demo", "convert",
+}  # fmt: skip
 
 
 def edgectl(*args: str) -> subprocess.CompletedProcess:
