@@ -19,6 +19,7 @@ from controller.fleet import Fleet
 from controller.optimizer import Optimizer
 from controller.registry import MAX_UPLOAD_BYTES, Registry
 from controller.routes import all_routers
+from controller.routes.docs import router as docs_router
 from controller.state import AppState
 from protocol.errors import EdgeError
 
@@ -49,6 +50,7 @@ def create_app(
         title="edge-controller",
         version=__version__,
         description="Model registry, device registry and deployments for an edge fleet.",
+        docs_url=None,  # served by controller/routes/docs.py with local assets (works offline)
     )
     if token:
         app.add_middleware(TokenAuth, token=token)
@@ -67,4 +69,5 @@ def create_app(
     )
     for router in all_routers(state):
         app.include_router(router)
+    app.include_router(docs_router(app.title))
     return app

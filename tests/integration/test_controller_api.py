@@ -42,3 +42,18 @@ def test_bad_requests_get_clear_errors(controller, mlp_model):
     assert again.status_code == 201 and again.json()["created"] is False
     clash = httpx.post(f"{url}/api/v1/models/m", params={"version": "v1"}, content=mlp_model.read_bytes() + b"\0")
     assert clash.status_code in (400, 409)
+
+
+def test_docs_work_offline(controller):
+    """/docs loads Swagger UI from the controller itself (the swagger-ui-bundle package), never from a CDN."""
+    import re
+
+    page = httpx.get(f"{controller.url}/docs")
+    assert page.status_code == 200
+    sources = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text) + re.findall(r"url: '([^']+)'", page.text)
+    assert sources and all(s.startswith("/") for s in sources), sources  # nothing off this host
+    assert "/static/swagger/swagger-ui-bundle.js" in sources
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        r = httpx.get(f"{controller.url}/static/swagger/{asset}")
+        assert r.status_code == 200 and len(r.content) > 10_000, asset
+    assert httpx.get(f"{controller.url}/static/swagger/..%2Fsecrets").status_code == 404
