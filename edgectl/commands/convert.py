@@ -88,7 +88,7 @@ def show_results(results: list[ConversionResult], model: Path) -> None:
 
 
 def convert(
-    model: Annotated[Path, typer.Argument(help="Float ONNX model to optimize.")],
+    model: Annotated[Path | None, typer.Argument(help="Float ONNX model to optimize (not needed with --list).")] = None,
     to: Annotated[str, typer.Option("--to", help="Variant(s), comma-separated, or 'all'. See --list.")] = "",
     calibration: Annotated[
         Path | None,
@@ -116,6 +116,8 @@ def convert(
 
     if list_only:
         return list_variants(as_json)
+    if model is None:
+        raise CommandFailed("give the model file to convert (or --list to see the variants)")
     names = parse_variants(to)
     if not names:
         raise CommandFailed(f"--to is required: one or more of {', '.join(VARIANTS)} (comma-separated), or 'all'")

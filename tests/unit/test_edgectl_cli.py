@@ -61,3 +61,12 @@ def test_one_line_maps_known_errors_and_lets_others_through():
         result = runner.invoke(cli, [kind])
         assert result.exit_code == 1 and f"error: {message}" in result.output
     assert isinstance(runner.invoke(cli, ["bug"]).exception, KeyError)
+
+
+def test_convert_list_needs_no_model_and_a_missing_model_is_one_line():
+    listed = edgectl("convert", "--list")
+    assert listed.returncode == 0 and "int8-static" in listed.stdout, listed.stderr
+    missing = edgectl("convert")
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        "error: give the model file to convert (or --list to see the variants)"
+    ]
