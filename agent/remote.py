@@ -14,7 +14,9 @@ from agent.serving import ModelTable
 from agent.status_board import StatusBoard
 from protocol import QOS, Problem, RpcRequest, RpcResponse, Topics, decode
 from protocol.errors import EdgeError, error_code
+from protocol.tensors import InputError
 
+SINGLE_INPUT = ""  # the name of a lone unnamed input tensor in an infer call
 log = logging.getLogger(__name__)
 
 Publish = Callable[..., object]  # MqttLink.publish
@@ -76,12 +78,19 @@ class RemoteCalls:
         return handler(params)
 
     def infer(self, params: dict[str, Any]) -> dict[str, Any]:
-        """`{model, inputs: {name: tensor}}` -> the v2 result header, backend, latency and the output tensors."""
+        """`{model, inputs: {name: tensor}}` -> the v2 result header, backend, latency and the output tensors. A lone
+        tensor named "" goes to a one-input model's input, whatever its format or version (the device knows)."""
         name = params.get("model")
         model = self.table.get(name) if isinstance(name, str) else None
         if model is None:
             raise NotFound(f"model {name!r} is not serving here; serving: {self.table.names()}")
         arrays = v2.decode_tensor_map(params.get("inputs"))
+        specs = model.backend.inputs
+        if set(arrays) == {SINGLE_INPUT}:  # one unnamed array (edgectl infer --input x.npy)
+            if len(specs) != 1:
+                names = [s.name for s in specs]
+                raise InputError(f"the model takes {len(specs)} inputs {names}: pass an .npz keyed by input name")
+            arrays = {specs[0].name: arrays[SINGLE_INPUT]}
         started = time.perf_counter()
         outputs = model.infer(arrays)
         latency_ms = (time.perf_counter() - started) * 1000

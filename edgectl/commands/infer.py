@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +28,7 @@ def infer(
 
     client = client_for(controller, token)
     client.device(device)  # an unknown device is the first thing to report
-    arrays = load_inputs(input_file, lambda: client.model(model))
+    arrays = load_inputs(input_file)
     result = client.infer(device, model, {k: encode_tensor(v) for k, v in arrays.items()}, timeout)
     outputs = {k: decode_tensor(k, v) for k, v in result["outputs"].items()}
     if as_json:
@@ -44,8 +43,9 @@ def infer(
             console.print(f"  {key} {value.dtype}{list(value.shape)} = {value}")
 
 
-def load_inputs(path: Path, model_info: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Named arrays from .npz, or the model's single input from .npy (InputError says what does not fit)."""
+def load_inputs(path: Path) -> dict[str, Any]:
+    """Named arrays from .npz, or one unnamed array from .npy: the device gives it to the single input of the version
+    it serves, whatever the format (TFLite models carry no signature on the controller)."""
     import numpy as np
 
     if not path.is_file():
@@ -55,11 +55,7 @@ def load_inputs(path: Path, model_info: Callable[[], dict[str, Any]]) -> dict[st
     except (OSError, ValueError) as exc:
         raise InputError(f"{path} is not a .npy/.npz file: {exc}") from None
     if isinstance(loaded, np.ndarray):
-        inputs = model_info().get("info", {}).get("inputs", [])
-        if len(inputs) != 1:
-            names = [i["name"] for i in inputs]
-            raise InputError(f"the model takes {len(inputs)} inputs {names}: pass an .npz keyed by input name")
-        return {inputs[0]["name"]: loaded}
+        return {"": loaded}
     with loaded:
         return {key: loaded[key] for key in loaded.files}
 
