@@ -135,6 +135,7 @@ def test_dashboard_shows_a_failed_model_with_its_reason_and_colour(controller, s
 
     from zoo.sklearn_models import custom_op_model
 
+    start_agent("cam-02", wait_online=controller)
     custom_op_model(tmp_path / "custom.onnx")  # one FancyNorm node of a domain no runtime here has
     c = controller.client
     record = c.upload_model(tmp_path / "custom.onnx", "custom", None)
