@@ -61,6 +61,15 @@ class AgentConfig(BaseModel):
     health_window_s: float = Field(default=30.0, ge=0, le=86400)
     rollback_max_errors: int = Field(default=3, ge=1)
     rollback_latency_pct: float = Field(default=50.0, gt=0)
+    # Before a swap the new version answers copies of live requests beside the serving one for up to this long
+    # (fewer seconds when shadow_pairs inputs arrive sooner); with thin traffic the model's samples stand in.
+    shadow_window_s: float = Field(default=5.0, ge=0, le=600)
+    shadow_pairs: int = Field(default=40, ge=4, le=10000)
+    shadow_share: float = Field(default=1.0, gt=0, le=1)  # of live requests copied to the shadow
+    # Real request inputs kept per model in memory (reservoir-sampled) for `edgectl capture` and re-selection on
+    # live shapes; 0 keeps none (privacy). Never sent unless asked for.
+    capture_inputs: int = Field(default=32, ge=0, le=4096)
+    capture_max_mb: float = Field(default=16.0, gt=0, le=4096)
     telemetry_interval_s: float = Field(default=10.0, ge=0.1, le=3600)
     telemetry_queue_mb: float = Field(default=16.0, gt=0, le=65536)
     telemetry_replay_rate: float = Field(default=20.0, gt=0, le=10000)

@@ -15,13 +15,13 @@ from agent.config import AgentConfig
 from agent.downloads import Downloads
 from agent.fetcher import FetchCancelled
 from agent.loader import Loader, failover_status
-from agent.preswap import check_before_swap
+from agent.preswap import ShadowPlan, Unhealthy, check_before_swap
 from agent.rollback import Rollback
 from agent.serving import LoadedModel, ModelTable
 from agent.status_board import StatusBoard
-from agent.store import Installed, ModelRecord, ModelStore
+from agent.store import Installed, ModelRecord, ModelStore, Refusal
 from agent.variants import Artifact, choose
-from protocol import Desired, DesiredModel, Problem
+from protocol import Desired, DesiredModel, Problem, Shadow
 from protocol.errors import EdgeError, error_code
 from protocol.signing import Verifier
 from targets.base import BackendError
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # The codes a failed deployment reports that are not the exception's own: a backend that cannot load the version.
 REPORTED_AS: dict[type[Exception], str] = {BackendError: "load_failed"}
+# Failures that say nothing about the version (the network, the disk): the next desired state tries it again.
+TRANSIENT = ("fetch_failed", "hash_mismatch", "deploy_failed")
 
 
 def failure_code(exc: Exception) -> str:
@@ -117,6 +119,8 @@ class Deployer:
 
     def _remove(self, name: str) -> None:
         self.table.remove(name)
+        if self.loader.taps is not None:
+            self.loader.taps.drop(name)  # its kept request inputs go with it
         self.rollback.forget(name)
         self.store.forget(name)
         self.board.remove(name)
@@ -127,19 +131,25 @@ class Deployer:
         if loaded and loaded.sha256 == target.sha256:
             self.board.update(target.name, state="serving", reason=None)
             return
-        rejected = self.store.rejection(target.name, target.sha256)
-        if rejected:
-            problem = Problem(code="rolled_back", message=rejected)
+        refused = self.store.rejection(target.name, target.sha256)
+        if refused and refused.attempt >= target.attempt:
+            entry = self.board.get(target.name)
+            if entry and entry.sha256 == target.sha256 and entry.state == "failed":
+                return  # reported already, with its shadow figures
+            problem = Problem(code=refused.code, message=refused.reason)
             backend = self.board.serving_backend(target.name)
-            self.board.open(target.name, target.version, target.sha256, "failed", reason=problem, backend=backend)
+            self.board.open(
+                target.name, target.version, target.sha256, "failed",
+                reason=problem, backend=backend, attempt=refused.attempt,
+            )  # fmt: skip
             self.board.publish()
             return
         self._deploy(target)
 
     def _deploy(self, target: DesiredModel) -> None:
-        self.board.open(target.name, target.version, target.sha256, "pending")
+        self.board.open(target.name, target.version, target.sha256, "pending", attempt=target.attempt)
         try:
-            model, selection, artifact = self._prepare(target)
+            model, selection, artifact, shadow = self._prepare(target)
         except FetchCancelled:
             log.info("deployment of %s %s superseded", target.name, target.version)
             return
@@ -149,9 +159,9 @@ class Deployer:
         except (EdgeError, OSError, KeyError) as exc:
             self._fail(target, exc)
             return
-        self._swap_in(target, model, selection, artifact)
+        self._swap_in(target, replace(model, attempt=target.attempt), selection, artifact, shadow)
 
-    def _prepare(self, target: DesiredModel) -> tuple[LoadedModel, dict[str, Any], Artifact]:
+    def _prepare(self, target: DesiredModel) -> tuple[LoadedModel, dict[str, Any], Artifact, Shadow | None]:
         """Verify the signature, fetch, load the original and its variants, choose, and check the winner."""
         if self.verifier is not None:
             self.verifier.verify(target.manifest(), target.signature)
@@ -167,10 +177,26 @@ class Deployer:
             )  # fmt: skip
 
         model, selection, artifact = choose(target, artifacts, left_out, load)
-        check_before_swap(model, self.table.current(target.name), self.config.rollback_latency_pct)
-        return model, selection, artifact
+        serving = self.table.current(target.name)
+        if serving is not None:
+            self.board.update(target.name, state="checking")
+        shadow = check_before_swap(model, serving, self.shadow_plan(), model.tap, self.cancel)
+        if self.cancel.is_set():
+            raise FetchCancelled("superseded during the shadow check")
+        return model, selection, artifact, shadow
 
-    def _swap_in(self, target: DesiredModel, model: LoadedModel, selection: dict[str, Any], artifact: Artifact) -> None:
+    def shadow_plan(self) -> ShadowPlan:
+        cfg = self.config
+        return ShadowPlan(cfg.shadow_window_s, cfg.shadow_pairs, cfg.shadow_share, cfg.rollback_latency_pct)
+
+    def _swap_in(
+        self,
+        target: DesiredModel,
+        model: LoadedModel,
+        selection: dict[str, Any],
+        artifact: Artifact,
+        shadow: Shadow | None,
+    ) -> None:
         installed = Installed(
             target.version,
             artifact.sha256,
@@ -189,12 +215,18 @@ class Deployer:
             reason=None,
             selection=selection,
             failover=failover_status(model.backend),
+            shadow=shadow,
         )
         log.info("now serving %s %s on %s (%s)", target.name, target.version, model.backend.label, selection["reason"])
 
     def _fail(self, target: DesiredModel, exc: Exception) -> None:
+        """Report the failure; one that is the version's own is not tried again at this attempt."""
         log.error("deployment of %s %s failed: %s", target.name, target.version, exc)
-        self.board.update(target.name, state="failed", reason=Problem(code=failure_code(exc), message=str(exc)))
+        code = failure_code(exc)
+        if code not in TRANSIENT and not isinstance(exc, OSError):
+            self.store.reject(target.name, target.sha256, Refusal(str(exc), code, target.attempt))
+        shadow = exc.report if isinstance(exc, Unhealthy) else None
+        self.board.update(target.name, state="failed", reason=Problem(code=code, message=str(exc)), shadow=shadow)
 
     # -- from disk ---------------------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.live import LiveTaps
 from agent.serving import LoadedModel
 from agent.store import ModelStore
 from agent.telemetry import Recorder
@@ -36,6 +37,7 @@ class Loader:
     store: ModelStore
     recorder: Recorder
     on_failover: FailoverChanged
+    taps: LiveTaps | None = None  # each loaded model's requests feed its name's reservoir and shadow mirror
 
     def load(
         self,
@@ -65,7 +67,9 @@ class Loader:
             )
         for inputs in probe[:1] * WARM_UP_RUNS:
             instance.infer(inputs)
-        model = LoadedModel(name, version, sha256, instance, stats=self.recorder.model(name, version), probe=probe)
+        tap = self.taps.get(name) if self.taps is not None else None
+        stats = self.recorder.model(name, version)
+        model = LoadedModel(name, version, sha256, instance, stats=stats, probe=probe, tap=tap)
         return model, selection.as_dict()
 
     def _select(

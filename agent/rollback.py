@@ -12,7 +12,7 @@ from agent.config import AgentConfig
 from agent.health import HealthWatch
 from agent.serving import LoadedModel, ModelTable
 from agent.status_board import StatusBoard
-from agent.store import Installed, ModelStore
+from agent.store import Installed, ModelStore, Refusal
 from protocol import Problem
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Rollback:
             self.table.swap(old)
             self.store.mark_serving(name, self._installed(name, old))
             message = f"rolled back to version {old.version}: {reason}"
-            self.store.reject(name, bad.sha256, message)
+            self.store.reject(name, bad.sha256, Refusal(message, "rolled_back", bad.attempt))
         log.error("%s %s %s", name, bad.version, message)
         problem = Problem(code="rolled_back", message=message)
         self.board.update_serving(name, state="failed", reason=problem, backend=old.backend.label)

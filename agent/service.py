@@ -18,6 +18,7 @@ from agent.downloads import Downloads
 from agent.fetcher import ArtifactFetcher
 from agent.inference_api import InferenceServer
 from agent.inflight import TrackedTable
+from agent.live import LiveTaps
 from agent.loader import Loader
 from agent.remote import RemoteCalls
 from agent.rollback import Rollback
@@ -34,7 +35,7 @@ from targets.probe import probe
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 10.0  # in-flight inferences get this long on shutdown (the unit's TimeoutStopSec is 20 s)
-BUSY_STATES = ("pending", "downloading", "verifying", "loading")
+BUSY_STATES = ("pending", "downloading", "verifying", "loading", "checking")
 
 Handler = Callable[[bytes], None]
 
@@ -71,7 +72,8 @@ class Agent:
         self.telemetry = self._make_telemetry()
         self.fetcher = self._make_fetcher()
         self.rollback = Rollback(config, self.table, self.store, self.board)
-        self.loader = Loader(config, self.hardware, self.store, self.recorder, self._on_failover)
+        self.taps = LiveTaps(config.capture_inputs, int(config.capture_max_mb * (1 << 20)))
+        self.loader = Loader(config, self.hardware, self.store, self.recorder, self._on_failover, self.taps)
         verifier = Verifier(config.trusted_keys) if config.trusted_keys else None
         downloads = Downloads(self.fetcher, self.store, self.board, verifier, threading.Event())
         self.deployer = Deployer(

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from agent.health import HealthWatch
+    from agent.live import LiveTap
     from agent.telemetry import ModelStats
 
 
@@ -32,6 +33,8 @@ class LoadedModel:
     # Representative inputs (the operator's samples, or synthetic inputs the reference runtime ran): what warm-up,
     # timing and every check run on. Empty when none were found: the model then serves untimed and unchecked.
     probe: tuple[dict[str, np.ndarray], ...] = field(default=(), compare=False, repr=False)
+    tap: LiveTap | None = field(default=None, compare=False, repr=False)  # the reservoir and shadow mirror
+    attempt: int = 0  # the desired model's attempt it was deployed at (a rollback refuses that attempt)
 
     def sample(self, index: int = 0) -> dict[str, np.ndarray] | None:
         """One representative input set, or None when the model has none."""
@@ -50,15 +53,18 @@ class LoadedModel:
             return self._infer_watched(arrays, watch)
         if stats is None:
             check_inputs(self.backend.inputs, arrays)
-            return self.backend.infer(arrays)
-        started = perf_counter()
-        try:
-            check_inputs(self.backend.inputs, arrays)
             outputs = self.backend.infer(arrays)
-        except Exception:
-            stats.error()
-            raise
-        stats.record((perf_counter() - started) * 1000.0, outputs)
+        else:
+            started = perf_counter()
+            try:
+                check_inputs(self.backend.inputs, arrays)
+                outputs = self.backend.infer(arrays)
+            except Exception:
+                stats.error()
+                raise
+            stats.record((perf_counter() - started) * 1000.0, outputs)
+        if self.tap is not None:
+            self.tap.offer(arrays)
         return outputs
 
     def _infer_watched(self, arrays: dict[str, np.ndarray], watch: HealthWatch) -> dict[str, np.ndarray]:
@@ -75,6 +81,8 @@ class LoadedModel:
         if self.stats is not None:
             self.stats.record((perf_counter() - started) * 1000.0, outputs)
         watch.observe(outputs, arrays)
+        if self.tap is not None:
+            self.tap.offer(arrays)
         return outputs
 
 

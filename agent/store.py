@@ -44,12 +44,27 @@ class Installed:
 
 
 @dataclass
+class Refusal:
+    """A version that failed here (rolled back, or refused before its swap) and the attempt it failed at: it is
+    deployed again only for a higher attempt (an operator's push --retry or rollback --to), never by itself."""
+
+    reason: str
+    code: str = "rolled_back"
+    attempt: int = 0
+
+    @classmethod
+    def parse(cls, raw: object) -> Refusal:
+        """From the records file (an older agent wrote the reason alone)."""
+        return cls(reason=raw) if isinstance(raw, str) else cls(**raw)  # type: ignore[arg-type]
+
+
+@dataclass
 class ModelRecord:
     """Per model: what serves now, and the versions before it (newest first) kept for rollback."""
 
     serving: Installed | None = None
     history: list[Installed] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)  # sha256 -> why it was rolled back (not tried again)
+    rejected: dict[str, Refusal] = field(default_factory=dict)  # sha256 -> why it failed (not tried again)
 
     @property
     def previous(self) -> Installed | None:
@@ -175,7 +190,7 @@ class ModelStore:
                 name: ModelRecord(
                     serving=Installed(**rec["serving"]) if rec.get("serving") else None,
                     history=[Installed(**h) for h in rec.get("history", [])],
-                    rejected=dict(rec.get("rejected", {})),
+                    rejected={sha: Refusal.parse(r) for sha, r in rec.get("rejected", {}).items()},
                 )
                 for name, rec in raw.items()
             }
@@ -196,14 +211,16 @@ class ModelStore:
         rec.serving = installed
         self._save_records()
 
-    def reject(self, name: str, sha256: str, reason: str) -> None:
-        """Remember that a version was rolled back, so the same desired state does not deploy it again."""
+    def reject(self, name: str, sha256: str, refusal: Refusal) -> None:
+        """Remember that a version failed here, so the same attempt does not deploy it again."""
         rec = self.records.setdefault(name, ModelRecord())
-        rec.history = [h for h in rec.history if sha256 not in (h.sha256, h.identity)]
-        rec.rejected = {**dict(list(rec.rejected.items())[-7:]), sha256: reason}
+        if refusal.code == "rolled_back":
+            rec.history = [h for h in rec.history if sha256 not in (h.sha256, h.identity)]
+        rest = {sha: r for sha, r in rec.rejected.items() if sha != sha256}
+        rec.rejected = {**dict(list(rest.items())[-7:]), sha256: refusal}
         self._save_records()
 
-    def rejection(self, name: str, sha256: str) -> str | None:
+    def rejection(self, name: str, sha256: str) -> Refusal | None:
         rec = self.records.get(name)
         return rec.rejected.get(sha256) if rec else None
 

@@ -8,7 +8,7 @@ from controller.db import ModelRow, VariantRow
 
 DEVICE_MODEL_FIELDS = (
     "name", "version", "sha256", "backend", "state", "progress", "reason",
-    "serving", "previous", "selection", "failover",
+    "serving", "previous", "selection", "failover", "shadow", "attempt",
 )  # fmt: skip
 DEVICE_FIELDS = ("id", "online", "hardware", "agent_version", "api_url", "last_seen", "first_seen", "generation")
 

@@ -62,7 +62,7 @@ from protocol.messages import (
     VariantRef,
     now,
 )
-from protocol.status import CandidateResult, Failover, Hardware, Jetson, Selection, VariantTrial
+from protocol.status import CandidateResult, Failover, Hardware, Jetson, Selection, Shadow, VariantTrial
 from protocol.telemetry import (
     MAX_CLASS_BINS,
     MAX_TELEMETRY_MODELS,
@@ -128,6 +128,7 @@ __all__ = [
     "RpcResponse",
     "SampleRef",
     "Selection",
+    "Shadow",
     "ServingInfo",
     "Sha256",
     "Telemetry",

@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 
 from protocol.identifiers import DeviceId, ModelName, Sha256
 from protocol.limits import MAX_CHUNK_BYTES, MAX_SAMPLES, MAX_SAMPLES_BYTES, SCHEMA_VERSION
-from protocol.status import Failover, Hardware, Selection
+from protocol.status import Failover, Hardware, Selection, Shadow
 
-ModelState = Literal["pending", "downloading", "verifying", "loading", "serving", "failed", "removed"]
+ModelState = Literal["pending", "downloading", "verifying", "loading", "checking", "serving", "failed", "removed"]
 ModelFormat = Literal["onnx", "tflite", "openvino"]
 Encoding = Literal["identity", "zstd"]
 
@@ -114,6 +114,9 @@ class DesiredModel(BaseModel):
     samples: SampleRef | None = None
     # Shapes for synthetic inputs when no samples are given: input name -> dims (e.g. {"audio": [1, 16000]}).
     input_shapes: dict[str, list[Annotated[int, Field(ge=0, le=1 << 24)]]] = Field(default_factory=dict, max_length=64)
+    # Each explicit deploy of a version (push, rollback --to) is a new attempt: a version that failed or was rolled
+    # back is tried again only for a higher attempt, never because some other part of the desired state changed.
+    attempt: int = Field(default=0, ge=0)
 
     def manifest(self) -> dict[str, Any]:
         """The signed fields (samples and shape hints only when given, so older signatures stay valid)."""
@@ -165,8 +168,10 @@ class ModelStatus(BaseModel):
     previous: ServingInfo | None = None
     selection: Selection | None = None  # backend choice: the winner, why, the candidates and variants tried
     failover: Failover | None = None  # run-time failover: what serves instead of the preferred backend, and why
+    shadow: Shadow | None = None  # the pre-swap check beside the serving version
+    attempt: int = 0  # the desired model's attempt this entry reports on (see DesiredModel.attempt)
 
-    @field_serializer("selection", "failover", mode="wrap")
+    @field_serializer("selection", "failover", "shadow", mode="wrap")
     def _reported(self, value: Any, handler: SerializerFunctionWrapHandler) -> Any:
         """`model_copy(update=...)` does not validate: a report given there as a dict is dumped as it is."""
         return value if isinstance(value, dict) else handler(value)

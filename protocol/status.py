@@ -45,6 +45,22 @@ class VariantTrial(Reported):
     error: str | None = None
 
 
+class Shadow(Reported):
+    """The check a new version passed or failed before its swap: timed beside the serving version on the same
+    inputs (copies of live requests, or the model's samples when traffic was thin)."""
+
+    against: str | None = None  # the serving version it was compared with
+    inputs: str | None = None  # "live" or "samples"
+    pairs: int | None = None  # inputs both versions answered
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    serving_p50_ms: float | None = None
+    serving_p95_ms: float | None = None
+    agreement: float | None = None  # share of live inputs on which both answered alike (reported, not judged)
+    difference: str | None = None  # the first disagreement seen
+    verdict: str | None = None  # "passed", or why the serving version stays
+
+
 class Selection(Reported):
     """The backend choice for a model: the winner, why, every candidate tried, and the variants contest."""
 

@@ -10,7 +10,7 @@ function esc(value) {
 }
 function fmt(value, digits = 2) { return value === null || value === undefined ? "–" : Number(value).toFixed(digits); }
 const STALE_S = 60;  // an online device silent this long is flagged: its telemetry or state stopped arriving
-const BUSY = new Set(["pending", "downloading", "verifying", "loading"]);
+const BUSY = new Set(["pending", "downloading", "verifying", "loading", "checking"]);
 // One vocabulary for states, with a colour each: serving (green), busy (amber), failed (red, with its reason).
 function stateCell(m) {
   const state = m.state === "downloading" && m.progress ? `downloading ${Math.round(m.progress * 100)}%` : m.state;

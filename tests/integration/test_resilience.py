@@ -145,7 +145,8 @@ def test_zero_failed_requests_during_an_update(controller, start_agent, model_di
         time.sleep(1.0)
         update_start = time.perf_counter()
         controller.client.deploy("big", v2["version"], ["dev1"])
-        wait_model_state(controller, "dev1", "big", v2["sha256"], {"serving"}, timeout=60)
+        entry = wait_model_state(controller, "dev1", "big", v2["sha256"], {"serving", "failed"}, timeout=60)
+        assert entry["state"] == "serving", entry["reason"]
         update_end = time.perf_counter()
         time.sleep(1.0)
 
@@ -160,6 +161,9 @@ def test_zero_failed_requests_during_an_update(controller, start_agent, model_di
     )
     assert not load.errors, load.errors[:3]
     assert not failed, failed[:3]
+    shadow = entry["shadow"]  # judged beside version 1 on copies of the live requests
+    assert shadow["inputs"] == "live" and shadow["verdict"] == "passed" and shadow["pairs"] >= 8, shadow
+    assert shadow["agreement"] == 0.0  # another seed: different answers, reported and not held against it
     assert versions == {v1["version"], v2["version"]}  # it really switched while serving
     assert len(during) > 10
     assert np.isfinite(max(during))

@@ -116,7 +116,10 @@ def test_nan_on_warm_up_and_latency_regression_never_swap_in(controller, start_a
     slow = deploy(controller, mlp(model_dir / "rb-slow.onnx", seed=54, pad_mb=40))  # same model, ~1000x the work
     entry = wait_model_state(controller, "dev1", "m", slow["sha256"], {"failed"}, timeout=60)
     assert entry["reason"]["code"] == "latency_regression", entry["reason"]
-    assert "p95 latency" in entry["reason"]["message"]
+    assert "p50 latency" in entry["reason"]["message"] and "samples" in entry["reason"]["message"]
+    shadow = entry["shadow"]  # the figures behind the verdict travel with the status
+    assert shadow["inputs"] == "samples" and shadow["against"] == v1["version"] and shadow["pairs"] >= 8
+    assert shadow["p50_ms"] > 2 * shadow["serving_p50_ms"]
     assert agent.metadata("m")["versions"] == [v1["version"]]
 
 
