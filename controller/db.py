@@ -294,6 +294,12 @@ class Database:
             result.append((ModelRow(**m), backend))
         return result
 
+    def deployment_attempts(self, device_id: str) -> dict[str, int]:
+        """Each deployed model's attempt: when it was last deployed explicitly, in milliseconds (it only grows)."""
+        query = sa.select(deployments.c.model_name, deployments.c.created_at).where(deployments.c.device_id == device_id)
+        with self.engine.connect() as conn:
+            return {name: int(created * 1000) for name, created in conn.execute(query).all()}
+
     def get_deployment(self, device_id: str, model_name: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             r = conn.execute(

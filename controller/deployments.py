@@ -60,6 +60,19 @@ def pick_model(device_id: str, names: list[str], wanted: str | None) -> str:
     return names[0]
 
 
+def refuse_failed_before(db: Database, device_id: str, row: ModelRow) -> None:
+    """failed_before when the device reports this very version failed: trying it again is the operator's call."""
+    device = db.get_device(device_id) or {}
+    for entry in device.get("state") or []:
+        if entry.get("name") == row.name and entry.get("sha256") == row.sha256 and entry.get("state") == "failed":
+            reason = (entry.get("reason") or {}).get("message") or "no reason given"
+            raise EdgeError(
+                f"{row.name} version {row.version} already failed on {device_id} ({reason}); "
+                "pass --retry to try it again",
+                code="failed_before",
+            )
+
+
 def previous_version(device_id: str, name: str, reported: dict[str, Any] | None) -> str:
     """The version the device reports as the model's previous one (no_previous when it reports none)."""
     previous = (reported or {}).get("previous")
@@ -87,14 +100,22 @@ class Deployments:
         backend: str | None = None,
         variants: list[str] | None = None,
         force: bool = False,
+        retry: bool = False,
     ) -> dict[str, Any]:
-        """Make `model` at `version` (default: the newest) the desired one on each device (all must be known)."""
+        """Make `model` at `version` (default: the newest) the desired one on each device (all must be known); a
+        version a device reports failed is deployed again (a new attempt) only with `retry`."""
         check_devices(self.db, devices)
         row = self.db.get_model(model, version)
         if row is None:
             raise EdgeError(f"model {model!r} version {version or 'latest'} not found", code="unknown_model")
+        if not retry:
+            for device_id in devices:
+                refuse_failed_before(self.db, device_id, row)
         variant_names = choose_variants(self.db, row, variants, force)
-        result = [{"device": d, "generation": self._apply(d, row, backend, variant_names)} for d in devices]
+        result = []
+        for d in devices:
+            generation = self._apply(d, row, backend, variant_names)
+            result.append({"device": d, "generation": generation, "attempt": self.attempt(d, row.name)})
         return {
             "model": row.name,
             "version": row.version,
@@ -131,6 +152,7 @@ class Deployments:
             "sha256": plan.target.sha256,
             "from": plan.current.version if plan.current else None,
             "generation": generation,
+            "attempt": self.attempt(device_id, plan.model),
         }
 
     def undeploy(self, device_id: str, model: str) -> dict[str, Any]:
@@ -144,6 +166,10 @@ class Deployments:
             )
         self.fleet.publish_desired(device_id)
         return {"device": device_id, "model": model, "generation": generation}
+
+    def attempt(self, device_id: str, model: str) -> int:
+        """The attempt the device's desired state carries for `model` (what --wait waits for)."""
+        return self.db.deployment_attempts(device_id).get(model, 0)
 
     def _apply(self, device_id: str, model: ModelRow, backend: str | None, variants: list[str]) -> int:
         """Record the deployment and publish the device's new desired state; its generation."""

@@ -33,6 +33,7 @@ STATUS: dict[str, int] = {
     "version_exists": 409,
     "no_variants": 409,
     "no_previous": 409,
+    "failed_before": 409,
     "variant_not_built": 409,
     "variant_below_threshold": 409,
     "too_large": 413,

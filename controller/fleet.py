@@ -3,9 +3,10 @@ request/response calls to devices."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from controller import __version__
 from controller.artifacts import ArtifactStore
 from controller.db import Database
+from controller.fair_queue import FairQueue
 from controller.telemetry import TelemetryIngest
 from controller.telemetry_mqtt import TelemetrySubscriber
 from protocol import (
@@ -47,12 +49,21 @@ class DeviceUnreachable(EdgeError, RuntimeError):
     code = "device_unreachable"
 
 
+class DeviceBusy(EdgeError, RuntimeError):
+    """Too many calls to devices are waiting for their answers; the caller may retry shortly."""
+
+    code = "devices_busy"
+
+
+MAX_PENDING_CALLS = 256  # device calls awaited at once (each costs a future, not a thread)
+
+
 class Fleet:
     def __init__(
         self,
         db: Database,
         artifacts: ArtifactStore,
-        broker_url: str,
+        broker_url: str | BrokerAddress,
         *,
         prefix: str = "edge",
         protocol: MqttProtocol = "auto",
@@ -66,11 +77,13 @@ class Fleet:
         self.artifacts = artifacts
         self.topics = Topics(prefix)
         self._calls: dict[str, Future[RpcResponse]] = {}
-        self._chunk_requests: queue.Queue[tuple[str, ArtifactRequest] | None] = queue.Queue(maxsize=1024)
+        self._pending_calls = threading.BoundedSemaphore(MAX_PENDING_CALLS)
+        self._chunk_requests: FairQueue[ArtifactRequest] = FairQueue()
         self._allowed: dict[str, set[str]] = {}  # device -> artifact digests it may fetch
         offline = ControllerPresence(online=False, version=__version__).encode()
+        address = broker_url if isinstance(broker_url, BrokerAddress) else BrokerAddress.parse(broker_url)
         self.link = MqttLink(
-            BrokerAddress.parse(broker_url),
+            address,
             f"edge-controller-{uuid.uuid4().hex[:8]}",
             subscriptions=[
                 (self.topics.all_devices("presence"), QOS["presence"]),
@@ -83,14 +96,16 @@ class Fleet:
             will=Will(self.topics.controller_presence, offline),
             protocol=protocol,
         )
-        # telemetry has a connection of its own: a lean reader that batches (see controller/telemetry_mqtt.py)
+        # telemetry has a connection of its own: a lean reader that batches (see controller/telemetry_mqtt.py). It
+        # carries no will: a session it loses must not tell the whole fleet the controller went offline; when it is
+        # lost for real, the link says so (_telemetry_lost) and says online again once it has resubscribed.
         self.telemetry_link = TelemetrySubscriber(
             self.link.address,
             f"{self.link.client_id}-telemetry",
             self.topics.all_devices("telemetry"),
             self._on_telemetry,
-            will=(self.topics.controller_presence, offline),
             on_subscribed=self._announce,
+            on_lost=self._telemetry_lost,
         )
         self._workers = [
             threading.Thread(target=self._serve_chunks, name=f"chunks-{i}", daemon=True) for i in range(chunk_workers)
@@ -111,8 +126,7 @@ class Fleet:
     def stop(self) -> None:
         offline = ControllerPresence(online=False, version=__version__).encode()
         self.link.stop(final=(self.topics.controller_presence, offline, 1, True))
-        for _ in self._workers:
-            self._chunk_requests.put(None)
+        self._chunk_requests.close()
         self.telemetry_link.stop()
         self.telemetry.stop()
 
@@ -134,6 +148,12 @@ class Fleet:
             online = ControllerPresence(online=True, version=__version__)
             self.link.publish(self.topics.controller_presence, online.encode(), 1, retain=True)
 
+    def _telemetry_lost(self) -> None:
+        """The telemetry subscription is gone: agents must keep their samples on disk until it is back."""
+        if self.link.connected.is_set():
+            offline = ControllerPresence(online=False, version=__version__)
+            self.link.publish(self.topics.controller_presence, offline.encode(), 1, retain=True)
+
     # -- desired state -------------------------------------------------------------------------------------------
 
     def _digests(self, device_id: str) -> set[str]:
@@ -144,7 +164,7 @@ class Fleet:
             digests.update(v.sha256 for v in rows if v.sha256)
         return digests
 
-    def desired_model(self, model, backend: str | None, variant_rows=()) -> DesiredModel:
+    def desired_model(self, model, backend: str | None, variant_rows=(), attempt: int = 0) -> DesiredModel:
         """The desired entry for a registered version, signed (with each variant) when a signing key is set."""
         refs = [
             VariantRef(
@@ -164,6 +184,7 @@ class Fleet:
             transfer=self.artifacts.transfer(model.sha256),
             samples=_sample_ref(model),
             input_shapes=(model.info or {}).get("input_shapes") or {},
+            attempt=attempt,
         )
         if self.signer is not None:
             entry.signature = self.signer.sign(entry.manifest()).as_dict()
@@ -176,10 +197,14 @@ class Fleet:
         generation = device["generation"] if device else 0
         wanted = self.db.desired_models(device_id)
         variant_rows = self.db.deployed_variants(device_id)
+        attempts = self.db.deployment_attempts(device_id)
         desired = Desired(
             device_id=device_id,
             generation=generation,
-            models=[self.desired_model(m, backend, variant_rows.get(m.name, ())) for m, backend in wanted],
+            models=[
+                self.desired_model(m, backend, variant_rows.get(m.name, ()), attempts.get(m.name, 0))
+                for m, backend in wanted
+            ],
         )
         self._allowed[device_id] = (
             {m.sha256 for m in desired.models}
@@ -232,10 +257,8 @@ class Fleet:
         self.db.record_state(device_id, [m.model_dump() for m in state.models])
 
     def _queue_chunk(self, device_id: str, request: ArtifactRequest) -> None:
-        try:
-            self._chunk_requests.put_nowait((device_id, request))
-        except queue.Full:
-            log.warning("artifact request queue full; dropping a request from %s (it will ask again)", device_id)
+        if not self._chunk_requests.put(device_id, request):
+            log.warning("%s has too many artifact requests queued; dropping one (it will ask again)", device_id)
 
     def _serve_chunks(self) -> None:
         while (item := self._chunk_requests.get()) is not None:
@@ -268,14 +291,36 @@ class Fleet:
 
     def call(self, device_id: str, method: str, params: dict, timeout: float = 10.0) -> RpcResponse:
         """Send one request to a device and wait for its response (correlated by id in the body)."""
+        future = self._send_call(device_id, method, params, timeout)
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            raise DeviceUnreachable(f"device {device_id} did not answer within {timeout:g}s") from None
+
+    async def call_async(self, device_id: str, method: str, params: dict, timeout: float = 10.0) -> RpcResponse:
+        """call() for the event loop: awaiting the answer holds no thread, so slow devices cannot starve the API."""
+        future = self._send_call(device_id, method, params, timeout)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            raise DeviceUnreachable(f"device {device_id} did not answer within {timeout:g}s") from None
+
+    def _send_call(self, device_id: str, method: str, params: dict, timeout: float) -> Future[RpcResponse]:
+        """Publish the request; the future the response completes (it releases its slot and table entry when done)."""
         if not self.connected:
             raise DeviceUnreachable(f"the controller is not connected to the broker ({self.link.last_error})")
-        import time
-
+        if not self._pending_calls.acquire(blocking=False):
+            raise DeviceBusy(f"{MAX_PENDING_CALLS} device calls are already waiting for answers; retry shortly")
         request_id = uuid.uuid4().hex
         reply_to = self.topics.device(device_id, "rpc/response")
         future: Future[RpcResponse] = Future()
         self._calls[request_id] = future
+
+        def release(_: Future[RpcResponse]) -> None:
+            self._calls.pop(request_id, None)
+            self._pending_calls.release()
+
+        future.add_done_callback(release)
         request = RpcRequest(
             id=request_id, reply_to=reply_to, method=method, params=params, deadline=time.time() + timeout
         )
@@ -288,11 +333,11 @@ class Fleet:
                 correlation_id=request_id,
                 expiry_s=max(1, int(timeout)),
             )
-            return future.result(timeout=timeout)
-        except TimeoutError:
-            raise DeviceUnreachable(f"device {device_id} did not answer within {timeout:g}s") from None
-        finally:
-            self._calls.pop(request_id, None)
+        except BaseException:
+            future.cancel()
+            raise
+        threading.Timer(timeout + 1.0, future.cancel).start()  # a call nobody answers still frees its slot
+        return future
 
     def _on_rpc_response(self, response: RpcResponse) -> None:
         future = self._calls.get(response.id)

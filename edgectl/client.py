@@ -104,9 +104,11 @@ class ControllerClient:
         backend: str | None = None,
         variants: list[str] | None = None,
         force: bool = False,
+        retry: bool = False,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "version": version, "devices": devices, "backend": backend}
         body |= {"variants": variants, "force": force} if variants is not None or force else {}
+        body |= {"retry": True} if retry else {}
         return self._request("POST", "/api/v1/deployments", json=body)
 
     def undeploy(self, device_id: str, model: str) -> dict[str, Any]:

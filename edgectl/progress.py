@@ -22,7 +22,13 @@ def upload_with_progress(client: ControllerClient, model: Path, name: str, versi
 
 
 def watch_with_progress(
-    client: ControllerClient, devices: list[str], name: str, sha256: str, timeout: float, quiet: bool
+    client: ControllerClient,
+    devices: list[str],
+    name: str,
+    sha256: str,
+    timeout: float,
+    quiet: bool,
+    attempts: dict[str, int] | None = None,
 ) -> dict[str, DeviceOutcome]:
     columns = (TextColumn("{task.fields[device]:<20} {task.fields[state]:<12}"), BarColumn(), TaskProgressColumn())
     with Progress(*columns, console=errors, disable=quiet, transient=True) as progress:
@@ -32,7 +38,7 @@ def watch_with_progress(
             done = 1.0 if outcome.state == "serving" else outcome.progress
             progress.update(tasks[outcome.device], completed=done, state=outcome.state)
 
-        return wait_serving(client, devices, name, sha256, timeout, update)
+        return wait_serving(client, devices, name, sha256, timeout, update, attempts=attempts)
 
 
 def finish_wait(
@@ -43,9 +49,11 @@ def finish_wait(
     timeout: float,
     as_json: bool,
     extra: dict[str, Any],
+    attempts: dict[str, int] | None = None,
 ) -> None:
-    """Follow the devices until they serve `sha256`; print each outcome; CommandFailed if any did not get there."""
-    outcomes = watch_with_progress(client, devices, name, sha256, timeout, quiet=as_json)
+    """Follow the devices until they serve `sha256`; print each outcome; CommandFailed if any did not get there.
+    With `attempts` (device -> the deployment's attempt), an outcome of an earlier attempt does not count."""
+    outcomes = watch_with_progress(client, devices, name, sha256, timeout, quiet=as_json, attempts=attempts)
     failed = {d: o for d, o in outcomes.items() if o.state != "serving"}
     if as_json:
         emit_json({**extra, "devices": {d: o.__dict__ for d, o in outcomes.items()}})

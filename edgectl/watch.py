@@ -23,15 +23,16 @@ class DeviceOutcome:
         return self.state in ("serving", "failed")
 
 
-def model_entry(device: dict[str, Any], name: str, sha256: str) -> dict[str, Any] | None:
+def model_entry(device: dict[str, Any], name: str, sha256: str, attempt: int = 0) -> dict[str, Any] | None:
+    """The device's entry for this version of the model, at `attempt` or later (an older outcome is stale)."""
     for entry in device.get("models", []):
         if entry.get("name") == name and entry.get("sha256") == sha256:
-            return entry
+            return entry if int(entry.get("attempt") or 0) >= attempt else None
     return None
 
 
-def observe(device: dict[str, Any], name: str, sha256: str, outcome: DeviceOutcome) -> None:
-    entry = model_entry(device, name, sha256)
+def observe(device: dict[str, Any], name: str, sha256: str, outcome: DeviceOutcome, attempt: int = 0) -> None:
+    entry = model_entry(device, name, sha256, attempt)
     if not device.get("online"):
         outcome.reason = "device is offline"
     if entry is None:
@@ -51,6 +52,7 @@ def wait_serving(
     timeout: float,
     on_update: Callable[[DeviceOutcome], None] | None = None,
     poll: float = 0.1,
+    attempts: dict[str, int] | None = None,
 ) -> dict[str, DeviceOutcome]:
     outcomes = {d: DeviceOutcome(d) for d in devices}
     deadline = time.monotonic() + timeout
@@ -59,7 +61,7 @@ def wait_serving(
             if outcome.done:
                 continue
             try:
-                observe(client.device(device_id), name, sha256, outcome)
+                observe(client.device(device_id), name, sha256, outcome, (attempts or {}).get(device_id, 0))
             except ApiError as exc:
                 outcome.reason = str(exc)
             if on_update:

@@ -20,6 +20,7 @@ class DeployRequest(BaseModel):
         default=None, max_length=16, description="Optimized variants to ship with it (default: every passing one)"
     )
     force: bool = Field(default=False, description="Deploy variants below the accuracy threshold too")
+    retry: bool = Field(default=False, description="Deploy again a version a device reports failed (a new attempt)")
 
 
 class RollbackRequest(BaseModel):
@@ -34,13 +35,15 @@ def router(state: AppState) -> APIRouter:
     def deploy(body: DeployRequest) -> dict[str, Any]:
         """Make a model version the desired one on each listed device (all devices must be known)."""
         return state.deployments.deploy(
-            body.model, body.version, body.devices, backend=body.backend, variants=body.variants, force=body.force
-        )
+            body.model, body.version, body.devices, backend=body.backend, variants=body.variants, force=body.force,
+            retry=body.retry,
+        )  # fmt: skip
 
     @router.post("/api/v1/devices/{device_id}/rollback")
     def rollback(device_id: str, body: RollbackRequest | None = None) -> dict[str, Any]:
         """Deploy an earlier version again: by default the one the device reports as `previous` (still on its disk,
-        so the swap is immediate), or `to` a registered version."""
+        so the swap is immediate), or `to` a registered version; always a new attempt, so a version that failed or
+        was rolled back is tried again."""
         body = body or RollbackRequest()
         return state.deployments.rollback(device_id, body.model, body.to)
 

@@ -66,6 +66,9 @@ def push(
     ] = False,
     sample: SampleOpt = None,
     input_shape: InputShapeOpt = None,
+    retry: Annotated[
+        bool, typer.Option("--retry", help="Deploy again a version that failed or was rolled back on a device.")
+    ] = False,
     wait: Annotated[bool, typer.Option(help="Wait until every device serves it; exit non-zero if any fails.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
     controller: ControllerOpt = DEFAULT_CONTROLLER,
@@ -88,12 +91,13 @@ def push(
     if not devices:
         return emit_json({**record, "variants": built} if wanted else record) if as_json else show_upload(record)
     ship = None if auto or not wanted else [v["variant"] for v in built]
-    deployed = client.deploy(name, record["version"], devices, backend, variants=ship, force=force)
+    deployed = client.deploy(name, record["version"], devices, backend, variants=ship, force=force, retry=retry)
     if not as_json:
         show_deployment(record, devices, built, deployed)
     if wait:
         extra = {"model": record, "variants": built}
-        return finish_wait(client, devices, name, record["sha256"], timeout, as_json, extra)
+        attempts = {d["device"]: d.get("attempt", 0) for d in deployed.get("deployments", [])}
+        return finish_wait(client, devices, name, record["sha256"], timeout, as_json, extra, attempts)
     if as_json:
         emit_json({"model": record, "devices": devices, "variants": built, "deployed": deployed.get("variants")})
     return None

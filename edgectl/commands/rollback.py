@@ -33,7 +33,8 @@ def rollback(
         console.print(f"rolling back {result['model']} on {device}{came_from} to version {result['version']}")
     if not wait:
         return emit_json(result) if as_json else None
-    finish_wait(client, [device], result["model"], result["sha256"], timeout, as_json, {"rollback": result})
+    attempts = {device: result.get("attempt", 0)}
+    finish_wait(client, [device], result["model"], result["sha256"], timeout, as_json, {"rollback": result}, attempts)
 
 
 COMMANDS = (rollback,)
