@@ -1,4 +1,4 @@
-"""Answers the RPC calls that reach the agent over MQTT (infer, status), on the request's own reply topic."""
+"""Answers the RPC calls that reach the agent over MQTT (infer, status, capture), on the request's own reply topic."""
 
 from __future__ import annotations
 
@@ -32,7 +32,13 @@ class RemoteCalls:
     """RPC requests decoded on the MQTT thread, answered on a small pool; none once `stopping` is set."""
 
     def __init__(
-        self, topics: Topics, table: ModelTable, board: StatusBoard, publish: Publish, stopping: threading.Event
+        self,
+        topics: Topics,
+        table: ModelTable,
+        board: StatusBoard,
+        publish: Publish,
+        stopping: threading.Event,
+        capture: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.topics = topics
         self.table = table
@@ -44,6 +50,8 @@ class RemoteCalls:
             "infer": self.infer,
             "status": lambda params: self.board.state().model_dump(),
         }
+        if capture is not None:
+            self._methods["capture"] = capture
 
     def submit(self, payload: bytes) -> None:
         """MQTT thread: decode (ProtocolError for a bad request) and queue the call."""

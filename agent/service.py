@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.capture import Captures
 from agent.config import AgentConfig
 from agent.deployer import Deployer
 from agent.downloads import Downloads
@@ -80,7 +81,8 @@ class Agent:
             config, table=self.table, store=self.store, board=self.board, loader=self.loader,
             downloads=downloads, rollback=self.rollback, verifier=verifier,
         )  # fmt: skip
-        self.remote = RemoteCalls(self.topics, self.table, self.board, self.link.publish, self._stop)
+        captures = Captures(self.taps, self.table)
+        self.remote = RemoteCalls(self.topics, self.table, self.board, self.link.publish, self._stop, captures.call)
         self._handlers = self._attach(self.link)
         self._monitor = threading.Thread(target=self.rollback.run, args=(self._stop,), name="health", daemon=True)
 

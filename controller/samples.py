@@ -11,7 +11,7 @@ from controller.artifacts import ArtifactStore
 from controller.db import Database
 from protocol import MAX_SAMPLES, MAX_SAMPLES_BYTES
 from protocol.errors import EdgeError
-from targets.inputs import Inputs, SampleError, pack_samples, read_sample_file, unpack_samples
+from targets.inputs import Inputs, SampleError, pack_samples, read_sample_sets, unpack_samples
 
 _ONNX_DTYPES = {
     "FLOAT": "float32", "DOUBLE": "float64", "FLOAT16": "float16", "INT64": "int64", "INT32": "int32",
@@ -61,7 +61,7 @@ def add_samples(
     old = info.get("samples") if not replace else None
     sets = unpack_samples(artifacts.path(old["sha256"])) if old else []
     for filename, raw in files:
-        sets.append(check_against_info(read_sample_file(raw, filename), info))
+        sets.extend(check_against_info(arrays, info) for arrays in read_sample_sets(raw, filename))
     if len(sets) > MAX_SAMPLES:
         raise SampleError(f"{len(sets)} samples: at most {MAX_SAMPLES} travel with a version")
     packed = pack_samples(sets)

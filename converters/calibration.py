@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +51,9 @@ class Calibration:
         return [{k: a[i * batch : (i + 1) * batch] for k, a in self.arrays.items()} for i in range(count)]
 
 
+_SAMPLE_KEY = re.compile(r"^sample\d+/")
+
+
 def _read(path: Path) -> dict[str, np.ndarray] | np.ndarray:
     import numpy as np
 
@@ -70,8 +74,8 @@ def _collect(path: Path, specs: list[TensorSpec]) -> dict[str, list[np.ndarray]]
     for file in files:
         loaded = _read(file)
         if isinstance(loaded, dict):
-            for key, array in loaded.items():
-                parts.setdefault(key, []).append(array)
+            for key, array in loaded.items():  # `<input>`, or `sample<i>/<input>` (edgectl capture)
+                parts.setdefault(_SAMPLE_KEY.sub("", key), []).append(array)
         elif file.stem in names:  # directory of <input name>.npy
             parts.setdefault(file.stem, []).append(loaded)
         elif len(names) == 1:

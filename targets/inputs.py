@@ -86,6 +86,24 @@ def unpack_samples(data: bytes | Path) -> list[Inputs]:
     return [sets[i] for i in sorted(sets)]
 
 
+def read_sample_sets(raw: bytes, filename: str = "") -> list[Inputs]:
+    """Every sample in a file: a packed archive of several (`edgectl capture`: arrays `sample<i>/<input>`), or the
+    one of read_sample_file."""
+    if raw[:2] == b"PK" and _is_packed(raw):
+        return unpack_samples(raw)
+    return [read_sample_file(raw, filename)]
+
+
+def _is_packed(raw: bytes) -> bool:
+    import zipfile
+
+    try:
+        names = zipfile.ZipFile(io.BytesIO(raw)).namelist()
+    except zipfile.BadZipFile:
+        return False
+    return bool(names) and all(_SAMPLE_KEY.match(n.removesuffix(".npy")) for n in names)
+
+
 def read_sample_file(raw: bytes, filename: str = "") -> Inputs:
     """One sample from what an operator has: .npz (an array per input name), .npy (a single-input model; the name is
     filled in later) or a v2 JSON request body."""
