@@ -70,6 +70,8 @@ class AgentConfig(BaseModel):
     # live shapes; 0 keeps none (privacy). Never sent unless asked for.
     capture_inputs: int = Field(default=32, ge=0, le=4096)
     capture_max_mb: float = Field(default=16.0, gt=0, le=4096)
+    # How often the kept requests are checked for shapes the trial never timed (re-selection on them); 0: never.
+    reselect_interval_s: float = Field(default=60.0, ge=0, le=86400)
     telemetry_interval_s: float = Field(default=10.0, ge=0.1, le=3600)
     telemetry_queue_mb: float = Field(default=16.0, gt=0, le=65536)
     telemetry_replay_rate: float = Field(default=20.0, gt=0, le=10000)

@@ -22,6 +22,7 @@ from agent.inflight import TrackedTable
 from agent.live import LiveTaps
 from agent.loader import Loader
 from agent.remote import RemoteCalls
+from agent.reselect import Reselector
 from agent.rollback import Rollback
 from agent.status_board import StatusBoard
 from agent.store import ModelStore
@@ -85,6 +86,9 @@ class Agent:
         self.remote = RemoteCalls(self.topics, self.table, self.board, self.link.publish, self._stop, captures.call)
         self._handlers = self._attach(self.link)
         self._monitor = threading.Thread(target=self.rollback.run, args=(self._stop,), name="health", daemon=True)
+        self.reselector = Reselector(
+            self.loader, self.table, self.store, self.board, self.rollback, config.reselect_interval_s
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -95,6 +99,8 @@ class Agent:
         self.api.start()
         self.deployer.thread.start()
         self._monitor.start()
+        if self.config.reselect_interval_s:
+            threading.Thread(target=self.reselector.run, args=(self._stop,), name="reselect", daemon=True).start()
         if len(self.table):
             self.mark_ready()  # serving from disk: ready before the broker answers
         self.telemetry.start()

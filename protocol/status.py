@@ -74,6 +74,7 @@ class Selection(Reported):
     candidates: list[CandidateResult] = Field(default_factory=list)
     variants: list[VariantTrial] = Field(default_factory=list)
     variants_trial_s: float | None = None
+    live: str | None = None  # re-selection on the shapes of live requests: what it decided and its figures
 
 
 class Failover(Reported):
