@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SAMPLE_PAIRS = 30  # pairs timed on the samples when live traffic is thin
 SAMPLE_BUDGET_S = 5.0
 MIN_LIVE_PAIRS = 8  # fewer live pairs than this and the samples decide
-MIN_REGRESSION_MS = 0.5  # below this the difference is noise, whatever the percentage
+MIN_REGRESSION_MS = 0.1  # below this the difference does not matter, whatever the percentage
 
 
 class Unhealthy(EdgeError):
