@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.crashguard import CrashGuard
 from agent.downloads import Downloads
 from agent.fetcher import FetchCancelled
 from agent.loader import Loader, failover_status
@@ -64,8 +65,10 @@ class Deployer:
         downloads: Downloads,
         rollback: Rollback,
         verifier: Verifier | None,
+        guard: CrashGuard,
     ) -> None:
         self.config = config
+        self.guard = guard
         self.table = table
         self.store = store
         self.board = board
@@ -151,6 +154,7 @@ class Deployer:
         try:
             model, selection, artifact, shadow = self._prepare(target)
         except FetchCancelled:
+            self.guard.end(target.name)
             log.info("deployment of %s %s superseded", target.name, target.version)
             return
         except SampleError as exc:
@@ -168,6 +172,7 @@ class Deployer:
         artifacts, left_out = self.downloads.fetch_all(target)
         samples = self.downloads.fetch_samples(target)
         self.board.update(target.name, state="loading")
+        self.guard.begin(target.name, target.sha256, target.version, target.attempt, "loading")
         hints = dict(target.input_shapes) or None
 
         def load(artifact: Artifact) -> tuple[LoadedModel, dict[str, Any]]:
@@ -222,6 +227,7 @@ class Deployer:
     def _fail(self, target: DesiredModel, exc: Exception) -> None:
         """Report the failure; one that is the version's own is not tried again at this attempt."""
         log.error("deployment of %s %s failed: %s", target.name, target.version, exc)
+        self.guard.end(target.name)
         code = failure_code(exc)
         if code not in TRANSIENT and not isinstance(exc, OSError):
             self.store.reject(target.name, target.sha256, Refusal(str(exc), code, target.attempt))
@@ -241,14 +247,20 @@ class Deployer:
         if not self.store.verify(candidate.sha256):
             log.error("stored %s %s fails its sha256 check; not serving it", name, candidate.version)
             return False
+        if self.store.rejection(name, candidate.identity):
+            return False  # it crashed the agent (agent.crashguard)
+        on_trial = self.guard.mark(name)
+        self.guard.begin(name, candidate.identity, candidate.version, 0, "restoring")
         try:
             model, selection = self.loader.load(
                 name, candidate.version, candidate.sha256, candidate.format,
                 samples=self.downloads.stored_samples(candidate.samples), hints=candidate.input_shapes,
             )  # fmt: skip
         except (BackendError, SampleError, OSError) as exc:
+            self.guard.end(name)
             log.error("stored %s %s does not load: %s", name, candidate.version, exc)
             return False
+        self.guard.resume(name, on_trial if on_trial and on_trial.sha256 == candidate.identity else None)
         model = replace(model, sha256=candidate.identity, artifact_sha256=candidate.sha256, variant=candidate.variant)
         self.table.swap(model)
         if candidate is not record.serving:

@@ -9,6 +9,7 @@ import threading
 from dataclasses import replace
 
 from agent.config import AgentConfig
+from agent.crashguard import CrashGuard
 from agent.health import HealthWatch
 from agent.serving import LoadedModel, ModelTable
 from agent.status_board import StatusBoard
@@ -23,8 +24,11 @@ CHECK_INTERVAL_S = 0.25
 class Rollback:
     """Swaps versions in under watch, and rolls them back; the deploy worker and the health thread both swap."""
 
-    def __init__(self, config: AgentConfig, table: ModelTable, store: ModelStore, board: StatusBoard) -> None:
+    def __init__(
+        self, config: AgentConfig, table: ModelTable, store: ModelStore, board: StatusBoard, guard: CrashGuard
+    ) -> None:
         self.config = config
+        self.guard = guard
         self.table = table
         self.store = store
         self.board = board
@@ -44,6 +48,10 @@ class Rollback:
             if old is not None:
                 self._standby[model.name] = old
             self.store.mark_serving(model.name, installed)
+            if window:  # the agent's death before the window ends counts against this version
+                self.guard.begin(model.name, model.sha256, model.version, model.attempt, "serving", window)
+            else:
+                self.guard.end(model.name)
 
     def forget(self, name: str) -> None:
         with self.lock:
@@ -56,6 +64,7 @@ class Rollback:
         while not stop.wait(CHECK_INTERVAL_S):
             for name in self.table.names():
                 self.check(name)
+            self.guard.expire()
 
     def check(self, name: str) -> None:
         """Roll `name` back if its watch found a problem; free its standby once the window passed cleanly."""
@@ -67,6 +76,7 @@ class Rollback:
             self.rollback(name, model, watch.problem)
         elif watch.passed and name in self._standby:
             self.forget(name)  # healthy: the replaced version may be freed
+            self.guard.end(name)
             log.info("%s %s passed its health window (%d requests)", name, model.version, watch.requests)
 
     def rollback(self, name: str, bad: LoadedModel, reason: str) -> bool:
@@ -82,6 +92,7 @@ class Rollback:
             self.store.mark_serving(name, self._installed(name, old))
             message = f"rolled back to version {old.version}: {reason}"
             self.store.reject(name, bad.sha256, Refusal(message, "rolled_back", bad.attempt))
+            self.guard.end(name)
         log.error("%s %s %s", name, bad.version, message)
         problem = Problem(code="rolled_back", message=message)
         self.board.update_serving(name, state="failed", reason=problem, backend=old.backend.label)

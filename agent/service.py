@@ -14,6 +14,7 @@ from typing import Any
 from agent import __version__
 from agent.capture import Captures
 from agent.config import AgentConfig
+from agent.crashguard import CrashGuard
 from agent.deployer import Deployer
 from agent.downloads import Downloads
 from agent.fetcher import ArtifactFetcher
@@ -73,14 +74,15 @@ class Agent:
         self.recorder = Recorder(config.telemetry_sample_every, config.telemetry_max_elements)
         self.telemetry = self._make_telemetry()
         self.fetcher = self._make_fetcher()
-        self.rollback = Rollback(config, self.table, self.store, self.board)
+        self.guard = CrashGuard(Path(config.data_dir))
+        self.rollback = Rollback(config, self.table, self.store, self.board, self.guard)
         self.taps = LiveTaps(config.capture_inputs, int(config.capture_max_mb * (1 << 20)))
         self.loader = Loader(config, self.hardware, self.store, self.recorder, self._on_failover, self.taps)
         verifier = Verifier(config.trusted_keys) if config.trusted_keys else None
         downloads = Downloads(self.fetcher, self.store, self.board, verifier, threading.Event())
         self.deployer = Deployer(
             config, table=self.table, store=self.store, board=self.board, loader=self.loader,
-            downloads=downloads, rollback=self.rollback, verifier=verifier,
+            downloads=downloads, rollback=self.rollback, verifier=verifier, guard=self.guard,
         )  # fmt: skip
         captures = Captures(self.taps, self.table)
         self.remote = RemoteCalls(self.topics, self.table, self.board, self.link.publish, self._stop, captures.call)
@@ -93,7 +95,12 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Serve what is on disk first (no controller needed), then open the API and connect."""
+        """Serve what is on disk first (no controller needed), then open the API and connect. A version that
+        killed the last run is refused first (agent.crashguard)."""
+        self.guard.arm()
+        for death in self.guard.recover(self.store, self.config.health_window_s):
+            log.error("the agent died while %s %s was on trial (%s): %s", death.name, death.mark.version,
+                      death.mark.phase, death.cause)  # fmt: skip
         self.deployer.restore()
         self.api = InferenceServer(self.table, self.config.api_host, self.config.api_port)
         self.api.start()

@@ -214,10 +214,17 @@ class ModelStore:
     def reject(self, name: str, sha256: str, refusal: Refusal) -> None:
         """Remember that a version failed here, so the same attempt does not deploy it again."""
         rec = self.records.setdefault(name, ModelRecord())
-        if refusal.code == "rolled_back":
-            rec.history = [h for h in rec.history if sha256 not in (h.sha256, h.identity)]
+        rec.history = [h for h in rec.history if sha256 not in (h.sha256, h.identity)]
         rest = {sha: r for sha, r in rec.rejected.items() if sha != sha256}
         rec.rejected = {**dict(list(rest.items())[-7:]), sha256: refusal}
+        self._save_records()
+
+    def fall_back(self, name: str, sha256: str) -> None:
+        """If `sha256` is what serves `name`, serve the newest version kept before it instead (none: nothing)."""
+        rec = self.records.get(name)
+        if rec is None or rec.serving is None or sha256 not in (rec.serving.sha256, rec.serving.identity):
+            return
+        rec.serving = rec.history.pop(0) if rec.history else None
         self._save_records()
 
     def rejection(self, name: str, sha256: str) -> Refusal | None:

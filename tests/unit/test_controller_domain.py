@@ -155,7 +155,9 @@ def test_deploy_and_rollback_plan_without_http(db):
     assert code_of(lambda: deployments.deploy("nope", None, ["cam-01"])) == "unknown_model"
     assert code_of(lambda: deployments.rollback("cam-01")) == "which_model"  # nothing deployed yet
     result = deployments.deploy("m", None, ["cam-01"], backend="openvino")
-    assert result["version"] == "2" and result["deployments"] == [{"device": "cam-01", "generation": 1}]
+    (deployed,) = result["deployments"]
+    assert result["version"] == "2" and deployed["device"] == "cam-01" and deployed["generation"] == 1
+    assert deployed["attempt"] == db.deployment_attempts("cam-01")["m"] > 0  # what --wait waits for
     assert published == ["cam-01"]
 
     assert code_of(lambda: deployments.plan_rollback("cam-01")) == "no_previous"

@@ -1,0 +1,61 @@
+"""The crash-loop breaker's bookkeeping: marks survive a restart, deaths are counted, and the version is refused
+(with the cause faulthandler recorded) at the right count; the store then serves the version before it."""
+
+from __future__ import annotations
+
+from agent.crashguard import MAX_DEATHS, CrashGuard
+from agent.store import Installed, ModelStore
+
+FAULT = """Fatal Python error: Segmentation fault
+
+Current thread 0x00007f3 (most recent call first):
+  File "/venv/lib/python3.11/site-packages/onnxruntime/capi/onnxruntime_inference_collection.py", line 220 in run
+  File "/opt/edge/targets/backends/onnxruntime.py", line 150 in infer
+  File "/opt/edge/agent/serving.py", line 60 in infer
+"""
+
+
+def store_with_two_versions(tmp_path) -> ModelStore:
+    store = ModelStore(tmp_path / "store")
+    store.mark_serving("m", Installed("1", "a" * 64))
+    store.mark_serving("m", Installed("2", "b" * 64))
+    return store
+
+
+def test_a_serving_version_is_refused_on_the_second_death_and_the_one_before_serves(tmp_path):
+    store = store_with_two_versions(tmp_path)
+    guard = CrashGuard(tmp_path)
+    guard.begin("m", "b" * 64, "2", 7, "serving", window_s=60)
+    (tmp_path / "crash.log").write_text(FAULT)
+
+    deaths = CrashGuard(tmp_path).recover(store, window_s=60)  # first restart: counted, kept on trial
+    assert [d.mark.deaths for d in deaths] == [1] and store.records["m"].serving.version == "2"
+    assert "Segmentation fault" in deaths[0].cause and "(backend onnxruntime)" in deaths[0].cause
+    assert "onnxruntime/capi/onnxruntime_inference_collection.py run" in deaths[0].cause
+
+    deaths = CrashGuard(tmp_path).recover(store, window_s=60)  # second restart: refused
+    assert deaths[0].mark.deaths == MAX_DEATHS == 2
+    assert store.records["m"].serving.version == "1"
+    refusal = store.rejection("m", "b" * 64)
+    assert refusal.code == "crashed" and refusal.attempt == 7 and "(2 times)" in refusal.reason
+    assert "no fatal error was recorded" in refusal.reason  # the log was read once, by the first restart
+    assert CrashGuard(tmp_path).recover(store, window_s=60) == []  # nothing left on trial
+
+
+def test_a_death_while_loading_from_disk_refuses_at_once(tmp_path):
+    store = store_with_two_versions(tmp_path)
+    CrashGuard(tmp_path).begin("m", "b" * 64, "2", 0, "restoring")
+    (deaths,) = CrashGuard(tmp_path).recover(store, window_s=60)
+    assert deaths.mark.phase == "restoring" and store.records["m"].serving.version == "1"
+    assert "while loading it at start" in store.rejection("m", "b" * 64).reason
+
+
+def test_a_mark_ended_or_expired_costs_nothing(tmp_path):
+    store = store_with_two_versions(tmp_path)
+    guard = CrashGuard(tmp_path)
+    guard.begin("m", "b" * 64, "2", 0, "serving", window_s=0.0)
+    guard.expire()
+    guard.begin("n", "c" * 64, "1", 0, "loading")
+    guard.end("n")
+    assert CrashGuard(tmp_path).recover(store, window_s=60) == []
+    assert store.records["m"].serving.version == "2"
