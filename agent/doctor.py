@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib
-import importlib.metadata
+import importlib.util
+import json
 import os
 import shutil
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -161,27 +164,61 @@ def check_data_dir(data_dir: Path) -> list[Check]:
     return [writable, space]
 
 
-def _version(module, dists: tuple[str, ...]) -> str:
-    for dist in dists:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            return importlib.metadata.version(dist)
-    return str(getattr(module, "__version__", "unknown version"))
+# Imports the runtime and asks it what it sees, in a child process: a runtime that dies natively (a wheel built for
+# another CPU, a broken driver, qemu without an Arm cpuinfo) kills only the child, and the doctor names the signal.
+CHILD = """
+import contextlib, importlib, importlib.metadata, json, sys
+name, dists = sys.argv[1], sys.argv[2:]
+module = importlib.import_module(name)
+version = getattr(module, "__version__", "unknown version")
+for dist in dists:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        version = importlib.metadata.version(dist)
+        break
+seen = ""
+if name == "onnxruntime":
+    seen = ", ".join(module.get_available_providers())
+elif name == "openvino":
+    seen = ", ".join(module.Core().available_devices)
+elif name in ("ai_edge_litert", "tflite_runtime"):
+    importlib.import_module(name + ".interpreter").Interpreter
+print(json.dumps({"version": version, "seen": seen}))
+"""
+CHILD_TIMEOUT_S = 120.0
+
+
+def check_runtime(name: str, dists: tuple[str, ...], extra: str) -> Check:
+    """Import one runtime in a child process: ok with its version, skip when absent, fail naming a crash's signal."""
+    if importlib.util.find_spec(name) is None:
+        return Check(
+            f"runtime {name}", "skip", "not installed", f"pip install 'edgefleet[{extra}]' if this device should use it"
+        )
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, name, *dists], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return Check(
+            f"runtime {name}", "fail", f"import hung for {CHILD_TIMEOUT_S:.0f}s", f"reinstall edgefleet[{extra}]"
+        )
+    if child.returncode < 0:
+        sig = signal.Signals(-child.returncode).name
+        return Check(
+            f"runtime {name}", "fail", f"crashes this device's Python with {sig} when imported",
+            f"the agent will not use it; reinstall a wheel built for this CPU/OS, or uninstall it (edgefleet[{extra}])",
+        )  # fmt: skip
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+        return Check(
+            f"runtime {name}", "fail", f"installed but does not import: {last}", f"reinstall edgefleet[{extra}]"
+        )
+    found = json.loads(child.stdout.strip().splitlines()[-1])
+    seen = f" ({found['seen']})" if found["seen"] else ""
+    return Check(f"runtime {name}", "ok", f"{name} {found['version']}{seen}")
 
 
 def check_runtimes() -> list[Check]:
-    checks = []
-    for name, (dists, extra) in RUNTIMES.items():
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            missing = isinstance(exc, ModuleNotFoundError) and exc.name == name
-            detail = "not installed" if missing else f"installed but does not import: {exc}"
-            fix = f"pip install 'edgefleet[{extra}]' if this device should use it"
-            checks.append(Check(f"runtime {name}", "skip" if missing else "fail", detail, fix))
-        except Exception as exc:  # a broken native library
-            checks.append(Check(f"runtime {name}", "fail", f"import failed: {exc!r}", f"reinstall edgefleet[{extra}]"))
-        else:
-            checks.append(Check(f"runtime {name}", "ok", f"{name} {_version(module, dists)}"))
+    checks = [check_runtime(name, dists, extra) for name, (dists, extra) in RUNTIMES.items()]
     if not any(c.outcome == "ok" for c in checks):
         checks.append(
             Check("runtimes", "fail", "no inference runtime imports", "pip install 'edgefleet[agent]' (ONNX Runtime)")

@@ -82,3 +82,32 @@ def test_data_dir_not_writable_and_clock(tmp_path):
     assert check_data_dir(tmp_path)[0].outcome == "ok"
     assert check_clock(dt.datetime(2001, 1, 1, tzinfo=dt.UTC)).outcome == "fail"
     assert check_clock().outcome == "ok"
+
+
+def test_a_runtime_that_crashes_on_import_is_named_with_its_signal(broker, tmp_path):
+    """Each runtime is imported in a child process: one that dies natively (as ONNX Runtime 1.28 does under qemu
+    without an Arm cpuinfo) fails its own check with the signal, and the doctor itself finishes."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import ctypes, importlib.abc, importlib.machinery, sys\n"
+        "class NativeCrash(importlib.abc.Loader):\n"
+        "    def create_module(self, spec):\n"
+        "        return None\n"
+        "    def exec_module(self, module):\n"
+        "        ctypes.string_at(0)  # a native crash while the runtime's library loads\n"
+        "class Finder(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        return importlib.machinery.ModuleSpec(name, NativeCrash()) if name == 'openvino' else None\n"
+        "sys.meta_path.insert(0, Finder())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")} | {"PYTHONPATH": str(site)}
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "doctor", "--config", config(tmp_path, broker.url), "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    checks = by_name(result)
+    assert checks["runtime openvino"]["outcome"] == "fail"
+    assert checks["runtime openvino"]["detail"] == "crashes this device's Python with SIGSEGV when imported"
+    assert checks["runtime onnxruntime"]["outcome"] == "ok"
