@@ -34,6 +34,7 @@ class Mark:
     phase: Phase
     until: float = 0.0
     deaths: int = 0
+    clean: bool = False  # the agent stopped cleanly with this mark on: not a death
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,13 @@ class CrashGuard:
             if self._marks.pop(name, None) is not None:
                 self._save()
 
+    def stopped_cleanly(self) -> None:
+        """A clean stop (SIGTERM) is no death: the marks stay, flagged, so a serving version keeps its count."""
+        with self._lock:
+            for mark in self._marks.values():
+                mark.clean = True
+            self._save()
+
     def expire(self) -> None:
         """End every serving mark whose health window is over."""
         now = time.time()
@@ -108,6 +116,11 @@ class CrashGuard:
         cause = self._last_crash()
         deaths = []
         for name, mark in list(marks.items()):
+            if mark.clean:  # stopped on purpose: a serving version goes on with a fresh window, the rest is moot
+                mark.clean, mark.until = False, time.time() + window_s
+                if mark.phase != "serving":
+                    del marks[name]
+                continue
             mark.deaths += 1
             deaths.append(Death(name, mark, cause))
             if mark.phase == "serving" and mark.deaths < MAX_DEATHS:

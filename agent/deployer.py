@@ -69,6 +69,7 @@ class Deployer:
     ) -> None:
         self.config = config
         self.guard = guard
+        self.stale: set[str] = set()  # models restored on a choice made on other hardware or runtimes
         self.table = table
         self.store = store
         self.board = board
@@ -255,12 +256,15 @@ class Deployer:
             model, selection = self.loader.load(
                 name, candidate.version, candidate.sha256, candidate.format,
                 samples=self.downloads.stored_samples(candidate.samples), hints=candidate.input_shapes,
+                defer_trial=True,
             )  # fmt: skip
         except (BackendError, SampleError, OSError) as exc:
             self.guard.end(name)
             log.error("stored %s %s does not load: %s", name, candidate.version, exc)
             return False
         self.guard.resume(name, on_trial if on_trial and on_trial.sha256 == candidate.identity else None)
+        if selection.pop("stale", False):
+            self.stale.add(name)  # served now on the choice made before; agent.reselect runs the trial anew
         model = replace(model, sha256=candidate.identity, artifact_sha256=candidate.sha256, variant=candidate.variant)
         self.table.swap(model)
         if candidate is not record.serving:

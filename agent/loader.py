@@ -49,12 +49,14 @@ class Loader:
         backend: str | None = None,
         samples: list[Inputs] | None = None,
         hints: dict[str, list[int]] | None = None,
+        defer_trial: bool = False,
     ) -> tuple[LoadedModel, dict[str, Any]]:
         """The model loaded on the backend its trial chose (cached per model and hardware) on representative inputs,
-        with the trial's summary for the status; BackendError or SampleError when it cannot serve here."""
+        with the trial's summary for the status (`stale: True` in it when `defer_trial` took a choice made on other
+        hardware or runtimes); BackendError or SampleError when it cannot serve here."""
         path = self.store.path(sha256)
         override = backend or self.config.backend
-        selection = self._select(path, model_format, sha256, override, samples, hints)
+        selection = self._select(path, model_format, sha256, override, samples, hints, defer_trial)
         probe = tuple(selection.probe.sets)
         instance = selection.backend
         fallbacks = [] if override else self._fallbacks(selection, path, model_format)
@@ -70,7 +72,7 @@ class Loader:
         tap = self.taps.get(name) if self.taps is not None else None
         stats = self.recorder.model(name, version)
         model = LoadedModel(name, version, sha256, instance, stats=stats, probe=probe, tap=tap)
-        return model, selection.as_dict()
+        return model, selection.as_dict() | ({"stale": True} if selection.stale else {})
 
     def _select(
         self,
@@ -80,6 +82,7 @@ class Loader:
         override: str | None,
         samples: list[Inputs] | None,
         hints: dict[str, list[int]] | None,
+        defer_trial: bool = False,
     ) -> Selection:
         cfg = self.config
         return select_backend(
@@ -95,6 +98,7 @@ class Loader:
             samples=samples,
             hints=hints,
             isolated=cfg.trial_isolated,
+            defer_trial=defer_trial,
         )
 
     def _fallbacks(

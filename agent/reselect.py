@@ -1,12 +1,14 @@
-"""Re-selection on live shapes: when most requests a model answers have shapes its trial never timed, the trial runs
-again in the background on those requests, and its choice replaces the serving backend only when it agrees with
-the serving one on them and is faster there (timed beside it on the same inputs, agent.shadow)."""
+"""Re-selection in the background: when most requests a model answers have shapes its trial never timed (the trial
+runs again on those requests), and after a restart that found other hardware or runtimes (the model serves at once
+on its earlier choice; the trial runs again on its own inputs). The new choice replaces the serving backend only
+when it agrees with the serving one and is faster, timed beside it on the same inputs (agent.shadow)."""
 
 from __future__ import annotations
 
 import logging
 import statistics
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,6 +19,7 @@ from agent.serving import LoadedModel, ModelTable
 from agent.shadow import Pairs, run_pair
 from agent.status_board import StatusBoard
 from agent.store import ModelStore
+from protocol.compat import zip_strict
 from protocol.errors import EdgeError
 from targets.inputs import SampleError
 
@@ -46,15 +49,43 @@ class Reselector:
     board: StatusBoard
     rollback: Rollback
     interval_s: float
+    stored_samples: Callable[[str | None], list[dict[str, Any]] | None] = lambda sha256: None
     _tried: set[tuple[str, frozenset[Signature]]] = field(default_factory=set)
+    _retrials: set[str] = field(default_factory=set)
+    _wake: threading.Event = field(default_factory=threading.Event)
+
+    def retrial(self, names: set[str]) -> None:
+        """Run the trial again for these models soon (they serve on a choice made on other hardware or runtimes)."""
+        self._retrials |= names
+        self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval_s):
-            for name in self.table.names():
-                try:
-                    self.check(name)
-                except Exception:
-                    log.exception("re-selection of %s failed", name)
+        while not stop.is_set():
+            self._wake.wait(self.interval_s or None)
+            self._wake.clear()
+            for name in sorted(self._retrials):
+                self._retrials.discard(name)
+                self._guarded(self.retry_trial, name)
+            if self.interval_s:
+                for name in self.table.names():
+                    self._guarded(self.check, name)
+
+    def _guarded(self, step: Callable[[str], object], name: str) -> None:
+        try:
+            step(name)
+        except Exception:
+            log.exception("re-selection of %s failed", name)
+
+    def retry_trial(self, name: str) -> str | None:
+        """The trial on this hardware and runtimes, for a model restored on an earlier choice."""
+        model = self.table.current(name)
+        record = self.store.records.get(name)
+        if model is None or record is None or record.serving is None:
+            return None
+        samples = self.stored_samples(record.serving.samples)
+        outcome = self._reselect(model, samples, list(model.probe), "retrial")
+        log.info("%s %s: %s", name, model.version, outcome)
+        return outcome
 
     def check(self, name: str) -> str | None:
         """Re-select `name` if live shapes call for it; what was decided, in one line (None: nothing to do)."""
@@ -72,31 +103,38 @@ class Reselector:
         if (model.sha256, shapes) in self._tried:
             return None
         self._tried.add((model.sha256, shapes))
-        outcome = self._reselect(model, live[:MAX_SAMPLES])
+        live = live[:MAX_SAMPLES]
+        outcome = self._reselect(model, live, live, "live")
         log.info("%s %s: %s", name, model.version, outcome)
         return outcome
 
-    def _reselect(self, model: LoadedModel, live: list[dict[str, Any]]) -> str:
+    def _reselect(
+        self, model: LoadedModel, samples: list[dict[str, Any]] | None, compare_on: list[dict[str, Any]], field: str
+    ) -> str:
+        """Trial on `samples`; the new choice serves if it agrees with and beats the serving one on `compare_on`.
+        What was decided goes to the status' selection under `field` ("live" or "retrial")."""
         installed = self.store.records[model.name].serving
         assert installed is not None
+        what = "on live shapes" if field == "live" else "on this hardware and runtimes"
         try:
             fresh, selection = self.loader.load(
-                model.name, model.version, installed.sha256, installed.format, samples=live,
+                model.name, model.version, installed.sha256, installed.format, samples=samples,
                 hints=installed.input_shapes,
             )  # fmt: skip
         except (EdgeError, SampleError, OSError) as exc:
-            return self._note(model, f"re-selection on {len(live)} live request inputs failed: {exc}")
+            return self._note(model, field, f"the trial {what} failed: {exc}")
         pairs = Pairs()
-        for i in range(COMPARE_ROUNDS * len(live)):
-            run_pair(fresh, model, live[i % len(live)], new_first=i % 2 == 0, pairs=pairs)
+        for i in range(COMPARE_ROUNDS * len(compare_on)):
+            run_pair(fresh, model, compare_on[i % len(compare_on)], new_first=i % 2 == 0, pairs=pairs)
         if pairs.problem or not len(pairs) or pairs.agreed < len(pairs):
-            why = pairs.problem or pairs.difference or "no live input ran on both"
-            return self._note(model, f"kept {model.backend.label}: {fresh.backend.label} on live shapes: {why}")
-        ratio = statistics.median(n / o for n, o in zip(pairs.new_ms, pairs.old_ms, strict=True) if o > 0)
+            why = pairs.problem or pairs.difference or "no input ran on both"
+            return self._note(model, field, f"kept {model.backend.label}: {fresh.backend.label} {what}: {why}")
+        ratio = statistics.median(n / o for n, o in zip_strict(pairs.new_ms, pairs.old_ms) if o > 0)
         figures = f"p50 {statistics.median(pairs.new_ms):.3g} vs {statistics.median(pairs.old_ms):.3g} ms"
         if fresh.backend.label == model.backend.label or ratio > 1 - FASTER_BY:
-            return self._note(model, f"kept {model.backend.label} on live shapes ({fresh.backend.label}: {figures})")
-        return self._swap(model, fresh, selection, f"switched to {fresh.backend.label} on live shapes ({figures})")
+            return self._note(model, field, f"kept {model.backend.label} {what} ({fresh.backend.label}: {figures})")
+        outcome = f"switched to {fresh.backend.label} {what} ({figures})"
+        return self._swap(model, fresh, selection | {field: outcome}, outcome)
 
     def _swap(self, model: LoadedModel, fresh: LoadedModel, selection: dict[str, Any], outcome: str) -> str:
         """Serve `fresh` as the same version (same identity, variant and attempt), unless something replaced
@@ -113,15 +151,14 @@ class Reselector:
             assert record.serving is not None
             self.store.mark_serving(model.name, replace(record.serving, backend=fresh.backend.label))
         self.board.update_serving(
-            model.name, backend=fresh.backend.label, selection={**selection, "live": outcome},
-            failover=failover_status(fresh.backend),
-        )  # fmt: skip
+            model.name, backend=fresh.backend.label, selection=selection, failover=failover_status(fresh.backend)
+        )
         return outcome
 
-    def _note(self, model: LoadedModel, outcome: str) -> str:
+    def _note(self, model: LoadedModel, field: str, outcome: str) -> str:
         """Show a kept choice in the status' selection."""
         entry = self.board.get(model.name)
         if entry is not None and entry.selection is not None:
             current = entry.selection if isinstance(entry.selection, dict) else entry.selection.model_dump()
-            self.board.update(model.name, selection={**current, "live": outcome})
+            self.board.update(model.name, selection={**current, field: outcome})
         return outcome

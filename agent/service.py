@@ -89,25 +89,30 @@ class Agent:
         self._handlers = self._attach(self.link)
         self._monitor = threading.Thread(target=self.rollback.run, args=(self._stop,), name="health", daemon=True)
         self.reselector = Reselector(
-            self.loader, self.table, self.store, self.board, self.rollback, config.reselect_interval_s
-        )
+            self.loader, self.table, self.store, self.board, self.rollback, config.reselect_interval_s,
+            downloads.stored_samples,
+        )  # fmt: skip
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Serve what is on disk first (no controller needed), then open the API and connect. A version that
-        killed the last run is refused first (agent.crashguard)."""
+        """Open the API at once (live; ready once models from disk serve), serve what is on disk on its cached backend
+        choice (a choice made on other hardware or runtimes serves too, while the trial runs again in the background),
+        then connect. A version that killed the last run is refused first (agent.crashguard)."""
         self.guard.arm()
         for death in self.guard.recover(self.store, self.config.health_window_s):
             log.error("the agent died while %s %s was on trial (%s): %s", death.name, death.mark.version,
                       death.mark.phase, death.cause)  # fmt: skip
-        self.deployer.restore()
-        self.api = InferenceServer(self.table, self.config.api_host, self.config.api_port)
+        restored = threading.Event()
+        ready = lambda: restored.is_set() and len(self.table) > 0  # noqa: E731
+        self.api = InferenceServer(self.table, self.config.api_host, self.config.api_port, ready=ready)
         self.api.start()
+        self.deployer.restore()
+        restored.set()
         self.deployer.thread.start()
         self._monitor.start()
-        if self.config.reselect_interval_s:
-            threading.Thread(target=self.reselector.run, args=(self._stop,), name="reselect", daemon=True).start()
+        threading.Thread(target=self.reselector.run, args=(self._stop,), name="reselect", daemon=True).start()
+        self.reselector.retrial(self.deployer.stale)
         if len(self.table):
             self.mark_ready()  # serving from disk: ready before the broker answers
         self.telemetry.start()
@@ -131,6 +136,7 @@ class Agent:
         self.link.stop(final=(self._topic("presence"), offline.encode(), QOS["presence"], True))
         if self.deployer.thread.ident is not None:
             self.deployer.thread.join(timeout=5)
+        self.guard.stopped_cleanly()
         log.info("agent %s stopped", self.config.device_id)
 
     # -- supervision (systemd readiness, status and watchdog) ----------------------------------------------------

@@ -75,6 +75,7 @@ class Selection(Reported):
     variants: list[VariantTrial] = Field(default_factory=list)
     variants_trial_s: float | None = None
     live: str | None = None  # re-selection on the shapes of live requests: what it decided and its figures
+    retrial: str | None = None  # the trial run again after a restart found other hardware or runtimes
 
 
 class Failover(Reported):

@@ -43,6 +43,7 @@ class Selection:
     timed: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     choice: str = ""  # the candidate's name, e.g. "openvino:cpu:bf16" (the label does not name the precision)
+    stale: bool = False  # a choice made on other hardware or runtimes, serving until a trial here replaces it
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe summary for the device status."""
@@ -129,6 +130,7 @@ def select_backend(
     samples: list[Inputs] | None = None,
     hints: dict[str, list[int]] | None = None,
     isolated: bool = False,
+    defer_trial: bool = False,
 ) -> Selection:
     """Choose and load the backend for one model; raise BackendError (the cause, in one line) if none can run it.
 
@@ -136,7 +138,9 @@ def select_backend(
     loaded with `options` and no trial. `trial=False` takes the first candidate in rule order that loads. `samples`
     (input sets keyed by input name) or `hints` (input name -> shape) make the inputs every check runs on.
     `isolated` runs the trial in a short-lived worker process: runtimes that do not win never enter this process,
-    and a runtime that crashes natively fails its candidate instead of the caller."""
+    and a runtime that crashes natively fails its candidate instead of the caller. `defer_trial` (a restart) takes a
+    choice cached for this model on other hardware or runtimes when there is one (`stale`: the caller re-tries in
+    the background) rather than holding the model back for a trial."""
     path = Path(path)
     cands = candidates(model_format, hardware, cache_dir)
     if override:
@@ -151,6 +155,8 @@ def select_backend(
     key = cache_key(path, model_format, hardware, sha256, extra) if cache_dir is not None else None
     if key is not None and cache_dir is not None:
         cached = _from_cache(Path(cache_dir), key, cands, path, model_format)
+        if cached is None and defer_trial:
+            cached = _from_stale(Path(cache_dir), key, cands, path, model_format)
         if cached is not None:
             return cached
     if isolated:
@@ -233,6 +239,21 @@ def _from_cache(cache_dir: Path, key: str, cands: list[Candidate], path: Path, f
         backend, backend.label, results, entry.get("reason", ""), cached=True, precision=entry.get("precision", "full"),
         reference=entry.get("reference", ""), probe=probe, options=entry.get("options") or {}, choice=cand.name,
     )  # fmt: skip
+
+
+def _from_stale(cache_dir: Path, key: str, cands: list[Candidate], path: Path, fmt: str) -> Selection | None:
+    """The newest cached choice for the same model and inputs on other hardware or runtimes (fingerprint aside)."""
+    version, sha256, model_format, rest = key.split("/", 3)
+    extra = rest[rest.index("/") :] if "/" in rest else ""
+    prefix = f"{version}/{sha256}/{model_format}/"
+    stale = [k for k in _cache_read(cache_dir) if k.startswith(prefix) and k.endswith(extra) and k != key]
+    for other in reversed(stale):
+        found = _from_cache(cache_dir, other, cands, path, fmt)
+        if found is not None:
+            found.stale = True
+            found.reason = f"{found.reason} (chosen before the hardware or runtimes changed; a new trial runs)"
+            return found
+    return None
 
 
 def _probe(backend: Backend, samples: list[Inputs] | None, hints: dict[str, list[int]] | None) -> ProbeInputs:

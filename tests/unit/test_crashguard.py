@@ -59,3 +59,19 @@ def test_a_mark_ended_or_expired_costs_nothing(tmp_path):
     guard.end("n")
     assert CrashGuard(tmp_path).recover(store, window_s=60) == []
     assert store.records["m"].serving.version == "2"
+
+
+def test_a_clean_stop_is_not_a_death(tmp_path):
+    store = store_with_two_versions(tmp_path)
+    guard = CrashGuard(tmp_path)
+    guard.begin("m", "b" * 64, "2", 0, "serving", window_s=60)
+    guard.begin("n", "c" * 64, "1", 0, "loading")
+    guard.stopped_cleanly()
+    for _ in range(3):  # start, SIGTERM, start, ...
+        guard = CrashGuard(tmp_path)
+        assert guard.recover(store, window_s=60) == []
+        guard.stopped_cleanly()
+    assert store.records["m"].serving.version == "2" and store.rejection("m", "b" * 64) is None
+    kept = CrashGuard(tmp_path)
+    kept.recover(store, window_s=60)
+    assert kept.mark("m").deaths == 0 and kept.mark("n") is None  # still on trial; the interrupted load is moot
