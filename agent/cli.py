@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -42,11 +43,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EX_CONFIG
     setup_logging(cfg.log_level)
+    problem = data_dir_problem(Path(cfg.data_dir))
+    if problem:
+        print(f"edge-agent: {problem}", file=sys.stderr)
+        return EX_CONFIG
     from agent.service import Agent
     from daemon.systemd_notify import Notifier
 
     notifier = Notifier()
-    agent = Agent(cfg, notifier)
+    try:
+        agent = Agent(cfg, notifier)
+    except OSError as exc:  # a file under data_dir or a TLS file it could not open: name it, no traceback
+        if debugging():
+            raise
+        print(f"edge-agent: cannot start: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_CONFIG
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -60,6 +71,25 @@ def run(args: argparse.Namespace) -> int:
     agent.stop()
     notifier.close()
     return 0
+
+
+def debugging() -> bool:
+    """EDGE_DEBUG=1: a start-up failure shows its traceback instead of one line."""
+    return os.environ.get("EDGE_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
+def data_dir_problem(data_dir: Path) -> str | None:
+    """Why the agent cannot keep its models in `data_dir` (one line naming the setting), or None."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return (
+            f"data_dir {data_dir}: cannot create it ({reason}); give a writable directory with --data-dir or data_dir"
+        )
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        return f"data_dir {data_dir}: not writable by this user; give a writable directory with --data-dir or data_dir"
+    return None
 
 
 def supervise(agent, notifier, stop: threading.Event) -> None:
@@ -138,8 +168,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     args = parser().parse_args(argv)
     if getattr(args, "config", None) is None and os.environ.get(ENV_CONFIG):
         args.config = Path(os.environ[ENV_CONFIG])

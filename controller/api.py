@@ -11,16 +11,18 @@ from fastapi.responses import JSONResponse
 from controller import __version__
 from controller.artifacts import ArtifactStore
 from controller.auth import TokenAuth
-from controller.calibration import CalibrationStore
+from controller.calibration import MAX_CALIBRATION_BYTES, CalibrationStore
 from controller.db import Database
 from controller.deployments import Deployments
 from controller.errors import error_body, http_status
 from controller.fleet import Fleet
+from controller.guard import JsonBodyLimit, RequestGuard, default_allowed_hosts
 from controller.optimizer import Optimizer
 from controller.registry import MAX_UPLOAD_BYTES, Registry
 from controller.routes import all_routers
 from controller.routes.docs import router as docs_router
 from controller.state import AppState
+from protocol import MAX_SAMPLES_BYTES
 from protocol.errors import EdgeError
 
 
@@ -44,16 +46,24 @@ def create_app(
     metrics_max_devices: int = 1000,
     token: str | None = None,
     work_dir: Path | None = None,
+    read_token: str | None = None,
+    allowed_hosts: frozenset[str] | None = None,
 ) -> FastAPI:
-    """The API over these stores: the token check (with `token`), the error mapping, and every router."""
+    """The API over these stores: the request guard (Host, Origin, Content-Type, body limits), the token check
+    (with `token` and/or `read_token`), the error mapping, and every router."""
     app = FastAPI(
         title="edge-controller",
         version=__version__,
         description="Model registry, device registry and deployments for an edge fleet.",
         docs_url=None,  # served by controller/routes/docs.py with local assets (works offline)
     )
-    if token:
-        app.add_middleware(TokenAuth, token=token)
+    limits = {"model": max_upload_bytes, "calibration": MAX_CALIBRATION_BYTES, "samples": MAX_SAMPLES_BYTES}
+    hosts = allowed_hosts if allowed_hosts is not None else default_allowed_hosts("127.0.0.1")
+    # the last added runs first: guard, then the token, then the JSON body read within its limit
+    app.add_middleware(JsonBodyLimit, upload_limits=limits)
+    if token or read_token:
+        app.add_middleware(TokenAuth, token=token, read_token=read_token)
+    app.add_middleware(RequestGuard, allowed_hosts=hosts, upload_limits=limits)
     app.add_exception_handler(EdgeError, edge_error)
     app.add_exception_handler(HTTPException, http_error)
     calibration = CalibrationStore((work_dir or artifacts.root.parent) / "calibration")

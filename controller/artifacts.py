@@ -1,5 +1,6 @@
-"""Content-addressed artifact storage on the controller: uploads are hashed while written, then renamed into place,
-with a zstd copy beside each artifact that compresses well enough to be worth sending instead."""
+"""Content-addressed artifact storage on the controller: uploads are hashed while written, fsynced, then renamed into
+place (and the directory fsynced) before anything refers to them; an object already there is checked (size and hash)
+and replaced when damaged. A zstd copy sits beside each artifact that compresses well enough to be worth sending."""
 
 from __future__ import annotations
 
@@ -24,6 +25,22 @@ class ArtifactStore:
         self.incoming = root / "incoming"
         self.objects.mkdir(parents=True, exist_ok=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self.sweep_incoming()
+
+    def sweep_incoming(self) -> int:
+        """Remove what aborted uploads and conversions left in `incoming` (at start nothing there is in use)."""
+        import shutil
+
+        removed = 0
+        for leftover in self.incoming.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.info("removed %d leftover(s) of aborted uploads from %s", removed, self.incoming)
+        return removed
 
     def path(self, sha256: str) -> Path:
         if not _SHA_RE.match(sha256):
@@ -41,12 +58,19 @@ class ArtifactStore:
         return self.incoming / f"{uuid.uuid4().hex}.upload"
 
     def commit(self, tmp: Path, sha256: str) -> Path:
+        """Move `tmp` (whose content hashes to `sha256`) into place, durably; an intact object already there is kept
+        (and `tmp` removed), a damaged one (torn write, disk error) replaced."""
         target = self.path(sha256)
         target.parent.mkdir(exist_ok=True)
-        if target.exists():
+        if target.exists() and intact(target, sha256, tmp.stat().st_size):
             tmp.unlink(missing_ok=True)
         else:
+            if target.exists():
+                log.warning("artifact %s on disk is damaged; replacing it with the uploaded copy", sha256[:12])
+                self.compressed_path(sha256).unlink(missing_ok=True)  # made from the damaged bytes
+            fsync_file(tmp)
             os.replace(tmp, target)
+            fsync_dir(target.parent)
         if not self.compressed_path(sha256).exists():
             self._compress(target, self.compressed_path(sha256))
         return target
@@ -86,6 +110,31 @@ class ArtifactStore:
         compressed = out.stat().st_size
         if worth_compressing(size, compressed):
             os.replace(out, packed)
+            fsync_dir(packed.parent)
             log.info("%s travels zstd-compressed: %d -> %d bytes", target.name[:12], size, compressed)
         else:
             out.unlink()
+
+
+def intact(path: Path, sha256: str, size: int) -> bool:
+    """Whether the file has this size and this sha256 (the size first: a torn copy is usually short)."""
+    from controller.uploads import sha256_file
+
+    try:
+        return path.stat().st_size == size and sha256_file(path) == sha256
+    except OSError:
+        return False
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in this directory durable (POSIX: the directory entry is data of the directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import threading
+from pathlib import Path
+
+from protocol.link import BrokerAddress
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +44,45 @@ def port_free(host: str, port: int) -> bool:
 
 
 class EmbeddedBroker:
-    """amqtt in a background event loop. Clients must speak MQTT 3.1.1 (agents fall back automatically)."""
+    """amqtt in a background event loop. Clients must speak MQTT 3.1.1 (agents fall back automatically). With a
+    `password_file` (mosquitto_passwd format) every client must log in as one of its users, anonymous clients are
+    refused, and the controller connects with a credential of its own made at start (`address`)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
+    INTERNAL_USER = "edge-controller-internal"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, password_file: Path | None = None) -> None:
         self.host = host
         self.port = port
+        self.password_file = password_file
+        self._internal_password = secrets.token_urlsafe(24) if password_file else ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._broker = None
 
     @property
     def url(self) -> str:
+        """Where it listens (never with credentials: this is what gets logged)."""
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def address(self) -> BrokerAddress:
+        """How the controller connects: with its internal credential when a password file is in force."""
+        if self.password_file is None:
+            return BrokerAddress(self.host, self.port)
+        return BrokerAddress(self.host, self.port, False, self.INTERNAL_USER, self._internal_password)
+
+    def _auth_plugins(self) -> dict:
+        if self.password_file is None:
+            return {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+        from controller.broker_auth import load_password_file
+
+        load_password_file(self.password_file)  # a file it cannot use stops the start with the reason
+        config = {
+            "password_file": str(self.password_file),
+            "internal_user": self.INTERNAL_USER,
+            "internal_password": self._internal_password,
+        }
+        return {"controller.broker_auth.PasswordFileAuth": config}
 
     def start(self, timeout: float = 10.0) -> None:
         if not port_free(self.host, self.port):
@@ -60,6 +91,13 @@ class EmbeddedBroker:
                 f"(another broker running? use --broker mqtt://{self.host}:{self.port} to use it, "
                 "or --broker embedded:PORT for another port)"
             )
+        if self.password_file is not None:
+            from controller.broker_auth import PasswordFileError
+
+            try:
+                self._auth_plugins()
+            except PasswordFileError as exc:
+                raise BrokerStartError(str(exc)) from None
         ready = threading.Event()
         errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, args=(ready, errors), name="embedded-broker", daemon=True)
@@ -68,7 +106,8 @@ class EmbeddedBroker:
             raise BrokerStartError("the embedded broker did not start in time")
         if errors:
             raise BrokerStartError(f"the embedded broker failed to start: {errors[0]}")
-        log.info("embedded MQTT broker listening on %s", self.url)
+        auth = f"password file {self.password_file}" if self.password_file else "anonymous clients allowed"
+        log.info("embedded MQTT broker listening on %s (%s)", self.url, auth)
 
     def _run(self, ready: threading.Event, errors: list[BaseException]) -> None:
         from amqtt.broker import Broker
@@ -80,7 +119,7 @@ class EmbeddedBroker:
         async def main() -> None:
             config = {
                 "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 1000}},
-                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+                "plugins": self._auth_plugins(),
             }
             broker = self._broker = Broker(config)
             try:

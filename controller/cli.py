@@ -39,7 +39,38 @@ def serve(
         Path | None,
         typer.Option(
             help="File holding the API token; when set (or EDGE_CONTROLLER_TOKEN is), the API requires "
-            "'Authorization: Bearer TOKEN'."
+            "'Authorization: Bearer TOKEN'. Required when --http is not a loopback address (see --insecure)."
+        ),
+    ] = None,
+    read_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding a read-only API token (GET/HEAD only: dashboards, Prometheus); or "
+            "EDGE_CONTROLLER_READ_TOKEN."
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Serve the API off loopback without a token (anyone who reaches it can deploy).")
+    ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name the API answers to (repeatable; localhost, IP literals and this machine's "
+            "names when bound to 0.0.0.0 are allowed already; '*' allows any)."
+        ),
+    ] = None,
+    broker_password_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the controller's broker password (the URL gives the user: "
+            "mqtts://USER@HOST); keeps it out of the command line and the logs."
+        ),
+    ] = None,
+    broker_users_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --broker embedded: a mosquitto_passwd file; clients must log in as one of its "
+            "users (anonymous clients are refused)."
         ),
     ] = None,
 ) -> None:
@@ -50,13 +81,12 @@ def serve(
     from controller.service import Controller, ControllerSettings, ControllerStartError
 
     setup_logging(log_level.upper())
-    token = os.environ.get("EDGE_CONTROLLER_TOKEN") or None
-    if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            typer.echo(f"edge-controller: cannot read --token-file {token_file}: {exc.strerror}", err=True)
-            raise typer.Exit(1) from None
+    token = _secret(token_file, "--token-file") if token_file else os.environ.get("EDGE_CONTROLLER_TOKEN") or None
+    read_token = (
+        _secret(read_token_file, "--read-token-file")
+        if read_token_file
+        else os.environ.get("EDGE_CONTROLLER_READ_TOKEN") or None
+    )
     settings = ControllerSettings(
         data_dir=data_dir,
         broker=broker,
@@ -65,18 +95,75 @@ def serve(
         topic_prefix=topic_prefix,
         signing_key=signing_key,
         token=token,
+        read_token=read_token,
+        insecure=insecure,
+        allowed_hosts=tuple(allowed_host or ()),
+        broker_password_file=broker_password_file,
+        broker_users_file=broker_users_file,
     )
+    from controller.settings_check import SettingError, check_settings, describe_start_error, first_line
+
+    debug = os.environ.get("EDGE_DEBUG", "").strip() in ("1", "true", "yes")  # tracebacks only when asked for
     try:
+        check_settings(data_dir, db, broker)
         controller = Controller(settings)
         controller.start_messaging()
-    except (BrokerStartError, ControllerStartError, ValueError) as exc:
-        typer.echo(f"edge-controller: {exc}", err=True)
+    except (SettingError, BrokerStartError, ControllerStartError, ValueError) as exc:
+        if debug:
+            raise
+        typer.echo(f"edge-controller: {first_line(str(exc))}", err=True)
         raise typer.Exit(1) from None
-    except Exception as exc:  # e.g. database unreachable
-        typer.echo(f"edge-controller: cannot start: {exc}", err=True)
+    except Exception as exc:  # e.g. database unreachable: one line naming the setting
+        if debug:
+            raise
+        typer.echo(f"edge-controller: {describe_start_error(exc, db)}", err=True)
         raise typer.Exit(1) from None
     log.info("controller API on http://%s (broker %s)", http, controller.broker_url)
     run_until_signal(controller)
+
+
+def _secret(path: Path, option: str) -> str:
+    """The stripped content of a secret file, or exit 1 naming the option and why."""
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        typer.echo(f"edge-controller: cannot read {option} {path}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("broker-config")
+def broker_config(
+    password_file: Annotated[Path, typer.Option(help="The broker's password file (mosquitto_passwd).")] = Path(
+        "/etc/mosquitto/passwords"
+    ),
+    acl_file: Annotated[Path, typer.Option(help="The ACL from `edge-controller acl`.")] = Path(
+        "/etc/mosquitto/edge.acl"
+    ),
+    port: Annotated[int, typer.Option(help="The devices' listener.")] = 8883,
+    controller_port: Annotated[int, typer.Option(help="The controller's listener (its own password file).")] = 8884,
+    controller_password_file: Annotated[Path, typer.Option(help="Password file with only the controller's user.")] = (
+        Path("/etc/mosquitto/controller-passwords")
+    ),
+    cafile: Annotated[Path | None, typer.Option(help="TLS: the CA (PEM).")] = None,
+    certfile: Annotated[Path | None, typer.Option(help="TLS: the broker's certificate (PEM).")] = None,
+    keyfile: Annotated[Path | None, typer.Option(help="TLS: the broker's key (PEM).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Write a Mosquitto configuration for the fleet: client id = username on the devices' listener, no anonymous
+    clients, the ACL, and a message size limit matching the protocol's largest message."""
+    from controller.broker_config import BrokerFiles, mosquitto_config
+
+    tls = (cafile, certfile, keyfile)
+    if any(tls) and not all(tls):
+        typer.echo("edge-controller: TLS needs all of --cafile, --certfile and --keyfile", err=True)
+        raise typer.Exit(2)
+    files = BrokerFiles(password_file, acl_file, controller_password_file, *tls)
+    text = mosquitto_config(files, port=port, controller_port=controller_port)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote the Mosquitto configuration to {out}", err=True)
 
 
 @app.command()
@@ -115,8 +202,14 @@ def keygen(
     if out.exists():
         typer.echo(f"edge-controller: {out} exists; refusing to overwrite a signing key", err=True)
         raise typer.Exit(1)
+    import os
+
     signer = Signer.generate()
-    signer.save(out)
+    previous = os.umask(0o077)  # the key file is created 0600: never readable by others, not even for an instant
+    try:
+        signer.save(out)
+    finally:
+        os.umask(previous)
     typer.echo(f"wrote signing key {signer.key_id} to {out}", err=True)
     typer.echo(signer.public_key_b64)
 

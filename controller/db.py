@@ -14,12 +14,11 @@ from controller.schema import (
     deployment_variants,
     deployments,
     devices,
-    drift_baselines,
     metadata,
     models,
-    telemetry,
     variants,
 )
+from controller.telemetry_db import TelemetryTables
 from protocol.errors import EdgeError
 
 
@@ -90,7 +89,7 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-class Database:
+class Database(TelemetryTables):
     """All reads and writes the controller makes; each method is one short transaction."""
 
     def __init__(self, url: str) -> None:
@@ -296,7 +295,9 @@ class Database:
 
     def deployment_attempts(self, device_id: str) -> dict[str, int]:
         """Each deployed model's attempt: when it was last deployed explicitly, in milliseconds (it only grows)."""
-        query = sa.select(deployments.c.model_name, deployments.c.created_at).where(deployments.c.device_id == device_id)
+        query = sa.select(deployments.c.model_name, deployments.c.created_at).where(
+            deployments.c.device_id == device_id
+        )
         with self.engine.connect() as conn:
             return {name: int(created * 1000) for name, created in conn.execute(query).all()}
 
@@ -330,60 +331,3 @@ class Database:
     def deployed_devices(self) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(deployments.c.device_id).distinct()).scalars().all())
-
-    # -- telemetry -----------------------------------------------------------------------------------------------
-
-    def _insert_ignoring_duplicates(self, table: sa.Table):
-        dialect = self.engine.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            return postgresql.insert(table).on_conflict_do_nothing()
-        if dialect == "sqlite":
-            from sqlalchemy.dialects import sqlite
-
-            return sqlite.insert(table).on_conflict_do_nothing()
-        return table.insert()
-
-    def insert_telemetry(self, rows: list[dict[str, Any]], baselines: list[dict[str, Any]] | None = None) -> None:
-        """One transaction for a batch: rows {device_id, ts, received_at, payload}; duplicates are ignored."""
-        with self.engine.begin() as conn:
-            if rows:
-                conn.execute(self._insert_ignoring_duplicates(telemetry), rows)
-            if baselines:
-                conn.execute(self._insert_ignoring_duplicates(drift_baselines), baselines)
-
-    def telemetry_since(self, device_id: str, since: float, limit: int = 10_000) -> list[tuple[float, str]]:
-        """(ts, payload JSON) of a device's samples with ts >= since, oldest first (the newest `limit`)."""
-        query = (
-            sa.select(telemetry.c.ts, telemetry.c.payload)
-            .where(telemetry.c.device_id == device_id, telemetry.c.ts >= since)
-            .order_by(telemetry.c.ts.desc())
-            .limit(limit)
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [(r.ts, r.payload) for r in reversed(rows)]
-
-    def count_telemetry(self, device_prefix: str | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(telemetry)
-        if device_prefix:
-            query = query.where(telemetry.c.device_id.startswith(device_prefix))
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-
-    def prune_telemetry(self, before: float) -> int:
-        """Delete samples older than `before` (retention); returns how many went."""
-        with self.engine.begin() as conn:
-            return conn.execute(telemetry.delete().where(telemetry.c.ts < before)).rowcount or 0
-
-    def drift_baselines(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.select(drift_baselines)).all()]
-
-    def reset_drift_baseline(self, device_id: str, model: str | None = None) -> int:
-        query = drift_baselines.delete().where(drift_baselines.c.device_id == device_id)
-        if model:
-            query = query.where(drift_baselines.c.model == model)
-        with self.engine.begin() as conn:
-            return conn.execute(query).rowcount or 0

@@ -21,6 +21,10 @@ STATUS: dict[str, int] = {
     "auto_needs_devices": 400,
     "which_model": 400,
     "unauthorized": 401,
+    "forbidden": 403,
+    "cross_origin": 403,
+    "bad_host": 400,
+    "unsupported_media_type": 415,
     # things that are not there
     "not_found": 404,
     "unknown_model": 404,
@@ -39,11 +43,12 @@ STATUS: dict[str, int] = {
     "too_large": 413,
     "no_converters": 501,
     "device_offline": 503,
+    "devices_busy": 503,
     "device_unreachable": 504,
 }
 
 # A device's own error codes: the few that are the caller's fault keep theirs, any other is a bad gateway.
-DEVICE_STATUS: dict[str, int] = {"bad_input": 400, "not_found": 404}
+DEVICE_STATUS: dict[str, int] = {"bad_input": 400, "not_found": 404, "nothing_captured": 409}
 
 
 class DeviceError(EdgeError):

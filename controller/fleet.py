@@ -15,6 +15,7 @@ from controller import __version__
 from controller.artifacts import ArtifactStore
 from controller.db import Database
 from controller.fair_queue import FairQueue
+from controller.liveness import LastSeen
 from controller.telemetry import TelemetryIngest
 from controller.telemetry_mqtt import TelemetrySubscriber
 from protocol import (
@@ -74,6 +75,7 @@ class Fleet:
         self.db = db
         self.signer = signer
         self.telemetry = telemetry or TelemetryIngest(db)
+        self.last_seen = LastSeen(db.engine)  # any message from a device refreshes its last seen
         self.artifacts = artifacts
         self.topics = Topics(prefix)
         self._calls: dict[str, Future[RpcResponse]] = {}
@@ -222,6 +224,8 @@ class Fleet:
         if parsed is None:
             return
         device_id, kind = parsed
+        if kind not in ("presence", "state"):  # those two record last seen themselves
+            self.last_seen.saw((device_id,))
         try:
             if kind == "presence":
                 self._on_presence(device_id, decode(Presence, payload))
@@ -242,6 +246,7 @@ class Fleet:
             if parsed is not None and parsed[1] == "telemetry":
                 items.append((parsed[0], payload))
         if items:
+            self.last_seen.saw(device_id for device_id, _ in items)
             self.telemetry.submit_many(items)
 
     def _on_presence(self, device_id: str, presence: Presence) -> None:
@@ -257,8 +262,12 @@ class Fleet:
         self.db.record_state(device_id, [m.model_dump() for m in state.models])
 
     def _queue_chunk(self, device_id: str, request: ArtifactRequest) -> None:
-        if not self._chunk_requests.put(device_id, request):
-            log.warning("%s has too many artifact requests queued; dropping one (it will ask again)", device_id)
+        if not self._chunk_requests.put(device_id, request) and self._chunk_requests.dropped % 1000 == 1:
+            log.warning(
+                "%s has too many artifact requests queued; dropping (it will ask again; %d dropped so far)",
+                device_id,
+                self._chunk_requests.dropped,
+            )
 
     def _serve_chunks(self) -> None:
         while (item := self._chunk_requests.get()) is not None:
@@ -296,6 +305,8 @@ class Fleet:
             return future.result(timeout=timeout)
         except TimeoutError:
             raise DeviceUnreachable(f"device {device_id} did not answer within {timeout:g}s") from None
+        finally:
+            future.cancel()  # no-op once answered; else frees its slot
 
     async def call_async(self, device_id: str, method: str, params: dict, timeout: float = 10.0) -> RpcResponse:
         """call() for the event loop: awaiting the answer holds no thread, so slow devices cannot starve the API."""
@@ -304,6 +315,8 @@ class Fleet:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
             raise DeviceUnreachable(f"device {device_id} did not answer within {timeout:g}s") from None
+        finally:
+            future.cancel()
 
     def _send_call(self, device_id: str, method: str, params: dict, timeout: float) -> Future[RpcResponse]:
         """Publish the request; the future the response completes (it releases its slot and table entry when done)."""
@@ -336,7 +349,6 @@ class Fleet:
         except BaseException:
             future.cancel()
             raise
-        threading.Timer(timeout + 1.0, future.cancel).start()  # a call nobody answers still frees its slot
         return future
 
     def _on_rpc_response(self, response: RpcResponse) -> None:

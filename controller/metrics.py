@@ -1,7 +1,8 @@
 """`/metrics` in the Prometheus text exposition format (version 0.0.4).
 
 Label cardinality is bounded: `device` takes at most `max_devices` values (default 1000; the first by id; the rest
-are counted in `edge_metrics_devices_omitted`), `model` at most 32 per device (the protocol's limit), `quantile`
+are counted in `edge_metrics_devices_omitted`), `model` at most 32 per device (the protocol's limit, enforced here for
+the reported state and the telemetry alike; label values are cut to 128 characters), `quantile`
 3 values, `le` 15 values (every 5th shared latency bound, i.e. two per decade, plus +Inf) and `state` 2. The model
 version appears only as a label of `edge_model_info` (one series per device and model at a time).
 """
@@ -12,11 +13,12 @@ import math
 import time
 from typing import Any
 
-from protocol import LATENCY_BOUNDS_MS
+from protocol import LATENCY_BOUNDS_MS, MAX_TELEMETRY_MODELS
 
 # a coarser view of the shared buckets for the fleet histogram: cumulative counts at every 5th bound
 EXPORTED_LE = list(range(0, len(LATENCY_BOUNDS_MS), 5))
 DEFAULT_MAX_DEVICES = 1000
+MAX_LABEL_CHARS = 128
 
 
 def _escape(value: str) -> str:
@@ -24,7 +26,21 @@ def _escape(value: str) -> str:
 
 
 def _labels(**labels: str) -> str:
-    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
+    return "{" + ",".join(f'{k}="{_escape(str(v)[:MAX_LABEL_CHARS])}"' for k, v in labels.items()) + "}"
+
+
+def _served(state: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The models of a device's reported state that get an `edge_model_info` series: named, one per name, at most
+    MAX_TELEMETRY_MODELS (a device reporting thousands cannot multiply the series)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for m in state or []:
+        name = m.get("name") if isinstance(m, dict) else None
+        serving = (m.get("serving") or {}) if isinstance(m, dict) else {}
+        if isinstance(name, str) and name not in seen and isinstance(serving, dict) and serving.get("version"):
+            seen[name] = m
+            if len(seen) >= MAX_TELEMETRY_MODELS:
+                break
+    return list(seen.values())
 
 
 def _num(value: float | None) -> str:
@@ -70,6 +86,8 @@ def render(
     out.sample("edge_telemetry_messages_total", ingest.received, result="received")
     out.sample("edge_telemetry_messages_total", ingest.stored, result="stored")
     out.sample("edge_telemetry_messages_total", ingest.rejected, result="rejected")
+    out.sample("edge_telemetry_messages_total", ingest.quarantined, result="quarantined")
+    out.sample("edge_telemetry_messages_total", ingest.over_budget, result="over_budget")
 
     shown = sorted(devices, key=lambda d: d["id"])[:max_devices]
     shown_ids = {d["id"] for d in shown}
@@ -80,18 +98,17 @@ def render(
     for d in shown:
         out.sample("edge_device_up", 1 if d["online"] else 0, device=d["id"])
     for d in shown:
-        for m in d.get("state") or []:
-            serving = m.get("serving") or {}
-            if serving.get("version"):
-                out.metric("edge_model_info", "gauge", "The model version and backend serving on a device.")
-                out.sample(
-                    "edge_model_info",
-                    1,
-                    device=d["id"],
-                    model=m.get("name", ""),
-                    version=serving["version"],
-                    backend=serving.get("backend", ""),
-                )
+        for m in _served(d.get("state")):
+            serving = m["serving"]
+            out.metric("edge_model_info", "gauge", "The model version and backend serving on a device.")
+            out.sample(
+                "edge_model_info",
+                1,
+                device=d["id"],
+                model=m["name"],
+                version=serving["version"],
+                backend=serving.get("backend", ""),
+            )
 
     resources = [
         ("edge_device_cpu_percent", "cpu_percent", "CPU use of the device, all cores (percent)."),

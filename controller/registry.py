@@ -54,10 +54,9 @@ class Registry:
             upload.path.unlink(missing_ok=True)
             raise InvalidModel(f"{filename}: {exc}") from None
         existing = self.db.find_model_by_sha(name, upload.sha256)
+        self.artifacts.commit(upload.path, upload.sha256)  # repairs a damaged copy of the same bytes
         if existing and version in (None, existing.version):
-            upload.path.unlink(missing_ok=True)
             return existing, False
-        self.artifacts.commit(upload.path, upload.sha256)
         row = ModelRow(
             name=name,
             version=version or self.db.next_version(name),

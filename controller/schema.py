@@ -96,3 +96,16 @@ drift_baselines = sa.Table(
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+sa.Index("ix_telemetry_received_at", telemetry.c.received_at)
+
+# Telemetry the database refused although it parsed (one bad row must not cost the rest of its batch): kept for the
+# operator to read, bounded (payload cut to QUARANTINE_PAYLOAD_CHARS) and pruned with the telemetry.
+telemetry_quarantine = sa.Table(
+    "telemetry_quarantine",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
+    sa.Column("reason", sa.String(512), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+)

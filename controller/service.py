@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,9 @@ from controller.artifacts import ArtifactStore
 from controller.broker import EmbeddedBroker, port_free
 from controller.db import Database
 from controller.fleet import Fleet
+from controller.guard import default_allowed_hosts, is_loopback
 from controller.telemetry import DEFAULT_DRIFT_THRESHOLD, DEFAULT_RETENTION_S, TelemetryIngest
-from protocol.link import MqttProtocol
+from protocol.link import BrokerAddress, MqttProtocol
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ class ControllerSettings:
     metrics_max_devices: int = 1000  # devices with their own series in /metrics (bounds label cardinality)
     signing_key: Path | None = None  # Ed25519 PEM (edge-controller keygen): every desired model is signed with it
     token: str | None = None  # when set, the API (but health, docs and the dashboard page) needs `Bearer TOKEN`
+    read_token: str | None = None  # a second token that may only read (GET/HEAD): dashboards, scrapers
+    insecure: bool = False  # serve the API off loopback without a token (refused otherwise)
+    allowed_hosts: tuple[str, ...] = ()  # Host names the API answers to besides localhost and IP literals
+    broker_password_file: Path | None = None  # the controller's broker password (kept out of the URL and the logs)
+    broker_users_file: Path | None = None  # the embedded broker's password file (mosquitto_passwd): no anonymous
 
     @property
     def http_host(self) -> str:
@@ -44,6 +51,25 @@ class ControllerSettings:
         if not port.isdigit():
             raise ControllerStartError(f"--http {self.http!r}: expected HOST:PORT")
         return int(port)
+
+
+def broker_address(url: str, password_file: Path | None = None) -> BrokerAddress:
+    """The external broker's address, with the password read from `password_file` when one is given."""
+    try:
+        address = BrokerAddress.parse(url)
+    except ValueError as exc:
+        raise ControllerStartError(str(exc)) from None
+    if password_file is None:
+        return address
+    try:
+        password = Path(password_file).read_text().strip()
+    except OSError as exc:
+        raise ControllerStartError(f"cannot read --broker-password-file {password_file}: {exc.strerror}") from None
+    if not password:
+        raise ControllerStartError(f"--broker-password-file {password_file} is empty")
+    if not address.username:
+        raise ControllerStartError("--broker-password-file needs a user name in the URL: mqtts://USER@HOST:PORT")
+    return dataclasses.replace(address, password=password)
 
 
 def parse_embedded(broker: str) -> int | None:
@@ -72,25 +98,29 @@ class Controller:
             log.info("signing deployments with key %s", self.signer.key_id)
         if settings.token is not None and not settings.token.strip():
             raise ControllerStartError("the API token is empty; put a non-empty token in the token file")
+        if settings.read_token is not None and not settings.read_token.strip():
+            raise ControllerStartError("the read-only API token is empty; put a non-empty token in its file")
+        self._check_exposure(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.db or f"sqlite:///{settings.data_dir / 'controller.db'}")
         self.artifacts = ArtifactStore(settings.data_dir / "artifacts")
         self.broker: EmbeddedBroker | None = None
-        broker_url = settings.broker
         embedded_port = parse_embedded(settings.broker)
         protocol = settings.mqtt_protocol
         if embedded_port is not None:
-            self.broker = EmbeddedBroker("127.0.0.1", embedded_port)
-            broker_url = self.broker.url
+            self.broker = EmbeddedBroker("127.0.0.1", embedded_port, settings.broker_users_file)
+            address = self.broker.address
             protocol = "3.1.1"
-        self.broker_url = broker_url
+        else:
+            address = broker_address(settings.broker, settings.broker_password_file)
+        self.broker_url = str(address)  # logged and shown in systemd's status: never with credentials
         self.telemetry = TelemetryIngest(
             self.db, retention_s=settings.telemetry_retention_s, drift_threshold=settings.drift_threshold
         )
         self.fleet = Fleet(
             self.db,
             self.artifacts,
-            broker_url,
+            address,
             prefix=settings.topic_prefix,
             protocol=protocol,
             telemetry=self.telemetry,
@@ -107,6 +137,24 @@ class Controller:
             metrics_max_devices=self.settings.metrics_max_devices,
             token=self.settings.token.strip() if self.settings.token else None,
             work_dir=self.settings.data_dir,
+            read_token=self.settings.read_token.strip() if self.settings.read_token else None,
+            allowed_hosts=default_allowed_hosts(self.settings.http_host, self.settings.allowed_hosts),
+        )
+
+    @staticmethod
+    def _check_exposure(settings: ControllerSettings) -> None:
+        """Refuse an API reachable from the network without a token, unless `insecure` says so (then warn loudly)."""
+        if is_loopback(settings.http_host) or (settings.token and settings.token.strip()):
+            return
+        if not settings.insecure:
+            raise ControllerStartError(
+                f"refusing to serve the API on {settings.http} without a token: anyone who can reach it could deploy "
+                "models; give --token-file (or EDGE_CONTROLLER_TOKEN), bind 127.0.0.1, or pass --insecure"
+            )
+        log.warning(
+            "INSECURE: the API on %s has no token; anyone who can reach it can deploy models and roll devices back "
+            "(--insecure)",
+            settings.http,
         )
 
     def start_messaging(self) -> None:

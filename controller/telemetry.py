@@ -15,143 +15,21 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
 from controller.db import Database
-from protocol import LATENCY_BUCKETS, ProtocolError, Telemetry, decode, histogram_quantile
+from controller.telemetry_budget import TelemetryBudget
+from controller.telemetry_views import DeviceView, ModelView, window_summary
+from protocol import LATENCY_BUCKETS, MAX_TELEMETRY_MODELS, MAX_TELEMETRY_OUTPUTS, ProtocolError, Telemetry, decode
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION_S = 7 * 86400.0
 DEFAULT_DRIFT_THRESHOLD = 3.0
 PRUNE_EVERY_S = 60.0
-SEEN_TS_KEPT = 1024  # per device: enough for the samples a device resends after a reconnect
-
-
-@dataclass
-class ModelView:
-    name: str
-    version: str = ""
-    requests_total: int = 0
-    errors_total: int = 0
-    latency_total: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKETS)
-    latency_sum_total_ms: float = 0.0
-    # the newest window
-    ts: float = 0.0
-    rps: float = 0.0
-    requests: int = 0
-    errors: int = 0
-    max_ms: float | None = None
-    latency: list[tuple[int, int]] = field(default_factory=list)  # the newest window's histogram
-    raw_outputs: dict[str, Any] = field(default_factory=dict)  # OutputStats, dumped when read
-    drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # output -> {score, flagged, baseline_mean, ...}
-    _quantiles: tuple[float | None, float | None, float | None] | None = None
-
-    def quantiles(self) -> tuple[float | None, float | None, float | None]:
-        """p50, p95, p99 of the newest window (computed when read: ingest only stores the histogram)."""
-        if self._quantiles is None:
-            counts = dict(self.latency)
-            self._quantiles = tuple(histogram_quantile(counts, q, self.max_ms) for q in (0.5, 0.95, 0.99))  # type: ignore[assignment]
-        return self._quantiles  # type: ignore[return-value]
-
-    @property
-    def p50(self) -> float | None:
-        return self.quantiles()[0]
-
-    @property
-    def p95(self) -> float | None:
-        return self.quantiles()[1]
-
-    @property
-    def p99(self) -> float | None:
-        return self.quantiles()[2]
-
-    @property
-    def outputs(self) -> dict[str, Any]:
-        return {k: v.model_dump(exclude_none=True) for k, v in self.raw_outputs.items()}
-
-    @property
-    def drift_score(self) -> float:
-        return max((d["score"] for d in self.drift.values()), default=0.0)
-
-    @property
-    def drifting(self) -> bool:
-        return any(d["flagged"] for d in self.drift.values())
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "ts": self.ts,
-            "requests_per_s": round(self.rps, 3),
-            "requests": self.requests,
-            "errors": self.errors,
-            "requests_total": self.requests_total,
-            "errors_total": self.errors_total,
-            "p50_ms": self.p50,
-            "p95_ms": self.p95,
-            "p99_ms": self.p99,
-            "max_ms": self.max_ms,
-            "outputs": self.outputs,
-            "drift": self.drift,
-            "drifting": self.drifting,
-            "drift_score": round(self.drift_score, 3),
-        }
-
-
-@dataclass
-class DeviceView:
-    device_id: str
-    ts: float = 0.0
-    received_at: float = 0.0
-    interval_s: float = 0.0
-    raw_resources: Any = None  # Resources, dumped when read
-    dropped: int = 0
-    samples_total: int = 0
-    models: dict[str, ModelView] = field(default_factory=dict)
-    # timestamps of the samples seen lately: a sample the device sent again (it was in doubt when the link dropped)
-    # is counted once here, as the database's unique (device_id, ts) stores it once
-    seen_ts: OrderedDict[float, None] = field(default_factory=OrderedDict)
-
-    def first_sight(self, ts: float) -> bool:
-        if ts in self.seen_ts:
-            return False
-        self.seen_ts[ts] = None
-        if len(self.seen_ts) > SEEN_TS_KEPT:
-            self.seen_ts.popitem(last=False)
-        return True
-
-    @property
-    def resources(self) -> dict[str, Any]:
-        return self.raw_resources.model_dump(exclude_none=True) if self.raw_resources is not None else {}
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "device_id": self.device_id,
-            "ts": self.ts,
-            "received_at": self.received_at,
-            "interval_s": self.interval_s,
-            "resources": self.resources,
-            "dropped": self.dropped,
-            "samples_total": self.samples_total,
-            "models": [m.summary() for m in self.models.values()],
-            "drifting": any(m.drifting for m in self.models.values()),
-        }
-
-
-def window_summary(message: Telemetry) -> dict[str, Any]:
-    """A sample as the API returns it: the message plus p50/p95/p99 and requests/s per model."""
-    data = message.model_dump(exclude_none=True)
-    span = max(message.ts - message.start, 1e-9) if message.start else message.interval_s
-    for model, raw in zip(message.models, data["models"], strict=True):
-        counts = dict(model.latency)
-        raw["p50_ms"] = histogram_quantile(counts, 0.50, model.latency_max_ms)
-        raw["p95_ms"] = histogram_quantile(counts, 0.95, model.latency_max_ms)
-        raw["p99_ms"] = histogram_quantile(counts, 0.99, model.latency_max_ms)
-        raw["requests_per_s"] = round(model.requests / span, 3) if span else None
-    return data
+# drift baselines one device may hold: every output of every model it may report at once (one version each)
+MAX_BASELINES_PER_DEVICE = MAX_TELEMETRY_MODELS * MAX_TELEMETRY_OUTPUTS
+HISTORY_PAGE = 1000  # samples per page of history (at 1 MB a sample, ~1 GB of memory for the old 10,000)
 
 
 class TelemetryIngest:
@@ -163,6 +41,7 @@ class TelemetryIngest:
         drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
         batch: int = 2000,
         queue_size: int = 10_000,
+        budget: TelemetryBudget | None = None,
     ) -> None:
         self.db = db
         self.retention_s = retention_s
@@ -171,10 +50,14 @@ class TelemetryIngest:
         self._queue: queue.Queue[list[tuple[str, bytes, float]] | None] = queue.Queue(maxsize=queue_size)
         self.devices: dict[str, DeviceView] = {}
         self._baselines: dict[tuple[str, str, str, str], tuple[float, float]] = {}
+        self._baselines_per_device: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.budget = budget or TelemetryBudget()
         self.received = 0
         self.stored = 0
-        self.rejected = 0
+        self.rejected = 0  # not a valid sample of the device whose topic it came on
+        self.quarantined = 0  # valid, but the database refused it (kept in telemetry_quarantine)
+        self.over_budget = 0  # dropped: the device exceeded its message or byte budget
         self._last_prune = time.time()  # the first pass runs a minute after start
         self._thread = threading.Thread(target=self._run, name="telemetry-ingest", daemon=True)
 
@@ -183,6 +66,7 @@ class TelemetryIngest:
     def start(self) -> None:
         for b in self.db.drift_baselines():
             self._baselines[(b["device_id"], b["model"], b["version"], b["output"])] = (b["mean"], b["std"])
+            self._baselines_per_device[b["device_id"]] = self._baselines_per_device.get(b["device_id"], 0) + 1
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -193,14 +77,20 @@ class TelemetryIngest:
     def submit(self, device_id: str, payload: bytes) -> None:
         """From the MQTT thread: queue only (blocks when the writer is far behind, which slows the broker down
         instead of losing QoS 1 messages)."""
-        self.received += 1
-        self._queue.put([(device_id, payload, time.time())])
+        self.submit_many([(device_id, payload)])
 
     def submit_many(self, items: list[tuple[str, bytes]]) -> None:
-        """A batch from the telemetry subscriber: one queue entry for all of them."""
+        """A batch from the telemetry subscriber: one queue entry for all of them, less what exceeds its device's
+        budget (dropped here, before it takes queue memory or writer time)."""
         received = time.time()
         self.received += len(items)
-        self._queue.put([(device_id, payload, received) for device_id, payload in items])
+        kept = [(d, p, received) for d, p in items if self.budget.allow(d, len(p), received)]
+        if len(kept) < len(items):
+            dropped = len(items) - len(kept)
+            self.over_budget += dropped
+            log.warning("dropped %d telemetry message(s) over their device's budget", dropped)
+        if kept:
+            self._queue.put(kept)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is stored (tests and benchmarks)."""
@@ -237,8 +127,9 @@ class TelemetryIngest:
             self._maybe_prune()
 
     def _store(self, items: list[tuple[str, bytes, float]]) -> None:
+        """Decode and check each message, store the validated sample (not the raw payload: unknown fields are not
+        kept), then update the view with what was stored. A row the database refuses is quarantined alone."""
         rows: list[dict[str, Any]] = []
-        baselines: list[dict[str, Any]] = []
         messages: list[Telemetry] = []
         for device_id, payload, received in items:
             try:
@@ -251,16 +142,25 @@ class TelemetryIngest:
                 self.rejected += 1
                 log.warning("dropped telemetry on %s's topic claiming to be %s", device_id, message.device_id)
                 continue
-            rows.append(
-                {"device_id": device_id, "ts": message.ts, "received_at": received, "payload": payload.decode()}
-            )
+            sample = message.model_dump_json(exclude_none=True)
+            rows.append({"device_id": device_id, "ts": message.ts, "received_at": received, "payload": sample})
             messages.append(message)
+        stored: list[tuple[Telemetry, dict[str, Any]]] = []
+        for message, row, reason in zip(messages, rows, self.db.insert_each("telemetry", rows), strict=True):
+            if reason is None:
+                stored.append((message, row))
+                continue
+            self.quarantined += 1
+            log.warning("quarantined a telemetry sample from %s: %s", row["device_id"], reason)
+            self.db.quarantine_telemetry(row["device_id"], row["received_at"], reason, row["payload"])
+        baselines: list[dict[str, Any]] = []
         with self._lock:
-            for message, row in zip(messages, rows, strict=True):
+            for message, row in stored:
                 self._update_view(message, row["received_at"], baselines)
-        if rows or baselines:
-            self.db.insert_telemetry(rows, baselines)
-        self.stored += len(rows)
+        for baseline, reason in zip(baselines, self.db.insert_each("drift_baselines", baselines), strict=True):
+            if reason is not None:
+                log.warning("drift baseline of %s/%s not stored: %s", baseline["device_id"], baseline["model"], reason)
+        self.stored += len(stored)
 
     def _maybe_prune(self) -> None:
         now = time.time()
@@ -295,7 +195,7 @@ class TelemetryIngest:
         for model in message.models:
             view = device.models.get(model.name)
             if view is None:
-                if len(device.models) >= 32:
+                if len(device.models) >= MAX_TELEMETRY_MODELS:
                     continue
                 view = device.models[model.name] = ModelView(model.name)
             view.requests_total += model.requests
@@ -325,6 +225,10 @@ class TelemetryIngest:
             key = (device_id, model.name, model.version, output)
             base = self._baselines.get(key)
             if base is None:
+                held = self._baselines_per_device.get(device_id, 0)
+                if held >= MAX_BASELINES_PER_DEVICE:
+                    continue  # capped: a device cycling model names or versions cannot grow the table
+                self._baselines_per_device[device_id] = held + 1
                 self._baselines[key] = base = (stats.mean, stats.std)
                 baselines.append(
                     {
@@ -354,6 +258,7 @@ class TelemetryIngest:
         with self._lock:
             for key in [k for k in self._baselines if k[0] == device_id and (model is None or k[1] == model)]:
                 del self._baselines[key]
+                self._baselines_per_device[device_id] -= 1
             view = self.devices.get(device_id)
             if view:
                 for m in view.models.values():
@@ -372,9 +277,12 @@ class TelemetryIngest:
         with self._lock:
             return {d: v.summary() for d, v in sorted(self.devices.items())}
 
-    def history(self, device_id: str, since: float, limit: int = 10_000) -> list[dict[str, Any]]:
+    def history(
+        self, device_id: str, since: float, limit: int = 10_000, before: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` samples with since <= ts (< before), oldest first."""
         samples = []
-        for _, payload in self.db.telemetry_since(device_id, since, limit):
+        for _, payload in self.db.telemetry_since(device_id, since, limit, before):
             try:
                 samples.append(window_summary(Telemetry.model_validate_json(payload)))
             except ValueError:

@@ -3,8 +3,10 @@
 paho's loop reads a packet with four or five small recv calls and writes each PUBACK with its own send; on this
 kind of machine that caps one client at about 2,000 messages/s. This reader takes whatever the socket holds in one
 recv (up to 256 KiB), parses every whole PUBLISH in it, hands them to the ingest in one batch, and answers all
-their PUBACKs in one send. Clean session, keepalive pings, reconnect with jittered backoff; TLS and username from the
-broker URL. Everything else the controller says and hears still goes through its MqttLink.
+their PUBACKs in one send. Clean session, keepalive pings, reconnect with jittered backoff (reset once a session has
+subscribed); TLS and username from the broker URL. A PUBLISH over MAX_PACKET is acknowledged and skipped as it
+streams in, never buffered and never a reason to drop the session. This connection carries no will: the controller's
+MqttLink owns its presence. Everything else the controller says and hears still goes through its MqttLink.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class TelemetrySubscriber:
         max_backoff: float = 30.0,
         will: tuple[str, bytes] | None = None,
         on_subscribed: Callable[[], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.address = address
         self.client_id = client_id
@@ -68,8 +71,14 @@ class TelemetrySubscriber:
         self.max_backoff = max_backoff
         self.will = will  # (topic, payload): retained, QoS 1, published by the broker if this connection dies
         self.on_subscribed = on_subscribed
+        self.on_lost = on_lost  # called when an active subscription is lost
         self.connected = threading.Event()
         self.last_error: str | None = None
+        self.initial_delay = (0.5, 1.5)
+        self.next_delay = 0.0  # the wait before the next reconnect attempt
+        self.sessions = 0  # sessions that reached SUBACK
+        self.oversized = 0  # PUBLISH packets skipped for exceeding MAX_PACKET
+        self._subscribed = False
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, name="telemetry-mqtt", daemon=True)
@@ -90,11 +99,11 @@ class TelemetrySubscriber:
     # -- the connection --------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = random.uniform(0.5, 1.5)
+        delay = random.uniform(*self.initial_delay)
         while not self._stop.is_set():
+            self._subscribed = False
             try:
                 self._session()
-                delay = random.uniform(0.5, 1.5)
             except (OSError, ConnectionError, ValueError) as exc:
                 if self._stop.is_set():
                     break
@@ -102,10 +111,19 @@ class TelemetrySubscriber:
                     log.warning("telemetry subscription to %s lost: %s; reconnecting", self.address, exc)
                 self.last_error = str(exc)
             finally:
+                was_up = self.connected.is_set()
                 self.connected.clear()
                 if self._sock is not None:
                     self._sock.close()
                     self._sock = None
+            if self._subscribed:  # this session worked: the next outage starts the backoff again
+                delay = random.uniform(*self.initial_delay)
+            if was_up and self.on_lost and not self._stop.is_set():
+                try:
+                    self.on_lost()
+                except Exception:
+                    log.exception("on_lost handler failed")
+            self.next_delay = delay
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, self.max_backoff)
@@ -136,6 +154,7 @@ class TelemetrySubscriber:
         sock.settimeout(max(1.0, self.keepalive / 2))
         buffer = bytearray()
         subscribed = False
+        skip = 0  # bytes still to come of an oversized PUBLISH being skipped
         last_sent = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -145,12 +164,21 @@ class TelemetrySubscriber:
             if data == b"":
                 raise ConnectionError("the broker closed the connection")
             if data:
+                if skip:
+                    dropped = min(skip, len(data))
+                    skip -= dropped
+                    data = data[dropped:]
                 buffer += data
             now = time.monotonic()
             if now - last_sent >= self.keepalive / 2:
                 sock.sendall(b"\xc0\x00")  # PINGREQ
                 last_sent = now
-            messages, acks, control = self._parse(buffer)
+            oversized: list[int] = []
+            messages, acks, control = self._parse(buffer, oversized)
+            if oversized:
+                self.oversized += len(oversized)
+                skip += sum(oversized)
+                log.warning("skipped %d telemetry packet(s) over %d bytes", len(oversized), MAX_PACKET)
             for kind, body in control:
                 if kind == 0x20:  # CONNACK
                     if len(body) < 2 or body[1] != 0:
@@ -160,7 +188,8 @@ class TelemetrySubscriber:
                 elif kind == 0x90 and not subscribed:  # SUBACK
                     if body[2:3] == b"\x80":
                         raise ConnectionError(f"the broker refused the subscription to {self.topic_filter}")
-                    subscribed = True
+                    subscribed = self._subscribed = True
+                    self.sessions += 1
                     self.connected.set()
                     self.last_error = None
                     log.info("telemetry subscription to %s active (%s)", self.address, self.topic_filter)
@@ -176,8 +205,12 @@ class TelemetrySubscriber:
                 last_sent = now
 
     @staticmethod
-    def _parse(buffer: bytearray) -> tuple[list[tuple[str, bytes]], list[bytes], list[tuple[int, bytes]]]:
-        """Take every whole packet off the front of the buffer."""
+    def _parse(
+        buffer: bytearray, oversized: list[int] | None = None
+    ) -> tuple[list[tuple[str, bytes]], list[bytes], list[tuple[int, bytes]]]:
+        """Take every whole packet off the front of the buffer. A PUBLISH over MAX_PACKET is acknowledged once its
+        topic and packet id are here, and taken off with what of it has arrived; how much of it is still to come
+        is appended to `oversized` (without that list, such a packet is a ValueError)."""
         messages: list[tuple[str, bytes]] = []
         acks: list[bytes] = []
         control: list[tuple[int, bytes]] = []
@@ -199,9 +232,21 @@ class TelemetrySubscriber:
                 if i - pos > 4:
                     raise ValueError("malformed remaining length")
                 break  # the length itself is not all here yet
-            if length > MAX_PACKET:
-                raise ValueError(f"packet of {length} bytes exceeds {MAX_PACKET}")
             end = i + length
+            if length > MAX_PACKET:
+                if oversized is None or first & 0xF0 != 0x30:
+                    raise ValueError(f"packet of {length} bytes exceeds {MAX_PACKET}")
+                if i + 2 > size:
+                    break
+                qos = (first >> 1) & 0x03
+                header_end = i + 2 + ((buffer[i] << 8) | buffer[i + 1]) + (2 if qos else 0)
+                if header_end > size:
+                    break  # its topic and packet id are not all here yet
+                if qos:
+                    acks.append(b"\x40\x02" + bytes(view[header_end - 2 : header_end]))
+                oversized.append(max(0, end - size))
+                pos = min(end, size)
+                continue
             if end > size:
                 break
             kind = first & 0xF0

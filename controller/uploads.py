@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,18 +27,36 @@ class Received:
     size: int
 
 
+WRITE_BATCH = 4 << 20  # bytes gathered before one write+hash on a worker thread (the event loop keeps serving)
+
+
 async def receive_file(chunks: AsyncIterable[bytes], tmp: Path, limit: int, too_large: str) -> Received:
-    """Write `chunks` to `tmp` while hashing them; past `limit` bytes, remove it and raise TooLarge(`too_large`)."""
+    """Write `chunks` to `tmp` while hashing them (on a worker thread, a few MiB at a time), fsynced; past `limit`
+    bytes raise TooLarge(`too_large`). `tmp` is removed whenever this does not return, a client that went away
+    included."""
     h, size = hashlib.sha256(), 0
-    with open(tmp, "wb") as f:
-        async for block in chunks:
-            size += len(block)
-            if size > limit:
-                f.close()
-                tmp.unlink(missing_ok=True)
-                raise TooLarge(too_large)
-            h.update(block)
-            f.write(block)
+
+    def write(f, data: bytes) -> None:
+        h.update(data)
+        f.write(data)
+
+    try:
+        with open(tmp, "wb") as f:
+            pending = bytearray()
+            async for block in chunks:
+                size += len(block)
+                if size > limit:
+                    raise TooLarge(too_large)
+                pending += block
+                if len(pending) >= WRITE_BATCH:
+                    await asyncio.to_thread(write, f, bytes(pending))
+                    pending.clear()
+            await asyncio.to_thread(write, f, bytes(pending))
+            f.flush()
+            await asyncio.to_thread(os.fsync, f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return Received(tmp, h.hexdigest(), size)
 
 

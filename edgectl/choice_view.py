@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
+from edgectl.tables import Col, FitTable
 from protocol import Failover, Selection
 
 
@@ -15,21 +16,26 @@ def format_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def candidates_table(selection: Selection) -> Table:
-    """Every backend the agent tried: its timing, or why it was passed over."""
-    table = Table("candidate", "precision", "p50 ms", "p95 ms", "load ms", "result", box=None, pad_edge=False)
+CANDIDATE_COLUMNS = (Col("candidate", 0), Col("precision", 2), Col("p50 ms", 1, justify="right"),
+                     Col("p95 ms", 2, justify="right"), Col("load ms", 3, justify="right"),
+                     Col("result", 0, flex=True))  # fmt: skip
+
+
+def candidates_table(selection: Selection) -> FitTable:
+    """Every backend the agent tried: its timing, or why it was passed over (its first line; --json has all)."""
+    rows = []
     for c in selection.candidates:
         if c.error:
-            result = f"[red]{c.error[:160]}[/red]"
+            result = f"[red]{escape(' '.join(c.error.split()))}[/red]"
         elif c.name == selection.backend:
             result = "[green]chosen[/green]"
         else:
             result = "agrees" if c.agreed else "not run"
-        table.add_row(
-            f"    {c.name}", c.precision or "full", format_ms(c.p50_ms), format_ms(c.p95_ms), format_ms(c.load_ms),
-            result,
-        )  # fmt: skip
-    return table
+        rows.append([
+            f"    {escape(c.name or '-')}", c.precision or "full", format_ms(c.p50_ms), format_ms(c.p95_ms),
+            format_ms(c.load_ms), result,
+        ])  # fmt: skip
+    return FitTable(CANDIDATE_COLUMNS, rows)
 
 
 def print_selection(console: Console, name: str, selection: Selection) -> None:

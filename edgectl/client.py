@@ -38,6 +38,10 @@ class ControllerClient:
         self.http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, path, **kwargs).json()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The controller's answer; ApiError (one line, with the controller's code) for an error or none."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError:
@@ -59,7 +63,7 @@ class ControllerClient:
             raise ApiError(
                 f"controller answered {response.status_code}: {err or response.text[:200]}", response.status_code
             )
-        return response.json()
+        return response
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/api/v1/health")
@@ -93,8 +97,10 @@ class ControllerClient:
     def devices(self) -> list[dict[str, Any]]:
         return self._request("GET", "/api/v1/devices")
 
-    def device(self, device_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v1/devices/{device_id}")
+    def device(self, device_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """One device; `timeout` (seconds) bounds this request instead of the client's default."""
+        extra = {"timeout": timeout} if timeout is not None else {}
+        return self._request("GET", f"/api/v1/devices/{device_id}", **extra)
 
     def deploy(
         self,
@@ -110,6 +116,11 @@ class ControllerClient:
         body |= {"variants": variants, "force": force} if variants is not None or force else {}
         body |= {"retry": True} if retry else {}
         return self._request("POST", "/api/v1/deployments", json=body)
+
+    def capture(self, device_id: str, model: str, timeout: float = 30.0) -> httpx.Response:
+        """The device's kept request inputs for `model`: an .npz body, with X-Capture-Count/-Seen, X-Model-Version."""
+        body = {"model": model, "timeout": timeout}
+        return self._send("POST", f"/api/v1/devices/{device_id}/capture", json=body, timeout=timeout + 30)
 
     def undeploy(self, device_id: str, model: str) -> dict[str, Any]:
         return self._request("DELETE", f"/api/v1/devices/{device_id}/models/{model}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
 import typer
+from typer.exceptions import TyperException
 
 from edgectl.output import errors
 from protocol.errors import EdgeError
@@ -24,6 +26,11 @@ class CommandFailed(EdgeError):
 # EdgeError: the controller's answers (ApiError), bad inputs, conversions, signatures; OSError: files that cannot be
 # read; httpx.HTTPError: a connection the client did not already turn into an ApiError.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (EdgeError, OSError, httpx.HTTPError)
+DEBUG_ENV = "EDGECTL_DEBUG"  # set to 1: an unexpected error shows its traceback instead of one line
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -33,13 +40,23 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def one_line(command: F) -> F:
-    """The command, with every known error reported as one line on stderr and exit status 1 (no traceback)."""
+    """The command, with every known error reported as one line on stderr and exit status 1 (no traceback); an
+    unexpected one (a bug) is one line too, naming its type, unless EDGECTL_DEBUG=1 asks for the traceback."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
         except KNOWN_ERRORS as exc:
-            raise fail(str(exc)) from None
+            if debugging():
+                raise
+            raise fail(" ".join(str(exc).split()) or type(exc).__name__) from None
+        except Exception as exc:
+            if debugging():
+                raise
+            detail = " ".join(str(exc).split())
+            raise fail(f"internal error {type(exc).__name__}: {detail} (EDGECTL_DEBUG=1 shows the traceback)") from None
 
     return run  # type: ignore[return-value]

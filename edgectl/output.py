@@ -13,6 +13,13 @@ console = Console()
 errors = Console(stderr=True)
 
 
+class Settings:
+    """What the root command's flags set for every command: --verbose shows full reasons instead of their first
+    line; EDGECTL_DEBUG=1 shows the traceback of an unexpected error."""
+
+    verbose = False
+
+
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -23,6 +30,35 @@ def ago(ts: float | None) -> str:
         return "never"
     seconds = max(0, time.time() - ts)
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+def brief(text: str, room: int | None = None) -> str:
+    """A reason as a table or a progress line shows it: its first line, cut to `room` cells (default: the terminal's
+    width); the whole of it with --verbose."""
+    from edgectl.tables import clip
+
+    flat = " ".join(text.split())
+    return flat if Settings.verbose else clip(flat, room or console.width)
+
+
+def yes_no(value: object) -> str:
+    """The one spelling of a boolean in human output (JSON keeps true/false)."""
+    return "yes" if value else "no"
+
+
+def shown(value: Any) -> str | None:
+    """A value as an operator reads it: None is left out (None returned), booleans are yes/no, lists and dicts are
+    comma-separated; never a Python repr."""
+    if value is None or value == [] or value == {}:
+        return None
+    if isinstance(value, bool):
+        return yes_no(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(str(shown(v) or "-") for v in value)
+    if isinstance(value, dict):
+        items = ((k, shown(v)) for k, v in value.items())
+        return ", ".join(f"{k} {v}" for k, v in items if v is not None) or None
+    return str(value)
 
 
 def verdict(variant: dict[str, Any]) -> str:

@@ -5,20 +5,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TransferSpeedColumn
+from rich.text import Text
 
 from edgectl.client import ControllerClient
 from edgectl.errors import CommandFailed
-from edgectl.output import console, emit_json, errors
+from edgectl.output import brief, console, emit_json, errors
 from edgectl.watch import DeviceOutcome, wait_serving
 
 
 def upload_with_progress(client: ControllerClient, model: Path, name: str, version: str | None, quiet: bool) -> dict:
     size = model.stat().st_size
     columns = (TextColumn("upload {task.fields[label]}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, console=errors, disable=quiet, transient=True) as progress:
+    with Progress(*columns, console=errors, disable=quiet or not errors.is_terminal, transient=True) as progress:
         task = progress.add_task("upload", total=size, label=model.name)
         return client.upload_model(model, name, version, lambda n: progress.advance(task, n))
+
+
+STAGES = {"pending": 0.0, "downloading": 0.0, "verifying": 0.8, "loading": 0.85, "checking": 0.95}
+DOWNLOAD_SHARE = 0.8  # of the bar: the download; the rest is verify, load (trial, warm-up) and pre-swap checks
+
+
+def bar_fraction(outcome: DeviceOutcome, before: float = 0.0) -> float:
+    """How full a device's bar is: 1.0 only when it serves; a failure stays where it stopped (never 100%)."""
+    if outcome.state == "serving":
+        return 1.0
+    if outcome.state == "failed":
+        return min(before, 0.99)
+    if outcome.state == "downloading":
+        return DOWNLOAD_SHARE * min(max(outcome.progress, 0.0), 1.0)
+    return max(STAGES.get(outcome.state, before), before if outcome.state != "pending" else 0.0)
 
 
 def watch_with_progress(
@@ -31,12 +48,13 @@ def watch_with_progress(
     attempts: dict[str, int] | None = None,
 ) -> dict[str, DeviceOutcome]:
     columns = (TextColumn("{task.fields[device]:<20} {task.fields[state]:<12}"), BarColumn(), TaskProgressColumn())
-    with Progress(*columns, console=errors, disable=quiet, transient=True) as progress:
+    with Progress(*columns, console=errors, disable=quiet or not errors.is_terminal, transient=True) as progress:
         tasks = {d: progress.add_task(d, total=1.0, device=d, state="pending") for d in devices}
 
         def update(outcome: DeviceOutcome) -> None:
-            done = 1.0 if outcome.state == "serving" else outcome.progress
-            progress.update(tasks[outcome.device], completed=done, state=outcome.state)
+            task = tasks[outcome.device]
+            done = bar_fraction(outcome, progress.tasks[task].completed)
+            progress.update(task, completed=done, state=outcome.state)
 
         return wait_serving(client, devices, name, sha256, timeout, update, attempts=attempts)
 
@@ -60,6 +78,22 @@ def finish_wait(
     else:
         for outcome in outcomes.values():
             mark = "[green]serving[/green]" if outcome.state == "serving" else f"[red]{outcome.state}[/red]"
-            console.print(f"  {outcome.device}: {mark} {outcome.backend or ''} {outcome.reason or ''}".rstrip())
+            head = f"  {escape(outcome.device)}: {mark} {escape(outcome.backend or '')}".rstrip()
+            room = console.width - len(Text.from_markup(head).plain) - 1
+            reason = f" {escape(brief(outcome.reason, max(room, 20)))}" if outcome.reason else ""
+            console.print(head + reason, highlight=False)
     if failed:
-        raise CommandFailed("; ".join(f"{d}: {o.reason or o.state}" for d, o in failed.items()))
+        raise CommandFailed(failure_line(name, outcomes, failed))
+
+
+def failure_line(name: str, outcomes: dict[str, DeviceOutcome], failed: dict[str, DeviceOutcome]) -> str:
+    """The cause in one line: how many devices did not get there and the first reason, cut short (whole with
+    --verbose, and in `edgectl status DEVICE --model NAME`)."""
+    first = next(iter(failed.values()))
+    states = sorted({o.state for o in failed.values()})
+    which = ", ".join(failed) if len(failed) <= 3 else f"{', '.join(list(failed)[:3])}, …"
+    reason = brief(first.reason or first.state, 200)
+    return (
+        f"{name} is {'/'.join(states)} on {len(failed)} of {len(outcomes)} device(s) ({which}): {reason}; "
+        f"`edgectl status {first.device} --model {name}` shows it whole"
+    )

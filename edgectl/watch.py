@@ -9,6 +9,15 @@ from typing import Any
 
 from edgectl.client import ApiError, ControllerClient
 
+CONTROLLER_GONE_S = 5.0  # a controller that has not answered for this long while we wait is reported as lost
+
+
+class ControllerLost(ApiError):
+    """The controller stopped answering while edgectl waited on the devices: said within seconds, not at the
+    timeout."""
+
+    code = "controller_lost"
+
 
 @dataclass
 class DeviceOutcome:
@@ -53,17 +62,29 @@ def wait_serving(
     on_update: Callable[[DeviceOutcome], None] | None = None,
     poll: float = 0.1,
     attempts: dict[str, int] | None = None,
+    gone_after: float = CONTROLLER_GONE_S,
 ) -> dict[str, DeviceOutcome]:
+    """Poll the controller until every device serves `sha256` or failed, or `timeout` passes; ControllerLost once
+    the controller has not answered for `gone_after` seconds."""
     outcomes = {d: DeviceOutcome(d) for d in devices}
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    silent_since: float | None = None
     while time.monotonic() < deadline and not all(o.done for o in outcomes.values()):
         for device_id, outcome in outcomes.items():
             if outcome.done:
                 continue
             try:
-                observe(client.device(device_id), name, sha256, outcome, (attempts or {}).get(device_id, 0))
+                device = client.device(device_id, timeout=gone_after)
+                observe(device, name, sha256, outcome, (attempts or {}).get(device_id, 0))
+                silent_since = None
             except ApiError as exc:
-                outcome.reason = str(exc)
+                if exc.status is not None:  # it answered: an error about this device, not a lost controller
+                    outcome.reason = str(exc)
+                else:
+                    silent_since = silent_since or time.monotonic()
+                    if time.monotonic() - silent_since >= gone_after:
+                        raise lost(client, devices, gone_after, time.monotonic() - started) from None
             if on_update:
                 on_update(outcome)
         time.sleep(poll)
@@ -73,3 +94,10 @@ def wait_serving(
                 f" ({outcome.reason})" if outcome.reason else ""
             )
     return outcomes
+
+
+def lost(client: ControllerClient, devices: list[str], gone_after: float, waited: float) -> ControllerLost:
+    return ControllerLost(
+        f"lost the controller at {client.base_url}: no answer for {gone_after:g}s, {waited:.0f}s into the "
+        f"wait; the deployment stands, `edgectl status {devices[0]}` shows it once the controller is back"
+    )

@@ -13,3 +13,6 @@ MAX_SAMPLES = 64
 
 DEFAULT_CHUNK_BYTES = 2 << 20
 MAX_FRAME_HEADER_BYTES = 16 << 10
+# the largest message of the protocol on the wire (an artifact chunk frame: prefix, header, payload); what a broker's
+# message_size_limit is set to (`edge-controller broker-config`)
+MAX_MESSAGE_BYTES = MAX_CHUNK_BYTES + MAX_FRAME_HEADER_BYTES + 64

@@ -59,6 +59,36 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+class _Client(mqtt.Client):
+    """paho's client, remembering why its last connection attempt failed: paho's on_connect_fail gets no reason."""
+
+    last_connect_error: BaseException | None = None
+
+    def _create_socket(self) -> Any:
+        try:
+            sock = super()._create_socket()
+        except OSError as exc:
+            self.last_connect_error = exc
+            raise
+        self.last_connect_error = None
+        return sock
+
+
+def describe_connect_error(exc: BaseException | None) -> str:
+    """Why a TCP/TLS connection to the broker failed, in words an operator acts on."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running on that host and port?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "no answer (timed out; a firewall or a wrong host?)"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return "connection failed"
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     ca_file: str | None = None
@@ -103,6 +133,9 @@ class MqttLink:
         self.max_backoff = max_backoff
         self.connected = threading.Event()
         self.last_error: str | None = None
+        self.failed_attempts = 0  # connection attempts failed in a row (reset on connect)
+        self._min_delay = 1.0
+        self._max_delay = max_backoff
         self._lock = threading.Lock()
         self._stopping = False
         self._v5 = protocol in ("auto", "5")
@@ -163,7 +196,7 @@ class MqttLink:
 
     def _build_client(self) -> mqtt.Client:
         proto = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto)
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto)
         client.max_inflight_messages_set(64)
         self._jitter_backoff(client)
         if self.address.username:
@@ -182,14 +215,31 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
-        client.on_connect_fail = lambda c, u: self._jitter_backoff(c)
+        client.on_connect_fail = self._on_connect_fail
         return client
 
     def _jitter_backoff(self, client: mqtt.Client) -> None:
         """Exponential backoff (paho doubles the delay per failed try) scaled by a random factor per device, so a
         fleet that lost its broker does not reconnect in lockstep when it comes back."""
         factor = random.uniform(0.5, 1.5)
-        client.reconnect_delay_set(min_delay=factor, max_delay=self.max_backoff * min(factor, 1.0))  # type: ignore[arg-type]
+        self._min_delay, self._max_delay = factor, self.max_backoff * min(factor, 1.0)
+        client.reconnect_delay_set(min_delay=self._min_delay, max_delay=self._max_delay)  # type: ignore[arg-type]
+
+    def next_delay(self) -> float:
+        """Seconds until paho's next attempt after `failed_attempts` failures in a row: it doubles its delay per wait
+        and, after the first failure, waits twice (once before leaving its first-connect loop)."""
+        n = max(self.failed_attempts, 1)
+        if n == 1:
+            return min(self._min_delay, self._max_delay) + min(2 * self._min_delay, self._max_delay)
+        return float(min(self._min_delay * 2**n, self._max_delay))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """Each failed attempt logged with its reason and the wait before the next (paho keeps the backoff growing:
+        re-jittering here would reset it to its minimum on every failure)."""
+        self.failed_attempts += 1
+        reason = describe_connect_error(getattr(client, "last_connect_error", None))
+        self.last_error = f"cannot connect to broker {self.address}: {reason}"
+        log.warning("%s; attempt %d failed, next in %.1fs", self.last_error, self.failed_attempts, self.next_delay())
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
@@ -203,6 +253,7 @@ class MqttLink:
                 log.warning(self.last_error)
             return
         self.last_error = None
+        self.failed_attempts = 0
         if self.subscriptions:
             client.subscribe(self.subscriptions)
         self.connected.set()

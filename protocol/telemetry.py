@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from protocol.histograms import LATENCY_BUCKETS
 from protocol.identifiers import DeviceId
@@ -13,54 +13,69 @@ from protocol.messages import Message
 MAX_TELEMETRY_MODELS = 32
 MAX_TELEMETRY_OUTPUTS = 16
 MAX_CLASS_BINS = 32
+MAX_KEY_CHARS = 128  # every string that becomes a key, a label or a database column (drift_baselines.output is 128)
+MAX_TEMPERATURE_SENSORS = 64
+MAX_CORES = 1024
+MAX_COUNT = (1 << 63) - 1  # counters fit a signed 64-bit column on every database
+
+# A name, label or key: bounded, and no control characters (a NUL cannot be stored by PostgreSQL, a newline forges
+# lines in logs and in the Prometheus text format).
+Key = Annotated[str, StringConstraints(max_length=MAX_KEY_CHARS, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+# Every number of a telemetry message is finite: NaN or Infinity is rejected when the message is parsed (a NaN `ts`
+# made SQLite refuse a whole batch of honest rows), see `FINITE`.
+FINITE = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class OutputStats(BaseModel):
     """Running statistics of one output tensor over the sampled requests of a window (merge with merge_output_stats).
     `count` is the number of finite elements the statistics cover, `nan`/`inf` the non-finite elements seen."""
 
-    model_config = ConfigDict(extra="ignore")
-    sampled: int = 0  # requests whose outputs were sampled
-    count: int = 0
+    model_config = FINITE
+    sampled: Count = 0  # requests whose outputs were sampled
+    count: Count = 0
     mean: float = 0.0
     std: float = 0.0
     min: float | None = None
     max: float | None = None
-    nan: int = 0
-    inf: int = 0
-    classes: dict[str, int] | None = None  # classifier-like outputs: predicted class -> rows ("other" past the cap)
+    nan: Count = 0
+    inf: Count = 0
+    # classifier-like outputs: predicted class -> rows ("other" past the cap)
+    classes: dict[Key, Count] | None = Field(default=None, max_length=MAX_CLASS_BINS + 1)
     top1_mean: float | None = None  # mean top-1 confidence (softmax where the row is not already a distribution)
 
 
 class ModelTelemetry(BaseModel):
     """One model version's window: counts, the sparse latency histogram [[bucket, count], ...] and output stats."""
 
-    model_config = ConfigDict(extra="ignore")
-    name: str = Field(max_length=128)
-    version: str = Field(max_length=64)
-    requests: int = Field(default=0, ge=0)
-    errors: int = Field(default=0, ge=0)
-    latency: list[tuple[int, int]] = Field(default_factory=list, max_length=LATENCY_BUCKETS)
+    model_config = FINITE
+    name: Key
+    version: Annotated[Key, StringConstraints(max_length=64)]
+    requests: Count = 0
+    errors: Count = 0
+    latency: list[tuple[Annotated[int, Field(ge=0, lt=LATENCY_BUCKETS)], Count]] = Field(
+        default_factory=list, max_length=LATENCY_BUCKETS
+    )
     latency_sum_ms: float = 0.0
     latency_max_ms: float = 0.0
-    outputs: dict[str, OutputStats] = Field(default_factory=dict, max_length=MAX_TELEMETRY_OUTPUTS)
+    outputs: dict[Key, OutputStats] = Field(default_factory=dict, max_length=MAX_TELEMETRY_OUTPUTS)
 
 
 class Resources(BaseModel):
     """What the box is spending; every field is optional (absent where the platform cannot tell)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = FINITE
     cpu_percent: float | None = None
-    cpu_per_core: list[float] | None = None
+    cpu_per_core: list[float] | None = Field(default=None, max_length=MAX_CORES)
     load1: float | None = None
     mem_percent: float | None = None
     mem_used_mb: float | None = None
     rss_mb: float | None = None
     disk_free_mb: float | None = None
     temperature_c: float | None = None  # the hottest sensor
-    temperatures: dict[str, float] | None = None
-    net_rx_bytes: int | None = None  # during the window
-    net_tx_bytes: int | None = None
+    temperatures: dict[Key, float] | None = Field(default=None, max_length=MAX_TEMPERATURE_SENSORS)
+    net_rx_bytes: Count | None = None  # during the window
+    net_tx_bytes: Count | None = None
     gpu_load_percent: float | None = None  # Jetson (sysfs)
     gpu_power_w: float | None = None
 
@@ -69,11 +84,12 @@ class Telemetry(Message):
     """One interval of a device: `start`..`ts` is the window; `seq` grows per sample; `dropped` counts samples the
     device's bounded disk queue has discarded (oldest first) since it started counting."""
 
+    model_config = FINITE
     kind: Literal["telemetry"] = "telemetry"
     device_id: DeviceId
-    seq: int = 0
+    seq: Count = 0
     start: float = 0.0
     interval_s: float = 10.0
     models: list[ModelTelemetry] = Field(default_factory=list, max_length=MAX_TELEMETRY_MODELS)
     resources: Resources | None = None
-    dropped: int = 0
+    dropped: Count = 0

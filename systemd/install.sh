@@ -4,15 +4,18 @@
 # Running it again changes nothing that is already right. `--uninstall` removes the service and the venv (the config
 # and /var/lib/edge-agent stay). `--root DIR` installs into a scratch root: no user is created and systemctl is not
 # run, the script prints what it would do; `--no-pip` skips creating the venv and installing packages.
+# `--from DIR` installs from a wheelhouse made by `edgectl bundle` with no network (pip --no-index); its extras
+# are the bundle's unless --extras is given. EDGE_PYTHON names the interpreter for the venv (default python3).
 set -euo pipefail
 
 usage() {
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     echo "usage: $0 [--broker URL] [--device-id ID] [--username U] [--password P] [--package SPEC] [--extras LIST]"
-    echo "          [--root DIR] [--no-pip] [--uninstall]"
+    echo "          [--from BUNDLE_DIR] [--root DIR] [--no-pip] [--uninstall]"
 }
 
-ROOT=/ BROKER="" DEVICE_ID="" USERNAME="" PASSWORD="" PACKAGE="edgefleet" EXTRAS="" NO_PIP=0 UNINSTALL=0
+ROOT=/ BROKER="" DEVICE_ID="" USERNAME="" PASSWORD="" PACKAGE="edgefleet" EXTRAS="" NO_PIP=0 UNINSTALL=0 FROM=""
+PY="${EDGE_PYTHON:-python3}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --broker) BROKER="$2"; shift 2 ;;
@@ -21,6 +24,7 @@ while [ $# -gt 0 ]; do
         --password) PASSWORD="$2"; shift 2 ;;
         --package) PACKAGE="$2"; shift 2 ;;
         --extras) EXTRAS="$2"; shift 2 ;;
+        --from) FROM="$2"; shift 2 ;;
         --root) ROOT="$2"; shift 2 ;;
         --no-pip) NO_PIP=1; shift ;;
         --uninstall) UNINSTALL=1; shift ;;
@@ -62,10 +66,44 @@ write() {
     fi
 }
 
+# Jetson: /etc/nv_tegra_release (L4T's release line), else the device-tree model (docs/jetson.md).
+is_jetson() {
+    [ -e "$R/etc/nv_tegra_release" ] ||
+        { [ -r "$R/proc/device-tree/model" ] && tr -d '\0' <"$R/proc/device-tree/model" | grep -q "Jetson"; }
+}
+l4t_major() { head -1 "$R/etc/nv_tegra_release" 2>/dev/null | sed -n 's/^# R\([0-9][0-9]*\).*/\1/p'; }
+l4t_revision() { head -1 "$R/etc/nv_tegra_release" 2>/dev/null | sed -n 's/.*REVISION: \([0-9][0-9]*\).*/\1/p'; }
+
+# NVIDIA's index of onnxruntime-gpu wheels for this JetPack (cp310), "" where there is none for the agent's Python.
+jetson_index() {
+    if [ -n "${EDGE_JETSON_INDEX:-}" ]; then echo "$EDGE_JETSON_INDEX"; return 0; fi
+    [ "$(l4t_major)" = 36 ] || return 0
+    local rev
+    rev="$(l4t_revision)"
+    if [ -n "$rev" ] && [ "$rev" -lt 4 ]; then
+        echo "https://pypi.jetson-ai-lab.io/jp6/cu122"   # JetPack 6.0 (L4T R36.2/R36.3): CUDA 12.2
+    else
+        echo "https://pypi.jetson-ai-lab.io/jp6/cu126"   # JetPack 6.1/6.2 (L4T R36.4): CUDA 12.6
+    fi
+}
+
 detect_extras() {
-    if [ -e "$R/etc/nv_tegra_release" ]; then
-        echo "gpu"                                # Jetson: onnxruntime-gpu (NVIDIA's Jetson wheels)
-    elif [ -r "$R/proc/device-tree/model" ] && tr -d '\0' <"$R/proc/device-tree/model" | grep -q "Raspberry Pi"; then
+    if is_jetson; then
+        local major
+        major="$(l4t_major)"
+        if [ "$major" = 36 ] || [ -n "${EDGE_JETSON_INDEX:-}" ]; then
+            echo "gpu"                            # JetPack 6: onnxruntime-gpu from NVIDIA's index (jetson_index)
+        elif [ -z "$major" ]; then
+            say "Jetson without a readable /etc/nv_tegra_release: JetPack unknown, installing the CPU runtime;" \
+                "set EDGE_JETSON_INDEX to NVIDIA's index for its JetPack to get onnxruntime-gpu (docs/jetson.md)" >&2
+            echo "agent"
+        else
+            say "Jetson with L4T R$major: NVIDIA publishes no onnxruntime-gpu wheel for the agent's Python (3.9+)" \
+                "there; installing the CPU runtime (docs/jetson.md)" >&2
+            echo "agent"
+        fi
+    elif { [ -r "$R/proc/device-tree/model" ] && tr -d '\0' <"$R/proc/device-tree/model" | grep -q "Raspberry Pi"; } ||
+        grep -qE '^Model[[:space:]]*: Raspberry Pi' "$R/proc/cpuinfo" 2>/dev/null; then   # no device tree: cpuinfo
         echo "agent,tflite"
     elif [ -d "$R/dev/dri" ]; then
         echo "agent,openvino"                     # x86 with an Intel GPU (OpenVINO's GPU plugin)
@@ -83,15 +121,40 @@ if [ "$UNINSTALL" = 1 ]; then
     exit 0
 fi
 
-[ -n "$EXTRAS" ] || EXTRAS="$(detect_extras)"
-say "extras for this hardware: $EXTRAS"
+die() { echo "install.sh: $*" >&2; exit 1; }
+bundle_value() { sed -n "s/^$1=//p" "$FROM/bundle.env" | head -1; }
+
+PIP_SOURCE=()
+if [ -n "$FROM" ]; then  # an offline wheelhouse from `edgectl bundle`: check it suits this box before touching it
+    [ -f "$FROM/bundle.env" ] || die "--from $FROM: no bundle.env there; make the bundle with 'edgectl bundle --out DIR'"
+    FROM="$(cd "$FROM" && pwd)"
+    PACKAGE="$(bundle_value PACKAGE)"
+    [ -n "$EXTRAS" ] || EXTRAS="$(bundle_value EXTRAS)"
+    want_arch="$(bundle_value ARCH)" want_py="$(bundle_value PYTHON)"
+    [ "$(uname -m)" = "$want_arch" ] ||
+        die "--from $FROM: the bundle is for $want_arch but this machine is $(uname -m); make it with 'edgectl bundle --platform linux-$(uname -m)'"
+    have_py="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" ||
+        die "EDGE_PYTHON=$PY does not run; install Python $want_py or point EDGE_PYTHON at it"
+    [ "$have_py" = "$want_py" ] ||
+        die "--from $FROM: the bundle is for Python $want_py but $PY is $have_py; make it with 'edgectl bundle --python $have_py' or set EDGE_PYTHON"
+    PIP_SOURCE=(--no-index --find-links "$FROM")
+    say "installing from the bundle $FROM (no network): extras $EXTRAS"
+else
+    [ -n "$EXTRAS" ] || EXTRAS="$(detect_extras)"
+    say "extras for this hardware: $EXTRAS"
+    if [ "$EXTRAS" = gpu ] && is_jetson && JETSON_INDEX="$(jetson_index)" && [ -n "$JETSON_INDEX" ]; then
+        export PIP_EXTRA_INDEX_URL="$JETSON_INDEX${PIP_EXTRA_INDEX_URL:+ $PIP_EXTRA_INDEX_URL}"
+        say "onnxruntime-gpu from NVIDIA's Jetson index (L4T R$(l4t_major)$(l4t_revision | sed 's/^/./')):" \
+            "PIP_EXTRA_INDEX_URL=$JETSON_INDEX"
+    fi
+fi
 
 # 1. the venv and the packages
 if [ "$NO_PIP" = 1 ]; then
-    would "python3 -m venv $PREFIX/venv && $PREFIX/venv/bin/pip install '$PACKAGE[$EXTRAS]'"
+    would "$PY -m venv $PREFIX/venv && $PREFIX/venv/bin/pip install ${PIP_SOURCE[*]+${PIP_SOURCE[*]} }'$PACKAGE[$EXTRAS]'"
 else
-    [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
-    "$PREFIX/venv/bin/pip" install -q --upgrade "$PACKAGE[$EXTRAS]"
+    [ -x "$PREFIX/venv/bin/python" ] || "$PY" -m venv "$PREFIX/venv"
+    "$PREFIX/venv/bin/pip" install -q --upgrade ${PIP_SOURCE[@]+"${PIP_SOURCE[@]}"} "$PACKAGE[$EXTRAS]"
     say "installed $PACKAGE[$EXTRAS] into $PREFIX/venv"
 fi
 

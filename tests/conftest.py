@@ -13,13 +13,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from controller.service import BackgroundController, ControllerSettings
 from edgectl import sample_models
 from edgectl.client import ControllerClient
+
+if TYPE_CHECKING:  # imported when used: the agent-only jobs (.ci/pyjobs.sh) run without the controller
+    from controller.service import BackgroundController
 
 MOSQUITTO_PATHS = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -103,6 +106,8 @@ def prefix(request) -> str:
 
 class ControllerHandle:
     def __init__(self, broker: Broker, data_dir: Path, prefix: str, db: str | None = None) -> None:
+        from controller.service import ControllerSettings
+
         self.settings = ControllerSettings(
             data_dir=data_dir, broker=broker.url, http=f"127.0.0.1:{free_port()}", topic_prefix=prefix, db=db
         )
@@ -110,6 +115,8 @@ class ControllerHandle:
         self.start()
 
     def start(self) -> None:
+        from controller.service import BackgroundController
+
         self.bg = BackgroundController(self.settings)
         self.url = self.bg.url
         self.client = ControllerClient(self.url)

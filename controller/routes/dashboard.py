@@ -22,7 +22,8 @@ def router(state: AppState) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/v1/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
+        """Answered on the event loop: never queued behind worker threads, never waiting on a device."""
         return {"ok": True, "version": __version__, "broker_connected": state.fleet.connected, "time": time.time()}
 
     @router.get("/metrics", response_class=PlainTextResponse)

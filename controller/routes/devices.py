@@ -1,14 +1,16 @@
-"""HTTP routes for devices: the registry of connected devices, and one inference run on a device."""
+"""HTTP routes for devices: the registry of connected devices, one inference run on a device, and a capture of the
+request inputs a device kept."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from controller import devices
+from controller.capture import capture
 from controller.state import AppState
 from controller.views import device_view
 from protocol import MODEL_NAME_PATTERN
@@ -18,6 +20,11 @@ class InferRequest(BaseModel):
     model: str = Field(pattern=MODEL_NAME_PATTERN)
     inputs: dict[str, Any] = Field(description="name -> {datatype, shape, b64}")
     timeout: float = Field(default=10.0, gt=0, le=300)
+
+
+class CaptureRequest(BaseModel):
+    model: str = Field(pattern=MODEL_NAME_PATTERN)
+    timeout: float = Field(default=30.0, gt=0, le=300)
 
 
 def router(state: AppState) -> APIRouter:
@@ -38,6 +45,14 @@ def router(state: AppState) -> APIRouter:
     async def infer(device_id: str, body: InferRequest) -> dict[str, Any]:
         """Run one inference on the device over MQTT request/response."""
         request = {"model": body.model, "inputs": body.inputs}
-        return await run_in_threadpool(devices.infer, state.db, state.fleet, device_id, request, body.timeout)
+        return await devices.infer_async(state.db, state.fleet, device_id, request, body.timeout)
+
+    @router.post("/api/v1/devices/{device_id}/capture")
+    async def capture_inputs(device_id: str, body: CaptureRequest) -> Response:
+        """The request inputs the device kept for a model (a uniform sample, memory only on the device), as one .npz
+        of arrays `sample<i>/<input name>`: ready for `edgectl push --sample` and the converters' `--calibration`."""
+        got = await run_in_threadpool(capture, state.db, state.fleet, device_id, body.model, body.timeout)
+        headers = {"X-Capture-Count": str(got.count), "X-Capture-Seen": str(got.seen), "X-Model-Version": got.version}
+        return Response(got.data, media_type="application/octet-stream", headers=headers)
 
     return router

@@ -13,7 +13,7 @@ from controller.db import VariantRow
 from controller.optimizer import ConvertOptions
 from controller.registry import check_version
 from controller.state import AppState
-from controller.uploads import receive_bytes
+from controller.uploads import receive_file
 from controller.views import model_view, variant_view
 
 
@@ -67,9 +67,9 @@ def router(state: AppState) -> APIRouter:
         next optimize of this version."""
         registry.find(name, version)
         check_version(version)
-        data = await receive_bytes(request.stream(), MAX_CALIBRATION_BYTES, TOO_LARGE)
-        arrays = state.calibration.save(name, version, data)
-        return {"model": name, "version": version, "bytes": len(data), "arrays": arrays}
+        received = await receive_file(request.stream(), state.artifacts.begin(), MAX_CALIBRATION_BYTES, TOO_LARGE)
+        arrays = await run_in_threadpool(state.calibration.save_file, name, version, received.path)
+        return {"model": name, "version": version, "bytes": received.size, "arrays": arrays}
 
     @router.post("/api/v1/models/{name}/versions/{version}/optimize")
     async def optimize(name: str, version: str, body: OptimizeRequest) -> dict[str, Any]:

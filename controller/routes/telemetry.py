@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 
 from controller.devices import find_device
 from controller.state import AppState
+from controller.telemetry import HISTORY_PAGE
 from controller.views import device_view
 from protocol.errors import EdgeError
 
@@ -36,18 +37,22 @@ def router(state: AppState) -> APIRouter:
     def device_telemetry(
         device_id: str,
         since: str | None = Query(default=None, description="`10m`, `2h`, `1d` ago, or epoch seconds (default 1h)"),
-        limit: int = Query(default=10_000, ge=1, le=100_000),
+        limit: int = Query(default=HISTORY_PAGE, ge=1, le=HISTORY_PAGE),
+        before: float | None = Query(default=None, description="Only samples older than this ts (the next page)"),
     ) -> dict[str, Any]:
-        """The device's telemetry samples since a time, oldest first, each with p50/p95/p99 and requests/s."""
+        """The device's telemetry samples since a time, oldest first, each with p50/p95/p99 and requests/s: the
+        newest `limit` of them (at most 1,000 a page); `next_before`, when set, asks for the page before."""
         find_device(db, device_id)
         try:
             start = parse_since(since)
         except ValueError:
             raise EdgeError(f"since={since!r}: use 10m, 2h, 1d or epoch seconds", code="bad_since") from None
+        samples = telemetry.history(device_id, start, limit, before)
         return {
             "device": device_id,
             "since": start,
-            "samples": telemetry.history(device_id, start, limit),
+            "samples": samples,
+            "next_before": samples[0]["ts"] if len(samples) == limit else None,
             "latest": telemetry.device_summary(device_id),
         }
 

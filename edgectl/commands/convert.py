@@ -7,19 +7,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
 from edgectl.errors import CommandFailed
 from edgectl.options import JsonOpt
-from edgectl.output import console, emit_json, errors, verdict
+from edgectl.output import brief, console, emit_json, errors, verdict
+from edgectl.tables import Col, FitTable
 
 if TYPE_CHECKING:
     from converters import ConversionResult
 
 CAPTION = "* zstd-compressed transfer; FP32 p50 = the float original on the same runtime, timed in turn"
-COLUMNS = ("variant", "result", "size", "vs FP32", "transfer", "runtime", "p50 ms", "FP32 p50", "speedup", "top-1",
-           "cosine", "max err")  # fmt: skip
+COLUMNS = (Col("variant", 0), Col("result", 0), Col("size", 1, justify="right"), Col("vs FP32", 3, justify="right"),
+           Col("transfer", 4, justify="right"), Col("runtime", 3), Col("p50 ms", 2, justify="right"),
+           Col("FP32 p50", 4, justify="right"), Col("speedup", 1, justify="right"), Col("top-1", 2, justify="right"),
+           Col("cosine", 2, justify="right"), Col("max err", 4, justify="right"))  # fmt: skip
 
 
 def _mb(n: int | None) -> str:
@@ -48,18 +53,12 @@ def _row(r: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def report_table(reports: list[dict[str, Any]], title: str) -> Table:
-    """The conversion reports as a rich table (shared with bench/converters.py)."""
-    table = Table(title=title, title_justify="left")
-    for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("variant", "result", "runtime") else "right")
-    for r in reports:
-        if r["ok"]:
-            table.add_row(*_row(r))
-        else:
-            table.add_row(r["variant"], "[red]failed[/red]", *["-"] * (len(table.columns) - 2))
-    table.caption = CAPTION
-    return table
+def report_table(reports: list[dict[str, Any]], title: str) -> RenderableType:
+    """The conversion reports as a table as wide as the console it is printed on (shared with
+    bench/converters.py): columns dropped by priority when narrow, the variant and its verdict always shown."""
+    rows = [list(_row(r)) if r["ok"] else [r["variant"], "[red]failed[/red]", *["-"] * (len(COLUMNS) - 2)]
+            for r in reports]  # fmt: skip
+    return Group(FitTable(COLUMNS, rows, title), Text(CAPTION, style="dim"))
 
 
 def list_variants(as_json: bool) -> None:
@@ -78,7 +77,8 @@ def show_results(results: list[ConversionResult], model: Path) -> None:
     console.print(report_table([r.as_dict() for r in results], f"edgectl convert {source}"))
     for r in results:
         if r.error:
-            console.print(f"[red]{r.variant}[/red] failed: {r.error}", highlight=False)
+            room = console.width - len(r.variant) - len(" failed: ")
+            console.print(f"[red]{r.variant}[/red] failed: {escape(brief(r.error, room))}", highlight=False)
         for line in r.failed_metrics:
             console.print(f"[yellow]{r.variant}[/yellow] below threshold: {line}", highlight=False)
         if r.ok and r.fixes:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from edgectl.client import ControllerClient
 from edgectl.errors import CommandFailed
-from edgectl.output import console
+from edgectl.output import console, yes_no
 from edgectl.progress import upload_with_progress, watch_with_progress
 
 AGENT_ID = "demo-device"
@@ -162,7 +162,7 @@ def run_demo(console: Console, keep: bool = False, requests: int = 200) -> None:
 def show_report(console: Console, device: dict, latencies: list[float], probs: Any, remote: dict) -> None:
     table = Table("device", "online", "model", "version", "state", "backend", title="fleet")
     for m in device["models"]:
-        table.add_row(device["id"], str(device["online"]), m["name"], m["version"], m["state"], m["backend"] or "")
+        table.add_row(device["id"], yes_no(device["online"]), m["name"], m["version"], m["state"], m["backend"] or "")
     console.print(table)
     ordered = sorted(latencies)
     stats = Table("path", "requests", "p50 ms", "p95 ms", "max ms", title="latency")

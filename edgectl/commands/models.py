@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
+from rich.markup import escape
 
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
 from edgectl.output import ago, console, emit_json, verdict
 from edgectl.samples import describe_inputs
+from edgectl.tables import Col, FitTable
+
+COLUMNS = (Col("model", 0), Col("version", 0), Col("format", 2), Col("size", 2, justify="right"), Col("sha256", 4),
+           Col("registered", 3), Col("inputs", 1, flex=True), Col("variants", 1))  # fmt: skip
 
 
 def models(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
@@ -16,19 +20,22 @@ def models(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = Non
     rows = client_for(controller, token).models()
     if as_json:
         return emit_json(rows)
-    table = Table("model", "version", "format", "size", "sha256", "registered", "inputs", "variants")
+    table = []
     for m in rows:
-        table.add_row(
-            m["name"],
-            m["version"],
-            m["format"],
-            f"{m['size'] / 1e6:.1f} MB",
-            m["sha256"][:12],
-            ago(m["created_at"]),
-            describe_inputs(m.get("info") or {}),
-            variants_cell(m.get("variants") or []) or "-",
+        table.append(
+            [
+                escape(m["name"]),
+                escape(m["version"]),
+                m["format"],
+                f"{m['size'] / 1e6:.1f} MB",
+                m["sha256"][:12],
+                ago(m["created_at"]),
+                escape(describe_inputs(m.get("info") or {})) or "-",
+                variants_cell(m.get("variants") or []) or "-",
+            ]
         )
-    console.print(table)
+    console.print(FitTable(COLUMNS, table))
+    return None
 
 
 def variants_cell(variants: list[dict[str, Any]]) -> str:

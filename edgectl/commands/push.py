@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from edgectl.client import ControllerClient
 from edgectl.errors import CommandFailed
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
-from edgectl.output import console, emit_json, errors, verdict
+from edgectl.output import brief, console, emit_json, errors, verdict
 from edgectl.progress import finish_wait, upload_with_progress
 from edgectl.samples import attach_inputs
+from edgectl.tables import Col, FitTable
 
 ModelArg = Annotated[
     Path, typer.Argument(help="Model file: .onnx, .tflite, or OpenVINO IR (.xml with its .bin, or a .tar).")
@@ -148,20 +149,29 @@ def build_variants(
     return built
 
 
-def variants_table(rows: list[dict[str, Any]], title: str) -> Table:
-    table = Table("variant", "result", "size", "vs original", "speedup", "top-1", "cosine", "why", title=title)
+VARIANT_COLUMNS = (Col("variant", 0), Col("result", 0), Col("size", 1, justify="right"),
+                   Col("vs original", 3, justify="right"), Col("speedup", 2, justify="right"),
+                   Col("top-1", 2, justify="right"), Col("cosine", 3, justify="right"),
+                   Col("why", 0, flex=True))  # fmt: skip
+
+
+def variants_table(rows: list[dict[str, Any]], title: str) -> FitTable:
+    """The variants built on the controller, with why each fell short (its first line; --json has all)."""
+    table = []
     for v in rows:
-        table.add_row(
-            v["variant"],
-            verdict(v),
-            f"{v['size'] / 1e6:.2f} MB" if v["ok"] else "-",
-            f"{v['size_ratio']:.0%}" if v.get("size_ratio") else "-",
-            f"{v['speedup']:.2f}x" if v.get("speedup") else "-",
-            f"{v['top1']:.2%}" if v.get("top1") is not None else "-",
-            f"{v['cosine']:.4f}" if v.get("cosine") is not None else "-",
-            v.get("failure") or "",
+        table.append(
+            [
+                escape(v["variant"]),
+                verdict(v),
+                f"{v['size'] / 1e6:.2f} MB" if v["ok"] else "-",
+                f"{v['size_ratio']:.0%}" if v.get("size_ratio") else "-",
+                f"{v['speedup']:.2f}x" if v.get("speedup") else "-",
+                f"{v['top1']:.2%}" if v.get("top1") is not None else "-",
+                f"{v['cosine']:.4f}" if v.get("cosine") is not None else "-",
+                escape(v.get("failure") or "-"),
+            ]
         )
-    return table
+    return FitTable(VARIANT_COLUMNS, table, title)
 
 
 def describe_upload(record: dict[str, Any]) -> str:
@@ -182,7 +192,8 @@ def show_deployment(
     console.print(describe_upload(record) + f" -> deploying{with_variants} to {', '.join(devices)}")
     for v in built:
         if v["variant"] not in deployed.get("variants", []):
-            errors.print(f"[yellow]not deployed:[/yellow] {v['variant']}: {v['failure']}", highlight=False)
+            reason = brief(v["failure"] or "", errors.width - len(v["variant"]) - 16)
+            errors.print(f"[yellow]not deployed:[/yellow] {escape(v['variant'])}: {escape(reason)}", highlight=False)
 
 
 COMMANDS = (push,)

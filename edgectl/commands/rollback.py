@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,14 +27,33 @@ def rollback(
 ) -> None:
     """Deploy an earlier version again on a device: by default the previous one, still on its disk (instant swap)."""
     client = client_for(controller, token)
+    before = client.device(device)  # what the device serves now: the version it rolls back from
     result = client.rollback(device, model, to)
+    result["serving"] = serving_version(before, result["model"])
     if not as_json:
-        came_from = f" from version {result['from']}" if result.get("from") else ""
-        console.print(f"rolling back {result['model']} on {device}{came_from} to version {result['version']}")
+        console.print(describe(result, device), highlight=False)
     if not wait:
         return emit_json(result) if as_json else None
     attempts = {device: result.get("attempt", 0)}
     finish_wait(client, [device], result["model"], result["sha256"], timeout, as_json, {"rollback": result}, attempts)
+
+
+def describe(result: dict[str, Any], device: str) -> str:
+    """What the rollback changes, from what the device serves (the controller's last request may have failed)."""
+    model, target, serving = result["model"], result["version"], result["serving"]
+    if serving == target:
+        was = f" (was {result['from']})" if result.get("from") and result["from"] != target else ""
+        return f"{model} on {device} already serves version {target}; its desired version goes back to {target}{was}"
+    came_from = f" from version {serving}" if serving else " (it serves no version of it now)"
+    return f"rolling back {model} on {device}{came_from} to version {target}"
+
+
+def serving_version(device: dict[str, Any], model: str) -> str | None:
+    """The version of `model` the device reports serving (not the one the controller last asked for)."""
+    for entry in device.get("models") or []:
+        if entry.get("name") == model:
+            return (entry.get("serving") or {}).get("version")
+    return None
 
 
 COMMANDS = (rollback,)

@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from edgectl.choice_view import format_ms, print_choice
+from edgectl.errors import CommandFailed
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
-from edgectl.output import ago, console, emit_json
+from edgectl.output import Settings, ago, console, emit_json, shown, yes_no
+from edgectl.tables import Col, FitTable
+
+DEVICE_COLUMNS = (Col("device", 0), Col("online", 0), Col("models", 1, flex=True), Col("last seen", 1),
+                  Col("hardware", 3))  # fmt: skip
+MODEL_COLUMNS = (Col("model", 0), Col("version", 1), Col("state", 0), Col("backend", 2), Col("serving", 1),
+                 Col("previous", 3), Col("reason", 0, flex=True))  # fmt: skip
+STATE_COLOURS = {"serving": "green", "failed": "red", "removed": "yellow"}
 
 
 def devices(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
@@ -17,52 +25,110 @@ def devices(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = No
     rows = client_for(controller, token).devices()
     if as_json:
         return emit_json(rows)
-    table = Table("device", "online", "models", "hardware", "last seen")
+    table = []
     for d in rows:
         hw = d.get("hardware") or {}
-        models = "\n".join(f"{m['name']}@{m['version']} {m['state']} {m.get('backend') or ''}" for m in d["models"])
-        online = "[green]yes[/green]" if d["online"] else "[red]no[/red]"
+        models = "\n".join(f"{m['name']}@{m['version']} {m['state']} {m.get('backend') or ''}".rstrip()
+                           for m in d["models"])  # fmt: skip
+        online = f"[green]{yes_no(True)}[/green]" if d["online"] else f"[red]{yes_no(False)}[/red]"
         hardware = f"{hw.get('arch', '?')} {hw.get('cores', '?')} cores {hw.get('memory_mb', 0) / 1024:.1f} GiB"
-        table.add_row(d["id"], online, models or "-", hardware, ago(d.get("last_seen")))
-    console.print(table)
+        table.append([escape(d["id"]), online, escape(models) or "-", ago(d.get("last_seen")), hardware])
+    console.print(FitTable(DEVICE_COLUMNS, table))
+    return None
 
 
 def status(
     device: Annotated[str, typer.Argument(help="Device id.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Show this model in full: state, whole reason, backend choice.")
+    ] = None,
     controller: ControllerOpt = DEFAULT_CONTROLLER,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One device in detail: hardware, and each model's state, backend and last error."""
+    """One device in detail: hardware, and each model's state, backend and last error (--model for one in full)."""
     d = client_for(controller, token).device(device)
+    if model is not None:
+        d = {**d, "models": [m for m in d["models"] if m["name"] == model]}
+        if not d["models"]:
+            raise CommandFailed(f"{device} has no model {model!r}; `edgectl status {device}` lists its models")
     if as_json:
         return emit_json(d)
-    console.print(f"[bold]{d['id']}[/bold] {'online' if d['online'] else 'OFFLINE'}, last seen {ago(d['last_seen'])}")
-    console.print(f"  agent {d.get('agent_version') or '?'}, inference API {d.get('api_url') or '?'}")
-    for key, value in (d.get("hardware") or {}).items():
-        console.print(f"  {key}: {value}")
-    console.print(models_table(d["models"]))
+    state = "online" if d["online"] else "[red]OFFLINE[/red]"
+    console.print(f"[bold]{escape(d['id'])}[/bold] {state}, last seen {ago(d['last_seen'])}", highlight=False)
+    agent = f"agent {d.get('agent_version') or '-'}, inference API {d.get('api_url') or '-'}"
+    console.print(f"  {escape(agent)}", highlight=False)
+    if model is None:
+        print_hardware(d.get("hardware") or {})
+        console.print(models_table(d["models"]))
+        explain_reasons(d["id"], d["models"])
+    else:
+        print_model(d["models"][0])
     for m in d["models"]:
         print_choice(console, m)
     for tm in (d.get("telemetry") or {}).get("models") or []:
-        console.print(telemetry_line(tm), highlight=False)
+        if model is None or tm.get("name") == model:
+            console.print(telemetry_line(tm), highlight=False)
+    return None
 
 
-def models_table(models: list[dict[str, Any]]) -> Table:
+def print_hardware(hardware: dict[str, Any]) -> None:
+    """`key: value` per fact the probe found; facts it did not find (None, empty) are left out."""
+    for key, value in hardware.items():
+        text = shown(value)
+        if text is not None:
+            console.print(f"  {key}: {escape(text)}", highlight=False)
+
+
+def state_cell(m: dict[str, Any]) -> str:
+    state = m["state"] + (f" {m['progress']:.0%}" if m["state"] == "downloading" else "")
+    colour = STATE_COLOURS.get(m["state"])
+    return f"[{colour}]{state}[/{colour}]" if colour else state
+
+
+def model_row(m: dict[str, Any]) -> list[str]:
     """Each model on the device: target version and state, what serves, what served before, the last error."""
-    table = Table("model", "version", "state", "backend", "serving", "previous", "reason")
-    for m in models:
-        state = m["state"] + (f" {m['progress']:.0%}" if m["state"] == "downloading" else "")
-        table.add_row(
-            m["name"],
-            m["version"],
-            state,
-            m.get("backend") or "",
-            (m.get("serving") or {}).get("version", "-"),
-            (m.get("previous") or {}).get("version", "-"),
-            (m.get("reason") or {}).get("message", ""),
-        )
-    return table
+    return [
+        escape(m["name"]),
+        escape(m["version"]),
+        state_cell(m),
+        escape(m.get("backend") or "-"),
+        escape((m.get("serving") or {}).get("version") or "-"),
+        escape((m.get("previous") or {}).get("version") or "-"),
+        escape((m.get("reason") or {}).get("message") or "-"),
+    ]
+
+
+def models_table(models: list[dict[str, Any]]) -> FitTable:
+    """The models of a device as a table as wide as the console it is printed on."""
+    return FitTable(MODEL_COLUMNS, [model_row(m) for m in models])
+
+
+def explain_reasons(device: str, models: list[dict[str, Any]]) -> None:
+    """Where the whole reason of a model is: in full with --verbose, else the command that shows it."""
+    with_reason = [m for m in models if (m.get("reason") or {}).get("message")]
+    if Settings.verbose:
+        for m in with_reason:
+            console.print(f"  {escape(m['name'])}@{escape(m['version'])}: {escape(m['reason']['message'])}")
+    elif with_reason:
+        console.print(f"  whole reason: edgectl status {device} --model {with_reason[0]['name']}", highlight=False)
+
+
+def print_model(m: dict[str, Any]) -> None:
+    """One model in full: every field an operator acts on, and the reason unabridged."""
+    reason = m.get("reason") or {}
+    facts = {
+        "model": f"{m['name']}@{m['version']}",
+        "state": state_cell(m),
+        "backend": m.get("backend"),
+        "serving": (m.get("serving") or {}).get("version"),
+        "previous": (m.get("previous") or {}).get("version"),
+        "reason code": reason.get("code"),
+        "reason": reason.get("message"),
+    }
+    for key, value in facts.items():
+        if value:
+            console.print(f"  {key + ':':<13}{value if key == 'state' else escape(str(value))}", highlight=False)
 
 
 def telemetry_line(tm: dict[str, Any]) -> str:

@@ -6,15 +6,29 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from edgectl.choice_view import format_ms
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
 from edgectl.output import console, emit_json
+from edgectl.tables import Col, FitTable
 
-TOP_COLUMNS = ("device", "online", "model@version", "backend", "p50 ms", "p95 ms", "req/s", "CPU", "mem", "temp")
-HISTORY_COLUMNS = ("time", "model@version", "requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
-                   "CPU", "mem")  # fmt: skip
+TOP_COLUMNS = (
+    Col("device", 0),
+    Col("online", 0),
+    Col("model@version", 0),
+    Col("backend", 3),
+    Col("p50 ms", 1, justify="right"),
+    Col("p95 ms", 2, justify="right"),
+    Col("req/s", 1, justify="right"),
+    Col("CPU", 2, justify="right"),
+    Col("mem", 2, justify="right"),
+    Col("temp", 3, justify="right"),
+)
+HISTORY_COLUMNS = (Col("time", 0), Col("model@version", 0), Col("requests", 1, justify="right"),
+                   Col("errors", 0, justify="right"), Col("req/s", 2, justify="right"),
+                   Col("p50 ms", 1, justify="right"), Col("p95 ms", 2, justify="right"),
+                   Col("p99 ms", 3, justify="right"), Col("max ms", 3, justify="right"), Col("CPU", 2, justify="right"),
+                   Col("mem", 3, justify="right"))  # fmt: skip
 
 
 def _percent(resources: dict[str, Any], key: str) -> str:
@@ -45,35 +59,33 @@ def _telemetry_rows(device: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def top_table(fleet: list[dict[str, Any]]) -> Table:
-    table = Table(*TOP_COLUMNS)
-    for device in fleet:
-        for row in _telemetry_rows(device):
-            table.add_row(*row)
-    return table
+def top_table(fleet: list[dict[str, Any]]) -> FitTable:
+    return FitTable(TOP_COLUMNS, [list(row) for device in fleet for row in _telemetry_rows(device)])
 
 
-def history_table(samples: list[dict[str, Any]]) -> Table:
+def history_table(samples: list[dict[str, Any]]) -> FitTable:
     """One row per model per telemetry sample: counts, latency percentiles, and the box's CPU and memory."""
-    table = Table(*HISTORY_COLUMNS)
+    table: list[list[str]] = []
     for s in samples:
         res = s.get("resources") or {}
         when = time.strftime("%H:%M:%S", time.localtime(s["ts"]))
         for m in s.get("models") or [{}]:
-            table.add_row(
-                when,
-                f"{m['name']}@{m['version']}" if m else "-",
-                str(m.get("requests", 0)),
-                str(m.get("errors", 0)),
-                _rate(m),
-                format_ms(m.get("p50_ms")),
-                format_ms(m.get("p95_ms")),
-                format_ms(m.get("p99_ms")),
-                format_ms(m.get("latency_max_ms") if m else None),
-                _percent(res, "cpu_percent"),
-                _percent(res, "mem_percent"),
+            table.append(
+                [
+                    when,
+                    f"{m['name']}@{m['version']}" if m else "-",
+                    str(m.get("requests", 0)),
+                    str(m.get("errors", 0)),
+                    _rate(m),
+                    format_ms(m.get("p50_ms")),
+                    format_ms(m.get("p95_ms")),
+                    format_ms(m.get("p99_ms")),
+                    format_ms(m.get("latency_max_ms") if m else None),
+                    _percent(res, "cpu_percent"),
+                    _percent(res, "mem_percent"),
+                ]
             )
-    return table
+    return FitTable(HISTORY_COLUMNS, table)
 
 
 def telemetry(

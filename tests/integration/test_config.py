@@ -6,10 +6,14 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the agent's Python 3.9/3.10 job (.ci/pyjobs.sh)
+    import tomli as tomllib
 
 from agent.config import AgentConfig, ConfigError, env_overrides, load_config
 

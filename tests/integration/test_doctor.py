@@ -80,7 +80,7 @@ def test_data_dir_not_writable_and_clock(tmp_path):
     finally:
         locked.chmod(0o700)
     assert check_data_dir(tmp_path)[0].outcome == "ok"
-    assert check_clock(dt.datetime(2001, 1, 1, tzinfo=dt.UTC)).outcome == "fail"
+    assert check_clock(dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc)).outcome == "fail"
     assert check_clock().outcome == "ok"
 
 

@@ -15,6 +15,7 @@ from edgectl.errors import CommandFailed, one_line
 
 EXPECTED = {
     "push", "rollback", "undeploy", "devices", "status", "models", "infer", "telemetry", "top", "demo", "convert",
+    "capture", "bundle",
 }  # fmt: skip
 
 
@@ -48,7 +49,7 @@ def test_unreadable_files_are_one_line(tmp_path):
     assert result.returncode == 1 and "needs its weights file" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_one_line_maps_known_errors_and_lets_others_through():
+def test_one_line_maps_every_error_and_shows_a_traceback_only_with_edgectl_debug():
     def broken(kind: str) -> None:
         raise {"known": CommandFailed("the reason"), "os": FileNotFoundError("gone"), "bug": KeyError("k")}[kind]
 
@@ -57,10 +58,12 @@ def test_one_line_maps_known_errors_and_lets_others_through():
     assert wrapped.__name__ == "broken"
     cli = typer.Typer()
     cli.command()(wrapped)
-    for kind, message in (("known", "the reason"), ("os", "gone")):
+    for kind, message in (("known", "the reason"), ("os", "gone"), ("bug", "internal error KeyError: 'k'")):
         result = runner.invoke(cli, [kind])
         assert result.exit_code == 1 and f"error: {message}" in result.output
-    assert isinstance(runner.invoke(cli, ["bug"]).exception, KeyError)
+        assert "Traceback" not in result.output
+    debug = runner.invoke(cli, ["bug"], env={"EDGECTL_DEBUG": "1"})  # the traceback only when asked for
+    assert isinstance(debug.exception, KeyError)
 
 
 def test_convert_list_needs_no_model_and_a_missing_model_is_one_line():

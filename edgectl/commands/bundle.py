@@ -1,0 +1,158 @@
+"""`edgectl bundle`: a wheelhouse of the agent and its runtime wheels for a device's platform and Python, fetched
+here with pip's platform options, so that `systemd/install.sh --from DIR` installs it on a device with no network."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgectl.errors import CommandFailed
+from edgectl.options import JsonOpt
+from edgectl.output import Settings, console, emit_json, errors
+
+PACKAGE = "edgefleet"
+ARCHES = {"linux-aarch64": "aarch64", "linux-x86_64": "x86_64"}
+OLDEST_GLIBC_MINOR = 17  # manylinux2014 = glibc 2.17
+SYSTEMD_FILES = ("install.sh", "edge-agent.service", "agent.toml.example")
+MANIFEST = "bundle.env"  # KEY=VALUE lines that install.sh reads with sed (no JSON parser on the device needed)
+
+
+def project_root() -> Path | None:
+    """The checkout edgectl runs from (it has pyproject.toml), or None for an installed wheel."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "agent").is_dir() else None
+
+
+def pip_platforms(arch: str, glibc: str) -> list[str]:
+    """pip --platform tags a device with this glibc runs: manylinux_2_N for every N down to 2.17, and the legacy
+    alias manylinux2014 (pip matches tags exactly, so each must be listed)."""
+    major, _, minor = glibc.partition(".")
+    if major != "2" or not minor.isdigit() or int(minor) < OLDEST_GLIBC_MINOR:
+        raise CommandFailed(
+            f"--glibc {glibc!r}: expected 2.N with N >= {OLDEST_GLIBC_MINOR}, e.g. 2.31 (ldd --version)"
+        )
+    tags = [f"manylinux_2_{n}_{arch}" for n in range(int(minor), OLDEST_GLIBC_MINOR - 1, -1)]
+    return [*tags, f"manylinux2014_{arch}"]
+
+
+def python_tag(python: str) -> str:
+    major, _, minor = python.partition(".")
+    if major != "3" or not minor.isdigit() or int(minor) < 11:
+        raise CommandFailed(f"--python {python!r}: expected the device's Python as 3.N with N >= 11, e.g. 3.11")
+    return f"3{minor}"
+
+
+def run_pip(args: list[str], what: str) -> None:
+    """Run pip; CommandFailed with pip's own last error line (all of its output with --verbose)."""
+    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    if Settings.verbose:
+        errors.print(result.stdout + result.stderr, highlight=False, markup=False)
+    if result.returncode != 0:
+        lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        cause = next((line for line in reversed(lines) if line.startswith("ERROR:")), lines[-1] if lines else "")
+        raise CommandFailed(f"{what} failed: {cause.removeprefix('ERROR: ')} (--verbose shows pip's output)")
+
+
+def source_copy(root: Path, into: Path) -> Path:
+    """The checkout's packaging inputs copied to `into`: setuptools builds there, leaving no build/ in the
+    checkout and taking no stale module from an earlier build."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, into / name)
+    for package in sorted(p.parent for p in root.glob("*/__init__.py")):
+        if package.name not in ("tests", "bench"):
+            shutil.copytree(package, into / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return into
+
+
+def build_wheel(out: Path) -> Path:
+    """The edgefleet wheel built from this checkout into `out`."""
+    root = project_root()
+    if root is None:
+        raise CommandFailed("edgectl is not run from a checkout: give the edgefleet wheel with --wheel FILE")
+    with tempfile.TemporaryDirectory(prefix="edgectl-bundle-") as tmp:
+        return build_wheel_from(source_copy(root, Path(tmp)), out)
+
+
+def build_wheel_from(source: Path, out: Path) -> Path:
+    args = ["wheel", "--no-deps", "--quiet", "--wheel-dir", str(out.resolve()), str(source)]
+    try:
+        import setuptools  # noqa: F401  (present: build here, without fetching a build environment)
+
+        args.insert(1, "--no-build-isolation")
+    except ImportError:
+        pass
+    run_pip(args, f"building the {PACKAGE} wheel")
+    return newest_wheel(out)
+
+
+def newest_wheel(directory: Path) -> Path:
+    wheels = sorted(directory.glob(f"{PACKAGE}-*.whl"), key=lambda p: p.stat().st_mtime)
+    if not wheels:
+        raise CommandFailed(f"no {PACKAGE} wheel in {directory}")
+    return wheels[-1]
+
+
+def bundle(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the wheelhouse (created).")] = Path("agent-bundle"),
+    platform: Annotated[str, typer.Option(help=f"The device's platform: {', '.join(ARCHES)}.")] = "linux-aarch64",
+    python: Annotated[str, typer.Option(help="The device's Python version, e.g. 3.11.")] = "3.11",
+    extras: Annotated[str, typer.Option(help="Extras of the agent to include, comma-separated.")] = "agent",
+    glibc: Annotated[str, typer.Option(help="The device's glibc (ldd --version), e.g. 2.31.")] = "2.28",
+    wheel: Annotated[
+        Path | None, typer.Option(help="A built edgefleet wheel (default: build one from this checkout).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch the agent and its runtime wheels for a device (any platform, from here) into one directory that
+    `systemd/install.sh --from DIR` installs with no network."""
+    if platform not in ARCHES:
+        raise CommandFailed(f"--platform {platform!r}: expected one of {', '.join(ARCHES)}")
+    tags = pip_platforms(ARCHES[platform], glibc)
+    abi = f"cp{python_tag(python)}"
+    wanted = ",".join(e.strip() for e in extras.split(",") if e.strip())
+    if wheel is not None and not wheel.is_file():
+        raise CommandFailed(f"cannot read wheel file {wheel}")
+    out.mkdir(parents=True, exist_ok=True)
+    with errors.status(f"building the {PACKAGE} wheel", spinner="dots"):
+        own = shutil.copy2(wheel, out) if wheel is not None else build_wheel(out)
+    requirement = f"{PACKAGE}[{wanted}] @ {Path(own).resolve().as_uri()}" if wanted else str(Path(own).resolve())
+    args = ["download", "--dest", str(out), "--only-binary=:all:", "--python-version", python, "--implementation",
+            "cp", "--abi", abi, *(a for tag in tags for a in ("--platform", tag)), requirement]  # fmt: skip
+    with errors.status(f"fetching wheels for {platform}, Python {python}", spinner="dots"):
+        run_pip(args, f"fetching wheels for {platform} / Python {python}")
+    copied = copy_installer(out)
+    wheels = sorted(p.name for p in out.glob("*.whl"))
+    manifest = {"PACKAGE": PACKAGE, "VERSION": Path(own).name.split("-")[1], "EXTRAS": wanted,
+                "PLATFORM": platform, "ARCH": ARCHES[platform], "PYTHON": python}  # fmt: skip
+    (out / MANIFEST).write_text("".join(f"{k}={v}\n" for k, v in manifest.items()))
+    size = sum(p.stat().st_size for p in out.glob("*.whl"))
+    if as_json:
+        return emit_json({**{k.lower(): v for k, v in manifest.items()}, "out": str(out), "wheels": wheels,
+                          "bytes": size, "installer": copied})  # fmt: skip
+    console.print(f"bundled {PACKAGE}[{wanted}] for {platform}, Python {python}: {len(wheels)} wheels, "
+                  f"{size / 1e6:.1f} MB in {out}", highlight=False, markup=False)  # fmt: skip
+    how = f"{out}/systemd/install.sh --from {out}" if copied else f"systemd/install.sh --from {out}"
+    console.print(
+        f"on the device (no network needed): {how} --broker mqtt://BROKER:1883", highlight=False, markup=False
+    )
+    return None
+
+
+def copy_installer(out: Path) -> bool:
+    """install.sh and the unit beside the wheels, so the bundle is all a device needs; False outside a checkout."""
+    root = project_root()
+    if root is None:
+        return False
+    (out / "systemd").mkdir(exist_ok=True)
+    for name in SYSTEMD_FILES:
+        shutil.copy2(root / "systemd" / name, out / "systemd" / name)
+    return True
+
+
+COMMANDS = (bundle,)

@@ -1,0 +1,44 @@
+"""`edgectl capture`: fetch the request inputs a device kept for a model, as samples for push and the converters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgectl.errors import fail
+from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
+from edgectl.output import console, emit_json
+
+
+def capture(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model whose request inputs to fetch.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .npz (arrays sample<i>/<input>).")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each part of the device's answer.")] = 30.0,
+    controller: ControllerOpt = DEFAULT_CONTROLLER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch a uniform sample of the real request inputs a device kept for a model (in its memory only, and sent
+    only now); the file feeds `edgectl push --sample` and `edgectl convert --calibration`."""
+    if out.is_dir():
+        raise fail(f"--out {out} is a directory; give a file name such as {out / 'samples.npz'}")
+    response = client_for(controller, token).capture(device, model, timeout)
+    out.write_bytes(response.content)
+    result = {
+        "device": device, "model": model, "version": response.headers.get("X-Model-Version"),
+        "count": int(response.headers.get("X-Capture-Count", "0")),
+        "seen": int(response.headers.get("X-Capture-Seen", "0")), "out": str(out), "bytes": len(response.content),
+    }  # fmt: skip
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(
+            f"wrote {result['count']} request inputs of {model} version {result['version']} "
+            f"(a uniform sample of {result['seen']} requests) to {out}"
+        )
+
+
+COMMANDS = (capture,)

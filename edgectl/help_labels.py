@@ -1,0 +1,55 @@
+"""Help labels an operator reads: a flag shows no `<bool>`, a value shows what to give (`--to DEVICE`, `--timeout
+SECONDS`) instead of the Python type typer derives (`<list[str]>`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typer.core import TyperCommand, TyperGroup
+
+LABELS = {  # option or argument name -> what to give it
+    "to": "DEVICE",
+    "device": "DEVICE",
+    "model": "MODEL",
+    "name": "NAME",
+    "controller": "URL",
+    "token": "TOKEN",
+    "timeout": "SECONDS",
+    "since": "DURATION",
+    "optimize": "VARIANTS",
+    "sample": "FILE",
+    "input": "FILE",
+    "calibration": "FILE",
+    "validation": "FILE",
+    "input_shape": "NAME=SHAPE",
+    "out": "DIR",
+    "platform": "PLATFORM",
+    "python": "X.Y",
+    "extras": "EXTRAS",
+    "wheel": "FILE",
+    "sparsity": "FRACTION",
+    "min_top1": "FRACTION",
+    "min_cosine": "FRACTION",
+    "interval": "SECONDS",
+    "requests": "COUNT",
+}
+
+
+def relabel(params: list[Any]) -> list[Any]:
+    """Give every parameter an operator's label (in place): none for flags, LABELS or its upper-cased name."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif getattr(param, "param_type_name", "") == "option" or param.metavar is None:
+            param.metavar = LABELS.get(param.name or "", (param.name or "value").upper())
+    return params
+
+
+class LabelledCommand(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return relabel(super().get_params(ctx))
+
+
+class LabelledGroup(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return relabel(super().get_params(ctx))
