@@ -1,4 +1,5 @@
-"""How `edgectl status` shows why a device runs a model where it does: backend trial, variants and failover."""
+"""How `edgectl status` shows why a device runs a model where it does: backend trial, variants, failover, and the
+shadow check of its last update."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgectl.tables import Col, FitTable
-from protocol import Failover, Selection
+from protocol import Failover, Selection, Shadow
 
 
 def format_ms(value: float | None) -> str:
@@ -54,6 +55,23 @@ def print_selection(console: Console, name: str, selection: Selection) -> None:
         if v.runoff_p50_ms is not None:
             outcome += " (run-off)"
         console.print(f"    variant {v.variant}: {outcome}", highlight=False)
+    for label, note in (("live shapes", selection.live), ("after a runtime change", selection.retrial)):
+        if note:
+            console.print(f"    re-selection {label}: {note}", highlight=False)
+
+
+def print_shadow(console: Console, name: str, shadow: Shadow) -> None:
+    """The check beside the serving version before the swap: the figures and the verdict."""
+    if not shadow.pairs:
+        console.print(f"  {name} shadow check: no input ran on both versions; {shadow.verdict}", highlight=False)
+        return
+    agreement = f", answers alike on {shadow.agreement:.0%}" if shadow.agreement is not None else ""
+    console.print(
+        f"  {name} shadow check beside version {shadow.against} on {shadow.pairs} {shadow.inputs} inputs: "
+        f"p50 {format_ms(shadow.p50_ms)} vs {format_ms(shadow.serving_p50_ms)} ms, "
+        f"p95 {format_ms(shadow.p95_ms)} vs {format_ms(shadow.serving_p95_ms)} ms{agreement}: {shadow.verdict}",
+        highlight=False,
+    )
 
 
 def print_failover(console: Console, name: str, failover: Failover) -> None:
@@ -76,3 +94,5 @@ def print_choice(console: Console, model: dict[str, Any]) -> None:
         print_selection(console, name, Selection.model_validate(model["selection"]))
     if model.get("failover"):
         print_failover(console, name, Failover.model_validate(model["failover"]))
+    if model.get("shadow"):
+        print_shadow(console, name, Shadow.model_validate(model["shadow"]))

@@ -7,6 +7,7 @@ import httpx
 import numpy as np
 from conftest import model_state, wait_model_state, wait_until
 from onnx import TensorProto, helper, numpy_helper
+from test_e2e import edgectl
 
 from edgectl.sample_models import _graph_model, _save, mlp
 
@@ -120,6 +121,10 @@ def test_nan_on_warm_up_and_latency_regression_never_swap_in(controller, start_a
     shadow = entry["shadow"]  # the figures behind the verdict travel with the status
     assert shadow["inputs"] == "samples" and shadow["against"] == v1["version"] and shadow["pairs"] >= 8
     assert shadow["p50_ms"] > 2 * shadow["serving_p50_ms"]
+    shown = edgectl(controller.url, "status", "dev1", "--model", "m")  # the figures, as an operator reads them
+    text = " ".join(shown.stdout.split())  # as wide as the terminal: lines may wrap
+    assert shown.returncode == 0 and f"shadow check beside version {v1['version']} on" in text
+    assert "samples inputs: p50" in text and "(+" in text, text
     assert agent.metadata("m")["versions"] == [v1["version"]]
 
 
