@@ -235,6 +235,20 @@ class Deployer:
         shadow = exc.report if isinstance(exc, Unhealthy) else None
         self.board.update(target.name, state="failed", reason=Problem(code=code, message=str(exc)), shadow=shadow)
 
+    def report_refused(self, desired: Desired, exc: EdgeError, generation: int) -> None:
+        """Show each model of a desired state refused for its signature as failed (what serves stays), so the
+        operator sees why nothing changes; a state older than the one followed (a replay) shows nothing."""
+        if desired.generation < generation:
+            return
+        problem = Problem(code=exc.code, message=f"desired state refused: {exc}")
+        for target in desired.models:
+            entry = self.board.get(target.name)
+            if entry is not None and entry.sha256 == target.sha256 and entry.reason == problem:
+                continue
+            backend = self.board.serving_backend(target.name)
+            self.board.open(target.name, target.version, target.sha256, "failed", reason=problem, backend=backend)
+        self.board.publish()
+
     # -- from disk ---------------------------------------------------------------------------------------------------
 
     def restore(self) -> None:

@@ -11,7 +11,7 @@ from agent.status_board import StatusBoard
 from agent.store import ModelStore, VerifyError
 from agent.variants import Artifact
 from protocol import DesiredModel
-from protocol.signing import SignatureError, Verifier
+from protocol.signing import VARIANT_CONTEXT, SignatureError, Verifier
 from targets.inputs import Inputs, unpack_samples
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Downloads:
             variant = Artifact(ref.variant, ref.sha256, ref.size, ref.format, ref.transfer)
             try:
                 if self.verifier is not None:
-                    self.verifier.verify(target.variant_manifest(ref), ref.signature)
+                    self.verifier.verify(target.variant_manifest(ref), ref.signature, VARIANT_CONTEXT)
                 self.fetch(target.name, variant)
             except (FetchError, VerifyError, SignatureError) as exc:
                 log.warning("variant %s of %s %s left out: %s", ref.variant, target.name, target.version, exc)

@@ -112,7 +112,7 @@ class ArtifactFetcher:
                     raise
                 log.warning("controller has no zstd copy of %s… any more; fetching it raw", sha256[:12])
             else:
-                self.store.commit_compressed(sha256)
+                self.store.commit_compressed(sha256, size)
                 return
         hasher = self._download(_Transfer(sha256, size), progress, cancel)
         self.store.commit(sha256, hasher.hexdigest())

@@ -16,6 +16,7 @@ from agent.capture import Captures
 from agent.config import AgentConfig
 from agent.crashguard import CrashGuard
 from agent.deployer import Deployer
+from agent.desired_gate import DesiredGate
 from agent.downloads import Downloads
 from agent.fetcher import ArtifactFetcher
 from agent.inference_api import InferenceServer
@@ -31,8 +32,9 @@ from agent.telemetry import Recorder
 from agent.telemetry_publisher import TelemetryPublisher
 from daemon.systemd_notify import Notifier
 from protocol import QOS, ControllerPresence, Desired, DeviceState, Presence, ProtocolError, Topics, decode
+from protocol.errors import EdgeError
 from protocol.link import BrokerAddress, MqttLink, TlsFiles, Will
-from protocol.signing import Verifier
+from protocol.signing import SignatureError, Verifier
 from targets.probe import probe
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class Agent:
         self.taps = LiveTaps(config.capture_inputs, int(config.capture_max_mb * (1 << 20)))
         self.loader = Loader(config, self.hardware, self.store, self.recorder, self._on_failover, self.taps)
         verifier = Verifier(config.trusted_keys) if config.trusted_keys else None
+        self.gate = DesiredGate(config.device_id, verifier, Path(config.data_dir))
         downloads = Downloads(self.fetcher, self.store, self.board, verifier, threading.Event())
         self.deployer = Deployer(
             config, table=self.table, store=self.store, board=self.board, loader=self.loader,
@@ -278,9 +281,14 @@ class Agent:
         self.telemetry.on_connected()
 
     def _on_desired(self, payload: bytes) -> None:
-        desired = decode(Desired, payload)
-        if desired.device_id != self.config.device_id:
-            log.warning("dropped desired state addressed to %s", desired.device_id)
+        try:
+            desired = self.gate.admit(payload)
+        except SignatureError as exc:  # a controller without the key this agent trusts, most likely: say so
+            log.error("desired state refused: %s; serving on as before", exc)
+            self.deployer.report_refused(decode(Desired, payload), exc, self.gate.generation)
+            return
+        except EdgeError as exc:  # replayed, expired, another device's
+            log.error("desired state refused: %s; serving on as before", exc)
             return
         self.deployer.submit(desired)
 

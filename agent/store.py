@@ -155,17 +155,22 @@ class ModelStore:
         fsync_dir(self.objects)
         return target
 
-    def commit_compressed(self, sha256: str) -> Path:
+    def commit_compressed(self, sha256: str, size: int) -> Path:
         """Decompress a finished zstd download into the partial file while hashing it, then commit as usual: the raw
-        bytes must hash to `sha256`. A corrupt stream is discarded like a hash mismatch."""
+        bytes must hash to `sha256`. A corrupt stream is discarded like a hash mismatch, and so is one that goes on
+        past the `size` the (signed) desired state gives: a small transfer never fills the disk."""
         import zstandard
 
         packed = self.partial_path(sha256, "zstd")
         hasher = hashlib.sha256()
+        written = 0
         try:
             with open(packed, "rb") as src, open(self.partial_path(sha256), "wb") as dst:
                 reader = zstandard.ZstdDecompressor().stream_reader(src)
                 while block := reader.read(1 << 20):
+                    written += len(block)
+                    if written > size:
+                        raise zstandard.ZstdError(f"it decompresses to more than the {size} bytes the model has")
                     hasher.update(block)
                     dst.write(block)
         except zstandard.ZstdError as exc:

@@ -4,7 +4,9 @@ request/response calls to devices."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -39,7 +41,7 @@ from protocol import (
 )
 from protocol.errors import EdgeError
 from protocol.link import BrokerAddress, MqttLink, MqttProtocol, Will
-from protocol.signing import Signer
+from protocol.signing import VARIANT_CONTEXT, Signer
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,11 @@ class DeviceBusy(EdgeError, RuntimeError):
     code = "devices_busy"
 
 
+# A signed desired state is valid this long: the controller re-signs it whenever it publishes (on every change and
+# when it connects), so only a state held back or replayed from long ago expires.
+SIGNED_STATE_TTL_S = 30 * 86400.0
 MAX_PENDING_CALLS = 256  # device calls awaited at once (each costs a future, not a thread)
+DEFAULT_FETCH_RATE = 50.0  # HTTP downloads a fleet push starts per second, on average (see fetch_spread)
 
 
 class Fleet:
@@ -71,9 +77,13 @@ class Fleet:
         chunk_workers: int = 2,
         telemetry: TelemetryIngest | None = None,
         signer: Signer | None = None,
+        artifact_base: str | None = None,
+        fetch_rate: float = DEFAULT_FETCH_RATE,
     ) -> None:
         self.db = db
         self.signer = signer
+        self.artifact_base = artifact_base.rstrip("/") if artifact_base else None  # {base}/{sha256}; None: MQTT only
+        self.fetch_rate = fetch_rate  # HTTP downloads started per second across the fleet, on average
         self.telemetry = telemetry or TelemetryIngest(db)
         self.last_seen = LastSeen(db.engine)  # any message from a device refreshes its last seen
         self.artifacts = artifacts
@@ -175,6 +185,11 @@ class Fleet:
             )
             for v in variant_rows
         ]  # fmt: skip
+        samples = _sample_ref(model)
+        if samples is not None:
+            samples.url = self.artifact_url(samples.sha256)
+        for ref in refs:
+            ref.url = self.artifact_url(ref.sha256)
         entry = DesiredModel(
             name=model.name,
             version=model.version,
@@ -184,15 +199,30 @@ class Fleet:
             backend=backend,
             variants=refs,
             transfer=self.artifacts.transfer(model.sha256),
-            samples=_sample_ref(model),
+            samples=samples,
             input_shapes=(model.info or {}).get("input_shapes") or {},
             attempt=attempt,
+            url=self.artifact_url(model.sha256),
+            fetch_spread_s=self.fetch_spread() if self.artifact_base else 0.0,
         )
         if self.signer is not None:
             entry.signature = self.signer.sign(entry.manifest()).as_dict()
             for ref in entry.variants:
-                ref.signature = self.signer.sign(entry.variant_manifest(ref)).as_dict()
+                ref.signature = self.signer.sign(entry.variant_manifest(ref), VARIANT_CONTEXT).as_dict()
         return entry
+
+    def artifact_url(self, sha256: str) -> str | None:
+        """Where a device GETs the artifact over HTTP: `{base}/{sha256}` (the controller's own endpoint by default)."""
+        return f"{self.artifact_base}/{sha256}" if self.artifact_base else None
+
+    def fetch_spread(self) -> float:
+        """The window each device's HTTP download starts in at random: the fleet's size over `fetch_rate`, in whole
+        seconds (so a desired state does not change with every device that registers)."""
+        return float(min(3600, math.ceil(len(self._allowed) / self.fetch_rate))) if self.fetch_rate > 0 else 0.0
+
+    def serves(self, sha256: str) -> bool:
+        """Whether some device's desired state names the artifact (the artifact endpoint serves only those)."""
+        return any(sha256 in digests for digests in list(self._allowed.values()))
 
     def publish_desired(self, device_id: str) -> Desired:
         device = self.db.get_device(device_id)
@@ -208,6 +238,9 @@ class Fleet:
                 for m, backend in wanted
             ],
         )
+        if self.signer is not None:  # the whole state: no replay of an older one, no unsigned "serve nothing"
+            desired.expires = time.time() + SIGNED_STATE_TTL_S
+            desired.signature = self.signer.sign_state(json.loads(desired.encode())).as_dict()
         self._allowed[device_id] = (
             {m.sha256 for m in desired.models}
             | {v.sha256 for m in desired.models for v in m.variants}

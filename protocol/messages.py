@@ -87,6 +87,7 @@ class VariantRef(BaseModel):
     format: ModelFormat = "onnx"
     signature: dict[str, str] | None = None  # signs (name, version + "+" + variant, sha256, size, format)
     transfer: Transfer | None = None
+    url: str | None = Field(default=None, max_length=2048)  # where to GET the raw bytes over HTTP(S); see DesiredModel
 
 
 class SampleRef(BaseModel):
@@ -97,6 +98,7 @@ class SampleRef(BaseModel):
     sha256: Sha256
     size: int = Field(ge=0, le=MAX_SAMPLES_BYTES)
     count: int = Field(default=1, ge=1, le=MAX_SAMPLES)
+    url: str | None = Field(default=None, max_length=2048)  # where to GET them over HTTP(S); see DesiredModel
 
 
 class DesiredModel(BaseModel):
@@ -117,6 +119,12 @@ class DesiredModel(BaseModel):
     # Each explicit deploy of a version (push, rollback --to) is a new attempt: a version that failed or was rolled
     # back is tried again only for a higher attempt, never because some other part of the desired state changed.
     attempt: int = Field(default=0, ge=0)
+    # Where to GET the raw artifact over HTTP(S) (Range-resumable; the sha256 above is checked as always): the
+    # controller's /api/v1/artifacts/<sha256> or `{artifact base URL}/<sha256>`. None, or unreachable: MQTT chunks.
+    url: str | None = Field(default=None, max_length=2048)
+    # Before an HTTP download the agent waits a random 0..fetch_spread_s seconds, so a fleet push does not stampede
+    # the HTTP server (the controller sizes it to the fleet).
+    fetch_spread_s: float = Field(default=0.0, ge=0, le=3600)
 
     def manifest(self) -> dict[str, Any]:
         """The signed fields (samples and shape hints only when given, so older signatures stay valid)."""
@@ -140,6 +148,10 @@ class Desired(Message):
     device_id: DeviceId
     generation: int = 0
     models: list[DesiredModel] = Field(default_factory=list)
+    # Signed states (when the controller has a key): valid until `expires` (unix time; 0: no expiry), and the
+    # Ed25519 signature over every other field (protocol.signing.canonical_state): {"key_id", "value"}.
+    expires: float = 0.0
+    signature: dict[str, str] | None = None
 
 
 # --- reported state (device -> controller) -----------------------------------------------------------------------

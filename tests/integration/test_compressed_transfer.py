@@ -193,14 +193,22 @@ def test_store_rejects_corrupt_or_wrong_compressed_download(tmp_path):
 
     store.partial_path(sha, "zstd").write_bytes(b"not a zstd stream")
     with pytest.raises(VerifyError, match="does not decompress"):
-        store.commit_compressed(sha)
+        store.commit_compressed(sha, len(raw))
     assert list(store.partial.iterdir()) == [] and not store.has(sha)
 
-    store.partial_path(sha, "zstd").write_bytes(zstandard.ZstdCompressor().compress(raw + b"tampered"))
+    store.partial_path(sha, "zstd").write_bytes(zstandard.ZstdCompressor().compress(raw[:-8] + b"tampered"))
     with pytest.raises(VerifyError, match="sha256 mismatch"):
-        store.commit_compressed(sha)
+        store.commit_compressed(sha, len(raw))
     assert not store.has(sha)
 
+    # a bomb: 16 KiB on the wire that would unpack to 512 MiB stops at the size the desired state gave
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (512 << 20))
+    assert len(bomb) < 64 << 10
+    store.partial_path(sha, "zstd").write_bytes(bomb)
+    with pytest.raises(VerifyError, match="more than the 12000 bytes"):
+        store.commit_compressed(sha, len(raw))
+    assert list(store.partial.iterdir()) == []
+
     store.partial_path(sha, "zstd").write_bytes(zstandard.ZstdCompressor().compress(raw))
-    assert store.commit_compressed(sha).read_bytes() == raw
+    assert store.commit_compressed(sha, len(raw)).read_bytes() == raw
     assert list(store.partial.iterdir()) == []

@@ -1,10 +1,14 @@
-"""Signed deployments: a controller with --signing-key signs every desired model (and each variant); an agent that
-trusts the key serves it, an agent that trusts another key refuses it with `signature_invalid`."""
+"""Signed deployments: a controller with --signing-key signs every desired model (and each variant) and the whole
+desired state; an agent that trusts the key serves it, an agent that trusts another key refuses it with
+`signature_invalid`, and a hostile broker's replay of an older state or an unsigned "serve nothing" changes nothing
+(published by a real MQTT client, as a broker could)."""
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -12,8 +16,9 @@ from conftest import wait_model_state, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 from test_api_token import TokenController
 
+from edgectl.sample_models import mlp
 from protocol import Desired, Topics, decode
-from protocol.signing import SignatureError, Signer, Verifier
+from protocol.signing import VARIANT_CONTEXT, SignatureError, Signer, Verifier
 
 
 @pytest.fixture
@@ -63,7 +68,8 @@ def test_retained_desired_is_signed(signing_controller, start_agent, broker, pre
 
 
 def test_variants_are_signed_too(signing_controller, signer, mlp_model):
-    """Each VariantRef carries its own signature over (name, version+variant, sha256, size, format)."""
+    """Each VariantRef carries its own signature over (name, version+variant, sha256, size, format), in a signing
+    context of its own: it never passes as the signature of a model version named "1+fp16", nor the reverse."""
     from controller.db import VariantRow
 
     fleet = signing_controller.bg.controller.fleet
@@ -74,8 +80,10 @@ def test_variants_are_signed_too(signing_controller, signer, mlp_model):
     entry = fleet.desired_model(model, None, [row])
     (ref,) = entry.variants
     verifier = Verifier([signer.public_key_b64])
-    assert verifier.verify(entry.variant_manifest(ref), ref.signature) == signer.key_id
+    assert verifier.verify(entry.variant_manifest(ref), ref.signature, VARIANT_CONTEXT) == signer.key_id
     assert entry.variant_manifest(ref)["version"] == f"{model.version}+fp16"
+    with pytest.raises(SignatureError):  # the same fields as a model manifest: refused
+        verifier.verify(entry.variant_manifest(ref), ref.signature)
     with pytest.raises(SignatureError):  # a variant signature is not valid for the original and vice versa
         verifier.verify(entry.manifest(), ref.signature)
 
@@ -149,3 +157,72 @@ def test_key_rotation_end_to_end(
     entry = wait_model_state(signing_controller, "stale", "mlp", v1["sha256"], {"failed"})
     assert entry["reason"]["code"] == "signature_invalid" and new.key_id in entry["reason"]["message"]
     assert stale.metadata("mlp") is None
+
+
+def client(broker) -> mqtt.Client:
+    host, port = broker.url.removeprefix("mqtt://").split(":")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hostile-{threading.get_ident()}-{time.time_ns()}")
+    c.connect(host, int(port))
+    c.loop_start()
+    return c
+
+
+def retained_payload(broker, topic: str) -> bytes:
+    got: queue.Queue[bytes] = queue.Queue()
+    c = client(broker)
+    c.on_message = lambda _c, _u, msg: got.put(msg.payload)
+    c.subscribe(topic, 1)
+    try:
+        return got.get(timeout=10)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def publish_retained(broker, topic: str, payload: bytes) -> None:
+    c = client(broker)
+    c.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
+
+
+def test_replayed_and_unsigned_states_change_nothing(
+    signing_controller, start_agent, broker, prefix, signer, model_dir, tmp_path
+):
+    trust = f'trusted_keys = ["{signer.public_key_b64}"]\n'
+    agent = start_agent("dev1", config=trust, wait_online=signing_controller)
+    topic = Topics(prefix).device("dev1", "desired")
+    c = signing_controller.client
+    v1 = c.upload_model(mlp(model_dir / "ss1.onnx", seed=111), "m", None)
+    c.deploy("m", v1["version"], ["dev1"])
+    wait_model_state(signing_controller, "dev1", "m", v1["sha256"], {"serving"})
+    old_state = retained_payload(broker, topic)
+    assert Verifier([signer.public_key_b64]).verify_state(json.loads(old_state)) == signer.key_id
+    v2 = c.upload_model(mlp(model_dir / "ss2.onnx", seed=112), "m", None)
+    c.deploy("m", v2["version"], ["dev1"])
+    wait_model_state(signing_controller, "dev1", "m", v2["sha256"], {"serving"})
+    current = Desired.model_validate_json(retained_payload(broker, topic))
+    assert current.expires > time.time() + 86400 and current.signature["key_id"] == signer.key_id
+
+    publish_retained(broker, topic, old_state)  # a validly signed, older state: replayed
+    wait_until(lambda: "replayed" in agent.log.read_text(), 20, "the replay refused")
+    forged = Desired(device_id="dev1", generation=current.generation + 5, models=[])  # unsigned: serve nothing
+    publish_retained(broker, topic, forged.encode())
+    wait_until(lambda: "not signed" in agent.log.read_text(), 20, "the unsigned state refused")
+    other = Signer.generate()
+    tampered = json.loads(current.encode())
+    tampered["models"][0]["backend"] = "openvino"  # one field changed after signing
+    publish_retained(broker, topic, json.dumps(tampered).encode())
+    wait_until(lambda: "does not match the desired state" in agent.log.read_text(), 20, "the tampered state refused")
+    forged_signed = Desired(device_id="dev1", generation=current.generation + 9, models=[])
+    forged_signed.signature = other.sign_state(json.loads(forged_signed.encode())).as_dict()
+    publish_retained(broker, topic, forged_signed.encode())
+    wait_until(lambda: "does not trust" in agent.log.read_text(), 20, "the state signed by another key refused")
+
+    assert agent.metadata("m")["versions"] == [v2["version"]]  # served throughout, never removed or rolled back
+    agent.stop()  # the generation followed is persisted: a restart does not reopen the replay
+    publish_retained(broker, topic, old_state)
+    agent.start()
+    wait_until(lambda: agent.metadata("m"), 30, "serving from disk")
+    wait_until(lambda: agent.log.read_text().count("replayed") >= 2, 20, "the replay refused after a restart")
+    assert agent.metadata("m")["versions"] == [v2["version"]]
