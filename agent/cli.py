@@ -24,6 +24,7 @@ TICK_S = 1.0
 log = logging.getLogger("agent")
 RUN_FLAGS = {  # flag -> (config key, help)
     "--broker": ("broker", "Broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT."),
+    "--broker-password-file": ("password_file", "File holding the broker password (kept out of configs and logs)."),
     "--device-id": ("device_id", "This device's id (default: hostname)."),
     "--data-dir": ("data_dir", "Where models and state live."),
     "--api": ("api", "HOST:PORT of the local v2 inference API."),

@@ -7,15 +7,21 @@ import json
 import os
 import re
 import socket
-import tomllib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent.http_server import Limits
 from protocol import DEFAULT_CHUNK_BYTES, DEFAULT_PREFIX, MAX_CHUNK_BYTES, valid_device_id
 from protocol.link import BrokerAddress
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.9/3.10 devices: the backport, same API
+    import tomli as tomllib
 
 ENV_PREFIX = "EDGE_AGENT_"
 ENV_CONFIG = "EDGE_AGENT_CONFIG"  # the config file's path (a flag, not a key)
@@ -40,15 +46,29 @@ class AgentConfig(BaseModel):
     topic_prefix: str = DEFAULT_PREFIX
     username: str | None = None
     password: str | None = None
+    password_file: Path | None = None  # the broker password, read from this file (kept out of configs and logs)
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     data_dir: Path = Path("/var/lib/edge-agent")
     api: str = "127.0.0.1:8080"
+    # The v2 API's bounds: connections served at once (more get 503), seconds a client may take to send a request
+    # (or stay idle between keep-alive requests), and body sizes (JSON bodies parse to several times their size).
+    api_max_connections: int = Field(default=64, ge=1, le=4096)
+    api_read_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    api_max_body_mb: float = Field(default=64.0, gt=0, le=4096)
+    api_max_json_mb: float = Field(default=8.0, gt=0, le=4096)
+    # A file holding the token clients must send (Authorization: Bearer ...) to every route but /v2/health/*; set it
+    # whenever `api` is reachable from other machines.
+    api_token_file: Path | None = None
     keep_versions: int = Field(default=3, ge=2, le=100)
     chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=16 << 10, le=MAX_CHUNK_BYTES)
     download_window: int = Field(default=16, ge=1, le=64)
     request_timeout_s: float = Field(default=10.0, gt=0)
+    # Download from the URL a desired state gives (controller or static server, with Range); off, or when that fails:
+    # MQTT chunks. The timeout covers connecting and each wait for more bytes.
+    http_downloads: bool = True
+    http_timeout_s: float = Field(default=15.0, gt=0, le=600)
     backend: str | None = None
     backend_options: dict[str, Any] = Field(default_factory=dict)
     backend_trial: bool = True
@@ -138,6 +158,40 @@ class AgentConfig(BaseModel):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
         return value
+
+    def broker_address(self) -> BrokerAddress:
+        """The broker's address with the credentials of `username` and `password` / `password_file` (ConfigError
+        when the file cannot be read); its str() and repr() never show the password."""
+        address = BrokerAddress.parse(self.broker)
+        password = self.password
+        if self.password_file is not None:
+            try:
+                password = self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"password_file {self.password_file}: {exc.strerror or exc}") from None
+        if self.username or password:
+            user = self.username or address.username
+            address = BrokerAddress(address.host, address.port, address.tls, user, password or address.password)
+        return address
+
+    def api_limits(self) -> Limits:
+        mib = 1 << 20
+        return Limits(
+            self.api_max_connections, self.api_read_timeout_s, int(self.api_max_body_mb * mib),
+            int(self.api_max_json_mb * mib),
+        )  # fmt: skip
+
+    def api_token(self) -> str | None:
+        """The v2 API's token (api_token_file), or None: ConfigError when the file cannot be read or is empty."""
+        if self.api_token_file is None:
+            return None
+        try:
+            token = self.api_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"api_token_file {self.api_token_file}: {exc.strerror or exc}") from None
+        if not token:
+            raise ConfigError(f"api_token_file {self.api_token_file} is empty")
+        return token
 
     @property
     def api_host(self) -> str:

@@ -51,7 +51,7 @@ def check_config(path: Path | None, environ: Mapping[str, str] | None) -> tuple[
     except ConfigError as exc:
         fix = f"edit {path}" if path else "fix the EDGE_AGENT_* variable"
         return Check("config", "fail", str(exc), f"{fix}; systemd/agent.toml.example documents every key"), None
-    return Check("config", "ok", f"{where} is valid (device {cfg.device_id}, broker {cfg.broker})"), cfg
+    return Check("config", "ok", f"{where} is valid (device {cfg.device_id}, broker {cfg.broker_address()})"), cfg
 
 
 def check_tcp(address: BrokerAddress, timeout: float) -> Check:
@@ -227,7 +227,7 @@ def check_runtimes() -> list[Check]:
 
 
 def check_clock(now: dt.datetime | None = None) -> Check:
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or dt.datetime.now(dt.timezone.utc)
     if now.year < MIN_YEAR:
         return Check(
             "clock",
@@ -244,7 +244,7 @@ def run_checks(path: Path | None, environ: Mapping[str, str] | None = None, time
     if cfg is None:
         checks.append(Check("broker", "skip", "config invalid"))
     else:
-        address = BrokerAddress.parse(cfg.broker)
+        address = cfg.broker_address()
         tcp = check_tcp(address, timeout)
         checks.append(tcp)
         if tcp.outcome == "ok":

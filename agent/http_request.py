@@ -125,8 +125,11 @@ class RequestReader:
         return None
 
     def read_body(self) -> bytes:
-        """The request body, de-chunked and decompressed; HTTPError for one that is missing, too large or broken."""
-        limit = self.server.max_body_bytes
+        """The request body, de-chunked and decompressed; HTTPError for one that is missing, too large or broken.
+        A body without binary tensors (no Inference-Header-Content-Length) is JSON: its cap is the lower one."""
+        limits = self.server.limits
+        binary = self.headers.get("Inference-Header-Content-Length") is not None
+        limit = limits.max_body_bytes if binary else min(limits.max_json_bytes, limits.max_body_bytes)
         if self.headers.get("Transfer-Encoding") is not None:
             body = self._read_chunked(limit)
         else:

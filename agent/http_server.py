@@ -1,6 +1,7 @@
 """The inference API's HTTP/1.1 transport, hand-written for speed (bench/e2e.py's v2 latency table).
 
-One thread per connection, keep-alive. The interface is one function, `app(request) -> Response`: a request has
+One thread per connection (at most Limits.max_connections), keep-alive, a read timeout.
+The interface is one function, `app(request) -> Response`: a request has
 `method`, `path`, `headers` (get by any case) and `read_body()`; raise HTTPError for an error answer. Errors are
 `{"error": "..."}` JSON."""
 
@@ -19,9 +20,12 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.http_request import HTTPError, RequestReader
+
+if TYPE_CHECKING:  # typing.Self is 3.11+: annotations only
+    from typing import Self
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ _SINGLE_WRITE = 1 << 16  # responses up to this size go out in one send
 _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 
 
-@dataclass(slots=True)
+@dataclass
 class Response:
     status: int
     parts: list[bytes]
@@ -68,17 +72,53 @@ def _http_date() -> bytes:
     return _date_cache[1]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one client can take of the agent: connections served at once (one thread each; more get 503 at once),
+    seconds to send a request or to stay idle between keep-alive requests, and body sizes (JSON parses to several
+    times its size, so its cap is lower than that of binary tensors)."""
+
+    max_connections: int = 64
+    read_timeout_s: float = 30.0
+    max_body_bytes: int = 64 << 20
+    max_json_bytes: int = 8 << 20
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+    b"Connection: close\r\n\r\n%s"
+)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], app: App, max_body_bytes: int, server_header: str) -> None:
+    def __init__(self, address: tuple[str, int], app: App, limits: Limits, server_header: str) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
+        self.max_body_bytes = limits.max_body_bytes
         self.server_header = server_header.encode()
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(limits.max_connections)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection while there is a slot; else 503 and close, without a thread."""
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"error": f"{self.limits.max_connections} connections are open; retry"}).encode()
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY % (len(body), body))
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, which can stall for seconds without DNS; we never use it.
@@ -112,6 +152,7 @@ class _Handler(RequestReader, BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.connection.settimeout(self.server.limits.read_timeout_s)  # a half-sent request or idle connection ends
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
 
@@ -195,12 +236,12 @@ class HttpServer:
     """`app` served from a daemon thread on host:port (port 0: any free one), one thread per connection."""
 
     def __init__(
-        self, app: App, host: str, port: int, *, max_body_bytes: int, server_header: str, name: str = "HTTP server"
+        self, app: App, host: str, port: int, *, limits: Limits, server_header: str, name: str = "HTTP server"
     ) -> None:
         self.app = app
         self.host = host
         self._port = port
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
         self.server_header = server_header
         self.name = name
         self._httpd: _Server | None = None
@@ -227,7 +268,7 @@ class HttpServer:
             raise RuntimeError(f"{self.name} already serving on {self.url}")
         server_class = _Server6 if ":" in self.host else _Server
         try:
-            httpd = server_class((self.host, self._port), self.app, self.max_body_bytes, self.server_header)
+            httpd = server_class((self.host, self._port), self.app, self.limits, self.server_header)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise OSError(exc.errno, f"{self.name} port {self.host}:{self._port} is already in use") from exc

@@ -15,6 +15,7 @@ Errors are `{"error": "..."}` with 400 (the request does not match the model), 4
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ from urllib.parse import unquote
 
 import agent
 from agent import v2_codec as v2
-from agent.http_server import BINARY, JSON, HTTPError, HttpServer, Request, Response, error_response
+from agent.http_server import BINARY, JSON, HTTPError, HttpServer, Limits, Request, Response, error_response
 from agent.serving import LoadedModel, ModelTable
 from protocol.errors import EdgeError
 from protocol.tensors import InputError
@@ -55,9 +56,10 @@ def _segment(text: str) -> str:
 class V2Routes:
     """The v2 endpoints as the transport's app: a request in, a Response out."""
 
-    def __init__(self, table: ModelTable, ready: Callable[[], bool]) -> None:
+    def __init__(self, table: ModelTable, ready: Callable[[], bool], token: str | None = None) -> None:
         self.table = table
         self.ready = ready
+        self._bearer = f"Bearer {token}" if token else None  # required on every route but /v2/health/*
         self.metadata = v2.dumps(
             {"name": SERVER_NAME, "version": agent.__version__, "extensions": ["binary_tensor_data"]}
         )
@@ -78,6 +80,10 @@ class V2Routes:
         if query >= 0:
             path = path[:query]
         parts = path.strip("/").split("/")
+        if self._bearer is not None and parts[:2] != ["v2", "health"]:
+            given = request.headers.get("Authorization") or ""
+            if not hmac.compare_digest(given.encode(), self._bearer.encode()):
+                raise HTTPError(401, "this API needs its token: Authorization: Bearer <api_token_file's content>")
         fixed = self._fixed.get("/".join(parts))
         if fixed is not None:
             _allow(request.method, "GET")
@@ -145,15 +151,16 @@ class InferenceServer(HttpServer):
         port: int = 8080,
         *,
         ready: Callable[[], bool] | None = None,
-        max_body_bytes: int = 64 << 20,
+        limits: Limits | None = None,
+        token: str | None = None,
     ) -> None:
         self.table = table
-        self.routes = V2Routes(table, ready if ready is not None else (lambda: len(table) > 0))
+        self.routes = V2Routes(table, ready if ready is not None else (lambda: len(table) > 0), token)
         super().__init__(
             self.routes,
             host,
             port,
-            max_body_bytes=max_body_bytes,
+            limits=limits or Limits(),
             server_header=f"{SERVER_NAME}/{agent.__version__}",
             name="inference API",
         )

@@ -16,6 +16,7 @@ from agent.telemetry import Recorder
 from targets.base import Backend
 from targets.failover import FailoverBackend
 from targets.inputs import Inputs
+from targets.onnx_external import refuse_external_data
 from targets.selection import Selection, candidates, load_candidate, select_backend
 
 WARM_UP_RUNS = 3  # a dynamic OpenVINO model compiles a static copy for its shapes once it has seen them three times
@@ -55,6 +56,8 @@ class Loader:
         with the trial's summary for the status (`stale: True` in it when `defer_trial` took a choice made on other
         hardware or runtimes); BackendError or SampleError when it cannot serve here."""
         path = self.store.path(sha256)
+        if model_format == "onnx":
+            refuse_external_data(path)  # whatever the installed runtime would check
         override = backend or self.config.backend
         selection = self._select(path, model_format, sha256, override, samples, hints, defer_trial)
         probe = tuple(selection.probe.sets)

@@ -19,6 +19,7 @@ from agent.deployer import Deployer
 from agent.desired_gate import DesiredGate
 from agent.downloads import Downloads
 from agent.fetcher import ArtifactFetcher
+from agent.http_fetch import HttpSettings
 from agent.inference_api import InferenceServer
 from agent.inflight import TrackedTable
 from agent.live import LiveTaps
@@ -33,7 +34,7 @@ from agent.telemetry_publisher import TelemetryPublisher
 from daemon.systemd_notify import Notifier
 from protocol import QOS, ControllerPresence, Desired, DeviceState, Presence, ProtocolError, Topics, decode
 from protocol.errors import EdgeError
-from protocol.link import BrokerAddress, MqttLink, TlsFiles, Will
+from protocol.link import MqttLink, TlsFiles, Will
 from protocol.signing import SignatureError, Verifier
 from targets.probe import probe
 
@@ -108,7 +109,10 @@ class Agent:
                       death.mark.phase, death.cause)  # fmt: skip
         restored = threading.Event()
         ready = lambda: restored.is_set() and len(self.table) > 0  # noqa: E731
-        self.api = InferenceServer(self.table, self.config.api_host, self.config.api_port, ready=ready)
+        self.api = InferenceServer(
+            self.table, self.config.api_host, self.config.api_port, ready=ready, limits=self.config.api_limits(),
+            token=self.config.api_token(),
+        )  # fmt: skip
         self.api.start()
         self.deployer.restore()
         restored.set()
@@ -198,13 +202,10 @@ class Agent:
 
     def _make_link(self) -> MqttLink:
         cfg = self.config
-        address = BrokerAddress.parse(cfg.broker)
-        if cfg.username:
-            address = BrokerAddress(address.host, address.port, address.tls, cfg.username, cfg.password)
         will = Presence(device_id=cfg.device_id, online=False, agent_version=__version__)
         return MqttLink(
-            address,
-            f"edge-agent-{cfg.device_id}",
+            cfg.broker_address(),
+            cfg.device_id,  # client id = device id = broker user name: the broker can tie each to the others
             subscriptions=[],  # set by _attach, with the handlers
             on_message=self._on_message,
             will=Will(self._topic("presence"), will.encode(), QOS["presence"], True),
@@ -223,6 +224,7 @@ class Agent:
             chunk_bytes=cfg.chunk_bytes,
             window=cfg.download_window,
             request_timeout=cfg.request_timeout_s,
+            http=HttpSettings(timeout_s=cfg.http_timeout_s, ca_file=cfg.ca_file) if cfg.http_downloads else None,
         )
 
     def _make_telemetry(self) -> TelemetryPublisher:

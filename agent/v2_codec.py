@@ -187,6 +187,19 @@ def _as_binary(name: str, parameters: Any, default: bool) -> bool:
 # -- responses ---------------------------------------------------------------------------------------------------
 
 
+NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # protobuf's JSON mapping of float specials
+
+
+def json_data(array: Any) -> list[Any]:
+    """A tensor's values for JSON: NaN and infinities as the strings "NaN", "Infinity", "-Infinity" (JSON has no
+    such numbers: bare NaN is invalid JSON, and orjson would write null); requests may send them the same way."""
+    np = _np()
+    flat = array.ravel()
+    if flat.dtype.kind != "f" or np.isfinite(flat).all():
+        return flat.tolist()
+    return [v if math.isfinite(v) else NONFINITE[str(v)] for v in flat.tolist()]
+
+
 def result_head(model_name: str, model_version: str) -> dict[str, Any]:
     """What every inference result starts with, over HTTP and over MQTT."""
     return {"model_name": model_name, "model_version": model_version}
@@ -210,7 +223,7 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = json_data(array)
         outputs.append(entry)
     if "id" in request:
         head["id"] = request["id"]

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import AgentConfig
+from agent.http_server import Limits
 from agent.inference_api import InferenceServer, _decode_inputs, _HTTPError
 from agent.serving import LoadedModel, ModelTable
 from controller.artifacts import ArtifactStore
@@ -112,7 +113,8 @@ def server(tmp_path_factory):
     backend.load(path, "onnx")
     table = ModelTable()
     table.swap(LoadedModel("s", "1", "0" * 64, backend))
-    with InferenceServer(table, port=0, max_body_bytes=1 << 16) as srv, httpx.Client(base_url=srv.url) as client:
+    limits = Limits(max_body_bytes=1 << 16, max_json_bytes=1 << 16)
+    with InferenceServer(table, port=0, limits=limits) as srv, httpx.Client(base_url=srv.url) as client:
         yield client
 
 

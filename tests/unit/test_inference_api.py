@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from agent import __version__
+from agent.http_server import Limits
 from agent.inference_api import InferenceServer
 from agent.serving import LoadedModel, ModelTable
 from edgectl.sample_models import mlp, scaled_sum
@@ -62,7 +63,7 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> ModelTable:
 
 @pytest.fixture(scope="module")
 def server(table: ModelTable):
-    with InferenceServer(table, port=0, max_body_bytes=1 << 20) as srv:
+    with InferenceServer(table, port=0, limits=Limits(max_body_bytes=1 << 20)) as srv:
         yield srv
 
 
@@ -406,7 +407,7 @@ def test_backend_error_is_500_with_the_reason(client: httpx.Client):
 
 
 def test_oversized_body_is_413_and_the_connection_survives(table: ModelTable):
-    with InferenceServer(table, port=0, max_body_bytes=1000) as srv, httpx.Client(base_url=srv.url) as c:
+    with InferenceServer(table, port=0, limits=Limits(max_body_bytes=1000)) as srv, httpx.Client(base_url=srv.url) as c:
         big = _mlp_request(np.zeros((100, 16)))
         assert "over the limit of 1000 bytes" in _error(c.post("/v2/models/mlp/infer", json=big), 413)
         assert c.post("/v2/models/mlp/infer", json=_mlp_request(np.zeros((1, 16)))).status_code == 200
