@@ -10,6 +10,10 @@ table says so as measured.
 Part 2 pushes each model with the variants that passed to a real agent (controller in this process, embedded
 broker): the agent times the original and every variant on the backends its trial picks and serves the fastest; the
 table re-times each of them here and checks the served one is the fastest within 10% (bench/served.py).
+
+Part 3 (mixed precision): per model, FP32 vs full INT8 (`mixed_precision` off) vs partial INT8 (the accuracy-driven
+search of converters.mixed): agreement on the validation data, size, p50 on ONNX Runtime, layers kept in float. It
+adds the real text-orientation classifier (PaddleOCR's, from the rapidocr wheel) with rendered text lines.
 """
 
 from __future__ import annotations
@@ -24,8 +28,13 @@ import numpy as np
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the zoo package, ahead of bench/zoo.py
 
+from rich.table import Table  # noqa: E402
 from served import check_served, served_table  # noqa: E402 - bench/served.py (the script's own directory)
+from zoo import lines  # noqa: E402
+from zoo.catalog import by_name  # noqa: E402
+from zoo.fetch import ZooUnavailable, model_path  # noqa: E402
 
 from converters import VARIANTS, convert, convert_many  # noqa: E402
 from edgectl import sample_models  # noqa: E402
@@ -51,19 +60,78 @@ def models(work: Path) -> list[tuple[str, Path, Path, Path]]:
     ]
 
 
+def mixed_models(work: Path) -> list[tuple[str, Path, Path, Path]]:
+    """The benchmark models plus the real text-orientation classifier on rendered lines (256 to calibrate on, 1000
+    others to validate on), when its wheel can be had."""
+    found = models(work)
+    try:
+        src = model_path(by_name("ppocr_mobile_v2_cls"))
+    except ZooUnavailable as exc:
+        print(f"ppocr_mobile_v2_cls skipped: {exc}", file=sys.stderr)
+        return found
+    np.savez(work / "lines_cal.npz", x=lines.orientation_set(256, seed=1)[0])
+    np.savez(work / "lines_val.npz", x=lines.orientation_set(1000, seed=7)[0])
+    return [*found, ("ppocr_mobile_v2_cls", src, work / "lines_cal.npz", work / "lines_val.npz")]
+
+
+def mixed_rows(work: Path, budget: float) -> list[dict]:
+    """Per model: FP32, full INT8 and partial INT8 on ONNX Runtime, measured on the validation data."""
+    rows = []
+    for name, model, calib, valid in mixed_models(work):
+        options = {"latency_budget_s": budget, "eval_samples": 1000}
+        full = convert(model, "int8-static", calib, work / "full", options=options | {"mixed_precision": False},
+                       validation=valid)  # fmt: skip
+        part = convert(model, "int8-static", calib, work / "mixed", options=options, validation=valid)
+        mixed = part.mixed_precision or {}
+        rows.append({"model": name, "variant": "FP32", "agreement": 1.0, "size_bytes": full.source_size_bytes,
+                     "p50_ms": full.source_latency_ms_p50, "float_layers": "all", "passed": True})  # fmt: skip
+        for label, r in (("full INT8", full), ("partial INT8", part)):
+            a = r.agreement
+            rows.append({
+                "model": name, "variant": label, "agreement": a.get("top1") if a.get("top1") is not None
+                else a.get("cosine"), "metric": "top-1" if a.get("top1") is not None else "cosine",
+                "size_bytes": r.size_bytes, "size_ratio": r.size_ratio, "p50_ms": r.latency_ms_p50,
+                "fp32_p50_ms": r.source_latency_ms_p50, "speedup": r.speedup, "passed": r.passed,
+                "float_layers": len(mixed.get("float_layers", [])) if r is part else 0,
+                "setting": mixed.get("setting", "MinMax, per-channel") if r is part else "MinMax, per-channel",
+                "stopped": mixed.get("stopped", "") if r is part else "", "error": r.error,
+            })  # fmt: skip
+    return rows
+
+
+def mixed_table(rows: list[dict]) -> Table:
+    table = Table(title="mixed precision: FP32 vs full INT8 vs partial INT8 (ONNX Runtime)", title_justify="left")
+    for column in ("model", "variant", "agreement", "size", "vs FP32", "p50 ms", "speedup", "float layers",
+                   "calibration", "search", "result"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("model", "variant", "calibration", "search") else "right")
+    for r in rows:
+        fp32 = r["variant"] == "FP32"
+        table.add_row(
+            r["model"], r["variant"], f"{r['agreement']:.2%}" if r.get("agreement") is not None else "-",
+            f"{r['size_bytes'] / 1e6:.3f} MB", "100%" if fp32 else f"{(r.get('size_ratio') or 0):.0%}",
+            f"{r['p50_ms']:.3f}" if r.get("p50_ms") else "-", "1.00x" if fp32 else f"{(r.get('speedup') or 0):.2f}x",
+            str(r["float_layers"]), r.get("setting", "-"), r.get("stopped", ""),
+            "-" if fp32 else ("pass" if r["passed"] else "refused" if not r.get("error") else "failed"),
+        )  # fmt: skip
+    table.caption = "agreement with FP32 on the validation data (top-1 for classifiers, else cosine)"
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="all", help="comma-separated variants, or 'all'")
     parser.add_argument("--latency-budget", type=float, default=2.0, help="seconds of timing per measurement")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-serve", action="store_true", help="skip part 2 (push to a real agent)")
+    parser.add_argument("--no-mixed", action="store_true", help="skip part 3 (full vs partial INT8)")
+    parser.add_argument("--mixed-only", action="store_true", help="run part 3 only")
     args = parser.parse_args()
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     console = Console(width=170)
     everything = {}
     with tempfile.TemporaryDirectory(prefix="bench-converters-") as tmp:
         work = Path(tmp)
-        for name, model, calib, valid in models(work):
+        for name, model, calib, valid in [] if args.mixed_only else models(work):
             results = convert_many(
                 model, names, calib, work / "out", options={"latency_budget_s": args.latency_budget},
                 validation=valid,
@@ -83,7 +151,7 @@ def main() -> None:
                 for r in results:
                     if r.error:
                         console.print(f"  {r.variant}: {r.error}", highlight=False)
-        if not args.no_serve:
+        if not args.no_serve and not args.mixed_only:
             passing = {
                 name: [r["variant"] for r in reports if r["passed"] and r["variant"] in VARIANTS]
                 for name, reports in everything.items()
@@ -93,6 +161,12 @@ def main() -> None:
             everything = {"conversions": everything, "served": rows}
             if not args.json:
                 console.print(served_table(rows))
+        if not args.no_mixed:
+            (work / "mixed").mkdir()
+            rows = mixed_rows(work / "mixed", args.latency_budget)
+            everything = {"conversions": everything, "mixed_precision": rows}
+            if not args.json:
+                console.print(mixed_table(rows))
     if args.json:
         sys.stdout.write(json.dumps(everything, indent=2, default=str) + "\n")
 

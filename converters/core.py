@@ -115,7 +115,12 @@ def _measure(session: Session, name: str, out_dir: Path, thresholds: Thresholds)
         result.format, result.runtime = variant.format, variant.runtime
         thresholds = variant.thresholds or thresholds
         session.job.judge = partial(session.judge, thresholds)  # what a builder's own search (sparsity) keeps
-        built = _build(session, variant, out_dir, result.fixes)
+        session.job.thresholds = thresholds
+        session.job.details = {}
+        try:
+            built = _build(session, variant, out_dir, result.fixes)
+        finally:
+            result.mixed_precision = session.job.details.get("mixed_precision")
         result.seconds = time.perf_counter() - start
         _size(result, built)
         _run(session, variant, built, result, thresholds)

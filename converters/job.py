@@ -12,6 +12,7 @@ from protocol.errors import EdgeError
 
 if TYPE_CHECKING:
     from converters.calibration import Calibration
+    from converters.report import Thresholds
 
 
 class ConversionError(EdgeError, RuntimeError):
@@ -37,6 +38,8 @@ class Job:
     # failed metrics of a candidate ONNX model against the float original on the calibration data (ONNX Runtime);
     # lets a builder search its own knob (the pruned sparsity) without touching the validation data
     judge: Callable[[Path], list[str]] | None = None
+    thresholds: Thresholds | None = None  # the bar the variant being built is judged against
+    details: dict[str, Any] = field(default_factory=dict)  # what the builder did, for the report (mixed precision)
 
     def samples(self, limit: int | None = None) -> list[dict]:
         return self.calibration.batches(self.batch, limit)

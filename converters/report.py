@@ -51,6 +51,9 @@ class ConversionResult:
     calibration: str = ""  # calibration data source, or "synthetic"
     validation: str = ""  # what agreement was measured on (the calibration data unless validation data was given)
     samples: int = 0
+    # accuracy-driven mixed precision (converters.mixed): settings tried, agreement per step, the layers kept in
+    # float and why, why the search stopped; None where the variant did not search
+    mixed_precision: dict[str, Any] | None = None
 
     @property
     def size_ratio(self) -> float | None:

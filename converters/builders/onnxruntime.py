@@ -51,37 +51,34 @@ def build_int8(job: Job, out: Path, fixes: list[str]) -> Path:
     return out
 
 
-class _Reader:
-    """ONNX Runtime CalibrationDataReader over the calibration samples."""
-
-    def __init__(self, samples: list[dict]) -> None:
-        self._it = iter(samples)
-
-    def get_next(self) -> dict | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:  # pragma: no cover - only some calibrators call it
-        pass
-
-
 def build_int8_static(job: Job, out: Path, fixes: list[str]) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """Static INT8 (QDQ). With real calibration data and `mixed_precision` on (the default), accuracy-driven: when
+    full INT8 misses the bar on the calibration data, other calibration settings and the fewest nodes kept in float
+    are searched (converters.builders.ort_mixed) within `mixed_budget_s` and `max_size_ratio`."""
+    from converters.builders.ort_mixed import Reader, build_mixed
 
     src = _preprocessed(job, fixes, fx.MIN_QDQ_OPSET)
     samples = job.samples(limit=job.options.get("calibration_samples", 256))
+    reduce_range = _reduce_range(fixes)
+    fixes.append(f"calibrated on {len(samples)} sample(s) ({'synthetic' if job.calibration.synthetic else 'given'})")
+    if job.options.get("mixed_precision", True) and not job.calibration.synthetic:
+        return build_mixed(job, src, out, samples, reduce_range, fixes)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     quantize_static(
         str(src),
         str(out),
-        _Reader(samples),
+        Reader(samples),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        reduce_range=_reduce_range(fixes),
+        reduce_range=reduce_range,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
     )
-    fixes.append(f"calibrated on {len(samples)} sample(s) ({'synthetic' if job.calibration.synthetic else 'given'})")
+    if job.calibration.synthetic:
+        fixes.append("mixed precision skipped: agreement on synthetic data says nothing about real inputs")
     return out
 
 
