@@ -104,6 +104,13 @@ def convert(
     ] = None,
     min_top1: Annotated[float, typer.Option(help="Top-1 agreement a classifier variant must keep.")] = 0.99,
     min_cosine: Annotated[float, typer.Option(help="Cosine similarity any other variant must keep.")] = 0.99,
+    mixed_budget: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="Time for int8-static's mixed-precision search when full INT8 misses the bar (0: no search).",
+        ),
+    ] = 240.0,
     list_only: Annotated[bool, typer.Option("--list", help="List the variants and exit.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -138,7 +145,7 @@ def convert(
             else:
                 progress.advance(task)
 
-        options = {"sparsity": sparsity or "auto"}
+        options = {"sparsity": sparsity or "auto", "mixed_budget_s": mixed_budget, "mixed_precision": mixed_budget > 0}
         results = convert_many(model, names, calibration, out, thresholds, options, step, validation)
     if as_json:
         emit_json([r.as_dict() for r in results])
