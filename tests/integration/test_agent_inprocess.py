@@ -136,7 +136,7 @@ def test_deploys_then_rolls_back_a_version_answering_nan(device, tmp_path):
     assert "NaN/Inf" in entry["reason"]["message"] and entry["serving"]["sha256"] == v1
     assert device.infer(x).json()["model_version"] == "1"
     assert device.agent.rollback.standby("m") is None
-    assert "NaN/Inf" in device.agent.store.rejection("m", v2)
+    assert "NaN/Inf" in device.agent.store.rejection("m", v2).reason
 
     device.desire("2", tmp_path / "nan.onnx")  # the same version again: refused at once, never loaded
     entry = device.model(lambda m: m["state"] == "failed", "the refusal to show", timeout=10)
