@@ -43,7 +43,7 @@ class Death:
 
     name: str
     mark: Mark
-    cause: str  # "SIGSEGV in targets/backends/onnxruntime.py infer", or "the process died" when nothing was written
+    cause: str  # "Segmentation fault in .../onnxruntime_inference_collection.py run (backend onnxruntime)"
 
 
 class CrashGuard:
@@ -110,12 +110,18 @@ class CrashGuard:
     # -- at start ----------------------------------------------------------------------------------------------------
 
     def recover(self, store: ModelStore, window_s: float) -> list[Death]:
-        """Count a death for every mark left by the last run and refuse the versions that earned it; a serving mark
-        below MAX_DEATHS stays, with a fresh health window."""
+        """Count a death for every mark left by the last run when it died of a native crash (faulthandler recorded a
+        fatal error) and refuse the versions that earned it; a serving mark below MAX_DEATHS stays, with a fresh
+        health window. A death with no record (SIGKILL, power loss) is nobody's fault: the marks stay as they were."""
         marks = self._load()
         cause = self._last_crash()
         deaths = []
         for name, mark in list(marks.items()):
+            if cause is None:
+                mark.clean, mark.until = False, time.time() + window_s
+                if mark.phase != "serving":
+                    del marks[name]
+                continue
             if mark.clean:  # stopped on purpose: a serving version goes on with a fresh window, the rest is moot
                 mark.clean, mark.until = False, time.time() + window_s
                 if mark.phase != "serving":
@@ -141,15 +147,16 @@ class CrashGuard:
         store.reject(name, mark.sha256, Refusal(reason, "crashed", mark.attempt))
         store.fall_back(name, mark.sha256)
 
-    def _last_crash(self) -> str:
-        """The last fatal error faulthandler wrote, with the innermost frame of the thread that crashed."""
+    def _last_crash(self) -> str | None:
+        """The last fatal error faulthandler wrote, with the innermost frame of the thread that crashed; None when
+        the last run left none (a clean stop, or killed: SIGKILL, out of memory, power loss)."""
         try:
             text = self.crash_log.read_text(errors="replace")[-65536:]
         except OSError:
-            return "the process died (no fatal error was recorded: killed, or out of memory)"
+            return None
         blocks = text.split("Fatal Python error: ")
         if len(blocks) < 2:
-            return "the process died (no fatal error was recorded: killed, or out of memory)"
+            return None
         last = blocks[-1]
         signal = last.splitlines()[0].strip()
         current = re.search(r"Current thread[^\n]*\n((?:\s+File [^\n]*\n?)+)", last)

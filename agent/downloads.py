@@ -41,14 +41,14 @@ class Downloads:
         """The original (raises when it cannot be had), then each signed variant: those fetched, original first, and
         those left out with why."""
         original = Artifact(None, target.sha256, target.size, target.format, target.transfer)
-        self.fetch(target.name, original)
+        self.fetch(target.name, original, target.url, target.fetch_spread_s)  # the one wait spreads the fleet's start
         artifacts, left_out = [original], {}
         for ref in target.variants:
             variant = Artifact(ref.variant, ref.sha256, ref.size, ref.format, ref.transfer)
             try:
                 if self.verifier is not None:
                     self.verifier.verify(target.variant_manifest(ref), ref.signature, VARIANT_CONTEXT)
-                self.fetch(target.name, variant)
+                self.fetch(target.name, variant, ref.url)
             except (FetchError, VerifyError, SignatureError) as exc:
                 log.warning("variant %s of %s %s left out: %s", ref.variant, target.name, target.version, exc)
                 left_out[ref.variant] = str(exc)
@@ -60,19 +60,22 @@ class Downloads:
         """The representative inputs given with the version, fetched and verified like a model."""
         if target.samples is None:
             return None
-        self.fetch(target.name, Artifact("samples", target.samples.sha256, target.samples.size, "npz"))
+        samples = Artifact("samples", target.samples.sha256, target.samples.size, "npz")
+        self.fetch(target.name, samples, target.samples.url)
         return self.stored_samples(target.samples.sha256)
 
     def stored_samples(self, sha256: str | None) -> list[Inputs] | None:
         path = self.store.path(sha256) if sha256 else None
         return unpack_samples(path) if path is not None and path.exists() else None
 
-    def fetch(self, name: str, artifact: Artifact) -> None:
-        """Download the artifact unless the store has it (then check it again); VerifyError for a bad stored copy."""
+    def fetch(self, name: str, artifact: Artifact, url: str | None = None, spread_s: float = 0.0) -> None:
+        """Download the artifact unless the store has it (then check it again); VerifyError for a bad stored copy.
+        `url`: over HTTP from there first (after a random wait of up to `spread_s`)."""
         fetched = not self.store.has(artifact.sha256)
         if fetched:  # the fetcher hashes while it writes and commits only a matching file
             self.board.update(name, state="downloading", progress=0.0)
-            self.fetcher.fetch(artifact.sha256, artifact.size, self._progress(name), self.cancel, artifact.offer)
+            progress = self._progress(name)
+            self.fetcher.fetch(artifact.sha256, artifact.size, progress, self.cancel, artifact.offer, url, spread_s)
         self.board.update(name, state="verifying", progress=1.0)
         if not fetched and not self.store.verify(artifact.sha256):
             raise VerifyError(f"stored {artifact.label} artifact does not match its sha256")

@@ -1,17 +1,22 @@
-"""Pulls one artifact over MQTT in pipelined chunks, appending in order to a resumable partial file and hashing as it
-goes, so verification costs nothing extra and a restart continues where the last run stopped."""
+"""Pulls one artifact over HTTP(S) where the desired state gives a URL (agent/http_fetch.py), else (or when HTTP fails)
+over MQTT in pipelined chunks; either way appending in order to one resumable partial file and hashing as it goes, so
+verification costs nothing extra and a restart, or the other path, continues where the last run stopped."""
 
 from __future__ import annotations
 
 import logging
 import os
 import queue
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from agent.store import ModelStore
+from agent.http_fetch import HttpCancelled, HttpDownload, HttpSettings, HttpUnavailable
+from agent.store import ModelStore, VerifyError
 from protocol import QOS, ArtifactRequest, ChunkHeader, Encoding, ProtocolError, Topics, Transfer, decode_frame
 from protocol.errors import EdgeError
 
@@ -24,6 +29,7 @@ Progress = Callable[[int, int], None]
 # Write the download back to disk while it arrives, every this many bytes, so that the fsync in ModelStore.commit
 # finds almost nothing left to do instead of the whole artifact (about 0.15 s for 50 MB on a cloud disk).
 WRITEBACK_BYTES = 8 << 20
+HTTP_DOWN_S = 300.0  # a server that could not be reached at all is not tried again for this long (MQTT meanwhile)
 
 
 class FetchError(EdgeError, RuntimeError):
@@ -71,7 +77,10 @@ class ArtifactFetcher:
         chunk_bytes: int,
         window: int,
         request_timeout: float,
+        http: HttpSettings | None = None,
     ) -> None:
+        self.http = http  # None: MQTT only
+        self._http_down: dict[str, float] = {}  # scheme://host:port -> monotonic time to try it again
         self.publish = publish
         self.store = store
         self.connected = connected
@@ -100,10 +109,20 @@ class ArtifactFetcher:
         self._resend.set()
 
     def fetch(
-        self, sha256: str, size: int, progress: Progress, cancel: threading.Event, offer: Transfer | None = None
+        self,
+        sha256: str,
+        size: int,
+        progress: Progress,
+        cancel: threading.Event,
+        offer: Transfer | None = None,
+        url: str | None = None,
+        spread_s: float = 0.0,
     ) -> None:
-        """Download into the store (verified) or raise FetchError / VerifyError / FetchCancelled. With a zstd `offer`
-        (and zstandard installed) the compressed bytes travel and are decompressed while verifying."""
+        """Download into the store (verified) or raise FetchError / VerifyError / FetchCancelled. From `url` over HTTP
+        first (after a random wait of up to `spread_s`); over MQTT without one or when HTTP fails. Over MQTT with a
+        zstd `offer` (and zstandard installed) the compressed bytes travel and are decompressed while verifying."""
+        if url and self.http is not None and self._fetch_http(sha256, size, url, spread_s, progress, cancel):
+            return
         if offer is not None and offer.encoding == "zstd" and can_decompress():
             try:
                 self._download(_Transfer(sha256, offer.size, "zstd"), progress, cancel)
@@ -116,6 +135,42 @@ class ArtifactFetcher:
                 return
         hasher = self._download(_Transfer(sha256, size), progress, cancel)
         self.store.commit(sha256, hasher.hexdigest())
+
+    def _fetch_http(
+        self, sha256: str, size: int, url: str, spread_s: float, progress: Progress, cancel: threading.Event
+    ) -> bool:
+        """Whether the artifact is now in the store, fetched over HTTP; False: fetch it over MQTT instead."""
+        assert self.http is not None
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if self._http_down.get(origin, 0.0) > time.monotonic():
+            log.info("%s was unreachable a moment ago; fetching %s… over MQTT", origin, sha256[:12])
+            return False
+        if spread_s > 0 and cancel.wait(random.uniform(0, spread_s)):  # a fleet push must not stampede the server
+            raise FetchCancelled("download cancelled")
+        offset, hasher = self.store.resume_point(sha256, self.chunk_bytes)
+        if offset > size:
+            self.store.partial_path(sha256).unlink()
+            offset, hasher = self.store.resume_point(sha256, self.chunk_bytes)
+        if offset:
+            log.info("resuming download of %s… at %d of %d bytes (http)", sha256[:12], offset, size)
+        download = HttpDownload(url, size, self.http, cancel)
+        try:
+            with open(self.store.partial_path(sha256), "ab") as out, _Writeback(out.fileno()) as writeback:
+                download.run(out, offset, hasher, progress, writeback.wrote)
+        except HttpCancelled:
+            raise FetchCancelled("download cancelled") from None
+        except HttpUnavailable as exc:
+            if exc.unreachable:
+                self._http_down[origin] = time.monotonic() + HTTP_DOWN_S
+            log.warning("cannot fetch %s… over HTTP (%s); falling back to MQTT", sha256[:12], exc)
+            return False
+        try:
+            self.store.commit(sha256, hasher.hexdigest())
+        except VerifyError as exc:  # the controller's own copy decides
+            log.warning("the HTTP copy of %s… is not the artifact (%s); fetching it over MQTT", sha256[:12], exc)
+            return False
+        return True
 
     def _download(self, transfer: _Transfer, progress: Progress, cancel: threading.Event):
         """Fetch the transfer's bytes into its partial file, resuming what is there; returns their running hash."""

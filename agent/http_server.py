@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.http_request import HTTPError, RequestReader
 
 if TYPE_CHECKING:  # typing.Self is 3.11+: annotations only
-    from typing import Self
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from agent.shadow import Mirror, Pairs, run_pair, shadow
 from protocol import Shadow
+from protocol.compat import zip_strict
 from protocol.errors import EdgeError
 from targets.agreement import nonfinite
 from targets.timing import percentile_ms
@@ -104,7 +105,7 @@ def _report(serving: LoadedModel, pairs: Pairs, source: str, max_pct: float) -> 
         percentile_ms([t / 1000 for t in pairs.new_ms], 95),
         percentile_ms([t / 1000 for t in pairs.old_ms], 95),
     )
-    ratio = statistics.median(n / o for n, o in zip(pairs.new_ms, pairs.old_ms, strict=True) if o > 0)
+    ratio = statistics.median(n / o for n, o in zip_strict(pairs.new_ms, pairs.old_ms) if o > 0)
     verdict = "passed"
     where = "the same live requests" if source == "live" else "the model's samples, turn about"
     if max_pct and ratio > 1 + max_pct / 100 and new_p50 - old_p50 > MIN_REGRESSION_MS:

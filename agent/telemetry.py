@@ -19,6 +19,7 @@ from time import perf_counter
 from typing import Any
 
 from protocol import LATENCY_BOUNDS_MS, LATENCY_BUCKETS, MAX_CLASS_BINS, ModelTelemetry, OutputStats
+from protocol.compat import zip_strict
 
 DEFAULT_SAMPLE_EVERY = 16
 DEFAULT_MAX_ELEMENTS = 4096
@@ -117,7 +118,7 @@ class _Running:
             best = array[np.arange(len(top)), top].astype(np.float64)
             if array.min() < 0 or abs(array.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3:
                 best = 1.0 / np.exp(array - best[:, None]).sum(axis=1, dtype=np.float64)
-            for cls, conf in zip(top.tolist(), best.tolist(), strict=True):
+            for cls, conf in zip_strict(top.tolist(), best.tolist()):
                 self._count_class(cls, conf)
 
     def _count_class(self, cls: int, confidence: float) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from agent.timing import best_ms, p50_ms, runner
+from protocol.compat import zip_strict
 from targets.base import BackendError
 from targets.inputs import SampleError
 
@@ -142,7 +143,7 @@ class Contest:
         result's p50 is then on the run-off's scale (the run-off's own number, or the original's times its ratio)."""
         if len(self.finalists) > 1:
             times = [round(p50, 4) for p50 in runoff([f.model for f in self.finalists])]
-            for finalist, p50 in zip(self.finalists, times, strict=True):
+            for finalist, p50 in zip_strict(self.finalists, times):
                 finalist.result["runoff_p50_ms"] = p50
             scale = times[0]
             for result in self.results[1:]:

@@ -12,8 +12,9 @@ broker): the agent times the original and every variant on the backends its tria
 table re-times each of them here and checks the served one is the fastest within 10% (bench/served.py).
 
 Part 3 (mixed precision): per model, FP32 vs full INT8 (`mixed_precision` off) vs partial INT8 (the accuracy-driven
-search of converters.mixed): agreement on the validation data, size, p50 on ONNX Runtime, layers kept in float. It
-adds the real text-orientation classifier (PaddleOCR's, from the rapidocr wheel) with rendered text lines.
+search of converters.mixed): agreement on the validation data, size, p50 against FP32 on the same runtime, layers
+kept in float, for int8-static (ONNX Runtime) and openvino-int8 (OpenVINO, NNCF ignored scope). It adds the real
+text-orientation classifier (PaddleOCR's, from the rapidocr wheel) with rendered text lines.
 """
 
 from __future__ import annotations
@@ -75,37 +76,47 @@ def mixed_models(work: Path) -> list[tuple[str, Path, Path, Path]]:
 
 
 def mixed_rows(work: Path, budget: float) -> list[dict]:
-    """Per model: FP32, full INT8 and partial INT8 on ONNX Runtime, measured on the validation data."""
+    """Per model and runtime: FP32, full INT8 and partial INT8, measured on the validation data; on ONNX Runtime
+    (int8-static) and on OpenVINO (openvino-int8: full INT8 there is NNCF with its accuracy control)."""
     rows = []
     for name, model, calib, valid in mixed_models(work):
-        options = {"latency_budget_s": budget, "eval_samples": 1000}
-        full = convert(model, "int8-static", calib, work / "full", options=options | {"mixed_precision": False},
-                       validation=valid)  # fmt: skip
-        part = convert(model, "int8-static", calib, work / "mixed", options=options, validation=valid)
-        mixed = part.mixed_precision or {}
-        rows.append({"model": name, "variant": "FP32", "agreement": 1.0, "size_bytes": full.source_size_bytes,
-                     "p50_ms": full.source_latency_ms_p50, "float_layers": "all", "passed": True})  # fmt: skip
-        for label, r in (("full INT8", full), ("partial INT8", part)):
-            a = r.agreement
-            rows.append({
-                "model": name, "variant": label, "agreement": a.get("top1") if a.get("top1") is not None
-                else a.get("cosine"), "metric": "top-1" if a.get("top1") is not None else "cosine",
-                "size_bytes": r.size_bytes, "size_ratio": r.size_ratio, "p50_ms": r.latency_ms_p50,
-                "fp32_p50_ms": r.source_latency_ms_p50, "speedup": r.speedup, "passed": r.passed,
-                "float_layers": len(mixed.get("float_layers", [])) if r is part else 0,
-                "setting": mixed.get("setting", "MinMax, per-channel") if r is part else "MinMax, per-channel",
-                "stopped": mixed.get("stopped", "") if r is part else "", "error": r.error,
-            })  # fmt: skip
+        for variant in ("int8-static", "openvino-int8"):
+            rows += _mixed_rows(work, name, model, calib, valid, variant, budget)
+    return rows
+
+
+def _mixed_rows(work: Path, name: str, model: Path, calib: Path, valid: Path, variant: str, budget: float) -> list:
+    options = {"latency_budget_s": budget, "eval_samples": 1000}
+    full = convert(model, variant, calib, work / "full", options=options | {"mixed_precision": False},
+                   validation=valid)  # fmt: skip
+    part = convert(model, variant, calib, work / "mixed", options=options, validation=valid)
+    mixed = part.mixed_precision or {}
+    runtime = "OpenVINO" if variant == "openvino-int8" else "ORT"
+    default = "NNCF defaults + accuracy control" if variant == "openvino-int8" else "MinMax, per-channel"
+    rows = [{"model": name, "variant": f"FP32 ({runtime})", "agreement": 1.0, "size_bytes": full.source_size_bytes,
+             "p50_ms": full.source_latency_ms_p50, "float_layers": "all", "passed": True}]  # fmt: skip
+    for label, r in ((f"full INT8 ({runtime})", full), (f"partial INT8 ({runtime})", part)):
+        a = r.agreement
+        rows.append({
+            "model": name, "variant": label, "agreement": a.get("top1") if a.get("top1") is not None
+            else a.get("cosine"), "metric": "top-1" if a.get("top1") is not None else "cosine",
+            "size_bytes": r.size_bytes, "size_ratio": r.size_ratio, "p50_ms": r.latency_ms_p50,
+            "fp32_p50_ms": r.source_latency_ms_p50, "speedup": r.speedup, "passed": r.passed,
+            "float_layers": len(mixed.get("float_layers", [])) if r is part else 0,
+            "setting": mixed.get("setting", default) if r is part else default,
+            "stopped": mixed.get("stopped", "") if r is part else "", "error": r.error,
+        })  # fmt: skip
     return rows
 
 
 def mixed_table(rows: list[dict]) -> Table:
-    table = Table(title="mixed precision: FP32 vs full INT8 vs partial INT8 (ONNX Runtime)", title_justify="left")
+    title = "mixed precision: FP32 vs full INT8 vs partial INT8 (ONNX Runtime, OpenVINO)"
+    table = Table(title=title, title_justify="left")
     for column in ("model", "variant", "agreement", "size", "vs FP32", "p50 ms", "speedup", "float layers",
                    "calibration", "search", "result"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("model", "variant", "calibration", "search") else "right")
     for r in rows:
-        fp32 = r["variant"] == "FP32"
+        fp32 = r["variant"].startswith("FP32")
         table.add_row(
             r["model"], r["variant"], f"{r['agreement']:.2%}" if r.get("agreement") is not None else "-",
             f"{r['size_bytes'] / 1e6:.3f} MB", "100%" if fp32 else f"{(r.get('size_ratio') or 0):.0%}",

@@ -84,6 +84,8 @@ class MixedReport:
     full_int8: dict[str, Any] = field(default_factory=dict)  # the best full-INT8 candidate's agreement
     layers_tried: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    size_of: str = "the model file"  # what size_bytes and float_size_bytes measure
+    ranked_by: str = "a build with the group in float"  # how a group's sensitivity was measured
 
     def summary(self) -> str:
         """One line for the report's fixes."""
@@ -115,8 +117,9 @@ Attempt = Callable[[Setting, list[str], str], Trial]
 class Search:
     """One mixed-precision search over a toolchain's `attempt`, bounded by time and size."""
 
-    def __init__(self, attempt: Attempt, report: MixedReport) -> None:
+    def __init__(self, attempt: Attempt, report: MixedReport, probe: Attempt | None = None) -> None:
         self.attempt = attempt
+        self.probe = probe  # a cheaper estimate of a group's effect, for ranking only: never chosen, never the fallback
         self.report = report
         self.start = time.perf_counter()
         self.best: Trial | None = None  # best candidate within the size budget (passing or not)
@@ -201,7 +204,12 @@ class Search:
         for group in groups:
             if self.out_of_time():
                 break
-            trial = self._try(setting, group, f"sensitivity: {group[0]}..{group[-1]} in float", record=False)
+            step = f"sensitivity: {group[0]}..{group[-1]} in float"
+            if self.probe is not None:
+                trial = self.probe(setting, group, step)
+                self.report.layers_tried = list(dict.fromkeys(self.report.layers_tried + group))
+            else:
+                trial = self._try(setting, group, step, record=False)
             gain = 1 - trial.error / full.error if full.error > 0 else 0.0
             scored.append((gain, group))
             self.report.sensitivity.append(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from protocol.compat import zip_strict
+
 
 def _save(model, path: Path) -> Path:
     import onnx
@@ -305,7 +307,7 @@ def conv_classifier(path: Path, classes: int = 10, size: int = 32, seed: int = 0
     channels = [3, 32, 64, 128]
     inits, nodes = [], []
     current = "image"
-    for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
+    for i, (c_in, c_out) in enumerate(zip_strict(channels[:-1], channels[1:])):
         w = (rng.standard_normal((c_out, c_in, 3, 3)) * np.sqrt(2.0 / (c_in * 9))).astype(np.float32)
         b = (rng.standard_normal(c_out) * 0.05).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"conv{i}.w"), numpy_helper.from_array(b, f"conv{i}.b")]

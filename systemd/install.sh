@@ -98,8 +98,8 @@ detect_extras() {
                 "set EDGE_JETSON_INDEX to NVIDIA's index for its JetPack to get onnxruntime-gpu (docs/jetson.md)" >&2
             echo "agent"
         else
-            say "Jetson with L4T R$major: NVIDIA publishes no onnxruntime-gpu wheel for the agent's Python (3.9+)" \
-                "there; installing the CPU runtime (docs/jetson.md)" >&2
+            say "Jetson with L4T R$major: no onnxruntime-gpu index known for the agent's Python (3.9+) there;" \
+                "installing the CPU runtime (docs/jetson.md: a Jetson Zoo wheel can be installed by hand)" >&2
             echo "agent"
         fi
     elif { [ -r "$R/proc/device-tree/model" ] && tr -d '\0' <"$R/proc/device-tree/model" | grep -q "Raspberry Pi"; } ||

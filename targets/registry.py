@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import types
 from functools import cache
 from typing import Annotated, Any, Union
 
@@ -20,6 +21,8 @@ def backend_types() -> dict[str, type[Backend]]:
     for info in pkgutil.iter_modules(backends.__path__):
         module = importlib.import_module(f"{backends.__name__}.{info.name}")
         for obj in vars(module).values():
+            if isinstance(obj, types.GenericAlias):  # `list[int]` passes isinstance(..., type) on 3.9/3.10
+                continue
             if isinstance(obj, type) and issubclass(obj, Backend) and obj is not Backend and hasattr(obj, "type_key"):
                 found[obj.type_key] = obj
     return found

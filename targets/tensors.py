@@ -33,7 +33,7 @@ class TensorSpec:
     def shape_matches(self, shape: tuple[int, ...]) -> bool:
         if len(shape) != len(self.shape):
             return False
-        return all(want < 0 or want == got for want, got in zip(self.shape, shape, strict=True))
+        return all(want < 0 or want == got for want, got in zip(self.shape, shape))  # lengths checked above
 
 
 def check_inputs(specs: list[TensorSpec], arrays: dict[str, np.ndarray]) -> None:

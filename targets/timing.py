@@ -33,7 +33,7 @@ def turn_about(
     """Per contender, per round, the seconds of each call: contenders' blocks taken in turn, `rounds` times. With
     `settle_s`, each block waits that long and runs twice untimed first (the other runtime's worker threads spin
     for a while after its last run: ONNX Runtime, XNNPACK)."""
-    seconds = [block_s] * len(runs) if isinstance(block_s, float | int) else list(block_s)
+    seconds = [block_s] * len(runs) if isinstance(block_s, (float, int)) else list(block_s)
     limits = [max_runs] * len(runs) if isinstance(max_runs, int) else list(max_runs)
     measured: list[list[list[float]]] = [[] for _ in runs]
     for _ in range(rounds):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.compat import zip_strict
 from targets import registry
 from targets.agreement import disagreement, worst_deviation
 from targets.base import Backend, BackendError
@@ -137,7 +138,7 @@ def _reference_answers(
 
 def _judge(backend: Backend, sets: list[Inputs], want: list[dict[str, Any]], ref_name: str) -> tuple[float, str | None]:
     worst = 0.0
-    for inputs, expected in zip(sets, want, strict=True):
+    for inputs, expected in zip_strict(sets, want):
         got = backend.infer(inputs)
         problem = disagreement(got, expected, f"the reference ({ref_name})")
         if problem:
@@ -160,7 +161,7 @@ def _time_turn_about(
     runners = [lambda b=backend: b.infer(inputs) for _, backend, _, _ in entrants]
     block_s = max(budget_s, 0.05) / (ROUNDS * max(len(entrants), 1))
     measured = turn_about(runners, rounds=ROUNDS, block_s=block_s, min_runs=MIN_RUNS, max_runs=MAX_RUNS // ROUNDS)
-    for (_, _, _, result), rounds in zip(entrants, measured, strict=True):
+    for (_, _, _, result), rounds in zip_strict(entrants, measured):
         result.runs = sum(len(r) for r in rounds)
         result.p50_ms = round(pooled_ms(rounds, 50), 4)
         result.p95_ms = round(pooled_ms(rounds, 95), 4)

@@ -3,45 +3,19 @@ when real calibration data says plain INT8 costs agreement."""
 
 from __future__ import annotations
 
-import shutil
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from converters import fixes as fx
-from converters.job import ConversionError, Job
+from converters.builders.ov_ir import ov_model as _ov_model
+from converters.builders.ov_ir import pack_ir as _pack_ir
+from converters.job import Job
 from converters.report import Thresholds, agreement
 
 OV_MAX_DROP = 0.005  # agreement (top-1, or cosine) the accuracy-controlled INT8 model may lose on calibration data
 
 Scorer = Callable[..., float]
-
-
-def _pack_ir(model: Any, out: Path, work: Path, compress_to_fp16: bool) -> Path:
-    """Save the model as IR and pack model.xml + model.bin into one reproducible tar (the "openvino" artifact)."""
-    import openvino as ov
-
-    folder = work / f"ir-{out.stem}"
-    folder.mkdir(exist_ok=True)
-    ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=compress_to_fp16)
-    with tarfile.open(out, "w") as tar:
-        for name in ("model.xml", "model.bin"):
-            info = tar.gettarinfo(str(folder / name), arcname=name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            with open(folder / name, "rb") as f:
-                tar.addfile(info, f)
-    shutil.rmtree(folder, ignore_errors=True)
-    return out
-
-
-def _ov_model(job: Job) -> Any:
-    import openvino as ov
-
-    try:
-        return ov.convert_model(str(job.source))
-    except Exception as exc:
-        raise ConversionError(fx.unsupported_op_message(exc, job.ops, "OpenVINO")) from exc
 
 
 def build_openvino(job: Job, out: Path, fixes: list[str]) -> Path:
@@ -55,18 +29,29 @@ def _looks_like_transformer(ops: set[str]) -> bool:
 
 
 def build_openvino_int8(job: Job, out: Path, fixes: list[str]) -> Path:
+    """NNCF INT8. With real calibration data and `mixed_precision` on (the default), accuracy-driven: when full INT8
+    misses the bar on the calibration data, other NNCF calibrations and the fewest operations in NNCF's ignored scope
+    are searched (converters.builders.ov_mixed) within `mixed_budget_s` and `max_size_ratio`; with it off, NNCF's
+    own accuracy control as before."""
     import nncf
 
-    model = _ov_model(job)
     samples = job.samples(limit=job.options.get("calibration_samples", 300))
     kwargs: dict[str, Any] = {}
     if _looks_like_transformer(job.ops):
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
         fixes.append("NNCF model_type=TRANSFORMER (attention/LayerNorm found)")
+    if job.options.get("mixed_precision", True) and not job.calibration.synthetic:
+        from converters.builders.ov_mixed import build_mixed
+
+        fixes.append(f"NNCF post-training quantization calibrated on {len(samples)} given sample(s)")
+        return build_mixed(job, out, samples, kwargs, fixes)
+    model = _ov_model(job)
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **kwargs)
     fixes.append(f"NNCF post-training quantization on {len(samples)} sample(s)")
     if not job.calibration.synthetic:
         quantized = _keep_agreement(job, quantized, samples, kwargs, fixes)
+    else:
+        fixes.append("mixed precision skipped: agreement on synthetic data says nothing about real inputs")
     return _pack_ir(quantized, out, job.work, compress_to_fp16=False)
 
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from protocol.compat import zip_strict
 from targets.base import Backend, BackendConfig, BackendError
 from targets.tensors import TensorSpec
 
@@ -151,7 +152,7 @@ class OnnxRuntimeBackend(Backend):
             results = self.session.run(self._output_names, inputs)
         except Exception as exc:
             raise BackendError(f"ONNX Runtime inference failed: {_first_line(exc)}") from exc
-        named = dict(zip(self._output_names, results, strict=True))
+        named = dict(zip_strict(self._output_names, results))
         for name in self._zipmaps:
             named[name] = self._unzip(name, named[name])
         return named

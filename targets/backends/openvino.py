@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from protocol.compat import zip_strict
 from targets.base import Backend, BackendConfig, BackendError
 from targets.tensors import TensorSpec
 
@@ -84,7 +85,7 @@ def _named(specs: list[TensorSpec], names: list[str] | None) -> list[TensorSpec]
     """The specs renamed by position when the reference's names are known and the counts agree."""
     if not names or len(names) != len(specs):
         return specs
-    return [TensorSpec(name, s.datatype, s.shape, s.dim_names) for name, s in zip(names, specs, strict=True)]
+    return [TensorSpec(name, s.datatype, s.shape, s.dim_names) for name, s in zip_strict(names, specs)]
 
 
 def _read_ir_tar(core: Any, path: Path) -> Any:

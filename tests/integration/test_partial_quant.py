@@ -33,8 +33,8 @@ def _outputs(path, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ppocr(tmp_path_factory):
-    """The real classifier, calibrated on 256 rendered lines, validated on 1000 other lines."""
+def line_sets(tmp_path_factory):
+    """The real classifier and its data: 256 rendered lines to calibrate on, 1000 other lines held out."""
     try:
         src = model_path(by_name("ppocr_mobile_v2_cls"))
     except ZooUnavailable as exc:
@@ -44,6 +44,13 @@ def ppocr(tmp_path_factory):
     held, labels = lines.orientation_set(HELD_OUT, seed=7)
     np.savez(d / "cal.npz", x=cal)
     np.savez(d / "held.npz", x=held)
+    return src, d, held, labels
+
+
+@pytest.fixture(scope="module")
+def ppocr(line_sets):
+    """The real classifier, calibrated on 256 rendered lines, validated on 1000 other lines."""
+    src, d, held, labels = line_sets
     options = {**FAST, "eval_samples": HELD_OUT}
     result = convert(src, "int8-static", d / "cal.npz", d / "out", options=options, validation=d / "held.npz")
     return src, result, held, labels
@@ -159,3 +166,83 @@ def test_synthetic_calibration_skips_the_search(block, tmp_path):
     r = convert(model, "int8-static", None, tmp_path, options=FAST)
     assert r.ok and r.mixed_precision is None
     assert any("mixed precision skipped" in f for f in r.fixes)
+
+
+# openvino-int8: the same search over NNCF (ignored scope, range estimators), on OpenVINO. Two range estimators, no
+# other variations and a 100 s budget (the shrink stops there, the passing mix stands) keep the file's time in bounds
+# on a 2-core box; the defaults try eight calibrations within 240 s.
+OV_SEARCH = {"calibration_methods": ["MeanMinMax", "Histogram"], "ov_variations": False, "mixed_budget_s": 100}
+
+
+def _ir(path):
+    """The IR inside an openvino-int8 artifact, read by OpenVINO."""
+    import tarfile
+
+    ov = pytest.importorskip("openvino")
+    with tarfile.open(path) as tar:
+        xml, weights = (tar.extractfile(n).read() for n in ("model.xml", "model.bin"))
+    return ov.Core().read_model(xml, ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
+
+
+@pytest.fixture(scope="module")
+def ppocr_ov(line_sets):
+    pytest.importorskip("nncf")
+    src, d, held, labels = line_sets
+    options = {**FAST, **OV_SEARCH, "eval_samples": HELD_OUT}
+    result = convert(src, "openvino-int8", d / "cal.npz", d / "ov", options=options, validation=d / "held.npz")
+    return result
+
+
+def test_openvino_int8_partial_agrees_on_held_out_lines(ppocr_ov):
+    """NNCF's full INT8 misses the bar on the calibration lines; the search keeps some operations in NNCF's ignored
+    scope and the chosen IR agrees >= 99% top-1 with FP32 on 1000 held-out lines, measured on OpenVINO."""
+    r = ppocr_ov
+    mixed = r.mixed_precision
+    assert mixed is not None, (r.error, r.fixes)
+    first = mixed["steps"][0]
+    assert first["step"].startswith("full INT8, MeanMinMax, per-channel") and first["top1"] < 0.995
+    assert {s["setting"].split(",")[0] for s in mixed["steps"]} >= {"MeanMinMax", "Histogram"}
+    assert mixed["stopped"] == "passed" and mixed["float_layers"], mixed["stopped"]
+    assert r.ok and r.passed, (r.error, r.failed_metrics)
+    assert r.runtime == "openvino" and r.samples == HELD_OUT and r.agreement["top1"] >= 0.99
+    assert r.latency_ms_p50 and r.source_latency_ms_p50 and r.speedup  # speed against FP32 on OpenVINO, reported
+    float_bin = mixed["float_size_bytes"]
+    assert mixed["steps"][-1]["size_bytes"] <= 0.75 * float_bin and "model.bin" in mixed["size_of"]
+    assert set(mixed["why_float"]) == set(mixed["float_layers"])
+    assert "bypassed" in mixed["ranked_by"] and len(mixed["sensitivity"]) == 8
+
+
+def test_openvino_int8_float_layers_are_float_in_the_ir(ppocr_ov):
+    """The operations the report names float have no FakeQuantize and no int8 weights on their inputs in the IR the
+    agent loads; the rest is still quantized."""
+    r = ppocr_ov
+    model = _ir(r.path)
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    floats = [ops[name] for name in r.mixed_precision["float_layers"]]
+
+    def quantized(op) -> bool:
+        sources = [i.get_source_output().get_node() for i in op.inputs()]
+        if any(s.get_type_name() == "FakeQuantize" for s in sources):
+            return True
+        weights = [s.input(0).get_source_output().get_node() for s in sources if s.get_type_name() == "Multiply"]
+        chain = [w.input(0).get_source_output().get_node() if w.get_type_name() == "Convert" else w for w in weights]
+        return any(c.get_type_name() == "Constant" and str(c.get_element_type()) in ("i8", "<Type: 'int8_t'>")
+                   for c in chain)  # fmt: skip
+
+    assert floats and not any(quantized(op) for op in floats)
+    assert sum(op.get_type_name() == "FakeQuantize" for op in ops.values()) > 0
+    assert any(quantized(op) for name, op in ops.items() if name not in r.mixed_precision["float_layers"])
+
+
+def test_openvino_int8_refusal_names_the_best_reached(line_sets, tmp_path):
+    """Nothing passes (a bar of perfect agreement, no time for the search): refused on the held-out lines, with
+    the best agreement the search reached and where it stopped."""
+    pytest.importorskip("nncf")
+    src, d, _, _ = line_sets
+    options = {**FAST, "calibration_methods": ["MeanMinMax"], "ov_variations": False, "mixed_budget_s": 0}
+    r = convert(src, "openvino-int8", d / "cal.npz", tmp_path, Thresholds(top1=1.0), options,
+                validation=d / "held.npz")  # fmt: skip
+    mixed = r.mixed_precision
+    assert r.ok and not r.passed and r.failed_metrics and r.error is None
+    assert mixed["stopped"] == "budget" and len(mixed["steps"]) == 1 and mixed["best_top1"] < 1.0
+    assert any("search stopped (budget)" in f and "layer(s) tried" in f for f in r.fixes), r.fixes

@@ -33,21 +33,31 @@ def test_a_serving_version_is_refused_on_the_second_death_and_the_one_before_ser
     assert "Segmentation fault" in deaths[0].cause and "(backend onnxruntime)" in deaths[0].cause
     assert "onnxruntime/capi/onnxruntime_inference_collection.py run" in deaths[0].cause
 
-    deaths = CrashGuard(tmp_path).recover(store, window_s=60)  # second restart: refused
+    assert CrashGuard(tmp_path).recover(store, window_s=60) == []  # killed (no fatal error recorded): not counted
+    (tmp_path / "crash.log").write_text(FAULT.replace("Segmentation fault", "Aborted"))
+    deaths = CrashGuard(tmp_path).recover(store, window_s=60)  # the second native crash: refused
     assert deaths[0].mark.deaths == MAX_DEATHS == 2
     assert store.records["m"].serving.version == "1"
     refusal = store.rejection("m", "b" * 64)
     assert refusal.code == "crashed" and refusal.attempt == 7 and "(2 times)" in refusal.reason
-    assert "no fatal error was recorded" in refusal.reason  # the log was read once, by the first restart
+    assert "Aborted" in refusal.reason  # the log was read once per death
     assert CrashGuard(tmp_path).recover(store, window_s=60) == []  # nothing left on trial
 
 
 def test_a_death_while_loading_from_disk_refuses_at_once(tmp_path):
     store = store_with_two_versions(tmp_path)
     CrashGuard(tmp_path).begin("m", "b" * 64, "2", 0, "restoring")
+    (tmp_path / "crash.log").write_text(FAULT)
     (deaths,) = CrashGuard(tmp_path).recover(store, window_s=60)
     assert deaths.mark.phase == "restoring" and store.records["m"].serving.version == "1"
     assert "while loading it at start" in store.rejection("m", "b" * 64).reason
+
+
+def test_a_kill_while_loading_is_nobodys_fault(tmp_path):
+    store = store_with_two_versions(tmp_path)
+    CrashGuard(tmp_path).begin("m", "b" * 64, "2", 0, "loading")  # then SIGKILL: faulthandler writes nothing
+    assert CrashGuard(tmp_path).recover(store, window_s=60) == []
+    assert store.rejection("m", "b" * 64) is None and store.records["m"].serving.version == "2"
 
 
 def test_a_mark_ended_or_expired_costs_nothing(tmp_path):
