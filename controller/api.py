@@ -20,6 +20,7 @@ from controller.guard import JsonBodyLimit, RequestGuard, default_allowed_hosts
 from controller.optimizer import Optimizer
 from controller.registry import MAX_UPLOAD_BYTES, Registry
 from controller.routes import all_routers
+from controller.routes.artifacts import router as artifacts_router
 from controller.routes.docs import router as docs_router
 from controller.state import AppState
 from protocol import MAX_SAMPLES_BYTES
@@ -80,4 +81,5 @@ def create_app(
     for router in all_routers(state):
         app.include_router(router)
     app.include_router(docs_router(app.title))
+    app.include_router(artifacts_router(state))  # open to devices: the sha256 is the capability (auth.py)
     return app

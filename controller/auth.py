@@ -11,6 +11,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from controller.errors import STATUS, error_body
 
 OPEN_PATHS = frozenset({"/api/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/"})
+# devices fetch artifacts by sha256, without a token (controller/routes/artifacts.py)
+OPEN_PREFIXES = ("/static/", "/api/v1/artifacts/")
 MISSING = (
     "this controller requires an API token: send the header 'Authorization: Bearer TOKEN' "
     "(edgectl: --token or EDGECTL_TOKEN)"
@@ -21,7 +23,7 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 class TokenAuth:
-    """ASGI middleware: every path but OPEN_PATHS and /static/ needs `Authorization: Bearer TOKEN`; with the
+    """ASGI middleware: every path but OPEN_PATHS and OPEN_PREFIXES needs `Authorization: Bearer TOKEN`; with the
     read-only token, GET and HEAD only."""
 
     def __init__(self, app: ASGIApp, token: str | None, read_token: str | None = None) -> None:
@@ -30,7 +32,7 @@ class TokenAuth:
         self.read_token = read_token.encode() if read_token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith("/static/"):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")

@@ -73,6 +73,28 @@ def serve(
             "users (anonymous clients are refused)."
         ),
     ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            help="How devices reach this controller's HTTP API, e.g. https://fleet.example.com (behind a proxy); "
+            "they download models from its /api/v1/artifacts/SHA256. Default: http://HOST:PORT of --http, unless "
+            "that binds 0.0.0.0 or :: (then models travel over MQTT unless this or --artifact-base-url is given)."
+        ),
+    ] = None,
+    artifact_base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Devices download models from BASE/SHA256 instead (any static HTTP server or S3-compatible "
+            "bucket holding the controller's artifacts/objects/*/* files flat, named by sha256)."
+        ),
+    ] = None,
+    fetch_rate: Annotated[
+        float,
+        typer.Option(
+            help="HTTP downloads a fleet push starts per second, on average: each device waits a random "
+            "0..(fleet size / rate) seconds first (0: no wait)."
+        ),
+    ] = 50.0,
 ) -> None:
     """Run the controller until interrupted."""
     import os
@@ -87,6 +109,10 @@ def serve(
         if read_token_file
         else os.environ.get("EDGE_CONTROLLER_READ_TOKEN") or None
     )
+    for option, url in (("--public-url", public_url), ("--artifact-base-url", artifact_base_url)):
+        if url is not None and not url.startswith(("http://", "https://")):
+            typer.echo(f"edge-controller: {option} {url!r}: expected an http:// or https:// URL", err=True)
+            raise typer.Exit(2)
     settings = ControllerSettings(
         data_dir=data_dir,
         broker=broker,
@@ -100,6 +126,9 @@ def serve(
         allowed_hosts=tuple(allowed_host or ()),
         broker_password_file=broker_password_file,
         broker_users_file=broker_users_file,
+        public_url=public_url or _default_public_url(http),
+        artifact_base_url=artifact_base_url,
+        fetch_rate=fetch_rate,
     )
     from controller.settings_check import SettingError, check_settings, describe_start_error, first_line
 
@@ -120,6 +149,12 @@ def serve(
         raise typer.Exit(1) from None
     log.info("controller API on http://%s (broker %s)", http, controller.broker_url)
     run_until_signal(controller)
+
+
+def _default_public_url(http: str) -> str | None:
+    """http://HOST:PORT of the --http bind, or None when it binds every interface (no one name reaches it)."""
+    host = http.rpartition(":")[0]
+    return None if host in ("", "0.0.0.0", "::", "[::]") else f"http://{http}"
 
 
 def _secret(path: Path, option: str) -> str:
@@ -219,7 +254,7 @@ def run_until_signal(controller) -> None:
     import signal
     import threading
 
-    from controller.service import BackgroundHttp
+    from controller.service import BackgroundHttp, tune_gc
     from daemon.systemd_notify import Notifier
 
     notifier = Notifier()
@@ -227,6 +262,7 @@ def run_until_signal(controller) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     http = BackgroundHttp(controller)
+    tune_gc()
     try:
         notifier.ready(f"serving HTTP on {http.url}; broker {controller.broker_url}")
         interval = notifier.watchdog_interval or 5.0

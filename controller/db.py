@@ -10,11 +10,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from controller.migrate import upgrade
 from controller.schema import (
     deployment_variants,
     deployments,
     devices,
-    metadata,
     models,
     variants,
 )
@@ -70,7 +70,18 @@ class VariantRow:
         return dict(self.__dict__)
 
 
-def make_engine(url: str) -> Engine:
+def upsert(engine: Engine, table: sa.Table, keys: list[str], row: dict[str, Any], update: dict[str, Any]):
+    """INSERT `row`, or UPDATE the `update` columns of the row with the same `keys` (one statement, no race)."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=update)
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=update)
+
+
+def make_engine(url: str, pre_ping: bool = True) -> Engine:
     """An engine for the URL; SQLite gets WAL and a busy timeout so API and MQTT threads share it."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
@@ -86,7 +97,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=pre_ping)
 
 
 class Database(TelemetryTables):
@@ -95,10 +106,12 @@ class Database(TelemetryTables):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        upgrade(self.engine)  # Alembic migrations, once even when replicas start together (controller/migrate.py)
+        self.writer = self.engine if url.startswith("sqlite") else make_engine(url, pre_ping=False)
 
     def close(self) -> None:
         self.engine.dispose()
+        self.writer.dispose()
 
     # -- models --------------------------------------------------------------------------------------------------
 
@@ -185,34 +198,27 @@ class Database(TelemetryTables):
     def record_presence(
         self, device_id: str, online: bool, hardware: dict, agent_version: str, api_url: str | None
     ) -> None:
+        """One upsert: replicas handling two presence messages of a new device at once both succeed."""
         now = time.time()
         values: dict[str, Any] = {"online": online, "last_seen": now}
         if online:
             values.update(hardware=hardware, agent_version=agent_version, api_url=api_url)
+        row = {
+            "id": device_id, "state": [], "generation": 0, "first_seen": now, "hardware": hardware,
+            "agent_version": agent_version, "api_url": api_url, **values,
+        }  # fmt: skip
         with self.engine.begin() as conn:
-            updated = conn.execute(devices.update().where(devices.c.id == device_id).values(**values)).rowcount
-            if not updated:
-                conn.execute(
-                    devices.insert().values(
-                        id=device_id,
-                        state=[],
-                        generation=0,
-                        first_seen=now,
-                        hardware=hardware,
-                        agent_version=agent_version,
-                        api_url=api_url,
-                        **{k: v for k, v in values.items() if k not in ("hardware", "agent_version", "api_url")},
-                    )
-                )
+            conn.execute(upsert(self.engine, devices, ["id"], row, values))
 
-    def record_state(self, device_id: str, models_state: list[dict]) -> bool:
-        """Store a device's reported model states; False when the device is unknown."""
+    def record_state(self, device_id: str, models_state: list[dict], ts: float | None = None) -> bool:
+        """Store a device's reported model states; False when the device is unknown or a newer state (by the
+        message's `ts`) is already stored: two replicas may handle one device's messages out of order."""
+        fresh = devices.c.id == device_id
+        if ts is not None:
+            fresh &= devices.c.state_ts.is_(None) | (devices.c.state_ts <= ts)
         with self.engine.begin() as conn:
-            result = conn.execute(
-                devices.update()
-                .where(devices.c.id == device_id)
-                .values(state=models_state, last_seen=time.time(), online=True)
-            )
+            values = {"state": models_state, "state_ts": ts, "last_seen": time.time(), "online": True}
+            result = conn.execute(devices.update().where(fresh).values(**values))
         return bool(result.rowcount)
 
     def mark_all_offline(self) -> None:

@@ -44,6 +44,7 @@ STATUS: dict[str, int] = {
     "no_converters": 501,
     "device_offline": 503,
     "devices_busy": 503,
+    "schema_error": 503,  # the database cannot be brought to this controller's schema (raised at start)
     "device_unreachable": 504,
 }
 

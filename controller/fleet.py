@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -17,8 +16,10 @@ from controller import __version__
 from controller.artifacts import ArtifactStore
 from controller.db import Database
 from controller.fair_queue import FairQueue
+from controller.fleet_replicas import ReplicaDuties
 from controller.liveness import LastSeen
-from controller.telemetry import TelemetryIngest
+from controller.replication import Replication
+from controller.telemetry import Done, TelemetryIngest
 from controller.telemetry_mqtt import TelemetrySubscriber
 from protocol import (
     QOS,
@@ -65,7 +66,7 @@ MAX_PENDING_CALLS = 256  # device calls awaited at once (each costs a future, no
 DEFAULT_FETCH_RATE = 50.0  # HTTP downloads a fleet push starts per second, on average (see fetch_spread)
 
 
-class Fleet:
+class Fleet(ReplicaDuties):
     def __init__(
         self,
         db: Database,
@@ -79,6 +80,7 @@ class Fleet:
         signer: Signer | None = None,
         artifact_base: str | None = None,
         fetch_rate: float = DEFAULT_FETCH_RATE,
+        replica_id: str | None = None,
     ) -> None:
         self.db = db
         self.signer = signer
@@ -88,6 +90,14 @@ class Fleet:
         self.last_seen = LastSeen(db.engine)  # any message from a device refreshes its last seen
         self.artifacts = artifacts
         self.topics = Topics(prefix)
+        # replicas (PostgreSQL): state, artifact requests and telemetry through shared subscriptions, each message to
+        # one replica; presence and RPC answers to every replica (controller/replication.py)
+        self.replication = Replication(db.engine, self.topics.root, replica_id)
+        self.replication.on_leader, self.replication.adopt = self._take_over, self._adopt
+        self.replication.on_renamed = self._renamed
+        self.telemetry.is_leader = self.replication.is_leader
+        shared = self.replication.shared
+        self._stopping = False
         self._calls: dict[str, Future[RpcResponse]] = {}
         self._pending_calls = threading.BoundedSemaphore(MAX_PENDING_CALLS)
         self._chunk_requests: FairQueue[ArtifactRequest] = FairQueue()
@@ -99,10 +109,11 @@ class Fleet:
             f"edge-controller-{uuid.uuid4().hex[:8]}",
             subscriptions=[
                 (self.topics.all_devices("presence"), QOS["presence"]),
-                (self.topics.all_devices("state"), QOS["state"]),
-                (self.topics.all_devices("artifact/request"), QOS["artifact/request"]),
+                (shared(self.topics.all_devices("state")), QOS["state"]),
+                (shared(self.topics.all_devices("artifact/request")), QOS["artifact/request"]),
                 (self.topics.all_devices("rpc/response"), QOS["rpc/response"]),
-            ],
+            ]
+            + ([(self.topics.controller_presence, 1)] if self.replication.enabled else []),
             on_message=self._on_message,
             on_connected=self._on_connected,
             will=Will(self.topics.controller_presence, offline),
@@ -113,11 +124,12 @@ class Fleet:
         # lost for real, the link says so (_telemetry_lost) and says online again once it has resubscribed.
         self.telemetry_link = TelemetrySubscriber(
             self.link.address,
-            f"{self.link.client_id}-telemetry",
-            self.topics.all_devices("telemetry"),
+            self.replication.session_id() if self.replication.enabled else f"{self.link.client_id}-telemetry",
+            shared(self.topics.all_devices("telemetry")),
             self._on_telemetry,
             on_subscribed=self._announce,
             on_lost=self._telemetry_lost,
+            clean_session=not self.replication.enabled,  # a replica's session outlives it, for another to drain
         )
         self._workers = [
             threading.Thread(target=self._serve_chunks, name=f"chunks-{i}", daemon=True) for i in range(chunk_workers)
@@ -126,7 +138,9 @@ class Fleet:
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.db.mark_all_offline()
+        if not self.replication.enabled:  # a replica starting beside others must not mark the fleet offline
+            self.db.mark_all_offline()
+        self.replication.start()
         for device_id in self.db.deployed_devices():
             self._allowed[device_id] = self._digests(device_id)
         for w in self._workers:
@@ -136,35 +150,25 @@ class Fleet:
         self.link.start()
 
     def stop(self) -> None:
+        self._stopping = True
         offline = ControllerPresence(online=False, version=__version__).encode()
-        self.link.stop(final=(self.topics.controller_presence, offline, 1, True))
+        last = not self.replication.others_alive()  # the fleet's controller goes offline with the last replica
+        self.link.stop(final=(self.topics.controller_presence, offline, 1, True) if last else None)
         self._chunk_requests.close()
         self.telemetry_link.stop()
         self.telemetry.stop()
+        self.replication.stop()
 
     @property
     def connected(self) -> bool:
         return self.link.connected.is_set()
 
     def _on_connected(self) -> None:
-        """(Re)publish everything retained: an embedded broker starts empty after a restart."""
-        for device_id in self.db.deployed_devices():
-            self.publish_desired(device_id)
+        """(Re)publish everything retained: an embedded broker starts empty after a restart (the leader does)."""
+        if self.replication.is_leader():
+            for device_id in self.db.deployed_devices():
+                self.publish_desired(device_id)
         self._announce()
-
-    def _announce(self) -> None:
-        """Retained online presence, once both connections are up: agents send telemetry only while the controller
-        is online (else they keep it on disk), so it must not say so before the telemetry subscription is active.
-        Either connection's will takes it back to offline."""
-        if self.link.connected.is_set() and self.telemetry_link.connected.is_set():
-            online = ControllerPresence(online=True, version=__version__)
-            self.link.publish(self.topics.controller_presence, online.encode(), 1, retain=True)
-
-    def _telemetry_lost(self) -> None:
-        """The telemetry subscription is gone: agents must keep their samples on disk until it is back."""
-        if self.link.connected.is_set():
-            offline = ControllerPresence(online=False, version=__version__)
-            self.link.publish(self.topics.controller_presence, offline.encode(), 1, retain=True)
 
     # -- desired state -------------------------------------------------------------------------------------------
 
@@ -216,9 +220,10 @@ class Fleet:
         return f"{self.artifact_base}/{sha256}" if self.artifact_base else None
 
     def fetch_spread(self) -> float:
-        """The window each device's HTTP download starts in at random: the fleet's size over `fetch_rate`, in whole
-        seconds (so a desired state does not change with every device that registers)."""
-        return float(min(3600, math.ceil(len(self._allowed) / self.fetch_rate))) if self.fetch_rate > 0 else 0.0
+        """The window each device's HTTP download starts in at random: the fleet's size (devices with a deployment)
+        over `fetch_rate`, to a tenth of a second (a small fleet does not wait at all)."""
+        devices = max(1, len(self._allowed))  # the device being published may be new
+        return min(3600.0, round(devices / self.fetch_rate, 1)) if self.fetch_rate > 0 else 0.0
 
     def serves(self, sha256: str) -> bool:
         """Whether some device's desired state names the artifact (the artifact endpoint serves only those)."""
@@ -253,6 +258,10 @@ class Fleet:
     # -- incoming ------------------------------------------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.controller_presence:
+            if not self._stopping:
+                self._on_controller_presence(payload)
+            return
         parsed = self.topics.parse(topic)
         if parsed is None:
             return
@@ -271,8 +280,9 @@ class Fleet:
         except ProtocolError as exc:
             log.warning("dropped %s message from %s: %s", kind, device_id, exc)
 
-    def _on_telemetry(self, batch: list[tuple[str, bytes]]) -> None:
-        """From the telemetry subscriber: (topic, payload) pairs; decoded and stored by the ingest thread."""
+    def _on_telemetry(self, batch: list[tuple[str, bytes]], done: Done | None = None) -> None:
+        """From the telemetry subscriber: (topic, payload) pairs; decoded and stored by the ingest thread, which
+        calls `done` once they are (the subscriber acknowledges them to the broker then)."""
         items = []
         for topic, payload in batch:
             parsed = self.topics.parse(topic)
@@ -280,7 +290,7 @@ class Fleet:
                 items.append((parsed[0], payload))
         if items:
             self.last_seen.saw(device_id for device_id, _ in items)
-            self.telemetry.submit_many(items)
+        self.telemetry.submit_many(items, done)
 
     def _on_presence(self, device_id: str, presence: Presence) -> None:
         if presence.device_id != device_id:
@@ -292,7 +302,7 @@ class Fleet:
     def _on_state(self, device_id: str, state: DeviceState) -> None:
         if state.device_id != device_id:
             return
-        self.db.record_state(device_id, [m.model_dump() for m in state.models])
+        self.db.record_state(device_id, [m.model_dump() for m in state.models], state.ts)
 
     def _queue_chunk(self, device_id: str, request: ArtifactRequest) -> None:
         if not self._chunk_requests.put(device_id, request) and self._chunk_requests.dropped % 1000 == 1:
@@ -317,6 +327,8 @@ class Fleet:
             return
         header = ChunkHeader(request_id=req.request_id, sha256=req.sha256, offset=req.offset, length=0, total=0)
         data = b""
+        if req.sha256 not in self._allowed.get(device_id, set()) and self.replication.enabled:
+            self._allowed[device_id] = self._digests(device_id)  # deployed through another replica
         if req.sha256 not in self._allowed.get(device_id, set()) or not self.artifacts.has(req.sha256):
             header.error = Problem(
                 code="not_deployed", message=f"artifact {req.sha256[:12]}… is not deployed to device {device_id}"

@@ -31,6 +31,9 @@ devices = sa.Table(
     sa.Column("generation", sa.Integer, nullable=False, default=0),
     sa.Column("first_seen", sa.Float, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
+    # the `ts` of the state message stored: with replicas two state messages of one device may be handled at once,
+    # and an older one must not overwrite a newer (migration 0002)
+    sa.Column("state_ts", sa.Float),
 )
 
 deployments = sa.Table(
@@ -108,4 +111,15 @@ telemetry_quarantine = sa.Table(
     sa.Column("received_at", sa.Float, nullable=False, index=True),
     sa.Column("reason", sa.String(512), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
+)
+
+# Work that one controller replica must do at a time (publishing desired states, retention), and each replica's
+# membership (`replica:<id>`): a row is held while `expires_at` (the database's clock, epoch seconds) is ahead; the
+# holder renews it every few seconds, and another replica takes it once it has lapsed (controller/leases.py).
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
 )

@@ -39,18 +39,26 @@ class TelemetryBudget:
 
     def allow(self, device_id: str, size: int, now: float) -> bool:
         with self._lock:
-            bucket = self._buckets.get(device_id)
-            if bucket is None:
-                if len(self._buckets) >= MAX_TRACKED:
-                    oldest = min(self._buckets, key=lambda d: self._buckets[d].at)
-                    del self._buckets[oldest]
-                bucket = self._buckets[device_id] = _Bucket(self.burst, self.byte_burst, now)
-            elapsed = max(0.0, now - bucket.at)
-            bucket.at = now
-            bucket.messages = min(self.burst, bucket.messages + elapsed * self.rate)
-            bucket.bytes = min(self.byte_burst, bucket.bytes + elapsed * self.byte_rate)
-            if bucket.messages < 1 or bucket.bytes < size:
-                return False
-            bucket.messages -= 1
-            bucket.bytes -= size
-            return True
+            return self._allow(device_id, size, now)
+
+    def allow_many(self, messages: list[tuple[str, int]], now: float) -> list[bool]:
+        """allow() for each (device, size), under one lock."""
+        with self._lock:
+            return [self._allow(device_id, size, now) for device_id, size in messages]
+
+    def _allow(self, device_id: str, size: int, now: float) -> bool:
+        bucket = self._buckets.get(device_id)
+        if bucket is None:
+            if len(self._buckets) >= MAX_TRACKED:
+                oldest = min(self._buckets, key=lambda d: self._buckets[d].at)
+                del self._buckets[oldest]
+            bucket = self._buckets[device_id] = _Bucket(self.burst, self.byte_burst, now)
+        elapsed = max(0.0, now - bucket.at)
+        bucket.at = now
+        bucket.messages = min(self.burst, bucket.messages + elapsed * self.rate)
+        bucket.bytes = min(self.byte_burst, bucket.bytes + elapsed * self.byte_rate)
+        if bucket.messages < 1 or bucket.bytes < size:
+            return False
+        bucket.messages -= 1
+        bucket.bytes -= size
+        return True

@@ -7,6 +7,12 @@ their PUBACKs in one send. Clean session, keepalive pings, reconnect with jitter
 subscribed); TLS and username from the broker URL. A PUBLISH over MAX_PACKET is acknowledged and skipped as it
 streams in, never buffered and never a reason to drop the session. This connection carries no will: the controller's
 MqttLink owns its presence. Everything else the controller says and hears still goes through its MqttLink.
+
+PUBACKs go out when the batch's `done(True)` is called: the ingest calls it once the batch is committed, so a
+controller killed with samples in memory has not acknowledged them. With `clean_session=False` (replicas) the broker
+keeps the session, and redelivers what was not acknowledged to whoever resumes it: the replica itself after a
+restart, or another replica draining it (`drain`). `done(False)` (the database refused the batch) drops the
+connection, so the broker redelivers the batch after the reconnect instead of the controller losing it.
 """
 
 from __future__ import annotations
@@ -23,10 +29,17 @@ from collections.abc import Callable
 
 from protocol.link import BrokerAddress
 
+Done = Callable[[bool], None]
+
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 << 10
 MAX_PACKET = 2 << 20
+# After a read that brought few messages, wait this long before the next: the broker's next messages arrive meanwhile
+# and are read, handed over and acknowledged together (per read, the thread hand-offs and system calls cost more than
+# parsing); it bounds how much later a sample is stored, not how many per second.
+GATHER_S = 0.02
+GATHER_BELOW = 64  # messages per read
 
 
 def _string(value: str) -> bytes:
@@ -48,20 +61,22 @@ def _packet(first: int, body: bytes) -> bytes:
 
 
 class TelemetrySubscriber:
-    """Subscribes to `topic_filter` at QoS 1 and calls on_batch([(topic, payload), ...]) from its own thread."""
+    """Subscribes to `topic_filter` at QoS 1 and calls on_batch([(topic, payload), ...], done) from its own thread;
+    done(True) acknowledges the batch (from any thread, once)."""
 
     def __init__(
         self,
         address: BrokerAddress,
         client_id: str,
         topic_filter: str,
-        on_batch: Callable[[list[tuple[str, bytes]]], None],
+        on_batch: Callable[[list[tuple[str, bytes]], Done], None],
         *,
         keepalive: int = 30,
         max_backoff: float = 30.0,
         will: tuple[str, bytes] | None = None,
         on_subscribed: Callable[[], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        clean_session: bool = True,
     ) -> None:
         self.address = address
         self.client_id = client_id
@@ -72,6 +87,7 @@ class TelemetrySubscriber:
         self.will = will  # (topic, payload): retained, QoS 1, published by the broker if this connection dies
         self.on_subscribed = on_subscribed
         self.on_lost = on_lost  # called when an active subscription is lost
+        self.clean_session = clean_session  # False: the broker keeps the session (and unacknowledged messages)
         self.connected = threading.Event()
         self.last_error: str | None = None
         self.initial_delay = (0.5, 1.5)
@@ -81,10 +97,20 @@ class TelemetrySubscriber:
         self._subscribed = False
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()  # PUBACKs come from the ingest's thread, pings from this one
+        self._draining = False
+        self._pending = 0  # batches handed over and not yet done (drain waits for them)
         self._thread = threading.Thread(target=self._run, name="telemetry-mqtt", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def reconnect(self) -> None:
+        """End the current connection; the reader connects again (with the current client id)."""
+        with self._send_lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
         self._stop.set()
@@ -134,7 +160,7 @@ class TelemetrySubscriber:
         if self.address.tls:
             context = ssl.create_default_context()
             sock = context.wrap_socket(sock, server_hostname=self.address.host)
-        flags = 0x02  # clean session
+        flags = 0x02 if self.clean_session else 0x00
         payload = _string(self.client_id)
         if self.will:
             flags |= 0x04 | 0x08 | 0x20  # will, QoS 1, retained
@@ -149,9 +175,68 @@ class TelemetrySubscriber:
         sock.sendall(_packet(0x10, body))
         return sock
 
-    def _session(self) -> None:
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        with self._send_lock:
+            sock.sendall(data)
+
+    def _done(self, sock: socket.socket, acks: list[bytes]) -> Done:
+        """The batch's completion: PUBACKs on the session that received it (a later session gets the batch again
+        from the broker and acknowledges that copy), or, when it was not stored, the end of the connection."""
+        with self._send_lock:
+            self._pending += 1
+
+        def done(ok: bool) -> None:
+            with self._send_lock:
+                self._pending -= 1
+                if self._sock is not sock:
+                    return
+                try:
+                    if ok:
+                        if acks:
+                            sock.sendall(b"".join(acks))
+                    else:
+                        log.warning("telemetry batch not stored; reconnecting so the broker delivers it again")
+                        sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # the reader sees the connection end and reconnects
+
+        return done
+
+    def drain(self, idle_s: float = 1.0, timeout: float = 60.0) -> int:
+        """Resume this client id's persistent session (a dead replica's), unsubscribe it, take every message the
+        broker still holds for it (redelivered in-flight ones and the queued ones) until none arrived for `idle_s`
+        and all were stored, then end the session for good; the number of messages taken. Runs in this thread."""
+        self._draining = True
+        self.keepalive = max(2, int(idle_s * 2))
+        taken = [0]
+        on_batch = self.on_batch
+
+        def counting(batch: list[tuple[str, bytes]], done: Done) -> None:
+            taken[0] += len(batch)
+            on_batch(batch, done)
+
+        self.on_batch = counting
+        deadline = time.monotonic() + timeout
+        try:
+            self._session(idle_s=idle_s, deadline=deadline)
+        finally:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+        self.clean_session = True  # a clean connect discards the session and its subscription
+        sock = self._connect()
+        try:
+            sock.settimeout(5)
+            sock.recv(4)
+            sock.sendall(b"\xe0\x00")
+        finally:
+            sock.close()
+        return taken[0]
+
+    def _session(self, idle_s: float | None = None, deadline: float | None = None) -> None:
         sock = self._sock = self._connect()
-        sock.settimeout(max(1.0, self.keepalive / 2))
+        sock.settimeout(0.2 if idle_s else max(1.0, self.keepalive / 2))
+        last_message = time.monotonic()
         buffer = bytearray()
         subscribed = False
         skip = 0  # bytes still to come of an oversized PUBLISH being skipped
@@ -161,6 +246,13 @@ class TelemetrySubscriber:
                 data = sock.recv(RECV_BYTES)
             except TimeoutError:  # no traffic for a while: time for a keepalive ping
                 data = None
+            if idle_s is not None:
+                now = time.monotonic()
+                if subscribed and now - last_message >= idle_s and not self._pending:
+                    self._send(sock, b"\xe0\x00")  # DISCONNECT: the session stays, without its subscription
+                    return
+                if deadline is not None and now > deadline:
+                    raise TimeoutError("draining the telemetry session took too long")
             if data == b"":
                 raise ConnectionError("the broker closed the connection")
             if data:
@@ -171,7 +263,7 @@ class TelemetrySubscriber:
                 buffer += data
             now = time.monotonic()
             if now - last_sent >= self.keepalive / 2:
-                sock.sendall(b"\xc0\x00")  # PINGREQ
+                self._send(sock, b"\xc0\x00")  # PINGREQ
                 last_sent = now
             oversized: list[int] = []
             messages, acks, control = self._parse(buffer, oversized)
@@ -183,8 +275,13 @@ class TelemetrySubscriber:
                 if kind == 0x20:  # CONNACK
                     if len(body) < 2 or body[1] != 0:
                         raise ConnectionError(f"the broker refused the connection (CONNACK code {body[1:2].hex()})")
-                    sock.sendall(_packet(0x82, struct.pack(">H", 1) + _string(self.topic_filter) + b"\x01"))
+                    if self._draining:  # stop the session's share of new messages; keep what it holds
+                        self._send(sock, _packet(0xA2, struct.pack(">H", 1) + _string(self.topic_filter)))
+                    else:
+                        self._send(sock, _packet(0x82, struct.pack(">H", 1) + _string(self.topic_filter) + b"\x01"))
                     last_sent = now
+                elif kind == 0xB0 and self._draining:  # UNSUBACK
+                    subscribed = True
                 elif kind == 0x90 and not subscribed:  # SUBACK
                     if body[2:3] == b"\x80":
                         raise ConnectionError(f"the broker refused the subscription to {self.topic_filter}")
@@ -199,9 +296,13 @@ class TelemetrySubscriber:
                         except Exception:
                             log.exception("on_subscribed handler failed")
             if messages:
-                self.on_batch(messages)  # stored (or queued for the writer) before the broker hears PUBACK
+                last_message = now
+                self.on_batch(messages, self._done(sock, acks))  # PUBACKs once the batch is stored
+                if len(messages) < GATHER_BELOW and idle_s is None:
+                    time.sleep(GATHER_S)
+            elif acks:  # oversized packets only
+                self._send(sock, b"".join(acks))
             if acks:
-                sock.sendall(b"".join(acks))
                 last_sent = now
 
     @staticmethod

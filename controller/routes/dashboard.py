@@ -24,7 +24,16 @@ def router(state: AppState) -> APIRouter:
     @router.get("/api/v1/health")
     async def health() -> dict[str, Any]:
         """Answered on the event loop: never queued behind worker threads, never waiting on a device."""
-        return {"ok": True, "version": __version__, "broker_connected": state.fleet.connected, "time": time.time()}
+        replication = state.fleet.replication
+        return {
+            "ok": True,
+            "version": __version__,
+            "broker_connected": state.fleet.connected,
+            "telemetry_subscribed": state.fleet.telemetry_link.connected.is_set(),
+            "replica": replication.replica_id if replication.enabled else None,  # one of several (PostgreSQL)
+            "leader": replication.is_leader(),  # does the work done once: desired states on connect, retention
+            "time": time.time(),
+        }
 
     @router.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
