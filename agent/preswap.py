@@ -3,7 +3,6 @@ version beyond the budget, judged beside it on copies of live requests (agent.sh
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -11,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from agent.shadow import Mirror, Pairs, run_pair, shadow
 from protocol import Shadow
-from protocol.compat import zip_strict
 from protocol.errors import EdgeError
 from targets.agreement import nonfinite
 from targets.timing import percentile_ms
@@ -100,12 +98,12 @@ def _report(serving: LoadedModel, pairs: Pairs, source: str, max_pct: float) -> 
     """The figures of one pass, with its verdict: "passed" or the regression in one line."""
     if not len(pairs):
         return Shadow(against=serving.version, inputs=source, pairs=0, verdict="passed")
-    new_p50, old_p50 = statistics.median(pairs.new_ms), statistics.median(pairs.old_ms)
+    new_p50, old_p50 = pairs.medians()
     new_p95, old_p95 = (
         percentile_ms([t / 1000 for t in pairs.new_ms], 95),
         percentile_ms([t / 1000 for t in pairs.old_ms], 95),
     )
-    ratio = statistics.median(n / o for n, o in zip_strict(pairs.new_ms, pairs.old_ms) if o > 0)
+    ratio = pairs.ratio()
     verdict = "passed"
     where = "the same live requests" if source == "live" else "the model's samples, turn about"
     if max_pct and ratio > 1 + max_pct / 100 and new_p50 - old_p50 > MIN_REGRESSION_MS:

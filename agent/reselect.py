@@ -6,7 +6,6 @@ when it agrees with the serving one and is faster, timed beside it on the same i
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,7 +18,6 @@ from agent.serving import LoadedModel, ModelTable
 from agent.shadow import Pairs, run_pair
 from agent.status_board import StatusBoard
 from agent.store import ModelStore
-from protocol.compat import zip_strict
 from protocol.errors import EdgeError
 from targets.inputs import SampleError
 
@@ -129,8 +127,8 @@ class Reselector:
         if pairs.problem or not len(pairs) or pairs.agreed < len(pairs):
             why = pairs.problem or pairs.difference or "no input ran on both"
             return self._note(model, field, f"kept {model.backend.label}: {fresh.backend.label} {what}: {why}")
-        ratio = statistics.median(n / o for n, o in zip_strict(pairs.new_ms, pairs.old_ms) if o > 0)
-        figures = f"p50 {statistics.median(pairs.new_ms):.3g} vs {statistics.median(pairs.old_ms):.3g} ms"
+        ratio, (new_p50, old_p50) = pairs.ratio(), pairs.medians()
+        figures = f"p50 {new_p50:.3g} vs {old_p50:.3g} ms"
         if fresh.backend.label == model.backend.label or ratio > 1 - FASTER_BY:
             return self._note(model, field, f"kept {model.backend.label} {what} ({fresh.backend.label}: {figures})")
         outcome = f"switched to {fresh.backend.label} {what} ({figures})"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import random
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from protocol.compat import zip_strict
 from targets.agreement import disagreement, nonfinite
 from targets.base import BackendError
 
@@ -61,6 +63,14 @@ class Pairs:
 
     def __len__(self) -> int:
         return len(self.new_ms)
+
+    def medians(self) -> tuple[float, float]:
+        """p50 of the new version's and the serving version's milliseconds."""
+        return statistics.median(self.new_ms), statistics.median(self.old_ms)
+
+    def ratio(self) -> float:
+        """The median of the paired ratios new/old: how much slower the new version is on the same inputs."""
+        return statistics.median(n / o for n, o in zip_strict(self.new_ms, self.old_ms) if o > 0)
 
 
 def run_pair(new: LoadedModel, old: LoadedModel, inputs: Inputs, new_first: bool, pairs: Pairs) -> None:

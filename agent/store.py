@@ -72,6 +72,7 @@ class ModelRecord:
 
 
 def fsync_dir(path: Path) -> None:
+    """Make a rename in this directory durable (POSIX: the directory entry is data of the directory)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

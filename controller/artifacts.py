@@ -10,6 +10,7 @@ import re
 import uuid
 from pathlib import Path
 
+from agent.store import fsync_dir
 from protocol import ZSTD_LEVEL, Encoding, Transfer, worth_compressing
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,3 @@ def intact(path: Path, sha256: str, size: int) -> bool:
 def fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in this directory durable (POSIX: the directory entry is data of the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
