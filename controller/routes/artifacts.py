@@ -20,6 +20,7 @@ from controller.state import AppState
 
 DEFAULT_MAX_STREAMS = 64  # artifact responses in flight at once; more are answered 503 with a Retry-After
 RETRY_AFTER_S = (2, 10)  # the Retry-After of a 503, drawn at random: the waiting devices come back spread out
+ARTIFACT_PATH = "/api/v1/artifacts/{sha256}"
 CHUNK_BYTES = 1 << 20  # Starlette's FileResponse reads 64 KiB at a time; fewer, larger reads serve faster
 
 
@@ -63,7 +64,7 @@ def router(state: AppState, max_streams: int = DEFAULT_MAX_STREAMS) -> APIRouter
     router = APIRouter()
     streams = Streams(max_streams)
 
-    @router.api_route("/api/v1/artifacts/{sha256}", methods=["GET", "HEAD"], response_model=None)
+    @router.get(ARTIFACT_PATH, response_model=None)
     def artifact(sha256: str, request: Request) -> Response:
         """The raw bytes of an artifact some device is to fetch: Range and If-Range (ETag: the quoted sha256), HEAD;
         503 with Retry-After while too many downloads run at once."""
@@ -79,6 +80,8 @@ def router(state: AppState, max_streams: int = DEFAULT_MAX_STREAMS) -> APIRouter
         headers = {"etag": f'"{sha256}"', "cache-control": "public, max-age=31536000, immutable"}
         return ArtifactFile(streams, path, headers=headers, media_type="application/octet-stream")
 
+    # HEAD as its own operation: one route with both methods gives OpenAPI two operations with one id
+    router.add_api_route(ARTIFACT_PATH, artifact, methods=["HEAD"], response_model=None, operation_id="artifact_head")
     return router
 
 
