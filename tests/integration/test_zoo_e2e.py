@@ -144,7 +144,9 @@ def test_zoo_model_serves_what_its_own_runtime_answers(fleet, pushed, model, mod
     assert entry["state"] == "serving", entry.get("reason")
     selection = entry["selection"]
     assert selection["reference"] == {"onnx": "onnxruntime:cpu", "tflite": "litert"}[model.format]
-    assert selection["precision"] == "full"  # reduced precision competes only on samples, and must agree there
+    # reduced precision competes only on samples, and must agree there: where it wins (faster on this machine's
+    # AVX-512 BF16 at that moment), its answers are held to the same tolerance below
+    assert selection["precision"] == "full" if mode == "bare" else selection["precision"] in ("full", "bf16", "fp16")
     assert (mode == "samples") == selection["inputs"].startswith("1 sample")
     inputs = model.inputs()
     want = native.native_outputs(fetch.model_path(model), model.format, inputs)
