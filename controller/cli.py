@@ -88,6 +88,26 @@ def serve(
             "bucket holding the controller's artifacts/objects/*/* files flat, named by sha256)."
         ),
     ] = None,
+    artifact_s3: Annotated[
+        str | None,
+        typer.Option(
+            help="s3://BUCKET/PREFIX: the controller puts each deployed artifact there (PREFIX/SHA256) and devices "
+            "download it with presigned URLs (needs boto3; credentials and region from boto3's usual chain: "
+            "AWS_* variables, ~/.aws, an instance role). When the bucket fails, devices use the controller's "
+            "endpoint (--public-url) or MQTT. Not with --artifact-base-url."
+        ),
+    ] = None,
+    s3_endpoint_url: Annotated[
+        str | None,
+        typer.Option(help="With --artifact-s3: an S3-compatible store's URL (MinIO, Ceph, R2); default AWS."),
+    ] = None,
+    artifact_url_expiry: Annotated[
+        int | None,
+        typer.Option(
+            help="With --artifact-s3: seconds a presigned URL stays valid (default 604800: 7 days, the most "
+            "SigV4 allows); a device offline longer gets 403 and downloads over MQTT."
+        ),
+    ] = None,
     fetch_rate: Annotated[
         float,
         typer.Option(
@@ -113,6 +133,13 @@ def serve(
         if url is not None and not url.startswith(("http://", "https://")):
             typer.echo(f"edge-controller: {option} {url!r}: expected an http:// or https:// URL", err=True)
             raise typer.Exit(2)
+    from controller.s3_artifacts import S3ConfigError, check_s3_settings
+
+    try:
+        check_s3_settings(artifact_s3, s3_endpoint_url, artifact_url_expiry, artifact_base_url)
+    except S3ConfigError as exc:
+        typer.echo(f"edge-controller: {exc}", err=True)
+        raise typer.Exit(2) from None
     settings = ControllerSettings(
         data_dir=data_dir,
         broker=broker,
@@ -128,6 +155,9 @@ def serve(
         broker_users_file=broker_users_file,
         public_url=public_url or _default_public_url(http),
         artifact_base_url=artifact_base_url,
+        artifact_s3=artifact_s3,
+        s3_endpoint_url=s3_endpoint_url,
+        artifact_url_expiry_s=artifact_url_expiry,
         fetch_rate=fetch_rate,
     )
     from controller.settings_check import SettingError, check_settings, describe_start_error, first_line

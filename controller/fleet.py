@@ -19,6 +19,7 @@ from controller.fair_queue import FairQueue
 from controller.fleet_replicas import ReplicaDuties
 from controller.liveness import LastSeen
 from controller.replication import Replication
+from controller.s3_artifacts import S3Artifacts
 from controller.telemetry import Done, TelemetryIngest
 from controller.telemetry_mqtt import TelemetrySubscriber
 from protocol import (
@@ -81,9 +82,11 @@ class Fleet(ReplicaDuties):
         artifact_base: str | None = None,
         fetch_rate: float = DEFAULT_FETCH_RATE,
         replica_id: str | None = None,
+        s3: S3Artifacts | None = None,
     ) -> None:
         self.db = db
         self.signer = signer
+        self.s3 = s3  # artifacts in a bucket, fetched with presigned URLs (artifact_base is then the fallback)
         self.artifact_base = artifact_base.rstrip("/") if artifact_base else None  # {base}/{sha256}; None: MQTT only
         self.fetch_rate = fetch_rate  # HTTP downloads started per second across the fleet, on average
         self.telemetry = telemetry or TelemetryIngest(db)
@@ -143,6 +146,8 @@ class Fleet(ReplicaDuties):
         self.replication.start()
         for device_id in self.db.deployed_devices():
             self._allowed[device_id] = self._digests(device_id)
+        if self.s3 is not None:  # uploads, if any, here: not on the MQTT thread that republishes on connect
+            self.s3.prepare(set().union(*self._allowed.values()))
         for w in self._workers:
             w.start()
         self.telemetry.start()
@@ -207,7 +212,7 @@ class Fleet(ReplicaDuties):
             input_shapes=(model.info or {}).get("input_shapes") or {},
             attempt=attempt,
             url=self.artifact_url(model.sha256),
-            fetch_spread_s=self.fetch_spread() if self.artifact_base else 0.0,
+            fetch_spread_s=self.fetch_spread() if self.artifact_base or self.s3 else 0.0,
         )
         if self.signer is not None:
             entry.signature = self.signer.sign(entry.manifest()).as_dict()
@@ -216,8 +221,10 @@ class Fleet(ReplicaDuties):
         return entry
 
     def artifact_url(self, sha256: str) -> str | None:
-        """Where a device GETs the artifact over HTTP: `{base}/{sha256}` (the controller's own endpoint by default)."""
-        return f"{self.artifact_base}/{sha256}" if self.artifact_base else None
+        """Where a device GETs the artifact over HTTP: `{base}/{sha256}` (the controller's own endpoint by default), or
+        a presigned URL of the bucket (that falling back to `{base}/{sha256}` when the bucket fails)."""
+        own = f"{self.artifact_base}/{sha256}" if self.artifact_base else None
+        return self.s3.url(sha256, own) if self.s3 is not None else own
 
     def fetch_spread(self) -> float:
         """The window each device's HTTP download starts in at random: the fleet's size (devices with a deployment)
@@ -227,6 +234,12 @@ class Fleet(ReplicaDuties):
 
     def serves(self, sha256: str) -> bool:
         """Whether some device's desired state names the artifact (the artifact endpoint serves only those)."""
+        if any(sha256 in digests for digests in list(self._allowed.values())):
+            return True
+        if not self.replication.enabled:
+            return False
+        for device_id in self.db.devices_naming(sha256):  # deployed through another replica
+            self._allowed[device_id] = self._digests(device_id)
         return any(sha256 in digests for digests in list(self._allowed.values()))
 
     def publish_desired(self, device_id: str) -> Desired:

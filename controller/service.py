@@ -14,6 +14,7 @@ from controller.broker import EmbeddedBroker, port_free
 from controller.db import Database
 from controller.fleet import Fleet
 from controller.guard import default_allowed_hosts, is_loopback
+from controller.s3_artifacts import S3Artifacts
 from controller.telemetry import DEFAULT_DRIFT_THRESHOLD, DEFAULT_RETENTION_S, TelemetryIngest
 from protocol.link import BrokerAddress, MqttProtocol
 
@@ -44,6 +45,9 @@ class ControllerSettings:
     broker_users_file: Path | None = None  # the embedded broker's password file (mosquitto_passwd): no anonymous
     public_url: str | None = None  # how devices reach this HTTP API (the CLI defaults it from --http); None: MQTT only
     artifact_base_url: str | None = None  # devices GET {base}/{sha256} there instead of from the controller
+    artifact_s3: str | None = None  # s3://BUCKET/PREFIX: artifacts put there, fetched by presigned URL
+    s3_endpoint_url: str | None = None  # an S3-compatible store (MinIO, Ceph, R2); None: AWS
+    artifact_url_expiry_s: int | None = None  # presigned URLs' lifetime (None: 7 days, SigV4's maximum)
     fetch_rate: float = 50.0  # HTTP downloads a fleet push starts per second on average (sets the random spread)
     replica_id: str | None = None  # PostgreSQL: this replica's name among several (default: host name + random)
 
@@ -116,8 +120,9 @@ class Controller:
             raise ControllerStartError("the read-only API token is empty; put a non-empty token in its file")
         self._check_exposure(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.db or f"sqlite:///{settings.data_dir / 'controller.db'}")
         self.artifacts = ArtifactStore(settings.data_dir / "artifacts")
+        s3 = S3Artifacts.from_settings(settings, self.artifacts)  # None without --artifact-s3
+        self.db = Database(settings.db or f"sqlite:///{settings.data_dir / 'controller.db'}")
         self.broker: EmbeddedBroker | None = None
         embedded_port = parse_embedded(settings.broker)
         protocol = settings.mqtt_protocol
@@ -142,8 +147,11 @@ class Controller:
             artifact_base=settings.artifact_base,
             fetch_rate=settings.fetch_rate,
             replica_id=settings.replica_id,
+            s3=s3,
         )
-        if settings.artifact_base:
+        if s3 is not None:
+            log.info(s3.describe(settings.artifact_base))
+        elif settings.artifact_base:
             log.info(
                 "devices fetch artifacts over HTTP from %s/<sha256> (MQTT when they cannot)", settings.artifact_base
             )

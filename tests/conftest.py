@@ -131,6 +131,33 @@ class ControllerHandle:
         return self.client.device(device_id)
 
 
+class SettingsController(ControllerHandle):
+    """The conftest controller, with settings of its own (public URL, artifact base URL, fetch rate, token)."""
+
+    def __init__(self, broker, data_dir: Path, prefix: str, **settings) -> None:
+        from controller.service import ControllerSettings
+
+        settings.setdefault("http", f"127.0.0.1:{free_port()}")
+        self.settings = ControllerSettings(data_dir=data_dir, broker=broker.url, topic_prefix=prefix, **settings)
+        self.bg = None
+        self.start()
+        if self.settings.token:
+            self.client = ControllerClient(self.url, token=self.settings.token)
+
+
+@pytest.fixture
+def make_controller(broker, tmp_path, prefix):
+    made: list[SettingsController] = []
+
+    def make(**settings) -> SettingsController:
+        made.append(SettingsController(broker, tmp_path / "controller", prefix, **settings))
+        return made[-1]
+
+    yield make
+    for handle in made:
+        handle.stop()
+
+
 @pytest.fixture
 def controller(broker, tmp_path, prefix) -> Iterator[ControllerHandle]:
     handle = ControllerHandle(broker, tmp_path / "controller", prefix)

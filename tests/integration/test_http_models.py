@@ -16,11 +16,10 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import ControllerHandle, free_port, wait_model_state, wait_until
+from conftest import free_port, wait_model_state, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.http_fetch import HttpDownload, HttpSettings, HttpUnavailable
-from edgectl.client import ControllerClient
 from edgectl.sample_models import mlp
 from protocol import Topics
 
@@ -144,33 +143,6 @@ def desired_message(broker, prefix: str, device_id: str) -> dict:
         client.loop_stop()
         client.disconnect()
     return got[0]
-
-
-class SettingsController(ControllerHandle):
-    """The conftest controller, with settings of its own (public URL, artifact base URL, fetch rate, token)."""
-
-    def __init__(self, broker, data_dir: Path, prefix: str, **settings) -> None:
-        from controller.service import ControllerSettings
-
-        settings.setdefault("http", f"127.0.0.1:{free_port()}")
-        self.settings = ControllerSettings(data_dir=data_dir, broker=broker.url, topic_prefix=prefix, **settings)
-        self.bg = None
-        self.start()
-        if self.settings.token:
-            self.client = ControllerClient(self.url, token=self.settings.token)
-
-
-@pytest.fixture
-def make_controller(broker, tmp_path, prefix):
-    made: list[SettingsController] = []
-
-    def make(**settings) -> SettingsController:
-        made.append(SettingsController(broker, tmp_path / "controller", prefix, **settings))
-        return made[-1]
-
-    yield make
-    for handle in made:
-        handle.stop()
 
 
 @pytest.fixture

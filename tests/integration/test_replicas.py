@@ -156,6 +156,25 @@ def test_replicas_started_together_all_come_up_and_any_answers_the_api(cluster, 
         assert [m["version"] for m in ControllerClient(replica.url).models()] == [version]
 
 
+def test_every_replica_serves_an_artifact_deployed_through_another(cluster, prefix, mlp_model):
+    """A device's HTTP download may reach any replica behind a load balancer, not only the one that deployed."""
+    replicas, port, _ = cluster
+    devices = Devices(port, prefix, count=1)
+    try:
+        client = ControllerClient(replicas[0].url)
+        wait_until(lambda: len(client.devices()) == 1, 20, "the device's presence")
+        sha = client.upload_model(mlp_model, "mlp", None)["sha256"]
+        for replica in replicas:
+            assert httpx.head(f"{replica.url}/api/v1/artifacts/{sha}").status_code == 404  # deployed nowhere yet
+        client.deploy("mlp", None, ["sim-0"])
+        for replica in replicas:
+            got = httpx.get(f"{replica.url}/api/v1/artifacts/{sha}")
+            assert got.status_code == 200 and got.content == mlp_model.read_bytes(), replica.url
+        assert httpx.head(f"{replicas[2].url}/api/v1/artifacts/{'0' * 64}").status_code == 404
+    finally:
+        devices.close()
+
+
 def test_a_replica_killed_mid_ingest_loses_no_sample_and_the_leader_is_taken_over(cluster, prefix, mlp_model):
     replicas, port, db_url = cluster
     devices = Devices(port, prefix, count=20)
