@@ -79,13 +79,22 @@ class Deployer:
         self.verifier = verifier
         self.cancel = downloads.cancel
         self._desired: queue.Queue[Desired | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._reconciling: dict | None = None  # what the desired state being reconciled now asks for
         self.thread = threading.Thread(target=self._loop, name="deploy", daemon=True)
 
     # -- the worker --------------------------------------------------------------------------------------------------
 
     def submit(self, desired: Desired) -> None:
-        self.cancel.set()  # a newer desired state supersedes a download in progress
-        self._desired.put(desired)
+        """A newer desired state supersedes the deployment in progress; the same one again (the broker delivers the
+        retained state after every reconnect) lets it carry on instead of starting it over."""
+        with self._lock:
+            if self._reconciling is not None and self._desired.empty() and _targets(desired) == self._reconciling:
+                log.info("desired state generation %d again (a reconnect): the deployment in progress carries on",
+                         desired.generation)  # fmt: skip
+                return
+            self.cancel.set()
+            self._desired.put(desired)
 
     def stop(self) -> None:
         self.cancel.set()
@@ -93,11 +102,16 @@ class Deployer:
 
     def _loop(self) -> None:
         while (desired := self._next()) is not None:
-            self.cancel.clear()
+            with self._lock:
+                self.cancel.clear()
+                self._reconciling = _targets(desired)
             try:
                 self.reconcile(desired)
             except Exception:
                 log.exception("reconcile failed")
+            finally:
+                with self._lock:
+                    self._reconciling = None
 
     def _next(self) -> Desired | None:
         """The newest desired state queued (the older ones no longer matter); None to stop."""
@@ -289,3 +303,14 @@ class Deployer:
         )  # fmt: skip
         log.info("serving %s %s from disk on %s", name, candidate.version, model.backend.label)
         return True
+
+
+# where and when the bytes come from, not what is deployed: a republished state may renew them
+_TRANSPORT: dict[str, Any] = {"url": True, "fetch_spread_s": True, "variants": {"__all__": {"url"}}, "samples": {"url"}}
+
+
+def _targets(desired: Desired) -> dict:
+    """What a desired state asks for: its generation and models, without its time, expiry, signature or the
+    models' download URLs (a controller republishing after a broker restart renews those)."""
+    exclude: dict[str, Any] = {"models": {"__all__": _TRANSPORT}}
+    return desired.model_dump(include={"generation", "models"}, exclude=exclude)

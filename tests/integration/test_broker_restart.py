@@ -53,8 +53,10 @@ class PartialWatch:
 
 
 def restart_mid_download(mosq: RestartableMosquitto, part, size: int, down_s: float = 2.0) -> int:
-    """Kill the broker once a quarter of the file is here, start it again `down_s` later; the bytes at the kill."""
-    wait_until(lambda: part.exists() and size // 4 < part.stat().st_size < size * 2 // 3, 60, "download under way")
+    """Kill the broker once a tenth of the file is here, start it again `down_s` later; the bytes at the kill."""
+    wait_until(
+        lambda: part.exists() and size // 10 < part.stat().st_size < size * 4 // 5, 60, "download under way", poll=0.005
+    )
     mosq.stop()
     at_kill = part.stat().st_size
     time.sleep(down_s)
@@ -67,7 +69,7 @@ def test_mqtt_download_resumes_after_a_broker_restart(mosquitto, start_agent, tm
     try:
         # one 16 KiB chunk in flight at a time: slow enough for the restart to land mid-download
         agent = start_agent("dev1", config="chunk_bytes = 16384\ndownload_window = 1\n", wait_online=controller)
-        model = mlp(model_dir / "mqtt-big.onnx", pad_mb=24, seed=41)
+        model = mlp(model_dir / "mqtt-big.onnx", pad_mb=40, seed=41)
         record = controller.client.upload_model(model, "big", None)
         part = agent.data_dir / "store" / "partial" / f"{record['sha256']}.part"
         watch = PartialWatch(part)

@@ -5,6 +5,7 @@ drains its session); when the leader dies another takes over and publishes the d
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
-from conftest import find_mosquitto, free_port, start_mosquitto, wait_until
+from conftest import AgentProcess, find_mosquitto, free_port, start_mosquitto, wait_model_state, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 from test_migrations import fresh_database
 
@@ -173,6 +174,46 @@ def test_every_replica_serves_an_artifact_deployed_through_another(cluster, pref
         assert httpx.head(f"{replicas[2].url}/api/v1/artifacts/{'0' * 64}").status_code == 404
     finally:
         devices.close()
+
+
+def test_a_replica_killed_mid_push_the_push_completes(cluster, prefix, tmp_path):
+    """Two real agents fetch a model in MQTT chunks (one 16 KiB chunk at a time, answered by whichever replica the
+    shared subscription picks); the leader is SIGKILLed mid-download: chunks it never answered are asked again and
+    answered by the survivors, and both devices serve the model."""
+    from edgectl.sample_models import mlp
+
+    replicas, port, _ = cluster
+    agents = []
+    for device_id in ("pa", "pb"):
+        data_dir = tmp_path / f"agent-{device_id}"
+        data_dir.mkdir()
+        config = data_dir / "agent.toml"
+        config.write_text(f'topic_prefix = "{prefix}"\nhttp_downloads = false\nchunk_bytes = 16384\n'
+                          "download_window = 1\nrequest_timeout_s = 2\n")  # fmt: skip
+        api = free_port()
+        args = ["--config", str(config), "--broker", f"mqtt://127.0.0.1:{port}", "--device-id", device_id,
+                "--data-dir", str(data_dir), "--api", f"127.0.0.1:{api}"]  # fmt: skip
+        agents.append(AgentProcess(device_id, data_dir, api, args, tmp_path / f"{device_id}.log"))
+    try:
+        for agent in agents:
+            agent.start()
+        leader = next(r for r in replicas if r.health()["leader"])
+        survivor = ControllerClient(next(r for r in replicas if r is not leader).url)
+        wait_until(lambda: len(survivor.devices()) == 2, 30, "both agents online")
+        record = survivor.upload_model(mlp(tmp_path / "push.onnx", pad_mb=24, seed=51), "pushed", None)
+        survivor.deploy("pushed", record["version"], ["pa", "pb"])
+        parts = [a.data_dir / "store" / "partial" / f"{record['sha256']}.part" for a in agents]
+        wait_until(lambda: all(p.exists() and p.stat().st_size > record["size"] // 10 for p in parts), 60,
+                   "both downloads under way", poll=0.005)  # fmt: skip
+        leader.kill()
+        assert all(p.exists() and p.stat().st_size < record["size"] for p in parts)  # the kill landed mid-download
+        for agent in agents:
+            wait_model_state(survivor, agent.device_id, "pushed", record["sha256"], {"serving"}, timeout=120)
+            stored = agent.data_dir / "store" / "objects" / record["sha256"]
+            assert hashlib.sha256(stored.read_bytes()).hexdigest() == record["sha256"]
+    finally:
+        for agent in agents:
+            agent.kill()
 
 
 def test_a_replica_killed_mid_ingest_loses_no_sample_and_the_leader_is_taken_over(cluster, prefix, mlp_model):
