@@ -139,6 +139,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._stopping = False
         self._v5 = protocol in ("auto", "5")
+        self._unanswered: object | None = None  # the socket whose CONNECT has had no CONNACK yet
         self._client = self._build_client()
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -244,6 +245,7 @@ class MqttLink:
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
     ) -> None:
+        self._unanswered = None
         if reason_code.is_failure:
             self.last_error = f"broker {self.address} refused the connection: {reason_code}"
             if self._v5 and self.protocol_setting == "auto" and "protocol version" in str(reason_code).lower():
@@ -270,10 +272,14 @@ class MqttLink:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._v5 and self.protocol_setting == "auto":
+            self._unanswered = sock
             threading.Timer(CONNACK_TIMEOUT_S, self._check_connack, args=(client,)).start()
 
     def _check_connack(self, client: mqtt.Client) -> None:
-        if client is self._client and self._v5 and not self.connected.is_set() and not self._stopping:
+        """Downgrade only when the latest CONNECT went unanswered: a broker that answered and then went away (a
+        restart, refused connections since) speaks MQTT 5 all the same."""
+        unanswered = self._unanswered is not None and not self.connected.is_set()
+        if client is self._client and self._v5 and unanswered and not self._stopping:
             log.info("no CONNACK to MQTT 5 from %s in %.0fs; falling back to 3.1.1", self.address, CONNACK_TIMEOUT_S)
             self._downgrade()
 

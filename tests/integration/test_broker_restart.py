@@ -83,6 +83,7 @@ def test_mqtt_download_resumes_after_a_broker_restart(mosquitto, start_agent, tm
     assert all(b >= a for a, b in zip(sizes, sizes[1:])), "the partial file shrank: the download started over"
     logs = agent.logs()
     assert "lost connection to broker" in logs and logs.count("connected to mqtt://") >= 2
+    assert "falling back to 3.1.1" not in logs  # Mosquitto answered MQTT 5 before the restart: it still does after
     assert stored_intact(agent, record["sha256"]) and not part.exists()
 
 
@@ -103,5 +104,5 @@ def test_http_download_carries_on_through_a_broker_restart(mosquitto, start_agen
         origin.close()
     assert 0 < at_kill < record["size"]
     assert [(e["status"], e["sent"]) for e in origin.log] == [(200, record["size"])]  # one GET, never started over
-    assert "lost connection to broker" in agent.logs()
+    assert "lost connection to broker" in agent.logs() and "falling back to 3.1.1" not in agent.logs()
     assert stored_intact(agent, record["sha256"]) and not part.exists()
