@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from e2e import free_port, port_open, wait_until  # noqa: E402
+
 from protocol import DeviceState, ModelTelemetry, Presence, Resources, Telemetry, Topics  # noqa: E402
 
 POSTGRES = os.environ.get("EDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -53,26 +54,6 @@ BROKER_CONF = (
     "allow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_inflight_messages 1000\n"
     "max_queued_messages 100000\nmax_connections -1\nlog_dest stderr\nlog_type error\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 # -- the real processes: Mosquitto, a PostgreSQL database, controller replicas --------------------------------------
@@ -148,7 +129,7 @@ def start_infra(replicas: int, workdir: Path) -> Infra:
     broker = subprocess.Popen(
         [binary, "-c", str(workdir / "mosquitto.conf")], stderr=(workdir / "mosquitto.log").open("wb")
     )
-    wait_for(lambda: port_open(port), 10, "mosquitto")
+    wait_until(lambda: port_open(port), 10, "mosquitto", poll=0.1)
     admin = sa.create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
     name = f"fleet_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
@@ -170,7 +151,7 @@ def start_infra(replicas: int, workdir: Path) -> Infra:
         except (httpx.HTTPError, ValueError, KeyError):
             return False
 
-    wait_for(lambda: all(ready(u) for u in infra.replica_urls), 90, f"{replicas} controller replica(s)")
+    wait_until(lambda: all(ready(u) for u in infra.replica_urls), 90, f"{replicas} controller replica(s)", poll=0.1)
     return infra
 
 

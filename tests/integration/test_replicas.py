@@ -9,8 +9,6 @@ import hashlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
 from conftest import AgentProcess, find_mosquitto, free_port, start_mosquitto, wait_model_state, wait_until
+from hardening import ControllerProcess
 from paho.mqtt.enums import CallbackAPIVersion
 from test_migrations import fresh_database
 
@@ -27,23 +26,15 @@ from controller.db import make_engine
 from edgectl.client import ControllerClient
 from protocol import Presence, Telemetry, Topics
 
-REPO = Path(__file__).resolve().parents[2]
 # the controller acknowledges telemetry once it is committed: the broker must let a batch's worth be in flight
 BROKER_CONF = "max_inflight_messages 1000\nmax_queued_messages 100000\n"
 
 
-class Replica:
-    def __init__(self, index: int, db_url: str, broker_port: int, data_dir: Path, prefix: str, logs: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = logs / f"replica-{index}.log"
-        args = ["serve", "--db", db_url, "--broker", f"mqtt://127.0.0.1:{broker_port}", "--http"]
-        args += [f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), "--topic-prefix", prefix]
-        self.args = [sys.executable, "-m", "controller.cli", *args]
-        self.proc: subprocess.Popen | None = None
+class Replica(ControllerProcess):
+    """One of the replicas: the same database, broker, topic prefix and data dir as the others."""
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+    def __init__(self, db_url: str, broker_port: int, tmp: Path, prefix: str) -> None:
+        super().__init__(tmp, "--db", db_url, "--topic-prefix", prefix, broker=f"mqtt://127.0.0.1:{broker_port}")
 
     def health(self) -> dict | None:
         try:
@@ -60,14 +51,6 @@ class Replica:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
 
 @pytest.fixture
 def cluster(tmp_path, prefix):
@@ -77,9 +60,9 @@ def cluster(tmp_path, prefix):
         pytest.skip("mosquitto is not installed (shared subscriptions need a real broker)")
     broker, port = start_mosquitto(binary, tmp_path, BROKER_CONF)
     with fresh_database() as db_url:
-        replicas = [Replica(i, db_url, port, tmp_path / "data", prefix, tmp_path) for i in range(3)]
+        replicas = [Replica(db_url, port, tmp_path, prefix) for _ in range(3)]
         for replica in replicas:
-            replica.start()
+            replica.start(wait=False)  # at the same moment: migrations must run once
         try:
             wait_until(lambda: all(r.ready() for r in replicas), 60, "three replicas to come up")
             yield replicas, port, db_url
