@@ -5,7 +5,6 @@ drains its session); when the leader dies another takes over and publishes the d
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -17,9 +16,10 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
-from conftest import AgentProcess, find_mosquitto, free_port, start_mosquitto, wait_model_state, wait_until
+from conftest import Broker, find_mosquitto, start_mosquitto, wait_model_state, wait_until
 from hardening import ControllerProcess
 from paho.mqtt.enums import CallbackAPIVersion
+from test_http_models import stored_intact
 from test_migrations import fresh_database
 
 from controller.db import make_engine
@@ -159,44 +159,35 @@ def test_every_replica_serves_an_artifact_deployed_through_another(cluster, pref
         devices.close()
 
 
-def test_a_replica_killed_mid_push_the_push_completes(cluster, prefix, tmp_path):
+@pytest.fixture
+def broker(cluster) -> Broker:
+    """The cluster's Mosquitto, for conftest's start_agent."""
+    port = cluster[1]
+    return Broker(f"mqtt://127.0.0.1:{port}", port, "mosquitto", lambda: None)
+
+
+def test_a_replica_killed_mid_push_the_push_completes(cluster, start_agent, tmp_path):
     """Two real agents fetch a model in MQTT chunks (one 16 KiB chunk at a time, answered by whichever replica the
     shared subscription picks); the leader is SIGKILLed mid-download: chunks it never answered are asked again and
     answered by the survivors, and both devices serve the model."""
     from edgectl.sample_models import mlp
 
-    replicas, port, _ = cluster
-    agents = []
-    for device_id in ("pa", "pb"):
-        data_dir = tmp_path / f"agent-{device_id}"
-        data_dir.mkdir()
-        config = data_dir / "agent.toml"
-        config.write_text(f'topic_prefix = "{prefix}"\nhttp_downloads = false\nchunk_bytes = 16384\n'
-                          "download_window = 1\nrequest_timeout_s = 2\n")  # fmt: skip
-        api = free_port()
-        args = ["--config", str(config), "--broker", f"mqtt://127.0.0.1:{port}", "--device-id", device_id,
-                "--data-dir", str(data_dir), "--api", f"127.0.0.1:{api}"]  # fmt: skip
-        agents.append(AgentProcess(device_id, data_dir, api, args, tmp_path / f"{device_id}.log"))
-    try:
-        for agent in agents:
-            agent.start()
-        leader = next(r for r in replicas if r.health()["leader"])
-        survivor = ControllerClient(next(r for r in replicas if r is not leader).url)
-        wait_until(lambda: len(survivor.devices()) == 2, 30, "both agents online")
-        record = survivor.upload_model(mlp(tmp_path / "push.onnx", pad_mb=24, seed=51), "pushed", None)
-        survivor.deploy("pushed", record["version"], ["pa", "pb"])
-        parts = [a.data_dir / "store" / "partial" / f"{record['sha256']}.part" for a in agents]
-        wait_until(lambda: all(p.exists() and p.stat().st_size > record["size"] // 10 for p in parts), 60,
-                   "both downloads under way", poll=0.005)  # fmt: skip
-        leader.kill()
-        assert all(p.exists() and p.stat().st_size < record["size"] for p in parts)  # the kill landed mid-download
-        for agent in agents:
-            wait_model_state(survivor, agent.device_id, "pushed", record["sha256"], {"serving"}, timeout=120)
-            stored = agent.data_dir / "store" / "objects" / record["sha256"]
-            assert hashlib.sha256(stored.read_bytes()).hexdigest() == record["sha256"]
-    finally:
-        for agent in agents:
-            agent.kill()
+    replicas = cluster[0]
+    config = "http_downloads = false\nchunk_bytes = 16384\ndownload_window = 1\nrequest_timeout_s = 2\n"
+    agents = [start_agent(device_id, config=config) for device_id in ("pa", "pb")]
+    leader = next(r for r in replicas if r.health()["leader"])
+    survivor = ControllerClient(next(r for r in replicas if r is not leader).url)
+    wait_until(lambda: len(survivor.devices()) == 2, 30, "both agents online")
+    record = survivor.upload_model(mlp(tmp_path / "push.onnx", pad_mb=24, seed=51), "pushed", None)
+    survivor.deploy("pushed", record["version"], ["pa", "pb"])
+    parts = [a.data_dir / "store" / "partial" / f"{record['sha256']}.part" for a in agents]
+    wait_until(lambda: all(p.exists() and p.stat().st_size > record["size"] // 10 for p in parts), 60,
+               "both downloads under way", poll=0.005)  # fmt: skip
+    leader.kill()
+    assert all(p.exists() and p.stat().st_size < record["size"] for p in parts)  # the kill landed mid-download
+    for agent in agents:
+        wait_model_state(survivor, agent.device_id, "pushed", record["sha256"], {"serving"}, timeout=120)
+        assert stored_intact(agent, record["sha256"])
 
 
 def test_a_replica_killed_mid_ingest_loses_no_sample_and_the_leader_is_taken_over(cluster, prefix, mlp_model):
