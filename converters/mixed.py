@@ -49,6 +49,25 @@ class Trial:
     passed: bool  # reaches the aim
     artifact: Any = field(default=None, repr=False)  # the toolchain's handle on the built candidate
 
+    @classmethod
+    def judged(
+        cls, step: str, setting: str, float_layers: list[str], agreement: tuple[dict[str, Any], list[str]],
+        size_bytes: int, artifact: Any,
+    ) -> Trial:  # fmt: skip
+        """A candidate from converters.report.agreement's (summary, failed checks) against the float model."""
+        summary, failed = agreement
+        return cls(
+            step=step,
+            setting=setting,
+            float_layers=list(float_layers),
+            top1=summary.get("top1"),
+            cosine=float(summary.get("cosine", 0.0)),
+            error=float(summary.get("mean_abs_error", 0.0)),
+            size_bytes=size_bytes,
+            passed=not failed,
+            artifact=artifact,
+        )
+
     def better_than(self, other: Trial | None) -> bool:
         """Passing first, then higher top-1 / cosine, then lower error."""
         if other is None:
@@ -86,6 +105,21 @@ class MixedReport:
     seconds: float = 0.0
     size_of: str = "the model file"  # what size_bytes and float_size_bytes measure
     ranked_by: str = "a build with the group in float"  # how a group's sensitivity was measured
+
+    @classmethod
+    def for_job(
+        cls, aim: Any, options: dict[str, Any], float_size_bytes: int, judged_on: int, **how: Any
+    ) -> MixedReport:
+        """The report a toolchain starts its search with: `aim` (Thresholds) in words, the budgets from the job's
+        options; `how` says what size_bytes and the sensitivity measure where a toolchain differs."""
+        return cls(
+            aim=f"top-1 {aim.top1:.2%} / cosine {aim.cosine:.4f}",
+            budget_s=float(options.get("mixed_budget_s", DEFAULT_BUDGET_S)),
+            max_size_ratio=float(options.get("max_size_ratio", DEFAULT_MAX_SIZE_RATIO)),
+            float_size_bytes=float_size_bytes,
+            judged_on=judged_on,
+            **how,
+        )
 
     def summary(self) -> str:
         """One line for the report's fixes."""

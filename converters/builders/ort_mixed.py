@@ -13,8 +13,6 @@ from converters import fixes as fx
 from converters.job import Job
 from converters.measure import load_onnx
 from converters.mixed import (
-    DEFAULT_BUDGET_S,
-    DEFAULT_MAX_SIZE_RATIO,
     MixedReport,
     Search,
     Setting,
@@ -123,29 +121,12 @@ class OrtMixed:
     def attempt(self, setting: Setting, float_layers: list[str], step: str) -> Trial:
         self.count += 1
         out = self.quantize(setting, float_layers, self.folder / f"candidate-{self.count}.onnx")
-        summary, failed = agreement(self.reference, _outputs(out, self.judge_samples), self.aim)
-        return Trial(
-            step=step,
-            setting=str(setting),
-            float_layers=list(float_layers),
-            top1=summary.get("top1"),
-            cosine=float(summary.get("cosine", 0.0)),
-            error=float(summary.get("mean_abs_error", 0.0)),
-            size_bytes=out.stat().st_size,
-            passed=not failed,
-            artifact=out,
-        )
+        judged = agreement(self.reference, _outputs(out, self.judge_samples), self.aim)
+        return Trial.judged(step, str(setting), float_layers, judged, out.stat().st_size, out)
 
     def report(self) -> MixedReport:
-        aim_text = f"top-1 {self.aim.top1:.2%} / cosine {self.aim.cosine:.4f}"
-        options = self.job.options
-        return MixedReport(
-            aim=aim_text,
-            budget_s=float(options.get("mixed_budget_s", DEFAULT_BUDGET_S)),
-            max_size_ratio=float(options.get("max_size_ratio", DEFAULT_MAX_SIZE_RATIO)),
-            float_size_bytes=self.job.source.stat().st_size,
-            judged_on=len(self.judge_samples),
-        )
+        source_size = self.job.source.stat().st_size
+        return MixedReport.for_job(self.aim, self.job.options, source_size, len(self.judge_samples))
 
 
 def _outputs(path: Path, samples: list[dict]) -> list[dict]:

@@ -17,7 +17,7 @@ from converters.builders.ort_mixed import JUDGE_SAMPLES, aim
 from converters.builders.ov_ir import ov_model, pack_ir, save_ir
 from converters.job import Job
 from converters.measure import load, load_onnx
-from converters.mixed import DEFAULT_BUDGET_S, DEFAULT_MAX_SIZE_RATIO, MixedReport, Search, Setting, Trial
+from converters.mixed import MixedReport, Search, Setting, Trial
 from converters.report import Thresholds, agreement
 
 log = logging.getLogger("converters")
@@ -159,18 +159,8 @@ class OvMixed:
     def _judge(self, model: Any, setting: OvSetting, float_layers: list[str], step: str) -> Trial:
         self.count += 1
         out = pack_ir(model, self.folder / f"candidate-{self.count}.tar", self.folder, compress_to_fp16=False)
-        summary, failed = agreement(self.reference, self._outputs(out), self.aim)
-        return Trial(
-            step=step,
-            setting=str(setting),
-            float_layers=list(float_layers),
-            top1=summary.get("top1"),
-            cosine=float(summary.get("cosine", 0.0)),
-            error=float(summary.get("mean_abs_error", 0.0)),
-            size_bytes=_weights_size(out),
-            passed=not failed,
-            artifact=out,
-        )
+        judged = agreement(self.reference, self._outputs(out), self.aim)
+        return Trial.judged(step, str(setting), float_layers, judged, _weights_size(out), out)
 
     def _outputs(self, tar: Path) -> list[dict]:
         model = load("openvino", tar, "openvino", self.job.input_names, self.job.output_names)
@@ -180,14 +170,12 @@ class OvMixed:
             model.close()
 
     def report(self) -> MixedReport:
-        options = self.job.options
         float_bin = save_ir(self.base, self.folder / "fp32", compress_to_fp16=False)
-        return MixedReport(
-            aim=f"top-1 {self.aim.top1:.2%} / cosine {self.aim.cosine:.4f}",
-            budget_s=float(options.get("mixed_budget_s", DEFAULT_BUDGET_S)),
-            max_size_ratio=float(options.get("max_size_ratio", DEFAULT_MAX_SIZE_RATIO)),
-            float_size_bytes=float_bin.stat().st_size,
-            judged_on=len(self.judge_samples),
+        return MixedReport.for_job(
+            self.aim,
+            self.job.options,
+            float_bin.stat().st_size,
+            len(self.judge_samples),
             size_of="the IR's weights (model.bin; FP32 IR for the float model): the XML graph does not shrink",
             ranked_by="the full-INT8 model with the group's quantizers bypassed (no NNCF run)",
         )
