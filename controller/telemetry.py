@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from controller.db import Database
 from controller.telemetry_budget import TelemetryBudget
 from controller.telemetry_views import DeviceView, ModelView, window_summary
-from protocol import LATENCY_BUCKETS, MAX_TELEMETRY_MODELS, MAX_TELEMETRY_OUTPUTS, ProtocolError, Telemetry, decode
+from protocol import MAX_TELEMETRY_MODELS, MAX_TELEMETRY_OUTPUTS, ProtocolError, Telemetry
+from protocol.telemetry_fast import FastModelTelemetry, FastTelemetry, decode_telemetry, encode_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +160,10 @@ class TelemetryIngest:
         """Decode and check each message, store the validated sample (not the raw payload: unknown fields are not
         kept), then update the view with what was stored. A row the database refuses is quarantined alone."""
         rows: list[dict[str, Any]] = []
-        messages: list[Telemetry] = []
+        messages: list[FastTelemetry] = []
         for device_id, payload, received in items:
             try:
-                message = decode(Telemetry, payload)
+                message = decode_telemetry(payload)
             except ProtocolError as exc:
                 self.rejected += 1
                 log.warning("dropped telemetry from %s: %s", device_id, exc)
@@ -171,10 +172,10 @@ class TelemetryIngest:
                 self.rejected += 1
                 log.warning("dropped telemetry on %s's topic claiming to be %s", device_id, message.device_id)
                 continue
-            sample = message.model_dump_json(exclude_none=True)
+            sample = encode_telemetry(message)
             rows.append({"device_id": device_id, "ts": message.ts, "received_at": received, "payload": sample})
             messages.append(message)
-        stored: list[tuple[Telemetry, dict[str, Any]]] = []
+        stored: list[tuple[FastTelemetry, dict[str, Any]]] = []
         for message, row, reason in zip(messages, rows, self.db.insert_each("telemetry", rows), strict=True):
             if reason is None:
                 stored.append((message, row))
@@ -208,19 +209,20 @@ class TelemetryIngest:
 
     # -- the in-memory view ----------------------------------------------------------------------------------------
 
-    def _update_view(self, message: Telemetry, received: float, baselines: list[dict[str, Any]]) -> None:
+    def _update_view(self, message: FastTelemetry, received: float, baselines: list[dict[str, Any]]) -> None:
+        """Fold one stored sample into the view (runs for every sample: kept lean, the structs are validated)."""
         device = self.devices.get(message.device_id)
         if device is None:
             device = self.devices[message.device_id] = DeviceView(message.device_id)
-        if not device.first_sight(message.ts):
+        ts = message.ts
+        if not device.first_sight(ts):
             return
         device.samples_total += 1
-        latest = message.ts >= device.ts
+        latest = ts >= device.ts
         if latest:
-            device.ts, device.received_at, device.interval_s = message.ts, received, message.interval_s
-            device.raw_resources = message.resources
-            device.dropped = message.dropped
-        span = max(message.ts - message.start, 1e-9) if message.start else message.interval_s
+            device.ts, device.received_at, device.interval_s = ts, received, message.interval_s
+            device.raw_resources, device.dropped = message.resources, message.dropped
+        span = max(ts - message.start, 1e-9) if message.start else message.interval_s
         for model in message.models:
             view = device.models.get(model.name)
             if view is None:
@@ -231,22 +233,24 @@ class TelemetryIngest:
             view.errors_total += model.errors
             view.latency_sum_total_ms += model.latency_sum_ms
             total = view.latency_total
-            for index, count in model.latency:
-                if 0 <= index < LATENCY_BUCKETS:
-                    total[index] += count
-            drift = self._drift(message.device_id, model, message.ts, baselines)
-            if latest or message.ts >= view.ts:
+            for index, count in model.latency:  # buckets validated: 0 <= index < LATENCY_BUCKETS
+                total[index] += count
+            drift = self._drift(message.device_id, model, ts, baselines) if model.outputs else None
+            if latest or ts >= view.ts:
                 if view.version != model.version:
                     view.drift = {}
-                view.version, view.ts = model.version, message.ts
+                view.version, view.ts = model.version, ts
                 view.requests, view.errors = model.requests, model.errors
                 view.rps = model.requests / span if span else 0.0
                 view.latency, view._quantiles = model.latency, None
                 view.max_ms = model.latency_max_ms if model.requests else None
                 view.raw_outputs = model.outputs
-                view.drift.update(drift)
+                if drift:
+                    view.drift.update(drift)
 
-    def _drift(self, device_id: str, model, ts: float, baselines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _drift(
+        self, device_id: str, model: FastModelTelemetry, ts: float, baselines: list[dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
         result: dict[str, dict[str, Any]] = {}
         for output, stats in model.outputs.items():
             if not stats.count:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import LATENCY_BUCKETS, Telemetry, histogram_quantile
+from protocol.telemetry_fast import plain
 
 SEEN_TS_KEPT = 1024  # per device: enough for the samples a device resends after a reconnect
 
@@ -27,7 +28,7 @@ class ModelView:
     errors: int = 0
     max_ms: float | None = None
     latency: list[tuple[int, int]] = field(default_factory=list)  # the newest window's histogram
-    raw_outputs: dict[str, Any] = field(default_factory=dict)  # OutputStats, dumped when read
+    raw_outputs: dict[str, Any] = field(default_factory=dict)  # FastOutputStats, dumped when read
     drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # output -> {score, flagged, baseline_mean, ...}
     _quantiles: tuple[float | None, float | None, float | None] | None = None
 
@@ -52,7 +53,7 @@ class ModelView:
 
     @property
     def outputs(self) -> dict[str, Any]:
-        return {k: v.model_dump(exclude_none=True) for k, v in self.raw_outputs.items()}
+        return {k: plain(v) for k, v in self.raw_outputs.items()}
 
     @property
     def drift_score(self) -> float:
@@ -89,7 +90,7 @@ class DeviceView:
     ts: float = 0.0
     received_at: float = 0.0
     interval_s: float = 0.0
-    raw_resources: Any = None  # Resources, dumped when read
+    raw_resources: Any = None  # FastResources, dumped when read
     dropped: int = 0
     samples_total: int = 0
     models: dict[str, ModelView] = field(default_factory=dict)
@@ -107,7 +108,7 @@ class DeviceView:
 
     @property
     def resources(self) -> dict[str, Any]:
-        return self.raw_resources.model_dump(exclude_none=True) if self.raw_resources is not None else {}
+        return plain(self.raw_resources)
 
     def summary(self) -> dict[str, Any]:
         return {
