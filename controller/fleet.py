@@ -132,6 +132,7 @@ class Fleet(ReplicaDuties):
             self._on_telemetry,
             on_subscribed=self._announce,
             on_lost=self._telemetry_lost,
+            on_idle=self.telemetry.idle,
             clean_session=not self.replication.enabled,  # a replica's session outlives it, for another to drain
         )
         self._workers = [
@@ -302,7 +303,7 @@ class Fleet(ReplicaDuties):
             if parsed is not None and parsed[1] == "telemetry":
                 items.append((parsed[0], payload))
         if items:
-            self.last_seen.saw(device_id for device_id, _ in items)
+            self.last_seen.saw([device_id for device_id, _ in items])
         self.telemetry.submit_many(items, done)
 
     def _on_presence(self, device_id: str, presence: Presence) -> None:

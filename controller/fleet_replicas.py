@@ -83,6 +83,7 @@ class ReplicaDuties:
             self.replication.session_id(dead_replica),
             self.telemetry_link.topic_filter,
             self._on_telemetry,
+            on_idle=self.telemetry_link.on_idle,
             clean_session=False,
         )
         taken = drain.drain()

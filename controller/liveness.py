@@ -15,7 +15,7 @@ from controller.schema import devices
 
 log = logging.getLogger(__name__)
 
-REFRESH_S = 5.0  # at most one write per device per this many seconds, however many messages it sends
+REFRESH_S = 15.0  # at most one write per device per this many seconds, however many messages it sends
 FLUSH_S = 1.0  # the due devices are written together at most this often (a transaction per batch cost more than it)
 
 

@@ -13,6 +13,7 @@ deviations away from the baseline mean flags the model on that device.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -38,13 +39,14 @@ PRUNE_EVERY_S = 60.0
 MAX_BASELINES_PER_DEVICE = MAX_TELEMETRY_MODELS * MAX_TELEMETRY_OUTPUTS
 HISTORY_PAGE = 1000  # samples per page of history (at 1 MB a sample, ~1 GB of memory for the old 10,000)
 # The writer gathers a batch for up to LINGER_S while entries keep coming (a transaction per batch costs more than a
-# sample: at 1,000 samples/s, 50 transactions/s tripled the CPU per sample), and stores it once none came for GAP_S:
-# the subscriber is then waiting for PUBACKs (a broker with a small in-flight window) or the fleet is quiet.
-DEFAULT_LINGER_S = 0.25
-GAP_S = 0.03
+# sample: at 1,000 samples/s, 50 transactions/s tripled the CPU per sample), and stores it at once when the subscriber
+# says its socket is drained (`idle`): the broker is then waiting for PUBACKs (a small in-flight window) or the fleet
+# is quiet. A fixed gap timer instead split batches whenever the subscriber paused longer than the gap.
+DEFAULT_LINGER_S = 0.5
 
 Done = Callable[[bool], None]  # called with True once an entry is stored, False when it could not be (retry later)
 Entry = tuple[list[tuple[str, bytes, float]], Done | None]
+IDLE: Entry = ([], None)  # the subscriber's socket is drained: store what is gathered now
 
 
 class TelemetryIngest:
@@ -104,14 +106,18 @@ class TelemetryIngest:
         the entry is stored, in the order entries were submitted (PUBACKs keep the order of their messages)."""
         received = time.time()
         self.received += len(items)
-        allowed = self.budget.allow_many([(d, len(p)) for d, p in items], received)
-        kept = [(d, p, received) for (d, p), ok in zip(items, allowed, strict=True) if ok]
+        kept = self.budget.allow_many(items, received)
         if len(kept) < len(items):
             dropped = len(items) - len(kept)
             self.over_budget += dropped
             log.warning("dropped %d telemetry message(s) over their device's budget", dropped)
         if kept or done is not None:
             self._queue.put((kept, done))
+
+    def idle(self) -> None:
+        """From the subscriber: all it held is handed over (when the queue is full, the writer is busy anyway)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(IDLE)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is stored (tests and benchmarks)."""
@@ -127,16 +133,19 @@ class TelemetryIngest:
     def _run(self) -> None:
         while True:
             first = self._queue.get()
+            if first is IDLE:
+                self._queue.task_done()
+                continue
             entries = [first]
             items = list(first[0]) if first else []
             until = time.monotonic() + self.linger_s
             while len(items) < self.batch and first is not None:
                 try:
-                    entry = self._queue.get(timeout=max(0.0, min(GAP_S, until - time.monotonic())))
+                    entry = self._queue.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 entries.append(entry)
-                if entry is None:
+                if entry is None or entry is IDLE:
                     break
                 items.extend(entry[0])
             ok = True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import select
 import socket
 import ssl
 import struct
@@ -35,11 +36,33 @@ log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 << 10
 MAX_PACKET = 2 << 20
-# After a read that brought few messages, wait this long before the next: the broker's next messages arrive meanwhile
-# and are read, handed over and acknowledged together (per read, the thread hand-offs and system calls cost more than
-# parsing); it bounds how much later a sample is stored, not how many per second.
-GATHER_S = 0.02
-GATHER_BELOW = 64  # messages per read
+# After a read, pause up to GATHER_S before the next: the broker's next messages arrive meanwhile and are read, handed
+# over and acknowledged together (per read, the wake-up, thread hand-off and system calls cost more than parsing).
+# A pause after which nothing had come halves the next one (down to none below GATHER_MIN_S): a broker with a small
+# in-flight window is waiting for PUBACKs, which wait for the commit, which waits for `on_idle`. One that brought
+# messages doubles it again. It bounds how much later a sample is stored, not how many per second.
+GATHER_S = 0.2
+GATHER_MIN_S = 0.005
+
+
+class Pacer:
+    """The reader's pause after a read, adapted to whether pausing brought messages."""
+
+    def __init__(self) -> None:
+        self.pause = GATHER_S
+
+    def paused(self, brought: bool) -> None:
+        if brought:
+            self.pause = min(GATHER_S, max(self.pause * 2, GATHER_MIN_S))
+        else:
+            self.pause = self.pause / 2 if self.pause / 2 >= GATHER_MIN_S else 0.0
+
+
+def readable(sock: socket.socket) -> bool:
+    """Whether a recv would return at once (bytes or the end of the connection)."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _string(value: str) -> bytes:
@@ -76,6 +99,7 @@ class TelemetrySubscriber:
         will: tuple[str, bytes] | None = None,
         on_subscribed: Callable[[], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
         clean_session: bool = True,
     ) -> None:
         self.address = address
@@ -87,6 +111,7 @@ class TelemetrySubscriber:
         self.will = will  # (topic, payload): retained, QoS 1, published by the broker if this connection dies
         self.on_subscribed = on_subscribed
         self.on_lost = on_lost  # called when an active subscription is lost
+        self.on_idle = on_idle  # called when what was handed over is all the socket held: store it now
         self.clean_session = clean_session  # False: the broker keeps the session (and unacknowledged messages)
         self.connected = threading.Event()
         self.last_error: str | None = None
@@ -241,7 +266,12 @@ class TelemetrySubscriber:
         subscribed = False
         skip = 0  # bytes still to come of an oversized PUBLISH being skipped
         last_sent = time.monotonic()
+        pacer = Pacer()
+        handed = False  # batches handed over since the last on_idle
         while not self._stop.is_set():
+            if handed and self.on_idle is not None and not readable(sock):
+                handed = False
+                self.on_idle()
             try:
                 data = sock.recv(RECV_BYTES)
             except TimeoutError:  # no traffic for a while: time for a keepalive ping
@@ -298,8 +328,10 @@ class TelemetrySubscriber:
             if messages:
                 last_message = now
                 self.on_batch(messages, self._done(sock, acks))  # PUBACKs once the batch is stored
-                if len(messages) < GATHER_BELOW and idle_s is None:
-                    time.sleep(GATHER_S)
+                handed = True
+                if idle_s is None and pacer.pause and len(data or b"") < RECV_BYTES:  # a full read: more is waiting
+                    time.sleep(pacer.pause)
+                    pacer.paused(readable(sock))
             elif acks:  # oversized packets only
                 self._send(sock, b"".join(acks))
             if acks:

@@ -82,7 +82,7 @@ class FastResources(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
 
 
 class FastTelemetry(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
-    v: int = SCHEMA_VERSION
+    v: Annotated[int, msgspec.Meta(le=SCHEMA_VERSION)] = SCHEMA_VERSION  # newer: pydantic's try names the version
     ts: Finite = msgspec.field(default_factory=time.time)
     kind: Literal["telemetry"] = "telemetry"
     device_id: Annotated[str, msgspec.Meta(pattern=_DEVICE_ID_PATTERN)]
@@ -103,12 +103,13 @@ def decode_telemetry(payload: bytes) -> FastTelemetry:
     if len(payload) > MAX_JSON_BYTES:
         raise ProtocolError(f"message of {len(payload)} bytes exceeds the {MAX_JSON_BYTES}-byte limit")
     try:
-        message = _DECODER.decode(payload)
+        return _DECODER.decode(payload)
     except msgspec.DecodeError:  # refused here: the pydantic model decides (reason, or a lax coercion it allows)
-        return msgspec.convert(decode(Telemetry, payload).model_dump(), FastTelemetry)
-    if message.v > SCHEMA_VERSION:
-        raise ProtocolError(f"Telemetry schema version {message.v} is newer than supported {SCHEMA_VERSION}")
-    return message
+        lax = decode(Telemetry, payload).model_dump()
+    try:
+        return msgspec.convert(lax, FastTelemetry)
+    except msgspec.ValidationError as exc:  # never seen in the tests: a gap between the two schemas, named
+        raise ProtocolError(f"invalid Telemetry: {exc}") from None
 
 
 def encode_telemetry(message: FastTelemetry) -> str:

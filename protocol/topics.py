@@ -29,6 +29,7 @@ QOS: dict[str, int] = {
     "controller/presence": 1,
 }
 RETAINED = frozenset({"presence", "state", "desired", "controller/presence"})
+PARSED_KEPT = 1 << 16  # topics whose parse is remembered (cleared when full: a flood of odd topics costs a re-parse)
 
 
 class Topics:
@@ -40,6 +41,7 @@ class Topics:
             raise ValueError(f"invalid topic prefix {prefix!r}: must be non-empty and contain no '+' or '#'")
         self.prefix = prefix
         self.root = f"{prefix}/{TOPIC_VERSION}"
+        self._parsed: dict[str, tuple[str, str] | None] = {}  # the controller parses each device's topics every second
 
     def device(self, device_id: str, kind: str) -> str:
         if not valid_device_id(device_id):
@@ -58,6 +60,16 @@ class Topics:
 
     def parse(self, topic: str) -> tuple[str, str] | None:
         """Split a device topic into (device_id, kind); None when the topic is not one of ours."""
+        try:
+            return self._parsed[topic]
+        except KeyError:
+            pass
+        if len(self._parsed) >= PARSED_KEPT:
+            self._parsed.clear()
+        parsed = self._parsed[topic] = self._parse(topic)
+        return parsed
+
+    def _parse(self, topic: str) -> tuple[str, str] | None:
         head = f"{self.root}/devices/"
         if not topic.startswith(head):
             return None
