@@ -43,6 +43,11 @@ HISTORY_PAGE = 1000  # samples per page of history (at 1 MB a sample, ~1 GB of m
 # says its socket is drained (`idle`): the broker is then waiting for PUBACKs (a small in-flight window) or the fleet
 # is quiet. A fixed gap timer instead split batches whenever the subscriber paused longer than the gap.
 DEFAULT_LINGER_S = 0.5
+# Drift baselines are read back from the database this often (a reset through another replica reaches this one), and
+# this soon after this process created some: where replicas saw a device's first window at once, the table keeps the
+# first stored and every replica then judges drift against that one.
+BASELINES_REFRESH_S = 60.0
+BASELINES_ADOPT_S = 5.0
 
 Done = Callable[[bool], None]  # called with True once an entry is stored, False when it could not be (retry later)
 Entry = tuple[list[tuple[str, bytes, float]], Done | None]
@@ -61,8 +66,12 @@ class TelemetryIngest:
         budget: TelemetryBudget | None = None,
         linger_s: float = DEFAULT_LINGER_S,
         is_leader: Callable[[], bool] | None = None,
+        baselines_refresh_s: float = BASELINES_REFRESH_S,
     ) -> None:
         self.db = db
+        self.baselines_refresh_s = baselines_refresh_s
+        self._baselines_read = 0.0
+        self._baselines_new = False  # this process created baselines since it last read them
         self.linger_s = linger_s
         self.is_leader = is_leader or (lambda: True)  # retention runs on the replica holding the lease only
         self.retention_s = retention_s
@@ -85,9 +94,7 @@ class TelemetryIngest:
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for b in self.db.drift_baselines():
-            self._baselines[(b["device_id"], b["model"], b["version"], b["output"])] = (b["mean"], b["std"])
-            self._baselines_per_device[b["device_id"]] = self._baselines_per_device.get(b["device_id"], 0) + 1
+        self._read_baselines()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -132,7 +139,11 @@ class TelemetryIngest:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self.baselines_refresh_s)
+            except queue.Empty:  # a quiet fleet: the periodic duties still run
+                self._maybe_read_baselines()
+                continue
             if first is IDLE:
                 self._queue.task_done()
                 continue
@@ -164,6 +175,7 @@ class TelemetryIngest:
             if None in entries:
                 return
             self._maybe_prune()
+            self._maybe_read_baselines()
 
     def _store(self, items: list[tuple[str, bytes, float]]) -> None:
         """Decode and check each message, store the validated sample (not the raw payload: unknown fields are not
@@ -196,6 +208,7 @@ class TelemetryIngest:
         with self._lock:
             for message, row in stored:
                 self._update_view(message, row["received_at"], baselines)
+        self._baselines_new = self._baselines_new or bool(baselines)
         for baseline, reason in zip(baselines, self.db.insert_each("drift_baselines", baselines), strict=True):
             if reason is not None:
                 log.warning("drift baseline of %s/%s not stored: %s", baseline["device_id"], baseline["model"], reason)
@@ -212,6 +225,27 @@ class TelemetryIngest:
                 log.info("telemetry retention: removed %d sample(s) older than %.0fs", removed, self.retention_s)
         except Exception:
             log.exception("telemetry retention failed")
+
+    def _read_baselines(self) -> None:
+        """The stored drift baselines replace what this process holds (the table keeps one per key: the first)."""
+        baselines: dict[tuple[str, str, str, str], tuple[float, float]] = {}
+        per_device: dict[str, int] = {}
+        for b in self.db.drift_baselines():
+            baselines[(b["device_id"], b["model"], b["version"], b["output"])] = (b["mean"], b["std"])
+            per_device[b["device_id"]] = per_device.get(b["device_id"], 0) + 1
+        with self._lock:
+            self._baselines, self._baselines_per_device = baselines, per_device
+        self._baselines_read, self._baselines_new = time.monotonic(), False
+
+    def _maybe_read_baselines(self) -> None:
+        since = time.monotonic() - self._baselines_read
+        if since < self.baselines_refresh_s and not (self._baselines_new and since >= BASELINES_ADOPT_S):
+            return
+        try:
+            self._read_baselines()
+        except sa.exc.SQLAlchemyError as exc:
+            self._baselines_read = time.monotonic()
+            log.warning("could not read the drift baselines: %s", str(exc).splitlines()[0])
 
     def prune_now(self) -> int:
         return self.db.prune_telemetry(time.time() - self.retention_s)
