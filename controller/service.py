@@ -225,11 +225,13 @@ class BackgroundHttp:
 
         import uvicorn
 
+        from controller.http_server import QuietServer
+
         settings = controller.settings
         config = uvicorn.Config(
             controller.app(), host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False
         )
-        self.server = uvicorn.Server(config)
+        self.server = QuietServer(config)
         self.thread = threading.Thread(target=self.server.run, name="controller-http", daemon=True)
         self.thread.start()
         self.url = f"http://{settings.http_host}:{settings.http_port}"
@@ -241,7 +243,7 @@ class BackgroundHttp:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.server.stop()
         self.thread.join(timeout=10)
 
 
