@@ -26,9 +26,8 @@ class QuietServer(uvicorn.Server):
     async def main_loop(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         ticks = 0
-        while not await self.on_tick(
-            ticks * 10
-        ):  # uvicorn refreshes the Date header when the counter is a multiple of 10
+        # uvicorn refreshes the Date header when its counter is a multiple of 10: every tick here is a second
+        while not await self.on_tick(ticks * 10):
             ticks = (ticks + 1) % 86_400
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_S)
