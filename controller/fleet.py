@@ -90,12 +90,13 @@ class Fleet(ReplicaDuties):
         self.artifact_base = artifact_base.rstrip("/") if artifact_base else None  # {base}/{sha256}; None: MQTT only
         self.fetch_rate = fetch_rate  # HTTP downloads started per second across the fleet, on average
         self.telemetry = telemetry or TelemetryIngest(db)
-        self.last_seen = LastSeen(db.engine)  # any message from a device refreshes its last seen
+        # any message refreshes its device's last seen; it and the leases repeat, so they need no ping per checkout
+        self.last_seen = LastSeen(db.writer)
         self.artifacts = artifacts
         self.topics = Topics(prefix)
         # replicas (PostgreSQL): state, artifact requests and telemetry through shared subscriptions, each message to
         # one replica; presence and RPC answers to every replica (controller/replication.py)
-        self.replication = Replication(db.engine, self.topics.root, replica_id)
+        self.replication = Replication(db.writer, self.topics.root, replica_id)
         self.replication.on_leader, self.replication.adopt = self._take_over, self._adopt
         self.replication.on_renamed = self._renamed
         self.telemetry.is_leader = self.replication.is_leader

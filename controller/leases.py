@@ -1,13 +1,21 @@
 """Leases in the database: work that one controller replica must do at a time (publishing desired states on
 connect, telemetry retention) belongs to whoever holds the `leader` row, and each replica holds a `replica:<id>` row
 while it lives. A holder renews every few seconds; a row whose `expires_at` has passed may be taken by anyone, in
-one conditional UPDATE, so two replicas never both win. Times are the database's clock (PostgreSQL), so replicas on
-machines whose clocks disagree still agree on who holds what. SQLite serves one process: it always holds every lease.
+one conditional statement, so two replicas never both win. Times are the database's clock (PostgreSQL), so replicas
+on machines whose clocks disagree still agree on who holds what. SQLite serves one process: it always holds every
+lease.
+
+Each call is one prepared statement in autocommit with the clock read inside it, and a replica's periodic calls share
+one connection (`connection()`): it renews every 2 s for as long as it lives, and a transaction per call with a
+separate clock query cost five round trips each.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -19,72 +27,80 @@ REPLICA = "replica:"  # + the replica's id: its membership (its telemetry sessio
 
 
 class Leases:
-    """Take, renew, release and list lease rows; each call is one short transaction."""
+    """Take, renew, release and list lease rows; each method takes an open `connection()` or opens its own."""
 
     def __init__(self, engine: Engine, owner: str, ttl_s: float) -> None:
-        self.engine = engine
+        self.shared = engine.dialect.name == "postgresql"  # replicas possible; SQLite is always one process
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT") if self.shared else engine
         self.owner = owner
         self.ttl_s = ttl_s
-        self.shared = engine.dialect.name == "postgresql"  # replicas possible; SQLite is always one process
+        now = self._now()
+        name, owner_, expires = leases.c.name, leases.c.owner, leases.c.expires_at
+        lease, me = sa.bindparam("lease", type_=sa.String), sa.bindparam("me", type_=sa.String)
+        insert = _dialect_insert(self.shared)(leases).values(name=lease, owner=me, expires_at=now + sa.bindparam("ttl"))
+        self._acquire = insert.on_conflict_do_update(  # the row comes back only when it was inserted or updated
+            index_elements=[name],
+            set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
+            where=(owner_ == insert.excluded.owner) | (expires < now),
+        ).returning(owner_)
+        mine = leases.update().where(name == lease, owner_ == me)
+        self._renew = mine.values(expires_at=now + sa.bindparam("ttl"))
+        self._expire = mine.values(expires_at=0.0)
+        self._release = leases.delete().where(name == lease, owner_ == me)
+        self._lapsed = sa.select(name).where(name.startswith(sa.bindparam("prefix")), expires < now)
+        self._holders = sa.select(name, owner_).where(expires >= now)
 
-    def now(self, conn: Connection) -> float:
+    def _now(self) -> sa.ColumnElement[float]:
+        """The current time as SQL: PostgreSQL's clock when the statement runs, else this machine's (read then)."""
         if self.shared:
-            return float(conn.execute(sa.text("SELECT extract(epoch from clock_timestamp())")).scalar_one())
-        return time.time()
+            return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+        return sa.bindparam("now", type_=sa.Float, callable_=time.time)
 
-    def acquire(self, name: str) -> bool:
-        """Take the lease, or renew it when this owner holds it; False while someone else's has not lapsed."""
-        with self.engine.begin() as conn:
-            now = self.now(conn)
-            taken = conn.execute(
-                leases.update()
-                .where(leases.c.name == name, (leases.c.owner == self.owner) | (leases.c.expires_at < now))
-                .values(owner=self.owner, expires_at=now + self.ttl_s)
-            ).rowcount
-            if taken:
-                return True
-            if conn.execute(sa.select(leases.c.name).where(leases.c.name == name)).first() is not None:
-                return False
-        try:  # no row yet: the first to insert it holds it
-            with self.engine.begin() as conn:
-                expires = self.now(conn) + self.ttl_s
-                conn.execute(leases.insert().values(name=name, owner=self.owner, expires_at=expires))
-            return True
-        except sa.exc.IntegrityError:
-            return False
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
 
-    def renew(self, name: str) -> bool:
+    def _run(self, statement: sa.Executable, conn: Connection | None, **params: object) -> list[sa.Row] | int:
+        """The rows the statement returns, else how many it changed."""
+        if conn is None:
+            with self.engine.begin() as own:
+                return self._run(statement, own, **params)
+        result = conn.execute(statement, {"me": self.owner, "ttl": self.ttl_s, **params})
+        return list(result.all()) if result.returns_rows else result.rowcount
+
+    def _rows(self, statement: sa.Executable, conn: Connection | None, **params: object) -> list[sa.Row]:
+        rows = self._run(statement, conn, **params)
+        assert isinstance(rows, list)
+        return rows
+
+    def acquire(self, name: str, conn: Connection | None = None) -> bool:
+        """Take the lease (creating its row), or renew it when this owner holds it; False while someone else's has
+        not lapsed. One INSERT ... ON CONFLICT DO UPDATE ... WHERE: the database decides who wins."""
+        return bool(self._run(self._acquire, conn, lease=name))
+
+    def renew(self, name: str, conn: Connection | None = None) -> bool:
         """Extend a lease this owner holds; False when it lapsed and someone else took it (or it is gone)."""
-        with self.engine.begin() as conn:
-            now = self.now(conn)
-            return bool(
-                conn.execute(
-                    leases.update()
-                    .where(leases.c.name == name, leases.c.owner == self.owner)
-                    .values(expires_at=now + self.ttl_s)
-                ).rowcount
-            )
+        return bool(self._run(self._renew, conn, lease=name))
 
-    def release(self, name: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(leases.delete().where(leases.c.name == name, leases.c.owner == self.owner))
+    def release(self, name: str, conn: Connection | None = None) -> None:
+        self._run(self._release, conn, lease=name)
 
-    def expire(self, name: str) -> None:
+    def expire(self, name: str, conn: Connection | None = None) -> None:
         """Let this owner's lease lapse now (it stays, for another replica to take and act on)."""
-        with self.engine.begin() as conn:
-            query = leases.update().where(leases.c.name == name, leases.c.owner == self.owner)
-            conn.execute(query.values(expires_at=0.0))
+        self._run(self._expire, conn, lease=name)
 
-    def lapsed(self, prefix: str) -> list[str]:
+    def lapsed(self, prefix: str, conn: Connection | None = None) -> list[str]:
         """Names starting with `prefix` whose lease has lapsed (their holder stopped renewing)."""
-        with self.engine.connect() as conn:
-            now = self.now(conn)
-            query = sa.select(leases.c.name).where(leases.c.name.startswith(prefix), leases.c.expires_at < now)
-            return list(conn.execute(query).scalars().all())
+        return [row.name for row in self._rows(self._lapsed, conn, prefix=prefix)]
 
-    def holders(self) -> dict[str, str]:
+    def holders(self, conn: Connection | None = None) -> dict[str, str]:
         """name -> owner of every lease that has not lapsed."""
-        with self.engine.connect() as conn:
-            now = self.now(conn)
-            rows = conn.execute(sa.select(leases.c.name, leases.c.owner).where(leases.c.expires_at >= now)).all()
-        return {name: owner for name, owner in rows}
+        return {row.name: row.owner for row in self._rows(self._holders, conn)}
+
+
+def _dialect_insert(shared: bool) -> Any:
+    """The INSERT with ON CONFLICT of the database in use."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if shared else sqlite.insert

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from controller.leases import LEADER, REPLICA, Leases
@@ -118,37 +118,45 @@ class Replication:
             self._stop.wait(max(0.0, self.renew_s - (time.monotonic() - started)))
 
     def _tick(self, started: float) -> None:
-        membership = REPLICA + self.replica_id
-        if not self.leases.renew(membership):  # declared dead (a long pause): another replica drains the old session
-            old = self.replica_id
-            self.replica_id = self.leases.owner = new_replica_id()
-            log.warning("replica %s lost its membership lease; continuing as %s", old, self.replica_id)
-            self._leader_until = 0.0
-            self.leases.acquire(REPLICA + self.replica_id)
-            if self.on_renamed:
-                self.on_renamed(self.replica_id)
+        with self.leases.connection() as conn:  # one connection, a statement per lease
+            self._renew_membership(conn)
+            self._lead(started, conn)
+            for name in self.leases.lapsed(REPLICA, conn):
+                dead = name[len(REPLICA) :]
+                if dead not in self._adopting and self.leases.acquire(name, conn):
+                    self._adopting.add(dead)
+                    threading.Thread(target=self._adopt, args=(dead, name), name=f"adopt-{dead}", daemon=True).start()
+            for dead in list(self._adopting):  # held while the drain runs
+                self.leases.renew(REPLICA + dead, conn)
+
+    def _renew_membership(self, conn: Connection) -> None:
+        if self.leases.renew(REPLICA + self.replica_id, conn):
+            return
+        # declared dead (a long pause): another replica drains the old session; this one continues under a new id
+        old = self.replica_id
+        self.replica_id = self.leases.owner = new_replica_id()
+        log.warning("replica %s lost its membership lease; continuing as %s", old, self.replica_id)
+        self._leader_until = 0.0
+        self.leases.acquire(REPLICA + self.replica_id, conn)
+        if self.on_renamed:
+            self.on_renamed(self.replica_id)
+
+    def _lead(self, started: float, conn: Connection) -> None:
         was_leader = self.is_leader()
-        if self.leases.acquire(LEADER):
-            # valid locally for less than the TTL, counted from before the renewal: it lapses here first
-            self._leader_until = started + self.ttl_s - self.renew_s
-            if not was_leader:
-                log.info("replica %s is now the leader (desired states, retention)", self.replica_id)
-                if self.on_leader:
-                    try:
-                        self.on_leader()
-                    except Exception:
-                        log.exception("taking over as the leader failed")
-        else:
+        if not self.leases.acquire(LEADER, conn):
             if was_leader:
                 log.warning("replica %s is no longer the leader", self.replica_id)
             self._leader_until = 0.0
-        for name in self.leases.lapsed(REPLICA):
-            dead = name[len(REPLICA) :]
-            if dead not in self._adopting and self.leases.acquire(name):
-                self._adopting.add(dead)
-                threading.Thread(target=self._adopt, args=(dead, name), name=f"adopt-{dead}", daemon=True).start()
-        for dead in list(self._adopting):  # held while the drain runs
-            self.leases.renew(REPLICA + dead)
+            return
+        # valid locally for less than the TTL, counted from before the renewal: it lapses here first
+        self._leader_until = started + self.ttl_s - self.renew_s
+        if not was_leader:
+            log.info("replica %s is now the leader (desired states, retention)", self.replica_id)
+            if self.on_leader:
+                try:
+                    self.on_leader()
+                except Exception:
+                    log.exception("taking over as the leader failed")
 
     def _adopt(self, dead: str, name: str) -> None:
         try:
