@@ -81,7 +81,7 @@ def upsert(engine: Engine, table: sa.Table, keys: list[str], row: dict[str, Any]
     return sqlite.insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=update)
 
 
-def make_engine(url: str, pre_ping: bool = True) -> Engine:
+def make_engine(url: str, pre_ping: bool = True, autocommit: bool = False) -> Engine:
     """An engine for the URL; SQLite gets WAL and a busy timeout so API and MQTT threads share it."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
@@ -97,6 +97,8 @@ def make_engine(url: str, pre_ping: bool = True) -> Engine:
             cur.close()
 
         return engine
+    if autocommit:
+        return sa.create_engine(url, pool_pre_ping=pre_ping, isolation_level="AUTOCOMMIT")
     return sa.create_engine(url, pool_pre_ping=pre_ping)
 
 
@@ -107,7 +109,7 @@ class Database(TelemetryTables):
         self.url = url
         self.engine = make_engine(url)
         upgrade(self.engine)  # Alembic migrations, once even when replicas start together (controller/migrate.py)
-        self.writer = self.engine if url.startswith("sqlite") else make_engine(url, pre_ping=False)
+        self.writer = self.engine if url.startswith("sqlite") else make_engine(url, pre_ping=False, autocommit=True)
 
     def close(self) -> None:
         self.engine.dispose()

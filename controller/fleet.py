@@ -296,8 +296,8 @@ class Fleet(ReplicaDuties):
             log.warning("dropped %s message from %s: %s", kind, device_id, exc)
 
     def _on_telemetry(self, batch: list[tuple[str, bytes]], done: Done | None = None) -> None:
-        """From the telemetry subscriber: (topic, payload) pairs; decoded and stored by the ingest thread, which
-        calls `done` once they are (the subscriber acknowledges them to the broker then)."""
+        """From the telemetry subscriber: (topic, payload) pairs, stored in its thread once its socket is drained;
+        `done` is called then (the subscriber acknowledges them to the broker)."""
         items = []
         for topic, payload in batch:
             parsed = self.topics.parse(topic)

@@ -167,6 +167,11 @@ class TelemetrySubscriber:
                 if self._sock is not None:
                     self._sock.close()
                     self._sock = None
+            if self.on_idle is not None:  # what the lost session handed over is stored now (not acknowledged)
+                try:
+                    self.on_idle()
+                except Exception:
+                    log.exception("on_idle handler failed")
             if self._subscribed:  # this session worked: the next outage starts the backoff again
                 delay = random.uniform(*self.initial_delay)
             if was_up and self.on_lost and not self._stop.is_set():
