@@ -70,15 +70,20 @@ class VariantRow:
         return dict(self.__dict__)
 
 
-def upsert(engine: Engine, table: sa.Table, keys: list[str], row: dict[str, Any], update: dict[str, Any]):
-    """INSERT `row`, or UPDATE the `update` columns of the row with the same `keys` (one statement, no race)."""
+def upsert(
+    engine: Engine, table: sa.Table, keys: list[str], row: dict[str, Any], update: dict[str, Any], where: Any = None
+):
+    """INSERT `row`, or UPDATE the `update` columns of the row with the same `keys` (where `where` holds for it: one
+    statement, no race)."""
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects import postgresql
 
-        return postgresql.insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=update)
-    from sqlalchemy.dialects import sqlite
+        insert: Any = postgresql.insert
+    else:
+        from sqlalchemy.dialects import sqlite
 
-    return sqlite.insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=update)
+        insert = sqlite.insert
+    return insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=update, where=where)
 
 
 def make_engine(url: str, pre_ping: bool = True, autocommit: bool = False) -> Engine:

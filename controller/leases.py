@@ -15,11 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from controller.db import upsert
 from controller.schema import leases
 
 LEADER = "leader"
@@ -37,12 +37,9 @@ class Leases:
         now = self._now()
         name, owner_, expires = leases.c.name, leases.c.owner, leases.c.expires_at
         lease, me = sa.bindparam("lease", type_=sa.String), sa.bindparam("me", type_=sa.String)
-        insert = _dialect_insert(self.shared)(leases).values(name=lease, owner=me, expires_at=now + sa.bindparam("ttl"))
-        self._acquire = insert.on_conflict_do_update(  # the row comes back only when it was inserted or updated
-            index_elements=[name],
-            set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
-            where=(owner_ == insert.excluded.owner) | (expires < now),
-        ).returning(owner_)
+        held = {"owner": me, "expires_at": now + sa.bindparam("ttl")}
+        taken = upsert(engine, leases, ["name"], {"name": lease, **held}, held, where=(owner_ == me) | (expires < now))
+        self._acquire = taken.returning(owner_)  # the row comes back only when it was inserted or updated
         mine = leases.update().where(name == lease, owner_ == me)
         self._renew = mine.values(expires_at=now + sa.bindparam("ttl"))
         self._expire = mine.values(expires_at=0.0)
@@ -97,10 +94,3 @@ class Leases:
     def holders(self, conn: Connection | None = None) -> dict[str, str]:
         """name -> owner of every lease that has not lapsed."""
         return {row.name: row.owner for row in self._rows(self._holders, conn)}
-
-
-def _dialect_insert(shared: bool) -> Any:
-    """The INSERT with ON CONFLICT of the database in use."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    return postgresql.insert if shared else sqlite.insert

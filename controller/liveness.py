@@ -23,7 +23,7 @@ class LastSeen:
     """Throttled `last_seen` updates: one UPDATE per batch for the devices not refreshed in the last `every` s."""
 
     def __init__(self, engine: Engine, every: float = REFRESH_S, flush_s: float = FLUSH_S) -> None:
-        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")  # one statement: one round trip
+        self.engine = engine
         self.every = every
         self.flush_s = flush_s
         self._written: dict[str, float] = {}

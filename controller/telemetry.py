@@ -3,11 +3,11 @@ for /metrics, `edgectl top` and the dashboard, and drift against a per (device, 
 
 The telemetry subscriber hands over what it read and, once its socket is drained (`idle`), the same thread stores it:
 decodes the messages, inserts them in one statement (duplicates ignored), calls each entry's `done` (the subscriber
-acknowledges to the broker then) and updates the in-memory view. A handoff to a writer thread cost about a fifth more
-CPU per sample (bench/fleet.py, 3 replicas: 37-41 us against 31-32): waking a second thread, and the samples read on
-one core and decoded on the other. Meanwhile new messages wait in the socket and the broker, which is the back
-pressure a full queue gave before. A housekeeping thread stores what waited over `linger_s` (a subscriber that never
-says idle), prunes and re-reads the drift baselines.
+acknowledges to the broker then) and updates the in-memory view. A handoff to a writer thread cost more CPU per
+sample (bench/fleet.py, 3 replicas, alternated: 38-43 us against 35-38 with this and the autocommit insert): waking a
+second thread, and the samples read on one core and decoded on the other. Meanwhile new messages wait in the socket
+and the broker, which is the back pressure a full queue gave before. A housekeeping thread stores what waited over
+`linger_s` (a subscriber that never says idle), prunes and re-reads the drift baselines.
 
 Drift: the first window of a (device, model, version) with output statistics becomes the baseline of each output
 (stored, so it survives a restart); a later window whose output mean is more than `drift_threshold` baseline standard
