@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.http_server import Limits
+from agent.api.http_server import Limits
 from protocol import DEFAULT_CHUNK_BYTES, DEFAULT_PREFIX, MAX_CHUNK_BYTES, valid_device_id
 from protocol.link import BrokerAddress
 

@@ -12,25 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.capture import Captures
+from agent.api.capture import Captures
+from agent.api.remote import RemoteCalls
+from agent.api.routes import InferenceServer
 from agent.config import AgentConfig
-from agent.crashguard import CrashGuard
-from agent.deployer import Deployer
-from agent.desired_gate import DesiredGate
-from agent.downloads import Downloads
-from agent.fetcher import ArtifactFetcher
-from agent.http_fetch import HttpSettings
-from agent.inference_api import InferenceServer
-from agent.inflight import TrackedTable
-from agent.live import LiveTaps
-from agent.loader import Loader
-from agent.remote import RemoteCalls
-from agent.reselect import Reselector
-from agent.rollback import Rollback
+from agent.deploy.crashguard import CrashGuard
+from agent.deploy.deployer import Deployer
+from agent.deploy.desired_gate import DesiredGate
+from agent.deploy.downloads import Downloads
+from agent.deploy.loader import Loader
+from agent.deploy.reselect import Reselector
+from agent.deploy.rollback import Rollback
+from agent.fetch.fetcher import ArtifactFetcher
+from agent.fetch.over_http import HttpSettings
+from agent.fetch.store import ModelStore
+from agent.serving.inflight import TrackedTable
+from agent.serving.live import LiveTaps
 from agent.status_board import StatusBoard
-from agent.store import ModelStore
-from agent.telemetry import Recorder
-from agent.telemetry_publisher import TelemetryPublisher
+from agent.telemetry.publisher import TelemetryPublisher
+from agent.telemetry.stats import Recorder
 from daemon.systemd_notify import Notifier
 from protocol import QOS, ControllerPresence, Desired, DeviceState, Presence, ProtocolError, Topics, decode
 from protocol.errors import EdgeError
@@ -102,7 +102,7 @@ class Agent:
     def start(self) -> None:
         """Open the API at once (live; ready once models from disk serve), serve what is on disk on its cached backend
         choice (a choice made on other hardware or runtimes serves too, while the trial runs again in the background),
-        then connect. A version that killed the last run is refused first (agent.crashguard)."""
+        then connect. A version that killed the last run is refused first (agent.deploy.crashguard)."""
         self.guard.arm()
         for death in self.guard.recover(self.store, self.config.health_window_s):
             log.error("the agent died while %s %s was on trial (%s): %s", death.name, death.mark.version,

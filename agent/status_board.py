@@ -6,8 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from agent.serving import ModelTable
-from agent.store import ModelStore
+from agent.fetch.store import ModelStore
+from agent.serving.table import ModelTable
 from protocol import DeviceState, ModelState, ModelStatus, ServingInfo
 
 

@@ -221,7 +221,7 @@ def start_broker(procs: Processes, directory: Path, console: Console, tcp_nodela
         kind = (version[0].strip() if version else "mosquitto") + (", set_tcp_nodelay true" if tcp_nodelay else "")
         return Broker(f"mqtt://127.0.0.1:{port}", port, kind, True, lambda: procs.stop(proc))
 
-    from controller.broker import EmbeddedBroker
+    from controller.broker.embedded import EmbeddedBroker
 
     console.print("[yellow]no mosquitto binary found: using the embedded amqtt broker (numbers not comparable)[/]")
     port = free_port()

@@ -9,7 +9,7 @@ Real processes: a Mosquitto of the benchmark's own (`sys_interval 1`, so `$SYS/b
 fresh), `edge-controller serve` (its public URL defaults from --http, so desired states carry artifact URLs) and nginx
 where installed. Simulated devices speak the real protocol (retained presence with a will, the retained desired
 state, state reports with progress at the agent's pace) from one selector thread driving all their MQTT sessions, and
-download with the agent's own `agent.fetcher.ArtifactFetcher` (Range, resume, sha256 check, write-back): over HTTP
+download with the agent's own `agent.fetch.fetcher.ArtifactFetcher` (Range, resume, sha256 check, write-back): over HTTP
 from the URL in the desired state, or, as agents with `http_downloads = false`, in MQTT chunks. Stores live in
 /dev/shm (tmpfs) and each verified file is deleted at once, so a thousand devices fit.
 
@@ -184,9 +184,9 @@ class SimFleet:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from agent.fetcher import ArtifactFetcher
-        from agent.http_fetch import HttpSettings
-        from agent.store import ModelStore
+        from agent.fetch.fetcher import ArtifactFetcher
+        from agent.fetch.over_http import HttpSettings
+        from agent.fetch.store import ModelStore
         from protocol import QOS, Presence
 
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
@@ -250,7 +250,7 @@ class SimFleet:
         )
 
     def _download(self, device: SimDevice) -> None:
-        from agent.downloads import PROGRESS_INTERVAL_S
+        from agent.deploy.downloads import PROGRESS_INTERVAL_S
 
         m = device.wanted
 
@@ -313,8 +313,8 @@ def rate_vs_curl(url: str, size: int, work: Path, rounds: int = 5) -> dict:
     each (what each can do; a shared machine only slows runs down) and the medians."""
     import hashlib
 
-    from agent.fetcher import _Writeback
-    from agent.http_fetch import HttpDownload, HttpSettings
+    from agent.fetch.fetcher import _Writeback
+    from agent.fetch.over_http import HttpDownload, HttpSettings
 
     curl, agent = [], []
     target = work / "rate.part"

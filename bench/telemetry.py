@@ -64,7 +64,7 @@ def template_message(device_id: str) -> tuple[bytes, bytes]:
     """A realistic sample (one model, a spread histogram, output stats, resources) split around its `ts`."""
     import random
 
-    from agent.telemetry import ModelStats
+    from agent.telemetry.stats import ModelStats
     from protocol import Resources, Telemetry
 
     stats = ModelStats("detector", "3", sample_every=1)
@@ -230,8 +230,8 @@ def bench_ingest(args, port: int, workdir: Path) -> dict:
 def bench_agent(port: int, workdir: Path) -> dict:
     import numpy as np
 
-    from agent.telemetry import ModelStats, Recorder
-    from agent.telemetry_publisher import TelemetryPublisher
+    from agent.telemetry.publisher import TelemetryPublisher
+    from agent.telemetry.stats import ModelStats, Recorder
     from protocol.link import BrokerAddress, MqttLink
 
     link = MqttLink(BrokerAddress.parse(f"mqtt://127.0.0.1:{port}"), "bench-agent", subscriptions=[], on_message=print)

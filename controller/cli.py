@@ -119,7 +119,7 @@ def serve(
     """Run the controller until interrupted."""
     import os
 
-    from controller.broker import BrokerStartError
+    from controller.broker.embedded import BrokerStartError
     from controller.service import Controller, ControllerSettings, ControllerStartError
 
     setup_logging(log_level.upper())
@@ -133,7 +133,7 @@ def serve(
         if url is not None and not url.startswith(("http://", "https://")):
             typer.echo(f"edge-controller: {option} {url!r}: expected an http:// or https:// URL", err=True)
             raise typer.Exit(2)
-    from controller.s3_artifacts import S3ConfigError, check_s3_settings
+    from controller.registry.s3 import S3ConfigError, check_s3_settings
 
     try:
         check_s3_settings(artifact_s3, s3_endpoint_url, artifact_url_expiry, artifact_base_url)
@@ -216,7 +216,7 @@ def broker_config(
 ) -> None:
     """Write a Mosquitto configuration for the fleet: client id = username on the devices' listener, no anonymous
     clients, the ACL, and a message size limit matching the protocol's largest message."""
-    from controller.broker_config import BrokerFiles, mosquitto_config
+    from controller.broker.mosquitto import BrokerFiles, mosquitto_config
 
     tls = (cafile, certfile, keyfile)
     if any(tls) and not all(tls):
@@ -239,7 +239,7 @@ def acl(
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write broker ACL rules confining each device (username = device id) to its own topics."""
-    from controller.acl import emqx_acl, mosquitto_acl
+    from controller.broker.acl import emqx_acl, mosquitto_acl
 
     writers = {"mosquitto": mosquitto_acl, "emqx": emqx_acl}
     if output_format not in writers:

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from controller.artifacts import ArtifactStore
-from controller.broker import EmbeddedBroker, port_free
-from controller.db import Database
-from controller.fleet import Fleet
-from controller.guard import default_allowed_hosts, is_loopback
-from controller.s3_artifacts import S3Artifacts
-from controller.telemetry import DEFAULT_DRIFT_THRESHOLD, DEFAULT_RETENTION_S, TelemetryIngest
+from controller.api.guard import default_allowed_hosts, is_loopback
+from controller.broker.embedded import EmbeddedBroker, port_free
+from controller.db.database import Database
+from controller.fleet.link import Fleet
+from controller.registry.artifacts import ArtifactStore
+from controller.registry.s3 import S3Artifacts
+from controller.telemetry.ingest import DEFAULT_DRIFT_THRESHOLD, DEFAULT_RETENTION_S, TelemetryIngest
 from protocol.link import BrokerAddress, MqttProtocol
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class Controller:
             log.info("devices fetch artifacts over MQTT only (no --public-url or --artifact-base-url)")
 
     def app(self):
-        from controller.api import create_app
+        from controller.api.app import create_app
 
         return create_app(
             self.db,
@@ -225,7 +225,7 @@ class BackgroundHttp:
 
         import uvicorn
 
-        from controller.http_server import QuietServer
+        from controller.api.server import QuietServer
 
         settings = controller.settings
         config = uvicorn.Config(

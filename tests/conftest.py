@@ -90,7 +90,7 @@ def broker(tmp_path_factory) -> Iterator[Broker]:
         proc.terminate()
         proc.wait(5)
     else:
-        from controller.broker import EmbeddedBroker
+        from controller.broker.embedded import EmbeddedBroker
 
         embedded = EmbeddedBroker("127.0.0.1", free_port())
         embedded.start()

@@ -1,1 +1,1 @@
-"""Alembic migrations of the controller's database (run by controller/migrate.py, never by hand)."""
+"""Alembic migrations of the controller's database (run by controller/db/migrate.py, never by hand)."""

@@ -1,4 +1,4 @@
-"""Alembic's entry point: migrations run on the connection controller/migrate.py hands over (it holds the lock)."""
+"""Alembic's entry point: migrations run on the connection controller/db/migrate.py hands over (it holds the lock)."""
 
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ import pytest
 from conftest import _port_open, find_mosquitto, free_port, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.acl import mosquitto_acl
-from controller.broker_config import BrokerFiles, mosquitto_config
+from controller.broker.acl import mosquitto_acl
+from controller.broker.mosquitto import BrokerFiles, mosquitto_config
 
 
 class ControllerProcess:

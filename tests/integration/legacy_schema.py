@@ -1,4 +1,4 @@
-"""Fixture: controller/schema.py as it was before migrations existed (commit 9b7c8fe), frozen: databases created by
+"""Fixture: controller/db/schema.py as it was before migrations existed (commit 9b7c8fe), frozen: databases created by
 `metadata.create_all` with it must be upgraded by the migrations without losing a row (test_migrations.py)."""
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ import onnx
 import pytest
 from test_rollback import always_nan
 
+from agent.api.http_server import Limits
+from agent.api.routes import InferenceServer
 from agent.config import AgentConfig
-from agent.http_server import Limits
-from agent.inference_api import InferenceServer
-from agent.serving import LoadedModel, ModelTable
+from agent.serving.table import LoadedModel, ModelTable
 from edgectl.sample_models import mlp
 from targets import registry
 from targets.onnx_external import ExternalData, refuse_external_data

@@ -21,10 +21,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_rollback import nan_for_large_inputs
 
 from agent.config import AgentConfig
-from agent.deployer import failure_code
-from agent.fetcher import FetchError
+from agent.deploy.deployer import failure_code
+from agent.fetch.fetcher import FetchError
+from agent.fetch.store import VerifyError
 from agent.service import Agent
-from agent.store import VerifyError
 from edgectl.sample_models import mlp
 from protocol import Desired, DesiredModel, Topics
 from targets.base import BackendError

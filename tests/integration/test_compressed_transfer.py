@@ -15,7 +15,7 @@ from conftest import wait_model_state, wait_until
 from onnx import numpy_helper
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.store import ModelStore, VerifyError
+from agent.fetch.store import ModelStore, VerifyError
 from edgectl.sample_models import mlp
 from protocol import DEFAULT_CHUNK_BYTES, Topics
 

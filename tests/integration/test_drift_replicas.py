@@ -9,7 +9,7 @@ import time
 from conftest import wait_until
 from test_telemetry import db, sample  # noqa: F401  (db: the SQLite and PostgreSQL fixture)
 
-from controller.telemetry import TelemetryIngest
+from controller.telemetry.ingest import TelemetryIngest
 
 KEY = ("dev1", "mlp", "1", "probs")
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import free_port, wait_until
 
-from controller.broker import BrokerStartError, EmbeddedBroker
+from controller.broker.embedded import BrokerStartError, EmbeddedBroker
 from protocol.link import BrokerAddress, MqttLink, Will
 
 

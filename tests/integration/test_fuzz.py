@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.api.http_server import Limits
+from agent.api.routes import InferenceServer, _decode_inputs, _HTTPError
 from agent.config import AgentConfig
-from agent.http_server import Limits
-from agent.inference_api import InferenceServer, _decode_inputs, _HTTPError
-from agent.serving import LoadedModel, ModelTable
-from controller.artifacts import ArtifactStore
-from controller.db import Database
-from controller.fleet import Fleet
+from agent.serving.table import LoadedModel, ModelTable
+from controller.db.database import Database
+from controller.fleet.link import Fleet
+from controller.registry.artifacts import ArtifactStore
 from edgectl.sample_models import scaled_sum
 from protocol import DEVICE_TOPIC_KINDS, ChunkHeader, Topics, encode_frame
 from targets import registry

@@ -16,8 +16,8 @@ from conftest import ControllerHandle, wait_until
 from hardening import Device
 from test_registry import POSTGRES_URL, postgres_available
 
-from controller.schema import telemetry as telemetry_table
-from controller.telemetry_budget import TelemetryBudget
+from controller.db.schema import telemetry as telemetry_table
+from controller.telemetry.budget import TelemetryBudget
 from protocol import ControllerPresence, ModelTelemetry, OutputStats, Telemetry, Topics, decode
 
 

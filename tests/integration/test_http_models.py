@@ -19,7 +19,7 @@ import pytest
 from conftest import free_port, wait_model_state, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.http_fetch import HttpDownload, HttpSettings, HttpUnavailable
+from agent.fetch.over_http import HttpDownload, HttpSettings, HttpUnavailable
 from edgectl.sample_models import mlp
 from protocol import Topics
 

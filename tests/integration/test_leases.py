@@ -10,7 +10,7 @@ import time
 import pytest
 from test_telemetry import db  # noqa: F401  (db: the SQLite and PostgreSQL fixture)
 
-from controller.leases import LEADER, REPLICA, Leases
+from controller.replicas.leases import LEADER, REPLICA, Leases
 
 
 def test_a_lease_is_held_by_one_owner_until_it_lapses(db):  # noqa: F811

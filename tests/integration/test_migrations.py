@@ -1,4 +1,4 @@
-"""Schema migrations: a new database is created at the newest revision and matches controller/schema.py; a database
+"""Schema migrations: a new database is created at the newest revision and matches controller/db/schema.py; a database
 made by `metadata.create_all` before migrations existed is upgraded keeping every row; replicas starting at the same
 moment against an empty PostgreSQL database all come up, and the schema is created once."""
 
@@ -17,9 +17,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from test_registry import POSTGRES_URL, postgres_available
 
-from controller.db import Database, make_engine
-from controller.migrate import current_revision, head_revision
-from controller.schema import metadata
+from controller.db.database import Database, make_engine
+from controller.db.migrate import current_revision, head_revision
+from controller.db.schema import metadata
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,8 +123,8 @@ def test_a_database_made_before_migrations_is_upgraded_keeping_its_rows(empty_ur
 
 START = """
 import sys, time
-from controller.db import Database
-from controller.migrate import current_revision
+from controller.db.database import Database
+from controller.db.migrate import current_revision
 deadline = float(sys.argv[2])
 while time.time() < deadline:
     time.sleep(0.001)

@@ -134,7 +134,7 @@ def test_variants_registry_on_sqlite_and_postgresql(db):  # noqa: F811
     """The variants and deployment_variants tables on both databases (PostgreSQL where one runs locally)."""
     import time
 
-    from controller.db import ModelRow, VariantRow
+    from controller.db.database import ModelRow, VariantRow
 
     model = db.add_model(ModelRow("m", "1", "a" * 64, 10, "onnx", "m.onnx", {}, time.time()))
     db.record_presence("d1", True, {}, "1", None)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from controller.db import Conflict, Database, ModelRow
+from controller.db.database import Conflict, Database, ModelRow
 
 POSTGRES_URL = os.environ.get("EDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_http_models import stored_intact
 from test_migrations import fresh_database
 
-from controller.db import make_engine
+from controller.db.database import make_engine
 from edgectl.client import ControllerClient
 from protocol import Presence, Telemetry, Topics
 

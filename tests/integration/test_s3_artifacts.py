@@ -28,8 +28,8 @@ import pytest
 from conftest import free_port, wait_model_state
 from test_http_models import ChunkRequests, desired_message, stored_intact
 
-from agent.http_fetch import HttpDownload, HttpSettings
-from controller.artifacts import ArtifactStore
+from agent.fetch.over_http import HttpDownload, HttpSettings
+from controller.registry.artifacts import ArtifactStore
 from edgectl.sample_models import mlp
 from protocol.signing import Signer
 
@@ -150,7 +150,7 @@ def test_push_downloads_from_the_bucket_with_a_presigned_url(make_controller, st
 def test_range_resumes_against_a_presigned_url_and_a_second_replica_does_not_upload_again(s3, tmp_path):
     """The agent's own downloader with half the file already here: one Range request for the rest, 206 from the
     bucket, hash intact. Another controller process (a replica, a restart) finds the object by HEAD and puts nothing."""
-    from controller.s3_artifacts import S3Artifacts, S3Location
+    from controller.registry.s3 import S3Artifacts, S3Location
 
     data = hashlib.sha256(b"seed").digest() * (3 << 15)  # 3 MiB
     sha = hashlib.sha256(data).hexdigest()
@@ -214,14 +214,14 @@ def test_unreachable_bucket_leaves_the_controller_endpoint(make_controller, star
     spy = ChunkRequests(broker, prefix)
     try:
         agent = start_agent("dev1", wait_online=controller)
-        with caplog.at_level(logging.WARNING, logger="controller.s3_artifacts"):
+        with caplog.at_level(logging.WARNING, logger="controller.registry.s3"):
             record = push(controller, mlp(model_dir / "s3-down.onnx", pad_mb=2, seed=33), "m")
         wait_model_state(controller, "dev1", "m", record["sha256"], {"serving"})
     finally:
         spy.close()
     sha = record["sha256"]
     assert desired_message(broker, prefix, "dev1")["models"][0]["url"] == f"{controller.url}/api/v1/artifacts/{sha}"
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "controller.s3_artifacts"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "controller.registry.s3"]
     assert "cannot put it in the bucket" in warning and "EndpointConnectionError" in warning
     assert "the controller's endpoint" in warning
     assert spy.count == 0 and stored_intact(agent, sha)
@@ -251,7 +251,7 @@ def test_bad_s3_settings_are_one_line(argv, says, tmp_path):
 
 
 def test_controller_refuses_both_sources_before_creating_anything(tmp_path):
-    from controller.s3_artifacts import S3ConfigError
+    from controller.registry.s3 import S3ConfigError
     from controller.service import Controller, ControllerSettings
 
     settings = ControllerSettings(data_dir=tmp_path / "c", artifact_s3="s3://b", artifact_base_url="http://h/a")

@@ -18,7 +18,7 @@ import pytest
 from conftest import AgentProcess, _port_open, find_mosquitto, free_port, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.acl import mosquitto_acl
+from controller.broker.acl import mosquitto_acl
 from protocol import Presence, Topics, decode
 
 PASSWORDS = {"edge-controller": "ctl-secret", "dev-a": "a-secret", "dev-b": "b-secret"}

@@ -70,7 +70,7 @@ def test_retained_desired_is_signed(signing_controller, start_agent, broker, pre
 def test_variants_are_signed_too(signing_controller, signer, mlp_model):
     """Each VariantRef carries its own signature over (name, version+variant, sha256, size, format), in a signing
     context of its own: it never passes as the signature of a model version named "1+fp16", nor the reverse."""
-    from controller.db import VariantRow
+    from controller.db.database import VariantRow
 
     fleet = signing_controller.bg.controller.fleet
     model = signing_controller.bg.controller.db.get_model(

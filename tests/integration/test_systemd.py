@@ -215,7 +215,7 @@ def _known(controller) -> bool:
 def test_sigterm_path_finishes_in_flight_inference_then_goes_offline(broker, prefix, tmp_path, mlp_model):
     from agent.config import load_config
     from agent.service import Agent
-    from agent.serving import LoadedModel
+    from agent.serving.table import LoadedModel
     from targets import registry
 
     cfg = load_config(

@@ -19,11 +19,11 @@ from conftest import wait_model_state, wait_until
 from test_e2e import edgectl, v2_infer
 from test_registry import POSTGRES_URL, postgres_available
 
-from agent.telemetry import ModelStats, Recorder
-from agent.telemetry_publisher import DiskQueue, TelemetryPublisher
-from controller.db import Database
-from controller.metrics import render
-from controller.telemetry import TelemetryIngest
+from agent.telemetry.publisher import DiskQueue, TelemetryPublisher
+from agent.telemetry.stats import ModelStats, Recorder
+from controller.api.metrics import render
+from controller.db.database import Database
+from controller.telemetry.ingest import TelemetryIngest
 from protocol import (
     LATENCY_BOUNDS_MS,
     ModelTelemetry,
@@ -113,7 +113,7 @@ def test_recording_cost_on_the_request_path_is_a_few_microseconds():
 
 
 def test_errors_are_counted_in_loaded_model_infer(mlp_model):
-    from agent.serving import LoadedModel
+    from agent.serving.table import LoadedModel
     from protocol.tensors import InputError
     from targets import registry
 
@@ -436,7 +436,7 @@ def test_grafana_dashboard_uses_only_exported_metrics(tmp_path):
 
 
 def test_telemetry_reader_parses_packets_split_anywhere_and_acks_each_qos1_publish():
-    from controller.telemetry_mqtt import TelemetrySubscriber, _packet, _string
+    from controller.telemetry.subscriber import TelemetrySubscriber, _packet, _string
 
     payloads = [b"x" * n for n in (0, 5, 200, 20_000)]
     stream = _packet(0x20, b"\x00\x00") + _packet(0x90, b"\x00\x01\x01")

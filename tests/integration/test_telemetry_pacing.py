@@ -12,9 +12,9 @@ import pytest
 from conftest import find_mosquitto, start_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.db import Database
-from controller.telemetry import TelemetryIngest
-from controller.telemetry_mqtt import GATHER_MIN_S, GATHER_S, Pacer, TelemetrySubscriber
+from controller.db.database import Database
+from controller.telemetry.ingest import TelemetryIngest
+from controller.telemetry.subscriber import GATHER_MIN_S, GATHER_S, Pacer, TelemetrySubscriber
 from protocol import Telemetry, Topics
 from protocol.link import BrokerAddress
 

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.artifacts import ArtifactStore
-from controller.calibration import CalibrationStore
-from controller.db import Conflict, Database, ModelRow, VariantRow
-from controller.deployments import Deployments
+from controller.db.database import Conflict, Database, ModelRow, VariantRow
 from controller.errors import STATUS, DeviceError, http_status
-from controller.inspect import InvalidModel
-from controller.optimizer import choose_variants, variants_for_runtimes
-from controller.registry import Registry
-from controller.uploads import TooLarge, receive_bytes
+from controller.fleet.deployments import Deployments
+from controller.registry.artifacts import ArtifactStore
+from controller.registry.calibration import CalibrationStore
+from controller.registry.inspect import InvalidModel
+from controller.registry.models import Registry
+from controller.registry.optimizer import choose_variants, variants_for_runtimes
+from controller.registry.uploads import TooLarge, receive_bytes
 from edgectl import sample_models
 from protocol.errors import EdgeError
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from agent.crashguard import MAX_DEATHS, CrashGuard
-from agent.store import Installed, ModelStore
+from agent.deploy.crashguard import MAX_DEATHS, CrashGuard
+from agent.fetch.store import Installed, ModelStore
 
 FAULT = """Fatal Python error: Segmentation fault
 

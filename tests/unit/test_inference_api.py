@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from agent import __version__
-from agent.http_server import Limits
-from agent.inference_api import InferenceServer
-from agent.serving import LoadedModel, ModelTable
+from agent.api.http_server import Limits
+from agent.api.routes import InferenceServer
+from agent.serving.table import LoadedModel, ModelTable
 from edgectl.sample_models import mlp, scaled_sum
 from targets import registry
 
@@ -87,7 +87,7 @@ def _error(response: httpx.Response, status: int) -> str:
 
 
 def test_import_does_not_load_numpy():
-    code = "import sys, agent.inference_api; assert 'numpy' not in sys.modules, 'numpy imported'"
+    code = "import sys, agent.api.routes; assert 'numpy' not in sys.modules, 'numpy imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 

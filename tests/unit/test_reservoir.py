@@ -7,8 +7,8 @@ import statistics
 
 import numpy as np
 
-from agent.reservoir import Reservoir
-from agent.shadow import Mirror
+from agent.serving.live import Mirror
+from agent.serving.reservoir import Reservoir
 
 
 def test_every_request_has_the_same_chance_to_be_kept():

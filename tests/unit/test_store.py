@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from agent.store import Installed, ModelStore, VerifyError
+from agent.fetch.store import Installed, ModelStore, VerifyError
 
 
 def download(store: ModelStore, data: bytes) -> str:

@@ -1,4 +1,4 @@
-"""The schema as `metadata.create_all` made it before migrations existed (a frozen copy, not controller/schema.py).
+"""The schema as `metadata.create_all` made it before migrations existed (a frozen copy, not controller/db/schema.py).
 
 Each table is created only where it is missing: a database made by an older controller (create_all, no
 alembic_version) passes through this revision keeping its rows, and gains the tables it lacked."""

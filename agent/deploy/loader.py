@@ -1,0 +1,124 @@
+"""Loads a version for serving: the backend its trial chose, failover to the runner-ups, warm-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.fetch.store import ModelStore
+from agent.serving.live import LiveTaps
+from agent.serving.table import LoadedModel
+from agent.telemetry.stats import Recorder
+from targets.base import Backend
+from targets.failover import FailoverBackend
+from targets.inputs import Inputs
+from targets.onnx_external import refuse_external_data
+from targets.selection import Selection, candidates, load_candidate, select_backend
+
+WARM_UP_RUNS = 3  # a dynamic OpenVINO model compiles a static copy for its shapes once it has seen them three times
+
+FailoverChanged = Callable[[str, dict[str, Any]], None]  # (model name, failover status)
+
+
+def failover_status(backend: Backend) -> dict[str, Any] | None:
+    """What serves instead of the preferred backend and why (the status' `failover`); None without failover."""
+    return backend.status() if isinstance(backend, FailoverBackend) else None
+
+
+@dataclass
+class Loader:
+    """Turns a stored artifact into a warm LoadedModel; `on_failover` hears each run-time failover of a model."""
+
+    config: AgentConfig
+    hardware: dict[str, Any]
+    store: ModelStore
+    recorder: Recorder
+    on_failover: FailoverChanged
+    taps: LiveTaps | None = None  # each loaded model's requests feed its name's reservoir and shadow mirror
+
+    def load(
+        self,
+        name: str,
+        version: str,
+        sha256: str,
+        model_format: str,
+        *,
+        backend: str | None = None,
+        samples: list[Inputs] | None = None,
+        hints: dict[str, list[int]] | None = None,
+        defer_trial: bool = False,
+    ) -> tuple[LoadedModel, dict[str, Any]]:
+        """The model loaded on the backend its trial chose (cached per model and hardware) on representative inputs,
+        with the trial's summary for the status (`stale: True` in it when `defer_trial` took a choice made on other
+        hardware or runtimes); BackendError or SampleError when it cannot serve here."""
+        path = self.store.path(sha256)
+        if model_format == "onnx":
+            refuse_external_data(path)  # whatever the installed runtime would check
+        override = backend or self.config.backend
+        selection = self._select(path, model_format, sha256, override, samples, hints, defer_trial)
+        probe = tuple(selection.probe.sets)
+        instance = selection.backend
+        fallbacks = [] if override else self._fallbacks(selection, path, model_format)
+        if fallbacks:
+            instance = FailoverBackend(
+                instance,
+                fallbacks,
+                on_change=partial(self.on_failover, name),
+                probe=probe[0] if probe else None,
+            )
+        for inputs in probe[:1] * WARM_UP_RUNS:
+            instance.infer(inputs)
+        tap = self.taps.get(name) if self.taps is not None else None
+        stats = self.recorder.model(name, version)
+        model = LoadedModel(name, version, sha256, instance, stats=stats, probe=probe, tap=tap)
+        return model, selection.as_dict() | ({"stale": True} if selection.stale else {})
+
+    def _select(
+        self,
+        path: Path,
+        model_format: str,
+        sha256: str,
+        override: str | None,
+        samples: list[Inputs] | None,
+        hints: dict[str, list[int]] | None,
+        defer_trial: bool = False,
+    ) -> Selection:
+        cfg = self.config
+        return select_backend(
+            path,
+            model_format,
+            self.hardware,
+            override=override,
+            options=cfg.backend_options if override else None,
+            trial=cfg.backend_trial,
+            budget_s=cfg.trial_budget_s,
+            cache_dir=Path(cfg.data_dir) / "selection",
+            sha256=sha256,
+            samples=samples,
+            hints=hints,
+            isolated=cfg.trial_isolated,
+            defer_trial=defer_trial,
+        )
+
+    def _fallbacks(
+        self, selection: Selection, path: Path, model_format: str
+    ) -> list[tuple[str, Callable[[], Backend]]]:
+        """The other candidates that agreed in the trial, fastest first, loaded only if the chosen one fails."""
+        working = sorted(
+            (r for r in selection.candidates if r.agreed and r.name != selection.choice and r.p50_ms is not None),
+            key=lambda r: r.p50_ms or 0.0,
+        )
+        by_name = {c.name: c for c in candidates(model_format, self.hardware)}
+        names = {
+            "input_names": [s.name for s in selection.backend.inputs],
+            "output_names": [s.name for s in selection.backend.outputs],
+        }
+        return [
+            (r.name, partial(load_candidate, c, path, model_format, names if c.backend == "openvino" else None))
+            for r in working
+            if (c := by_name.get(r.name)) is not None
+        ]

@@ -1,0 +1,162 @@
+"""Re-selection in the background: when most requests a model answers have shapes its trial never timed (the trial
+runs again on those requests), and after a restart that found other hardware or runtimes (the model serves at once
+on its earlier choice; the trial runs again on its own inputs). The new choice replaces the serving backend only
+when it agrees with the serving one and is faster, timed beside it on the same inputs (agent.deploy.shadow)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agent.deploy.loader import Loader, failover_status
+from agent.deploy.rollback import Rollback
+from agent.deploy.shadow import Pairs, run_pair
+from agent.fetch.store import ModelStore
+from agent.serving.reservoir import Signature, signature
+from agent.serving.table import LoadedModel, ModelTable
+from agent.status_board import StatusBoard
+from protocol.errors import EdgeError
+from targets.inputs import SampleError
+
+log = logging.getLogger(__name__)
+
+MIN_UNTIMED = 4  # kept requests whose shapes the trial never timed, before a re-selection runs
+MIN_SHARE = 0.5  # ... and at least this share of the kept requests
+MAX_SAMPLES = 8  # live inputs the new trial runs on
+COMPARE_ROUNDS = 4  # pairs per sample when the new choice is timed beside the serving one
+FASTER_BY = 0.10  # the new choice must be at least this much faster (median of paired ratios)
+
+
+def untimed(model: LoadedModel, kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The kept request inputs whose shapes none of the model's representative inputs had."""
+    timed = {signature(p) for p in model.probe}
+    return [k for k in kept if signature(k) not in timed]
+
+
+@dataclass
+class Reselector:
+    """Checks each serving model's reservoir every `interval_s`; at most one re-selection per model version and set
+    of live shapes."""
+
+    loader: Loader
+    table: ModelTable
+    store: ModelStore
+    board: StatusBoard
+    rollback: Rollback
+    interval_s: float
+    stored_samples: Callable[[str | None], list[dict[str, Any]] | None] = lambda sha256: None
+    _tried: set[tuple[str, frozenset[Signature]]] = field(default_factory=set)
+    _retrials: set[str] = field(default_factory=set)
+    _wake: threading.Event = field(default_factory=threading.Event)
+
+    def retrial(self, names: set[str]) -> None:
+        """Run the trial again for these models soon (they serve on a choice made on other hardware or runtimes)."""
+        self._retrials |= names
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._wake.wait(self.interval_s or None)
+            self._wake.clear()
+            for name in sorted(self._retrials):
+                self._retrials.discard(name)
+                self._guarded(self.retry_trial, name)
+            if self.interval_s:
+                for name in self.table.names():
+                    self._guarded(self.check, name)
+
+    def _guarded(self, step: Callable[[str], object], name: str) -> None:
+        try:
+            step(name)
+        except Exception:
+            log.exception("re-selection of %s failed", name)
+
+    def retry_trial(self, name: str) -> str | None:
+        """The trial on this hardware and runtimes, for a model restored on an earlier choice."""
+        model = self.table.current(name)
+        record = self.store.records.get(name)
+        if model is None or record is None or record.serving is None:
+            return None
+        samples = self.stored_samples(record.serving.samples)
+        outcome = self._reselect(model, samples, list(model.probe), "retrial")
+        log.info("%s %s: %s", name, model.version, outcome)
+        return outcome
+
+    def check(self, name: str) -> str | None:
+        """Re-select `name` if live shapes call for it; what was decided, in one line (None: nothing to do)."""
+        model = self.table.current(name)
+        record = self.store.records.get(name)
+        if model is None or record is None or record.serving is None or model.tap is None:
+            return None
+        if model.watch is not None and model.watch.active or model.tap.reservoir is None:
+            return None  # a fresh version in its health window, or no reservoir (capture off)
+        kept = model.tap.reservoir.snapshot()
+        live = untimed(model, kept)
+        if len(live) < MIN_UNTIMED or len(live) < MIN_SHARE * len(kept):
+            return None
+        shapes = frozenset(signature(k) for k in live)
+        if (model.sha256, shapes) in self._tried:
+            return None
+        self._tried.add((model.sha256, shapes))
+        live = live[:MAX_SAMPLES]
+        outcome = self._reselect(model, live, live, "live")
+        log.info("%s %s: %s", name, model.version, outcome)
+        return outcome
+
+    def _reselect(
+        self, model: LoadedModel, samples: list[dict[str, Any]] | None, compare_on: list[dict[str, Any]], field: str
+    ) -> str:
+        """Trial on `samples`; the new choice serves if it agrees with and beats the serving one on `compare_on`.
+        What was decided goes to the status' selection under `field` ("live" or "retrial")."""
+        installed = self.store.records[model.name].serving
+        assert installed is not None
+        what = "on live shapes" if field == "live" else "on this hardware and runtimes"
+        try:
+            fresh, selection = self.loader.load(
+                model.name, model.version, installed.sha256, installed.format, samples=samples,
+                hints=installed.input_shapes,
+            )  # fmt: skip
+        except (EdgeError, SampleError, OSError) as exc:
+            return self._note(model, field, f"the trial {what} failed: {exc}")
+        pairs = Pairs()
+        for i in range(COMPARE_ROUNDS * len(compare_on)):
+            run_pair(fresh, model, compare_on[i % len(compare_on)], new_first=i % 2 == 0, pairs=pairs)
+        if pairs.problem or not len(pairs) or pairs.agreed < len(pairs):
+            why = pairs.problem or pairs.difference or "no input ran on both"
+            return self._note(model, field, f"kept {model.backend.label}: {fresh.backend.label} {what}: {why}")
+        ratio, (new_p50, old_p50) = pairs.ratio(), pairs.medians()
+        figures = f"p50 {new_p50:.3g} vs {old_p50:.3g} ms"
+        if fresh.backend.label == model.backend.label or ratio > 1 - FASTER_BY:
+            return self._note(model, field, f"kept {model.backend.label} {what} ({fresh.backend.label}: {figures})")
+        outcome = f"switched to {fresh.backend.label} {what} ({figures})"
+        return self._swap(model, fresh, selection | {field: outcome}, outcome)
+
+    def _swap(self, model: LoadedModel, fresh: LoadedModel, selection: dict[str, Any], outcome: str) -> str:
+        """Serve `fresh` as the same version (same identity, variant and attempt), unless something replaced
+        `model` meanwhile."""
+        same = replace(
+            fresh, sha256=model.sha256, artifact_sha256=model.artifact_sha256, variant=model.variant,
+            attempt=model.attempt,
+        )  # fmt: skip
+        with self.rollback.lock:
+            if self.table.current(model.name) is not model:
+                return "superseded while re-selecting"
+            self.table.swap(same)
+            record = self.store.records[model.name]
+            assert record.serving is not None
+            self.store.mark_serving(model.name, replace(record.serving, backend=fresh.backend.label))
+        self.board.update_serving(
+            model.name, backend=fresh.backend.label, selection=selection, failover=failover_status(fresh.backend)
+        )
+        return outcome
+
+    def _note(self, model: LoadedModel, field: str, outcome: str) -> str:
+        """Show a kept choice in the status' selection."""
+        entry = self.board.get(model.name)
+        if entry is not None and entry.selection is not None:
+            current = entry.selection if isinstance(entry.selection, dict) else entry.selection.model_dump()
+            self.board.update(model.name, selection={**current, field: outcome})
+        return outcome

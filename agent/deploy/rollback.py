@@ -1,0 +1,105 @@
+"""Puts the previous version back at once when a fresh one misbehaves in its health window; never retries it.
+
+The replaced version stays loaded (standby) through the window; agent.serving.health's watch says what went wrong."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+
+from agent.config import AgentConfig
+from agent.deploy.crashguard import CrashGuard
+from agent.fetch.store import Installed, ModelStore, Refusal
+from agent.serving.health import HealthWatch
+from agent.serving.table import LoadedModel, ModelTable
+from agent.status_board import StatusBoard
+from protocol import Problem
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL_S = 0.25
+
+
+class Rollback:
+    """Swaps versions in under watch, and rolls them back; the deploy worker and the health thread both swap."""
+
+    def __init__(
+        self, config: AgentConfig, table: ModelTable, store: ModelStore, board: StatusBoard, guard: CrashGuard
+    ) -> None:
+        self.config = config
+        self.guard = guard
+        self.table = table
+        self.store = store
+        self.board = board
+        self.lock = threading.RLock()
+        self._standby: dict[str, LoadedModel] = {}  # the version a fresh swap replaced, kept for instant rollback
+
+    def standby(self, name: str) -> LoadedModel | None:
+        """The version kept loaded to roll `name` back to, while its new version is in its health window."""
+        return self._standby.get(name)
+
+    def swap_in(self, model: LoadedModel, installed: Installed) -> None:
+        """Serve `model` now (watched for health_window_s), keeping the version it replaces loaded for a rollback."""
+        window = self.config.health_window_s
+        with self.lock:
+            watched = replace(model, watch=HealthWatch(window, self.config.rollback_max_errors)) if window else model
+            old = self.table.swap(watched)
+            if old is not None:
+                self._standby[model.name] = old
+            self.store.mark_serving(model.name, installed)
+            if window:  # the agent's death before the window ends counts against this version
+                self.guard.begin(model.name, model.sha256, model.version, model.attempt, "serving", window)
+            else:
+                self.guard.end(model.name)
+
+    def forget(self, name: str) -> None:
+        with self.lock:
+            self._standby.pop(name, None)
+
+    # -- the health window -------------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Check every serving model's health window until `stop`."""
+        while not stop.wait(CHECK_INTERVAL_S):
+            for name in self.table.names():
+                self.check(name)
+            self.guard.expire()
+
+    def check(self, name: str) -> None:
+        """Roll `name` back if its watch found a problem; free its standby once the window passed cleanly."""
+        model = self.table.current(name)
+        watch = model.watch if model is not None else None
+        if model is None or watch is None:
+            return
+        if watch.problem:
+            self.rollback(name, model, watch.problem)
+        elif watch.passed and name in self._standby:
+            self.forget(name)  # healthy: the replaced version may be freed
+            self.guard.end(name)
+            log.info("%s %s passed its health window (%d requests)", name, model.version, watch.requests)
+
+    def rollback(self, name: str, bad: LoadedModel, reason: str) -> bool:
+        """Put the version that served before back (kept loaded during the window), and never retry this one."""
+        with self.lock:
+            if self.table.current(name) is not bad:
+                return False
+            old = self._standby.pop(name, None)
+            if old is None:
+                log.error("cannot roll back %s %s (%s): the previous version is not loaded", name, bad.version, reason)
+                return False
+            self.table.swap(old)
+            self.store.mark_serving(name, self._installed(name, old))
+            message = f"rolled back to version {old.version}: {reason}"
+            self.store.reject(name, bad.sha256, Refusal(message, "rolled_back", bad.attempt))
+            self.guard.end(name)
+        log.error("%s %s %s", name, bad.version, message)
+        problem = Problem(code="rolled_back", message=message)
+        self.board.update_serving(name, state="failed", reason=problem, backend=old.backend.label)
+        return True
+
+    def _installed(self, name: str, model: LoadedModel) -> Installed:
+        """The store's record of a loaded version (a fresh one if the history no longer holds it)."""
+        record = self.store.records.get(name)
+        found = next((h for h in (record.history if record else []) if h.identity == model.sha256), None)
+        return found or Installed(model.version, model.artifact, "onnx", model.backend.label)

@@ -1,0 +1,1 @@
+"""What the device measures and reports: per-model statistics, resource samples, the publisher with its disk queue."""

@@ -1,0 +1,71 @@
+"""HTTP routes for telemetry: a device's samples over time, the fleet's newest, and resetting a drift baseline."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from controller.api.state import AppState
+from controller.api.views import device_view
+from controller.fleet.devices import find_device
+from controller.telemetry.ingest import HISTORY_PAGE
+from protocol.errors import EdgeError
+
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str | None, now: float | None = None, default_s: float = 3600.0) -> float:
+    """`10m`, `2h`, `30s`, `1d` (that long ago) or epoch seconds; ValueError otherwise."""
+    now = time.time() if now is None else now
+    if not value:
+        return now - default_s
+    match = _DURATION_RE.match(value.strip())
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    return float(value)
+
+
+def router(state: AppState) -> APIRouter:
+    router = APIRouter()
+    db, telemetry = state.db, state.fleet.telemetry
+
+    @router.get("/api/v1/devices/{device_id}/telemetry")
+    def device_telemetry(
+        device_id: str,
+        since: str | None = Query(default=None, description="`10m`, `2h`, `1d` ago, or epoch seconds (default 1h)"),
+        limit: int = Query(default=HISTORY_PAGE, ge=1, le=HISTORY_PAGE),
+        before: float | None = Query(default=None, description="Only samples older than this ts (the next page)"),
+    ) -> dict[str, Any]:
+        """The device's telemetry samples since a time, oldest first, each with p50/p95/p99 and requests/s: the
+        newest `limit` of them (at most 1,000 a page); `next_before`, when set, asks for the page before."""
+        find_device(db, device_id)
+        try:
+            start = parse_since(since)
+        except ValueError:
+            raise EdgeError(f"since={since!r}: use 10m, 2h, 1d or epoch seconds", code="bad_since") from None
+        samples = telemetry.history(device_id, start, limit, before)
+        return {
+            "device": device_id,
+            "since": start,
+            "samples": samples,
+            "next_before": samples[0]["ts"] if len(samples) == limit else None,
+            "latest": telemetry.device_summary(device_id),
+        }
+
+    @router.get("/api/v1/telemetry")
+    def fleet_telemetry() -> list[dict[str, Any]]:
+        """Every device with its models and newest telemetry: what `edgectl top` and the dashboard show."""
+        summaries = telemetry.fleet_summary()
+        return [{**device_view(d), "telemetry": summaries.get(d["id"])} for d in db.list_devices()]
+
+    @router.post("/api/v1/devices/{device_id}/drift/reset")
+    def reset_drift(device_id: str, model: str | None = None) -> dict[str, Any]:
+        """Forget the drift baseline (the next window becomes the new one)."""
+        find_device(db, device_id)
+        return {"device": device_id, "model": model, "removed": telemetry.reset_baseline(device_id, model)}
+
+    return router

@@ -1,0 +1,1 @@
+"""The broker: the embedded one, its password file, the Mosquitto configuration, the ACL."""

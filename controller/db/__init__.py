@@ -1,0 +1,1 @@
+"""The database: tables, migrations, the registry's and telemetry's queries."""

@@ -1,0 +1,2 @@
+"""What the operator uploads: models, inspection, upload bodies, artifacts (local and S3), calibration data, samples,
+optimized variants."""

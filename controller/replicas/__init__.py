@@ -1,0 +1,1 @@
+"""Running as one of several controllers: duties, shared subscriptions, leases, retained state."""
