@@ -46,7 +46,7 @@ def test_tensor_names_match_across_runtimes():
 
 
 def test_converters_reach_backends_only_through_the_registry():
-    for path in (Path(__file__).resolve().parents[2] / "converters").rglob("*.py"):
+    for path in (Path(__file__).resolve().parents[3] / "converters").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []

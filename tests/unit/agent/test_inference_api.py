@@ -23,7 +23,7 @@ from agent.serving.table import LoadedModel, ModelTable
 from edgectl.sample_models import mlp, scaled_sum
 from targets import registry
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _load(name: str, path: Path, version: str = "1") -> LoadedModel:

@@ -8,9 +8,12 @@ from protocol import (
     MAX_JSON_BYTES,
     ChunkHeader,
     Desired,
+    DesiredModel,
     Presence,
     ProtocolError,
+    SampleRef,
     Topics,
+    VariantRef,
     decode,
     decode_frame,
     encode_frame,
@@ -44,6 +47,33 @@ def test_decode_checks_schema_version_and_size():
     assert decode(Desired, b'{"device_id": "d", "future_field": 1}').models == []
     with pytest.raises(ProtocolError):
         decode(Desired, b'{"models": []}')
+
+
+def test_desired_state_allows_its_models_variants_and_samples():
+    def digest(c: str) -> str:
+        return c * 64
+
+    desired = decode(
+        Desired,
+        Desired(
+            device_id="cam-1",
+            models=[
+                DesiredModel(
+                    name="det",
+                    version="2",
+                    sha256=digest("a"),
+                    size=10,
+                    variants=[VariantRef(variant="int8", sha256=digest("b"), size=5)],
+                    samples=SampleRef(sha256=digest("c"), size=8, count=2),
+                    url="http://controller/a",
+                ),
+                DesiredModel(name="cls", version="1", sha256=digest("d"), size=3),
+            ],
+        ).encode(),
+    )
+    assert desired.artifacts() == {digest("a"), digest("b"), digest("c"), digest("d")}
+    assert desired.models[1].artifacts() == {digest("d")}
+    assert Desired(device_id="cam-1").artifacts() == set()
 
 
 def test_frames_round_trip_and_reject_lies():

@@ -25,7 +25,7 @@ from controller.registry.uploads import TooLarge, receive_bytes
 from edgectl import sample_models
 from protocol.errors import EdgeError
 
-CONTROLLER = Path(__file__).resolve().parents[2] / "controller"
+CONTROLLER = Path(__file__).resolve().parents[3] / "controller"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from targets import probe as probe_module
 from targets.probe import probe
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "probe"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "probe"
 
 
 def test_jetson_orin():

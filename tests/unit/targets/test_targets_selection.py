@@ -14,7 +14,7 @@ from targets.probe import probe
 from targets.selection import select_backend
 
 pytest.importorskip("onnx")
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "probe"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "probe"
 BOTH = {"onnxruntime", "openvino"} <= set(registry.installed_backends("onnx"))
 
 
