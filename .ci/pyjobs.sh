@@ -10,18 +10,18 @@ cd "$(dirname "$0")/.."
 
 # The agent's tests that need no controller: wire contract, runtimes layer, store, signing, the agent in-process.
 AGENT_TESTS=(
-    tests/unit/test_protocol.py tests/unit/test_typed_status.py tests/unit/test_signing.py tests/unit/test_store.py
-    tests/unit/test_reservoir.py tests/unit/test_targets_probe.py tests/unit/test_targets_backends.py
-    tests/unit/test_targets_failover.py tests/unit/test_targets_selection.py tests/unit/test_targets_specialize.py
-    tests/unit/test_inference_api.py tests/integration/test_config.py tests/integration/test_doctor.py
-    tests/integration/test_agent_inprocess.py
+    tests/unit/protocol/test_protocol.py tests/unit/protocol/test_typed_status.py tests/unit/protocol/test_signing.py
+    tests/unit/agent/test_store.py tests/unit/agent/test_reservoir.py tests/unit/agent/test_inference_api.py
+    tests/unit/agent/test_config.py tests/unit/targets/test_targets_probe.py tests/unit/targets/test_targets_backends.py
+    tests/unit/targets/test_targets_failover.py tests/unit/targets/test_targets_selection.py
+    tests/unit/targets/test_targets_specialize.py tests/integration/test_doctor.py tests/integration/test_agent_inprocess.py
 )
 # What the tests need beside the agent: pytest, tritonclient, onnx (edgectl.sample_models builds the test models).
 # On 3.9 the newest ONNX Runtime is 1.19 (IR <= 10): an onnx whose default IR it reads (the tests' own models).
 TEST_DEPS=("pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "tritonclient[http]>=2.40"
     "onnx>=1.15,<1.17; python_version < '3.10'" "onnx>=1.15; python_version >= '3.10'")
 # On 3.9 this one imports converters/ (3.11+ like the controller: README), so the job leaves it out.
-PY39_DESELECT=(--deselect tests/unit/test_typed_status.py::test_operator_facing_errors_derive_from_edge_error)
+PY39_DESELECT=(--deselect tests/unit/protocol/test_typed_status.py::test_operator_facing_errors_derive_from_edge_error)
 VENV=/opt/edgefleet-venv
 RESULTS=()
 

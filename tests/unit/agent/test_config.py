@@ -17,7 +17,7 @@ else:  # the agent's Python 3.9/3.10 job (.ci/pyjobs.sh)
 
 from agent.config import AgentConfig, ConfigError, env_overrides, load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "systemd" / "agent.toml.example"
 
 
