@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controller.db.database import Database, ModelRow
-from controller.fleet.devices import find_device
+from controller.db.devices import find_device
 from controller.registry.optimizer import choose_variants
 from protocol import DEVICE_ID_PATTERN
 from protocol.errors import EdgeError

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.db.database import Database, ModelRow, VariantRow
-from controller.fleet.devices import find_device
+from controller.db.devices import find_device
 from controller.registry.artifacts import ArtifactStore
 from controller.registry.calibration import CalibrationStore
 from controller.registry.uploads import sha256_file

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from controller.api.state import AppState
 from controller.api.views import device_view
+from controller.db.devices import find_device
 from controller.fleet import devices
 from controller.fleet.capture import capture
 from protocol import MODEL_NAME_PATTERN
@@ -37,7 +38,7 @@ def router(state: AppState) -> APIRouter:
     @router.get("/api/v1/devices/{device_id}")
     def get_device(device_id: str) -> dict[str, Any]:
         """The device, with its newest telemetry (latency, resources, drift flags) under `telemetry`."""
-        view = device_view(devices.find_device(state.db, device_id))
+        view = device_view(find_device(state.db, device_id))
         view["telemetry"] = state.fleet.telemetry.device_summary(device_id)
         return view
 

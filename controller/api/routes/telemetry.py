@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from controller.api.state import AppState
 from controller.api.views import device_view
-from controller.fleet.devices import find_device
+from controller.db.devices import find_device
 from controller.telemetry.ingest import HISTORY_PAGE
 from protocol.errors import EdgeError
 
