@@ -140,6 +140,13 @@ class DesiredModel(BaseModel):
         return {"name": self.name, "version": f"{self.version}+{variant.variant}", "sha256": variant.sha256,
                 "size": variant.size, "format": variant.format}  # fmt: skip
 
+    def artifacts(self) -> set[str]:
+        """The digests this entry lets a device fetch and keep: the model, each variant, its samples."""
+        found = {self.sha256, *(v.sha256 for v in self.variants)}
+        if self.samples is not None:
+            found.add(self.samples.sha256)
+        return found
+
 
 class Desired(Message):
     """Retained: the full set of models a device should serve. A device that reconnects reads it again."""
@@ -152,6 +159,14 @@ class Desired(Message):
     # Ed25519 signature over every other field (protocol.signing.canonical_state): {"key_id", "value"}.
     expires: float = 0.0
     signature: dict[str, str] | None = None
+
+    def artifacts(self) -> set[str]:
+        """Every artifact the state names (models, variants, samples): what the controller serves the device, and
+        what the device's garbage collection keeps."""
+        found: set[str] = set()
+        for model in self.models:
+            found |= model.artifacts()
+        return found
 
 
 # --- reported state (device -> controller) -----------------------------------------------------------------------

@@ -44,13 +44,6 @@ def failure_code(exc: Exception) -> str:
     return error_code(exc, "deploy_failed")
 
 
-def pinned(desired: Desired) -> set[str]:
-    """Every artifact the desired state names (models, variants, samples): garbage collection keeps them."""
-    models = desired.models
-    found = {m.sha256 for m in models} | {v.sha256 for m in models for v in m.variants}
-    return found | {m.samples.sha256 for m in models if m.samples is not None}
-
-
 class Deployer:
     """The deploy worker: `submit` a desired state (from the MQTT thread); the worker reconciles the newest one."""
 
@@ -132,7 +125,7 @@ class Deployer:
             if self.cancel.is_set():
                 return
             self._follow(target)
-        self.store.collect_garbage(self.config.keep_versions, pinned(desired))
+        self.store.collect_garbage(self.config.keep_versions, desired.artifacts())
         self.board.publish()
 
     def _remove(self, name: str) -> None:

@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from typing import Any
 
 from controller import __version__
 from controller.db.database import Database
@@ -180,42 +179,21 @@ class Fleet(ReplicaDuties):
     # -- desired state -------------------------------------------------------------------------------------------
 
     def _digests(self, device_id: str) -> set[str]:
-        """Every artifact the device may fetch: its desired versions and their deployed variants."""
-        wanted = self.db.desired_models(device_id)
-        digests = {m.sha256 for m, _ in wanted} | {m.info["samples"]["sha256"] for m, _ in wanted if _samples(m)}
-        for rows in self.db.deployed_variants(device_id).values():
-            digests.update(v.sha256 for v in rows if v.sha256)
-        return digests
+        """Every artifact the device may fetch: what its desired state names, read from the registry."""
+        variant_rows = self.db.deployed_variants(device_id)
+        wanted = [_entry(m, backend, variant_rows.get(m.name, ())) for m, backend in self.db.desired_models(device_id)]
+        return Desired(device_id=device_id, models=wanted).artifacts()
 
     def desired_model(self, model, backend: str | None, variant_rows=(), attempt: int = 0) -> DesiredModel:
-        """The desired entry for a registered version, signed (with each variant) when a signing key is set."""
-        refs = [
-            VariantRef(
-                variant=v.variant, sha256=v.sha256, size=v.size, format=v.format,
-                transfer=self.artifacts.transfer(v.sha256),
-            )
-            for v in variant_rows
-        ]  # fmt: skip
-        samples = _sample_ref(model)
-        if samples is not None:
-            samples.url = self.artifact_url(samples.sha256)
-        for ref in refs:
-            ref.url = self.artifact_url(ref.sha256)
-        entry = DesiredModel(
-            name=model.name,
-            version=model.version,
-            sha256=model.sha256,
-            size=model.size,
-            format=model.format,
-            backend=backend,
-            variants=refs,
-            transfer=self.artifacts.transfer(model.sha256),
-            samples=samples,
-            input_shapes=(model.info or {}).get("input_shapes") or {},
-            attempt=attempt,
-            url=self.artifact_url(model.sha256),
-            fetch_spread_s=self.fetch_spread() if self.artifact_base or self.s3 else 0.0,
-        )
+        """The desired entry for a registered version and where to fetch each artifact, signed (with each variant)
+        when a signing key is set."""
+        entry = _entry(model, backend, variant_rows, attempt)
+        fetched: list[DesiredModel | VariantRef] = [entry, *entry.variants]
+        for ref in fetched:
+            ref.transfer, ref.url = self.artifacts.transfer(ref.sha256), self.artifact_url(ref.sha256)
+        if entry.samples is not None:
+            entry.samples.url = self.artifact_url(entry.samples.sha256)
+        entry.fetch_spread_s = self.fetch_spread() if self.artifact_base or self.s3 else 0.0
         if self.signer is not None:
             entry.signature = self.signer.sign(entry.manifest()).as_dict()
             for ref in entry.variants:
@@ -261,12 +239,7 @@ class Fleet(ReplicaDuties):
         if self.signer is not None:  # the whole state: no replay of an older one, no unsigned "serve nothing"
             desired.expires = time.time() + SIGNED_STATE_TTL_S
             desired.signature = self.signer.sign_state(json.loads(desired.encode())).as_dict()
-        self._allowed[device_id] = (
-            {m.sha256 for m in desired.models}
-            | {v.sha256 for m in desired.models for v in m.variants}
-            | {m.samples.sha256 for m in desired.models if m.samples is not None}
-        )
-
+        self._allowed[device_id] = desired.artifacts()
         self.link.publish(self.topics.device(device_id, "desired"), desired.encode(), QOS["desired"], retain=True)
         return desired
 
@@ -417,12 +390,20 @@ class Fleet(ReplicaDuties):
             future.set_result(response)
 
 
-def _sample_ref(model) -> SampleRef | None:
-    found = _samples(model)
-    return SampleRef(**found) if found else None
-
-
-def _samples(model) -> dict[str, Any] | None:
-    """The version's samples reference (sha256, size, count), when samples were given."""
-    found = (model.info or {}).get("samples")
-    return {k: found[k] for k in ("sha256", "size", "count")} if found else None
+def _entry(model, backend: str | None, variant_rows=(), attempt: int = 0) -> DesiredModel:
+    """What a desired entry names for a registered version (its variants, samples, shape hints), not yet where to
+    fetch them nor signed."""
+    info = model.info or {}
+    samples = info.get("samples")
+    return DesiredModel(
+        name=model.name,
+        version=model.version,
+        sha256=model.sha256,
+        size=model.size,
+        format=model.format,
+        backend=backend,
+        variants=[VariantRef(variant=v.variant, sha256=v.sha256, size=v.size, format=v.format) for v in variant_rows],
+        samples=SampleRef(**{k: samples[k] for k in ("sha256", "size", "count")}) if samples else None,
+        input_shapes=info.get("input_shapes") or {},
+        attempt=attempt,
+    )
