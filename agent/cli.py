@@ -16,6 +16,7 @@ from pathlib import Path
 from agent import __version__
 from agent.config import ENV_CONFIG, ConfigError, load_config
 from daemon.logs import setup_logging
+from protocol.labels import LabelError, parse_label
 
 EX_CONFIG = 78  # sysexits.h: the unit does not restart on it
 READY_GRACE_S = 20.0  # with no model on disk and no broker, report READY anyway (the API is up, MQTT retries)
@@ -39,7 +40,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM/SIGINT. Serves models already on disk before the broker answers."""
     overrides = {key: getattr(args, key) for key, _ in RUN_FLAGS.values()}
     try:
+        if args.labels:
+            overrides["labels"] = dict(parse_label(item) for item in args.labels)
         cfg = load_config(args.config, overrides)
+    except LabelError as exc:
+        print(f"edge-agent: invalid --label: {exc}", file=sys.stderr)
+        return EX_CONFIG
     except ConfigError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -155,6 +161,10 @@ def parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--config", "-c", type=Path, help=config_help)
     for flag, (key, text) in RUN_FLAGS.items():
         run_cmd.add_argument(flag, dest=key, type=Path if key == "data_dir" else str, help=text)
+    run_cmd.add_argument(
+        "--label", dest="labels", action="append", metavar="KEY=VALUE",
+        help="A label of this device (repeatable; added to `labels` in the config file).",
+    )  # fmt: skip
     run_cmd.set_defaults(handler=run)
     doctor_cmd = commands.add_parser("doctor", help=doctor.__doc__, description=doctor.__doc__)
     doctor_cmd.add_argument("--config", "-c", type=Path, help=f"TOML config file to check (or {ENV_CONFIG}).")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.api.http_server import Limits
 from protocol import DEFAULT_CHUNK_BYTES, DEFAULT_PREFIX, MAX_CHUNK_BYTES, valid_device_id
+from protocol.labels import MAX_LABELS, LabelError, check_label, parse_label
 from protocol.link import BrokerAddress
 
 if sys.version_info >= (3, 11):
@@ -98,6 +99,8 @@ class AgentConfig(BaseModel):
     telemetry_sample_every: int = Field(default=16, ge=1, le=1_000_000)
     telemetry_max_elements: int = Field(default=4096, ge=1, le=1 << 24)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # the device's own labels (KEY = "VALUE"), sent with its hardware: what operators select devices by
+    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
 
     @field_validator("trusted_keys")
     @classmethod
@@ -114,6 +117,16 @@ class AgentConfig(BaseModel):
                 raise ValueError(
                     f"{key[:16]!r}… is not a base64 Ed25519 public key (as printed by edge-controller keygen)"
                 )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            try:
+                check_label(key, text)
+            except LabelError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("device_id")
@@ -230,7 +243,12 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if key not in AgentConfig.model_fields:
             allowed = ", ".join(ENV_PREFIX + k.upper() for k in AgentConfig.model_fields)
             raise ConfigError(f"invalid config: unknown environment variable {name}={raw!r}; allowed: {allowed}")
-        if key == "backend_options":
+        if key == "labels":  # EDGE_AGENT_LABELS="site=lab,row=3"
+            try:
+                values[key] = dict(parse_label(item) for item in raw.split(",") if item.strip())
+            except LabelError as exc:
+                raise ConfigError(f"invalid config (from {name}): {exc}") from None
+        elif key == "backend_options":
             try:
                 values[key] = json.loads(raw)
             except ValueError:
@@ -262,6 +280,8 @@ def load_config(
     values.update(env)
     sources.update({key: ENV_PREFIX + key.upper() for key in env})
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if isinstance(flags.get("labels"), dict):  # --label adds to (or overrides) the file's and the environment's
+        flags["labels"] = {**(values.get("labels") or {}), **flags["labels"]}
     values.update(flags)
     sources.update(dict.fromkeys(flags, "command line"))
     try:

@@ -274,7 +274,7 @@ class Agent:
             device_id=self.config.device_id,
             online=True,
             agent_version=__version__,
-            hardware=self.hardware,
+            hardware={**self.hardware, "labels": self.config.labels} if self.config.labels else self.hardware,
             api_url=self.api.url if self.api else None,
         )
         self.link.publish(self._topic("presence"), presence.encode(), QOS["presence"], retain=True)

@@ -25,6 +25,9 @@ STATUS: dict[str, int] = {
     "cross_origin": 403,
     "bad_host": 400,
     "unsupported_media_type": 415,
+    "invalid_label": 400,
+    "too_many_labels": 400,
+    "bad_rollout": 400,
     # things that are not there
     "not_found": 404,
     "unknown_model": 404,
@@ -32,12 +35,16 @@ STATUS: dict[str, int] = {
     "unknown_version": 404,
     "unknown_device": 404,
     "unknown_variant": 404,
+    "unknown_rollout": 404,
     # requests that contradict what is stored
     "conflict": 409,
     "version_exists": 409,
     "no_variants": 409,
     "no_previous": 409,
     "failed_before": 409,
+    "rollout_conflict": 409,  # another active rollout holds a selected device for this model
+    "rollout_state": 409,  # the action does not apply in the rollout's state (resume a completed one, ...)
+    "no_devices": 409,  # the selector matches no device that can take the model
     "variant_not_built": 409,
     "variant_below_threshold": 409,
     "too_large": 413,

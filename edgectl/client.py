@@ -94,8 +94,13 @@ class ControllerClient:
     def model(self, name: str, version: str | None = None) -> dict[str, Any]:
         return self._request("GET", f"/api/v1/models/{name}", params={"version": version} if version else None)
 
-    def devices(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/api/v1/devices")
+    def devices(self, select: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every device, or those every `KEY=VALUE` of `select` holds for."""
+        return self._request("GET", "/api/v1/devices", params={"select": select} if select else None)
+
+    def set_labels(self, device_id: str, labels: dict[str, str], remove: list[str]) -> dict[str, Any]:
+        body = {"set": labels, "remove": remove}
+        return self._request("POST", f"/api/v1/devices/{device_id}/labels", json=body)
 
     def device(self, device_id: str, timeout: float | None = None) -> dict[str, Any]:
         """One device; `timeout` (seconds) bounds this request instead of the client's default."""

@@ -114,3 +114,6 @@ class Hardware(Reported):
     intel_gpu: bool | None = None
     intel_npu: bool | None = None
     runtimes: dict[str, str | None] | None = None  # runtime -> installed version, None where absent
+    # the device's own labels (`edge-agent run --label KEY=VALUE`, `labels` in its config); the measured ones
+    # (arch, accelerator, board, ram_gb) are derived from the fields above: protocol/labels.py
+    labels: dict[str, str] | None = None

@@ -124,3 +124,74 @@ leases = sa.Table(
     sa.Column("owner", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
 )
+
+# Labels an operator set on a device (`edgectl label`), kept by the controller beside what the device reports (its own
+# labels and its hardware); see protocol/labels.py (migration 0003).
+device_labels = sa.Table(
+    "device_labels",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Fleet rollouts (controller/rollouts/): the rollout with its spec and where it stands; its devices with their wave
+# and what the rollout wants them to serve; its append-only events keyed by (rollout, seq), the seq also guarding
+# each transition (a transition commits only from the seq it read, so two replicas never both make one); and the
+# claims that keep one active rollout per (device, model).
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(512), nullable=False, default=""),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("wave", sa.Integer, nullable=False, default=0),
+    sa.Column("phase", sa.String(16), nullable=False, default="pending"),
+    sa.Column("phase_until", sa.Float),
+    sa.Column("extended", sa.Boolean, nullable=False, default=False),
+    sa.Column("waves", sa.JSON, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+rollout_devices = sa.Table(
+    "rollout_devices",
+    metadata,
+    sa.Column("rollout_id", sa.String(32), primary_key=True),
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("hw_class", sa.String(256), nullable=False),
+    sa.Column("wave", sa.Integer, nullable=False),
+    sa.Column("previous", sa.String(64)),  # the version deployed before the rollout (None: none)
+    sa.Column("state", sa.String(16), nullable=False),  # waiting, pushed, serving, failed, reverted
+    sa.Column("target", sa.String(64)),  # the version the rollout wants deployed there ("" : none; None: untouched)
+    sa.Column("applied", sa.Boolean, nullable=False, default=True),
+    sa.Column("pushed_at", sa.Float),
+    sa.Column("activated_at", sa.Float),
+    sa.Column("detail", sa.String(512)),
+)
+
+rollout_events = sa.Table(
+    "rollout_events",
+    metadata,
+    sa.Column("rollout_id", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("wave", sa.Integer),
+    sa.Column("reason", sa.String(512), nullable=False, default=""),
+    sa.Column("data", sa.JSON, nullable=False),
+)
+
+rollout_claims = sa.Table(
+    "rollout_claims",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("rollout_id", sa.String(32), nullable=False, index=True),
+)

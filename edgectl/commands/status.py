@@ -20,9 +20,17 @@ MODEL_COLUMNS = (Col("model", 0), Col("version", 1), Col("state", 0), Col("backe
 STATE_COLOURS = {"serving": "green", "failed": "red", "removed": "yellow"}
 
 
-def devices(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """List devices, whether they are online, and what each serves."""
-    rows = client_for(controller, token).devices()
+def devices(
+    select: Annotated[
+        list[str] | None,
+        typer.Option("--select", "-l", help="Only devices with this label, KEY=VALUE (repeatable: all must hold)."),
+    ] = None,
+    controller: ControllerOpt = DEFAULT_CONTROLLER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List devices, whether they are online, and what each serves (--select: by label)."""
+    rows = client_for(controller, token).devices(select)
     if as_json:
         return emit_json(rows)
     table = []

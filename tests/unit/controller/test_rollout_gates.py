@@ -1,0 +1,99 @@
+"""The rollout gates as pure statistics: interpolated p95, Wilson / Newcombe bounds, the verdicts per class and the
+minimum evidence below which nothing passes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from controller.rollouts.gates import (
+    DeviceEvidence,
+    Thresholds,
+    Window,
+    judge_class,
+    judge_wave,
+    quantile,
+    rate_increase_bounds,
+    wilson,
+)
+from protocol.histograms import latency_bucket
+
+
+def window(latency_ms: float, requests: int, errors: int = 0, spread: float = 0.2) -> Window:
+    """A histogram of `requests` latencies spread evenly over latency_ms * (1 +- spread)."""
+    w = Window()
+    for i in range(requests):
+        ms = latency_ms * (1 - spread + 2 * spread * i / max(1, requests - 1))
+        w.add(1, 0, [(latency_bucket(ms), 1)], ms)
+    w.errors = errors
+    return w
+
+
+def device(name: str, old_ms: float, new_ms: float, n: int = 400, **kw) -> DeviceEvidence:
+    return DeviceEvidence(name, new=window(new_ms, n, kw.pop("errors", 0)), old=window(old_ms, 1000), **kw)
+
+
+def test_the_interpolated_quantile_is_close_to_the_true_one():
+    w = window(10.0, 2000)
+    assert quantile(w.latency, 0.95) == pytest.approx(11.8, rel=0.05)
+    assert quantile({}, 0.95) is None
+
+
+def test_wilson_bounds_hold_the_rate_and_tighten_with_samples():
+    low, high = wilson(0, 200)
+    assert low == 0 and 0.012 < high < 0.014
+    low, high = wilson(50, 1000)
+    assert low < 0.05 < high and high - low < 0.03
+    point, lower, upper = rate_increase_bounds(0, 200, 0, 1000)
+    assert point == 0 and lower < 0 < upper
+
+
+def test_a_same_speed_version_passes_and_a_thirty_percent_slower_one_fails():
+    th = Thresholds(min_requests=200)
+    same = judge_class([device(f"d{i}", 5.0, 5.0) for i in range(3)], None, th)
+    assert same["verdict"] == "pass" and same["latency"]["median_p95_ratio"] == pytest.approx(1.0, abs=0.02)
+    slow = judge_class([device(f"d{i}", 5.0, 6.5) for i in range(3)], None, th)
+    assert slow["verdict"] == "fail" and slow["failed_gates"] == ["latency"]
+    assert slow["latency"]["median_p95_ratio"] == pytest.approx(1.3, abs=0.05)
+
+
+def test_a_slowdown_the_not_yet_updated_peers_share_is_not_the_versions():
+    th = Thresholds(min_requests=200)
+    loaded = judge_class([device(f"d{i}", 5.0, 6.5) for i in range(3)], window(6.5, 2000), th)
+    assert loaded["latency"]["verdict"] == "pass" and loaded["latency"]["peer_p95_ratio"] == pytest.approx(1, abs=0.05)
+
+
+def test_errors_fail_on_the_bound_not_on_a_point_estimate():
+    th = Thresholds(min_requests=200)
+    one_error = judge_class([device("d", 5, 5, n=200, errors=1)], None, th)  # 0.5% point estimate on 200
+    assert one_error["errors"]["verdict"] == "pass" and one_error["errors"]["increase_lower_pct"] < 0.5
+    many = judge_class([device("d", 5, 5, n=400, errors=20)], None, th)  # 5%
+    assert many["errors"]["verdict"] == "fail" and many["errors"]["increase_lower_pct"] > 0.5
+
+
+def test_too_little_evidence_is_inconclusive_never_a_pass():
+    th = Thresholds(min_requests=200)
+    thin = judge_class([device("a", 5, 5, n=50), device("b", 5, 5, n=400)], None, th)
+    assert thin["verdict"] == "inconclusive" and thin["evidence"]["devices_with_min_requests"] == 1
+    assert judge_class([DeviceEvidence("a", activation="ok")], None, th)["verdict"] == "inconclusive"
+    assert judge_wave({}, {}, th)["verdict"] == "inconclusive"
+
+
+def test_activation_harm_and_agreement_fail_a_class():
+    th = Thresholds(min_requests=200, min_agreement=0.95)
+    never = judge_class([device("a", 5, 5), DeviceEvidence("b", activation="did not serve v2 within 600 s")], None, th)
+    assert never["verdict"] == "fail" and "b" in never["activation"]["failed"]
+    harmed = judge_class([device("a", 5, 5, harm="rolled back to 1")], None, th)
+    assert harmed["failed_gates"] == ["harm"]
+    disagree = judge_class([device("a", 5, 5, agreement=0.1, agreement_pairs=40)], None, th)
+    assert disagree["failed_gates"] == ["agreement"] and disagree["agreement"]["agreement"] == pytest.approx(0.1)
+    unmeasured = judge_class([device("a", 5, 5)], None, th)
+    assert unmeasured["verdict"] == "inconclusive" and unmeasured["agreement"]["pairs"] == 0
+
+
+def test_a_wave_is_as_bad_as_its_worst_class():
+    th = Thresholds(min_requests=200)
+    wave = judge_wave({"fast": [device("a", 5, 5)], "slow": [device("b", 5, 7)]}, {}, th)
+    assert wave["verdict"] == "fail" and wave["classes"]["fast"]["verdict"] == "pass"
+    assert math.isclose(wave["classes"]["slow"]["latency"]["median_p95_ratio"], 1.4, rel_tol=0.05)
