@@ -6,8 +6,12 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich.console import Group, RenderableType
+from rich.text import Text
 
 from edgectl.choice_view import format_ms
+from edgectl.commands.status import state_cell
+from edgectl.keys import key_presses, wait_or_quit
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
 from edgectl.output import console, emit_json
 from edgectl.tables import Col, FitTable
@@ -16,6 +20,7 @@ TOP_COLUMNS = (
     Col("device", 0),
     Col("online", 0),
     Col("model@version", 0),
+    Col("state", 0),
     Col("backend", 3),
     Col("p50 ms", 1, justify="right"),
     Col("p95 ms", 2, justify="right"),
@@ -39,6 +44,11 @@ def _rate(entry: dict[str, Any]) -> str:
     return f"{entry['requests_per_s']:.1f}" if entry.get("requests_per_s") is not None else "-"
 
 
+def _state(model: dict[str, Any]) -> str:
+    """A model's state as `edgectl status` colours it: a failed model never reads like an idle serving one."""
+    return state_cell(model) if model.get("state") else "-"
+
+
 def _telemetry_rows(device: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row per model (or one for a device without models): the columns of `edgectl top`."""
     t = device.get("telemetry") or {}
@@ -53,7 +63,7 @@ def _telemetry_rows(device: dict[str, Any]) -> list[tuple[str, ...]]:
         model = f"{m['name']}@{serving}" if m else "-"
         drift = " [red]drift[/red]" if tm.get("drifting") else ""
         rows.append((
-            device["id"], online, model + drift, m.get("backend") or "-", format_ms(tm.get("p50_ms")),
+            device["id"], online, model + drift, _state(m), m.get("backend") or "-", format_ms(tm.get("p50_ms")),
             format_ms(tm.get("p95_ms")), _rate(tm), _percent(res, "cpu_percent"), _percent(res, "mem_percent"), temp,
         ))  # fmt: skip
     return rows
@@ -61,6 +71,11 @@ def _telemetry_rows(device: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def top_table(fleet: list[dict[str, Any]]) -> FitTable:
     return FitTable(TOP_COLUMNS, [list(row) for device in fleet for row in _telemetry_rows(device)])
+
+
+def live_screen(fleet: list[dict[str, Any]], interval: float) -> RenderableType:
+    """The live table and, under it, how to leave it."""
+    return Group(top_table(fleet), Text(f"refreshed every {interval:g}s; q or Ctrl-C quits", style="dim"))
 
 
 def history_table(samples: list[dict[str, Any]]) -> FitTable:
@@ -112,18 +127,19 @@ def top(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """A live table of the fleet: device, online, model@version, backend, p50, p95, req/s, CPU, memory, temperature."""
+    """A live table of the fleet: device, online, model@version, state, backend, p50, p95, req/s, CPU, memory,
+    temperature. q or Ctrl-C quits."""
     from rich.live import Live
 
     client = client_for(controller, token)
     if once or as_json:
         fleet = client.fleet_telemetry()
         return emit_json(fleet) if as_json else console.print(top_table(fleet))
-    with Live(top_table(client.fleet_telemetry()), console=console, refresh_per_second=4, screen=False) as live:
+    screen = live_screen(client.fleet_telemetry(), interval)
+    with key_presses() as wait, Live(screen, console=console, refresh_per_second=4, screen=False) as live:
         try:
-            while True:
-                time.sleep(interval)
-                live.update(top_table(client.fleet_telemetry()))
+            while not wait_or_quit(wait, interval):
+                live.update(live_screen(client.fleet_telemetry(), interval))
         except KeyboardInterrupt:
             pass
 

@@ -1,0 +1,82 @@
+"""Issue 24, what a new operator hit in the first week (points 7-11, 13-16), each reproduced with the real daemons,
+CLI and terminal: `top` tells a failed model from a serving one and quits on `q`; help labels name what to give;
+errors name the cause and the fix, never an internal path or a library's function argument."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_model_state, wait_until
+from test_operator_screens import Terminal, assert_readable
+
+from edgectl import sample_models
+
+EDGECTL = f"{sys.executable} -m edgectl.cli"
+
+
+def screen(term: Terminal) -> list[str]:
+    return [line.rstrip() for line in term.tmux("capture-pane", "-p", "-t", "op").splitlines()]
+
+
+def wait_screen(term: Terminal, text: str, timeout: float = 30) -> list[str]:
+    """The visible screen once a line of it contains `text`."""
+
+    def shows() -> list[str] | None:
+        lines = screen(term)
+        return lines if any(text in line for line in lines) else None
+
+    return wait_until(shows, timeout, f"{text!r} on the screen", poll=0.1)
+
+
+def terminal_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of an operator's shell: this Python's scripts first on PATH, the width left to the terminal."""
+    env = {**os.environ, "TERM": "xterm-256color", "HOME": str(home), **extra}
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return env
+
+
+@pytest.fixture
+def term(tmp_path):
+    """An 80x24 tmux terminal with no controller set (commands that need one say --controller)."""
+    terminal = Terminal(terminal_env(tmp_path))
+    yield terminal
+    terminal.close()
+
+
+@pytest.fixture
+def serving_and_failed(controller, start_agent, tmp_path):
+    """cam-01 serving `mlp` and failing `custom` (an operator no runtime here has)."""
+    from zoo.sklearn_models import custom_op_model
+
+    start_agent("cam-01", wait_online=controller)
+    good = controller.client.upload_model(sample_models.mlp(tmp_path / "mlp.onnx"), "mlp", None)
+    bad = controller.client.upload_model(custom_op_model(tmp_path / "custom.onnx")[0], "custom", None)
+    controller.client.deploy("mlp", good["version"], ["cam-01"])
+    controller.client.deploy("custom", bad["version"], ["cam-01"])
+    wait_model_state(controller, "cam-01", "mlp", good["sha256"], {"serving"})
+    wait_model_state(controller, "cam-01", "custom", bad["sha256"], {"failed"})
+    return controller
+
+
+def test_top_tells_a_failed_model_from_a_serving_one_and_q_quits(serving_and_failed, term):
+    terminal, url = term, f"--controller {serving_and_failed.url}"
+    lines, code = terminal.run(f"{EDGECTL} top --once {url}")
+    assert code == 0, lines
+    assert_readable(lines, "mlp@1", "custom@1", "serving", "failed")
+    rows = {line.split()[2]: line for line in lines if line.startswith("cam-01")}
+    assert " serving " in rows["mlp@1"] and " failed " in rows["custom@1"], lines
+
+    terminal.tmux("send-keys", "-t", "op", "clear", "Enter")
+    terminal.tmux("send-keys", "-t", "op", f"{EDGECTL} top --interval 0.5 {url}; echo __top\"\"_exit=$?", "Enter")
+    live = wait_screen(terminal, "q or Ctrl-C quits")
+    assert_readable(live, "custom@1", "failed")
+    terminal.tmux("send-keys", "-t", "op", "q")
+    ended = wait_screen(terminal, "__top_exit=", timeout=5)
+    assert "__top_exit=0" in ended, ended
+    lines, code = terminal.run("stty -a | tr ' ' '\\n' | grep -xE -- '-?(icanon|echo)'")
+    assert lines == ["icanon", "echo"], lines  # the terminal is given back as it was
