@@ -1,5 +1,6 @@
 """Help labels an operator reads: a flag shows no `<bool>`, a value shows what to give (`--to DEVICE`, `--timeout
-SECONDS`) instead of the Python type typer derives (`<list[str]>`)."""
+SECONDS`) instead of the Python type typer derives (`<list[str]>`). A label set on the option itself (`metavar=`)
+wins: one name means different things in different commands (`push --to DEVICE`, `rollback --to VERSION`)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,12 @@ LABELS = {  # option or argument name -> what to give it
 
 
 def relabel(params: list[Any]) -> list[Any]:
-    """Give every parameter an operator's label (in place): none for flags, LABELS or its upper-cased name."""
+    """Give every parameter an operator's label (in place): none for flags, its own metavar where the command set
+    one, else LABELS or its upper-cased name."""
     for param in params:
         if getattr(param, "is_flag", False):
             param.metavar = ""
-        elif getattr(param, "param_type_name", "") == "option" or param.metavar is None:
+        elif param.metavar is None:
             param.metavar = LABELS.get(param.name or "", (param.name or "value").upper())
     return params
 

@@ -41,6 +41,11 @@ def brief(text: str, room: int | None = None) -> str:
     return flat if Settings.verbose else clip(flat, room or console.width)
 
 
+def plural(count: int, word: str) -> str:
+    """`1 sample`, `8 samples`: a count as an operator reads it, never `sample(s)`."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def yes_no(value: object) -> str:
     """The one spelling of a boolean in human output (JSON keeps true/false)."""
     return "yes" if value else "no"

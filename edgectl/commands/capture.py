@@ -9,13 +9,22 @@ import typer
 
 from edgectl.errors import fail
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
-from edgectl.output import console, emit_json
+from edgectl.output import console, emit_json, plural
 
 
 def capture(
     device: Annotated[str, typer.Argument(help="Device id.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model whose request inputs to fetch.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .npz (arrays sample<i>/<input>).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FILE|DIR",
+            help="The .npz to write (arrays sample<i>/<input>; .npz is added when missing), or a directory to "
+            "write DEVICE-MODEL.npz in.",
+        ),
+    ],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each part of the device's answer.")] = 30.0,
     controller: ControllerOpt = DEFAULT_CONTROLLER,
     token: TokenOpt = None,
@@ -23,8 +32,9 @@ def capture(
 ) -> None:
     """Fetch a uniform sample of the real request inputs a device kept for a model (in its memory only, and sent
     only now); the file feeds `edgectl push --sample` and `edgectl convert --calibration`."""
-    if out.is_dir():
-        raise fail(f"--out {out} is a directory; give a file name such as {out / 'samples.npz'}")
+    out = capture_path(out, device, model)
+    if not out.parent.is_dir():
+        raise fail(f"--out {out}: no directory {out.parent}; create it or give another path")
     response = client_for(controller, token).capture(device, model, timeout)
     out.write_bytes(response.content)
     result = {
@@ -36,9 +46,17 @@ def capture(
         emit_json(result)
     else:
         console.print(
-            f"wrote {result['count']} request inputs of {model} version {result['version']} "
-            f"(a uniform sample of {result['seen']} requests) to {out}"
+            f"wrote {plural(result['count'], 'request input')} of {model} version {result['version']} "
+            f"(a uniform sample of {plural(result['seen'], 'request')}) to {out}"
         )
+
+
+def capture_path(out: Path, device: str, model: str) -> Path:
+    """Where `--out` writes: DIR/DEVICE-MODEL.npz for a directory, else the file, with `.npz` added when missing
+    (numpy and `edgectl push --sample` read it by that suffix)."""
+    if out.is_dir():
+        return out / f"{device}-{model}.npz"
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
 
 
 COMMANDS = (capture,)

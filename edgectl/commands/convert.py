@@ -89,7 +89,9 @@ def show_results(results: list[ConversionResult], model: Path) -> None:
 
 def convert(
     model: Annotated[Path | None, typer.Argument(help="Float ONNX model to optimize (not needed with --list).")] = None,
-    to: Annotated[str, typer.Option("--to", help="Variant(s), comma-separated, or 'all'. See --list.")] = "",
+    to: Annotated[
+        str, typer.Option("--to", metavar="VARIANTS", help="Variant(s), comma-separated, or 'all'. See --list.")
+    ] = "",
     calibration: Annotated[
         Path | None,
         typer.Option(help="Calibration data: .npz/.npy or a directory of them, keyed by input name."),

@@ -17,7 +17,10 @@ def rollback(
         str | None, typer.Option("--model", "-m", help="Model to roll back (default: the device's only model).")
     ] = None,
     to: Annotated[
-        str | None, typer.Option("--to", help="Version to go to (default: the previous one the device reports).")
+        str | None,
+        typer.Option(
+            "--to", metavar="VERSION", help="Version to go to (default: the previous one the device reports)."
+        ),
     ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the device serves it; exit non-zero if it fails.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,

@@ -5,6 +5,8 @@ errors name the cause and the fix, never an internal path or a library's functio
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,7 +74,7 @@ def test_top_tells_a_failed_model_from_a_serving_one_and_q_quits(serving_and_fai
     assert " serving " in rows["mlp@1"] and " failed " in rows["custom@1"], lines
 
     terminal.tmux("send-keys", "-t", "op", "clear", "Enter")
-    terminal.tmux("send-keys", "-t", "op", f"{EDGECTL} top --interval 0.5 {url}; echo __top\"\"_exit=$?", "Enter")
+    terminal.tmux("send-keys", "-t", "op", f'{EDGECTL} top --interval 0.5 {url}; echo __top""_exit=$?', "Enter")
     live = wait_screen(terminal, "q or Ctrl-C quits")
     assert_readable(live, "custom@1", "failed")
     terminal.tmux("send-keys", "-t", "op", "q")
@@ -80,3 +82,53 @@ def test_top_tells_a_failed_model_from_a_serving_one_and_q_quits(serving_and_fai
     assert "__top_exit=0" in ended, ended
     lines, code = terminal.run("stty -a | tr ' ' '\\n' | grep -xE -- '-?(icanon|echo)'")
     assert lines == ["icanon", "echo"], lines  # the terminal is given back as it was
+
+
+def edgectl_run(*args: str, columns: int = 80, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "COLUMNS": str(columns), **env}
+    return subprocess.run([sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True, env=full,
+                          timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "label"),
+    [
+        ("push", "--to", "DEVICE"),
+        ("rollback", "--to", "VERSION"),
+        ("convert", "--to", "VARIANTS"),
+        ("convert", "--out", "DIR"),
+        ("convert", "--mixed-budget", "SECONDS"),
+        ("capture", "--out", "FILE|DIR"),
+        ("bundle", "--out", "DIR"),
+    ],
+)
+def test_each_option_is_labelled_with_what_that_command_takes(command, option, label):
+    text = edgectl_run(command, "--help").stdout
+    row = next(line for line in text.splitlines() if re.search(rf"\s{re.escape(option)}\s", line))
+    assert re.search(rf"\s{re.escape(option)}\s.*\s{re.escape(label)}\s", row), row
+
+
+def test_capture_writes_into_a_directory_and_adds_npz(controller, start_agent, tmp_path):
+    import httpx
+    import numpy as np
+
+    agent = start_agent("cam-01", config="capture_inputs = 4\n", wait_online=controller)
+    record = controller.client.upload_model(sample_models.mlp(tmp_path / "mlp.onnx"), "mlp", None)
+    controller.client.deploy("mlp", record["version"], ["cam-01"])
+    wait_model_state(controller, "cam-01", "mlp", record["sha256"], {"serving"})
+    for i in range(6):
+        body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [float(i)] * 16}]}
+        assert httpx.post(f"{agent.api}/v2/models/mlp/infer", json=body, timeout=10).status_code == 200
+    url = ("--controller", controller.url)
+
+    into = tmp_path / "captures"
+    into.mkdir()
+    done = edgectl_run("capture", "cam-01", "-m", "mlp", "--out", str(into), *url)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in into.iterdir()) == ["cam-01-mlp.npz"], done.stdout
+    assert "wrote 4 request inputs of mlp version 1 (a uniform sample of 6 requests)" in done.stdout
+
+    done = edgectl_run("capture", "cam-01", "-m", "mlp", "--out", str(tmp_path / "capt"), *url)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "capt").exists() and len(np.load(tmp_path / "capt.npz").files) == 4
+    assert f"to {tmp_path / 'capt.npz'}" in " ".join(done.stdout.split())
