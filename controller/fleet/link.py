@@ -95,7 +95,8 @@ class Fleet(ReplicaDuties):
         self.topics = Topics(prefix)
         # replicas (PostgreSQL): state, artifact requests and telemetry through shared subscriptions, each message to
         # one replica; presence and RPC answers to every replica (controller/replicas/replication.py)
-        self.replication = Replication(db.writer, self.topics.root, replica_id)
+        address = broker_url if isinstance(broker_url, BrokerAddress) else BrokerAddress.parse(broker_url)
+        self.replication = Replication(db.writer, self.topics.root, replica_id, secret=address.password)
         self.replication.on_leader, self.replication.adopt = self._take_over, self._adopt
         self.replication.on_renamed = self._renamed
         self.telemetry.is_leader = self.replication.is_leader
@@ -106,7 +107,6 @@ class Fleet(ReplicaDuties):
         self._chunk_requests: FairQueue[ArtifactRequest] = FairQueue()
         self._allowed: dict[str, set[str]] = {}  # device -> artifact digests it may fetch
         offline = ControllerPresence(online=False, version=__version__).encode()
-        address = broker_url if isinstance(broker_url, BrokerAddress) else BrokerAddress.parse(broker_url)
         self.link = MqttLink(
             address,
             f"edge-controller-{uuid.uuid4().hex[:8]}",

@@ -5,10 +5,17 @@ Each replica holds a membership lease `replica:<id>` and consumes telemetry thro
 after its id. When a replica dies its lease lapses; another replica takes the lease, resumes the dead session
 (the broker redelivers what the dead one had not acknowledged, plus what it queued since), stores it, and ends the
 session. On SQLite (one process) nothing is shared: plain filters, always the leader, no thread.
+
+The shared-subscription group is a secret the replicas share and devices never see (an HMAC of the controller's broker
+password): a device that joins a group it can name receives its share of nothing but its own topics, so a group it can
+guess must never be the replicas' group. Mosquitto 2.0's acl_file does not check subscriptions, so joining cannot be
+refused on the broker side; see docs/security.md.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import socket
@@ -33,6 +40,15 @@ def new_replica_id() -> str:
     return f"{host}-{uuid.uuid4().hex[:8]}"
 
 
+def share_group(name: str, secret: str | None) -> str:
+    """The replicas' shared-subscription group: `name` plus an HMAC of it under the secret they share (the broker
+    password), so only a holder of the secret can name it; `name` alone without a secret."""
+    if not secret:
+        return name
+    digest = hmac.new(secret.encode(), f"edgefleet share group {name}".encode(), hashlib.sha256).hexdigest()
+    return f"{name}-{digest[:32]}"
+
+
 class Replication:
     """Set `on_leader` (called in this object's thread when this replica becomes the leader), `adopt` (called with a
     dead replica's id, in a thread of its own) and `on_renamed` (this replica was declared dead while it lived: it
@@ -44,12 +60,21 @@ class Replication:
         topic_root: str,
         replica_id: str | None = None,
         *,
+        secret: str | None = None,
         ttl_s: float = LEASE_TTL_S,
         renew_s: float = RENEW_S,
     ) -> None:
         self.enabled = engine.dialect.name == "postgresql"
         self.replica_id = replica_id or new_replica_id()
-        self.group = "edge-controller-" + re.sub(r"[^A-Za-z0-9_-]", "_", topic_root)  # no '/', '+', '#' in a group
+        self.name = "edge-controller-" + re.sub(r"[^A-Za-z0-9_-]", "_", topic_root)  # no '/', '+', '#' in a group
+        self.group = share_group(self.name, secret)
+        if self.enabled and secret is None:
+            log.warning(
+                "the controller logs in to the broker without a password: its shared-subscription group %s is one a "
+                "device can guess and join, dropping a share of every device's messages; give the broker URL a user "
+                "and --broker-password-file",
+                self.group,
+            )
         self.ttl_s = ttl_s
         self.renew_s = renew_s
         self.leases = Leases(engine, self.replica_id, ttl_s)
@@ -70,7 +95,7 @@ class Replication:
 
     def session_id(self, replica_id: str | None = None) -> str:
         """The MQTT client id of a replica's persistent telemetry session."""
-        return f"{self.group}-{replica_id or self.replica_id}-telemetry"
+        return f"{self.name}-{replica_id or self.replica_id}-telemetry"  # not the group: client ids can be seen
 
     def is_leader(self) -> bool:
         return not self.enabled or time.monotonic() < self._leader_until

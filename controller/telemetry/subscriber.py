@@ -58,6 +58,13 @@ class Pacer:
             self.pause = self.pause / 2 if self.pause / 2 >= GATHER_MIN_S else 0.0
 
 
+def shown(topic_filter: str) -> str:
+    """A filter as logged: a shared subscription's group is the replicas' secret (replicas/replication.py)."""
+    if topic_filter.startswith("$share/"):
+        return "$share/<group>/" + topic_filter.split("/", 2)[2]
+    return topic_filter
+
+
 def readable(sock: socket.socket) -> bool:
     """Whether a recv would return at once (bytes or the end of the connection)."""
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
@@ -319,12 +326,12 @@ class TelemetrySubscriber:
                     subscribed = True
                 elif kind == 0x90 and not subscribed:  # SUBACK
                     if body[2:3] == b"\x80":
-                        raise ConnectionError(f"the broker refused the subscription to {self.topic_filter}")
+                        raise ConnectionError(f"the broker refused the subscription to {shown(self.topic_filter)}")
                     subscribed = self._subscribed = True
                     self.sessions += 1
                     self.connected.set()
                     self.last_error = None
-                    log.info("telemetry subscription to %s active (%s)", self.address, self.topic_filter)
+                    log.info("telemetry subscription to %s active (%s)", self.address, shown(self.topic_filter))
                     if self.on_subscribed:
                         try:
                             self.on_subscribed()
