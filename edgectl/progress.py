@@ -47,16 +47,40 @@ def watch_with_progress(
     quiet: bool,
     attempts: dict[str, int] | None = None,
 ) -> dict[str, DeviceOutcome]:
-    columns = (TextColumn("{task.fields[device]:<20} {task.fields[state]:<12}"), BarColumn(), TaskProgressColumn())
-    with Progress(*columns, console=errors, disable=quiet or not errors.is_terminal, transient=True) as progress:
-        tasks = {d: progress.add_task(d, total=1.0, device=d, state="pending") for d in devices}
+    """Follow the devices: bars on a terminal; elsewhere (a pipe, a file, CI) one line on stderr each time a device's
+    state or its reason changes (e.g. `device is offline`), so a long wait is never silent."""
+    columns = (TextColumn("{task.fields[device]:<20} {task.fields[state]:<12}"), BarColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[note]}"))  # fmt: skip
+    bars = not quiet and errors.is_terminal
+    lines = StateLines() if not quiet and not bars else None
+    with Progress(*columns, console=errors, disable=not bars, transient=True) as progress:
+        tasks = {d: progress.add_task(d, total=1.0, device=d, state="pending", note="") for d in devices}
 
         def update(outcome: DeviceOutcome) -> None:
             task = tasks[outcome.device]
             done = bar_fraction(outcome, progress.tasks[task].completed)
-            progress.update(task, completed=done, state=outcome.state)
+            note = brief(outcome.reason, 40) if outcome.reason and not outcome.done else ""
+            progress.update(task, completed=done, state=outcome.state, note=note)
+            if lines is not None:
+                lines.update(outcome)
 
         return wait_serving(client, devices, name, sha256, timeout, update, attempts=attempts)
+
+
+class StateLines:
+    """Progress for output that is not a terminal: `DEVICE: STATE (REASON)` on stderr when either changes (the
+    first `pending` with no reason is not news); the outcome itself is printed at the end, as on a terminal."""
+
+    def __init__(self) -> None:
+        self.shown: dict[str, tuple[str, str | None]] = {}
+
+    def update(self, outcome: DeviceOutcome) -> None:
+        seen = (outcome.state, outcome.reason)
+        if outcome.done or self.shown.get(outcome.device, ("pending", None)) == seen:
+            return
+        self.shown[outcome.device] = seen
+        line = f"{outcome.device}: {outcome.state}" + (f" ({outcome.reason})" if outcome.reason else "")
+        errors.print(brief(line, errors.width), markup=False, highlight=False)
 
 
 def finish_wait(

@@ -32,18 +32,23 @@ class DeviceOutcome:
         return self.state in ("serving", "failed")
 
 
+ALREADY_SERVING = "already serving this version"
+
+
 def model_entry(device: dict[str, Any], name: str, sha256: str, attempt: int = 0) -> dict[str, Any] | None:
-    """The device's entry for this version of the model, at `attempt` or later (an older outcome is stale)."""
+    """The device's entry for this version of the model, at `attempt` or later (an older outcome is stale), or
+    serving it since an earlier attempt: a device reports no new attempt for a version it serves already."""
     for entry in device.get("models", []):
         if entry.get("name") == name and entry.get("sha256") == sha256:
-            return entry if int(entry.get("attempt") or 0) >= attempt else None
+            current = int(entry.get("attempt") or 0) >= attempt
+            return entry if current or entry.get("state") == "serving" else None
     return None
 
 
 def observe(device: dict[str, Any], name: str, sha256: str, outcome: DeviceOutcome, attempt: int = 0) -> None:
     entry = model_entry(device, name, sha256, attempt)
-    if not device.get("online"):
-        outcome.reason = "device is offline"
+    online = bool(device.get("online"))
+    outcome.reason = None if online else "device is offline"
     if entry is None:
         return
     outcome.state = entry.get("state") or "pending"
@@ -51,6 +56,8 @@ def observe(device: dict[str, Any], name: str, sha256: str, outcome: DeviceOutco
     outcome.backend = entry.get("backend")
     reason = entry.get("reason")
     outcome.reason = reason.get("message") if isinstance(reason, dict) else None
+    if outcome.state == "serving" and int(entry.get("attempt") or 0) < attempt:
+        outcome.reason = ALREADY_SERVING + ("" if online else " (as last reported: the device is offline)")
 
 
 def wait_serving(
