@@ -114,7 +114,11 @@ def read_sample_file(raw: bytes, filename: str = "") -> Inputs:
     try:
         loaded = np.load(io.BytesIO(raw), allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise SampleError(f"{filename or 'sample'} is not a .npz, .npy or v2 JSON file: {exc}") from None
+        # numpy reads any other file as a pickle and offers `allow_pickle=`: not advice for an operator
+        why = "" if "pickle" in str(exc) else f" ({' '.join(str(exc).split())})"
+        raise SampleError(
+            f"not a .npz, .npy or v2 JSON file{why}; save samples with numpy.savez (arrays by input name)"
+        ) from None
     if isinstance(loaded, np.ndarray):
         return {"": loaded}
     return {key: loaded[key] for key in loaded.files}

@@ -50,6 +50,15 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
     return {}
 
 
+def onnx_problem(exc: Exception, path: Path) -> str:
+    """What onnx found wrong, in the uploader's terms: never the controller's own path of the upload (its file
+    name is the uploader's), and an unparseable file said to be cut short or not ONNX."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Unable to parse proto" in first:
+        return "it does not parse as an ONNX protobuf (cut short in transfer, or not an .onnx file); upload it again"
+    return first.replace(str(path), "the file")[:300]
+
+
 def inspect_onnx(path: Path) -> dict[str, Any]:
     """Parse and check an ONNX model; describe its inputs, outputs and opset."""
     try:
@@ -62,8 +71,7 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidModel(f"not a valid ONNX model: {first[:300]}") from None
+        raise InvalidModel(f"not a valid ONNX model: {onnx_problem(exc, path)}") from None
 
     def describe(values) -> list[dict[str, Any]]:
         out = []

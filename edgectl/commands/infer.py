@@ -43,6 +43,10 @@ def infer(
             console.print(f"  {key} {value.dtype}{list(value.shape)} = {value}")
 
 
+NPY_MAGIC = b"\x93NUMPY"
+NPZ_MAGIC = b"PK\x03\x04"  # a zip archive of .npy files
+
+
 def load_inputs(path: Path) -> dict[str, Any]:
     """Named arrays from .npz, or one unnamed array from .npy: the device gives it to the single input of the version
     it serves, whatever the format (TFLite models carry no signature on the controller)."""
@@ -50,10 +54,17 @@ def load_inputs(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise InputError(f"cannot read input file {path}")
+    fix = "save the input with numpy.save (one array) or numpy.savez (arrays by input name)"
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if magic != NPY_MAGIC and magic[:4] != NPZ_MAGIC:  # numpy would offer to unpickle it (allow_pickle=)
+        raise InputError(f"{path} is not a .npy/.npz file; {fix}")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not a .npy/.npz file: {exc}") from None
+        if "pickle" in str(exc):
+            raise InputError(f"{path} holds Python objects, not numeric arrays; {fix}") from None
+        raise InputError(f"{path} is not a readable .npy/.npz file ({' '.join(str(exc).split())}); {fix}") from None
     if isinstance(loaded, np.ndarray):
         return {"": loaded}
     with loaded:

@@ -132,3 +132,41 @@ def test_capture_writes_into_a_directory_and_adds_npz(controller, start_agent, t
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "capt").exists() and len(np.load(tmp_path / "capt.npz").files) == 4
     assert f"to {tmp_path / 'capt.npz'}" in " ".join(done.stdout.split())
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_a_truncated_onnx_is_refused_without_the_controllers_paths(controller, tmp_path):
+    whole = sample_models.mlp(tmp_path / "mlp.onnx").read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(whole[: len(whole) // 3])
+    line = one_error_line(edgectl_run("push", str(cut), "-n", "cut", "--controller", controller.url))
+    assert line.startswith("error: cut.onnx: not a valid ONNX model:"), line
+    assert "cut short" in line and "upload it again" in line, line
+    for internal in ("artifacts", "incoming", ".upload", str(controller.settings.data_dir)):
+        assert internal not in line, line
+
+
+def test_a_text_file_as_input_or_sample_says_what_to_give_not_numpys_pickle_advice(serving_and_failed, tmp_path):
+    import numpy as np
+
+    text = tmp_path / "input.txt"
+    text.write_text("0.1 0.2 0.3\n")
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    url = ("--controller", serving_and_failed.url)
+    for path, says in ((text, "is not a .npy/.npz file"), (objects, "holds Python objects")):
+        line = one_error_line(edgectl_run("infer", "cam-01", "-m", "mlp", "-i", str(path), *url))
+        assert says in line and "numpy.save" in line, line
+        assert "allow_pickle" not in line and "pickle.load" not in line, line
+    line = one_error_line(edgectl_run("push", str(tmp_path / "mlp.onnx"), "-n", "m2", "--sample", str(text), *url))
+    assert "input.txt: not a .npz, .npy or v2 JSON file" in line and "numpy.savez" in line, line
+    assert "pickle" not in line, line
+    good = tmp_path / "x.npy"
+    np.save(good, np.ones((1, 16), np.float32))
+    done = edgectl_run("infer", "cam-01", "-m", "mlp", "-i", str(good), *url)
+    assert done.returncode == 0 and "mlp@1 on " in done.stdout, done.stderr
