@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.files import sha256_file
 from targets.base import Backend, BackendError
 from targets.candidates import Candidate, candidates
 from targets.inputs import Inputs, ProbeInputs, find_runnable, pack_samples, unpack_samples
@@ -101,16 +102,8 @@ def _inputs_file(cache_dir: Path, key: str) -> Path:
     return cache_dir / "inputs" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".npz")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_key(path: Path, model_format: str, hardware: dict[str, Any], sha256: str | None, extra: str = "") -> str:
-    return f"v{CACHE_VERSION}/{sha256 or file_sha256(path)}/{model_format}/{hardware_fingerprint(hardware)}{extra}"
+    return f"v{CACHE_VERSION}/{sha256 or sha256_file(path)}/{model_format}/{hardware_fingerprint(hardware)}{extra}"
 
 
 # -- entry point -----------------------------------------------------------------------------------------------------

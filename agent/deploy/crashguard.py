@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Literal
 
-from agent.fetch.store import ModelStore, Refusal, atomic_write
+from agent.fetch.store import ModelStore, Refusal
+from protocol.files import atomic_write
 
 log = logging.getLogger(__name__)
 

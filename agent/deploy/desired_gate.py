@@ -9,9 +9,9 @@ import logging
 import time
 from pathlib import Path
 
-from agent.fetch.store import atomic_write
 from protocol import Desired, decode
 from protocol.errors import EdgeError
+from protocol.files import atomic_write
 from protocol.signing import Verifier
 
 log = logging.getLogger(__name__)

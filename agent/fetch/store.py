@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from protocol.errors import EdgeError
+from protocol.files import atomic_write, fsync_dir, fsync_file, hash_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -71,40 +72,6 @@ class ModelRecord:
         return self.history[0] if self.history else None
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in this directory durable (POSIX: the directory entry is data of the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: readers see the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def sha256_file(path: Path, limit: int | None = None) -> hashlib._Hash:
-    """Hash the first `limit` bytes of a file (all of it by default)."""
-    h = hashlib.sha256()
-    remaining = path.stat().st_size if limit is None else limit
-    with open(path, "rb") as f:
-        while remaining > 0:
-            block = f.read(min(1 << 20, remaining))
-            if not block:
-                break
-            h.update(block)
-            remaining -= len(block)
-    return h
-
-
 class ModelStore:
     """Layout: `objects/<sha256>` (verified), `partial/<sha256>.part` (downloading), `models.json` (records)."""
 
@@ -141,7 +108,7 @@ class ModelStore:
         if keep != size:
             with open(part, "r+b") as f:
                 f.truncate(keep)
-        return keep, sha256_file(part, keep)
+        return keep, hash_file(part, keep)
 
     def commit(self, sha256: str, digest: str) -> Path:
         """Move a finished download into the store if its digest matches; otherwise discard it."""
@@ -149,8 +116,7 @@ class ModelStore:
         if digest != sha256:
             part.unlink(missing_ok=True)
             raise VerifyError(f"sha256 mismatch: expected {sha256[:12]}…, downloaded bytes hash to {digest[:12]}…")
-        with open(part, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(part)
         target = self.path(sha256)
         os.replace(part, target)
         fsync_dir(self.objects)
@@ -183,7 +149,7 @@ class ModelStore:
 
     def verify(self, sha256: str) -> bool:
         """Re-hash a stored object (used at start-up, so a corrupted file is never served)."""
-        return self.has(sha256) and sha256_file(self.path(sha256)).hexdigest() == sha256
+        return self.has(sha256) and sha256_file(self.path(sha256)) == sha256
 
     # -- records -------------------------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ import re
 import uuid
 from pathlib import Path
 
-from agent.fetch.store import fsync_dir
 from protocol import ZSTD_LEVEL, Encoding, Transfer, worth_compressing
+from protocol.files import fsync_dir, fsync_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,7 @@ class ArtifactStore:
 
 def intact(path: Path, sha256: str, size: int) -> bool:
     """Whether the file has this size and this sha256 (the size first: a torn copy is usually short)."""
-    from controller.registry.uploads import sha256_file
-
     try:
         return path.stat().st_size == size and sha256_file(path) == sha256
     except OSError:
         return False
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())

@@ -15,8 +15,8 @@ from controller.db.database import Database, ModelRow, VariantRow
 from controller.db.devices import find_device
 from controller.registry.artifacts import ArtifactStore
 from controller.registry.calibration import CalibrationStore
-from controller.registry.uploads import sha256_file
 from protocol.errors import EdgeError
+from protocol.files import sha256_file
 
 if TYPE_CHECKING:
     from converters import ConversionResult

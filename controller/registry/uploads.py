@@ -68,12 +68,3 @@ async def receive_bytes(chunks: AsyncIterable[bytes], limit: int, too_large: str
         if len(data) > limit:
             raise TooLarge(too_large)
     return bytes(data)
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file on disk, read a MiB at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
