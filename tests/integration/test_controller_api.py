@@ -45,7 +45,7 @@ def test_bad_requests_get_clear_errors(controller, mlp_model):
 
 
 def test_docs_work_offline(controller):
-    """/docs loads Swagger UI from the controller itself (the swagger-ui-bundle package), never from a CDN."""
+    """/docs loads Swagger UI from the controller itself (controller/static/swagger), never from a CDN."""
     import re
 
     page = httpx.get(f"{controller.url}/docs")

@@ -1,5 +1,6 @@
-"""The API's interactive docs at /docs with Swagger UI's assets served by the controller from a package
-(swagger-ui-bundle), not a CDN: edge sites are often offline, and FastAPI's default page is blank there."""
+"""The API's interactive docs at /docs with Swagger UI's assets served by the controller from controller/static/swagger
+(swagger-ui-dist 5, see VERSION there), not a CDN: edge sites are often offline, and FastAPI's default page is blank
+there. Swagger UI 5 reads the OpenAPI 3.1 schema FastAPI writes; the 4.x of the swagger-ui-bundle wheel could not."""
 
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"
 
 
 def assets_dir() -> Path:
-    import swagger_ui_bundle
-
-    return Path(swagger_ui_bundle.swagger_ui_path)
+    return Path(__file__).resolve().parents[2] / "static" / "swagger"
 
 
 def router(title: str) -> APIRouter:
