@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from protocol.histograms import LATENCY_BUCKETS
 from protocol.identifiers import DeviceId
 from protocol.messages import Message
+from protocol.quality import CONFIDENCE_BINS, MAX_TELEMETRY_INPUTS, Elements, InputStats
 
 MAX_TELEMETRY_MODELS = 32
 MAX_TELEMETRY_OUTPUTS = 16
@@ -43,6 +44,10 @@ class OutputStats(BaseModel):
     # classifier-like outputs: predicted class -> rows ("other" past the cap)
     classes: dict[Key, Count] | None = Field(default=None, max_length=MAX_CLASS_BINS + 1)
     top1_mean: float | None = None  # mean top-1 confidence (softmax where the row is not already a distribution)
+    # model quality (protocol/quality.py; absent from older agents): per-element statistics over the sampled rows,
+    # and the classifier's top-1 confidence histogram over [0, 1]
+    elements: Elements | None = None
+    top1_hist: list[Count] | None = Field(default=None, max_length=CONFIDENCE_BINS)
 
 
 class ModelTelemetry(BaseModel):
@@ -59,6 +64,7 @@ class ModelTelemetry(BaseModel):
     latency_sum_ms: float = 0.0
     latency_max_ms: float = 0.0
     outputs: dict[Key, OutputStats] = Field(default_factory=dict, max_length=MAX_TELEMETRY_OUTPUTS)
+    inputs: dict[Key, InputStats] = Field(default_factory=dict, max_length=MAX_TELEMETRY_INPUTS)  # protocol/quality.py
 
 
 class Resources(BaseModel):

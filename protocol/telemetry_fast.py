@@ -18,6 +18,7 @@ from protocol.errors import ProtocolError
 from protocol.framing import decode
 from protocol.histograms import LATENCY_BUCKETS
 from protocol.limits import MAX_JSON_BYTES, SCHEMA_VERSION
+from protocol.quality import CONFIDENCE_BINS, MAX_SKETCH, MAX_TELEMETRY_INPUTS, MAX_TRACKED_ELEMENTS
 from protocol.telemetry import (
     MAX_CLASS_BINS,
     MAX_CORES,
@@ -39,6 +40,23 @@ Version = Annotated[str, msgspec.Meta(max_length=64, pattern=_KEY_PATTERN)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 Finite = Annotated[float, msgspec.Meta(ge=-_LARGEST, le=_LARGEST)]
 Bucket = Annotated[int, msgspec.Meta(ge=0, lt=LATENCY_BUCKETS)]
+Weight = Annotated[float, msgspec.Meta(ge=0, le=_LARGEST)]
+Floats = Annotated[list[Finite], msgspec.Meta(max_length=MAX_TRACKED_ELEMENTS)]
+Sketch = Annotated[list[tuple[Finite, Weight]], msgspec.Meta(max_length=MAX_SKETCH)]
+
+
+class FastElements(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    rows: Count = 0
+    blocks: bool = False
+    mean: Floats = []
+    std: Floats = []
+
+
+class FastInputStats(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    sampled: Count = 0
+    elements: FastElements | None = None
+    level: Sketch | None = None
+    spread: Sketch | None = None
 
 
 class FastOutputStats(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -52,6 +70,8 @@ class FastOutputStats(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False
     inf: Count = 0
     classes: Annotated[dict[Key, Count], msgspec.Meta(max_length=MAX_CLASS_BINS + 1)] | None = None
     top1_mean: Finite | None = None
+    elements: FastElements | None = None
+    top1_hist: Annotated[list[Count], msgspec.Meta(max_length=CONFIDENCE_BINS)] | None = None
 
 
 class FastModelTelemetry(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -63,6 +83,7 @@ class FastModelTelemetry(msgspec.Struct, kw_only=True, omit_defaults=True, gc=Fa
     latency_sum_ms: Finite = 0.0
     latency_max_ms: Finite = 0.0
     outputs: Annotated[dict[Key, FastOutputStats], msgspec.Meta(max_length=MAX_TELEMETRY_OUTPUTS)] = {}
+    inputs: Annotated[dict[Key, FastInputStats], msgspec.Meta(max_length=MAX_TELEMETRY_INPUTS)] = {}
 
 
 class FastResources(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -121,4 +142,13 @@ def plain(struct: msgspec.Struct | None) -> dict[str, Any]:
     """A struct's fields as a dict without the unset (None) ones, as the API has always shown them."""
     if struct is None:
         return {}
-    return {k: v for k, v in msgspec.structs.asdict(struct).items() if v is not None}
+    return {k: _nested(v) for k, v in msgspec.structs.asdict(struct).items() if v is not None}
+
+
+def _nested(value: Any) -> Any:
+    """A nested struct (or a dict of them) as plain dicts with every field, as pydantic dumps them."""
+    if isinstance(value, msgspec.Struct):
+        return {k: _nested(v) for k, v in msgspec.structs.asdict(value).items() if v is not None}
+    if isinstance(value, dict) and value and isinstance(next(iter(value.values())), msgspec.Struct):
+        return {k: _nested(v) for k, v in value.items()}
+    return value

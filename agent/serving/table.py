@@ -62,7 +62,7 @@ class LoadedModel:
             except Exception:
                 stats.error()
                 raise
-            stats.record((perf_counter() - started) * 1000.0, outputs)
+            stats.record((perf_counter() - started) * 1000.0, outputs, arrays)
         if self.tap is not None:
             self.tap.offer(arrays)
         return outputs
@@ -79,7 +79,7 @@ class LoadedModel:
                 self.stats.error()
             raise
         if self.stats is not None:
-            self.stats.record((perf_counter() - started) * 1000.0, outputs)
+            self.stats.record((perf_counter() - started) * 1000.0, outputs, arrays)
         watch.observe(outputs, arrays)
         if self.tap is not None:
             self.tap.offer(arrays)

@@ -18,8 +18,10 @@ from bisect import bisect_left
 from time import perf_counter
 from typing import Any
 
+from agent.telemetry.quality import ElementStats, InputSummary, confidence_bin, rows_of
 from protocol import LATENCY_BOUNDS_MS, LATENCY_BUCKETS, MAX_CLASS_BINS, ModelTelemetry, OutputStats
 from protocol.compat import zip_strict
+from protocol.quality import CONFIDENCE_BINS, MAX_TELEMETRY_INPUTS
 
 DEFAULT_SAMPLE_EVERY = 16
 DEFAULT_MAX_ELEMENTS = 4096
@@ -31,7 +33,10 @@ MAX_CLASSES = 1000  # a 2-D float output with 2..MAX_CLASSES columns is treated 
 class _Running:
     """Mergeable running statistics of one output (Chan et al. parallel mean/variance)."""
 
-    __slots__ = ("sampled", "count", "mean", "m2", "min", "max", "nan", "inf", "classes", "top1_sum", "top1_n")
+    __slots__ = (
+        "sampled", "count", "mean", "m2", "min", "max", "nan", "inf", "classes", "top1_sum", "top1_n", "elements",
+        "top1_hist",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.sampled = 0
@@ -45,6 +50,8 @@ class _Running:
         self.classes: dict[str, int] | None = None
         self.top1_sum = 0.0
         self.top1_n = 0
+        self.elements = ElementStats()  # per element over rows (protocol/quality.py)
+        self.top1_hist: list[int] | None = None
 
     def add(self, array: Any, max_elements: int) -> None:
         self.sampled += 1
@@ -52,6 +59,9 @@ class _Running:
         if not kind or kind not in "fiub" or array.size == 0:
             return
         classify = kind == "f" and array.ndim == 2 and 2 <= array.shape[1] <= MAX_CLASSES
+        found = rows_of(array, max_elements)
+        if found is not None:
+            self.elements.add(*found)
         if array.size <= SMALL:  # a few numpy calls cost more than Python on a short list
             self._add_small(array, classify)
         else:
@@ -124,6 +134,10 @@ class _Running:
     def _count_class(self, cls: int, confidence: float) -> None:
         self.top1_sum += confidence
         self.top1_n += 1
+        hist = self.top1_hist
+        if hist is None:
+            hist = self.top1_hist = [0] * CONFIDENCE_BINS
+        hist[confidence_bin(confidence)] += 1
         classes = self.classes
         if classes is None:
             classes = self.classes = {}
@@ -144,6 +158,8 @@ class _Running:
             inf=self.inf,
             classes=self.classes,
             top1_mean=self.top1_sum / self.top1_n if self.top1_n else None,
+            elements=self.elements.wire(),
+            top1_hist=self.top1_hist,
         )
 
 
@@ -152,7 +168,7 @@ class ModelStats:
 
     __slots__ = (
         "name", "version", "sample_every", "max_elements", "_lock", "requests", "errors", "latency",
-        "latency_sum", "latency_max", "outputs", "_tick", "budget_us", "period",
+        "latency_sum", "latency_max", "outputs", "_tick", "budget_us", "period", "inputs",
     )  # fmt: skip
 
     def __init__(
@@ -180,9 +196,13 @@ class ModelStats:
         self.latency_sum = 0.0
         self.latency_max = 0.0
         self.outputs: dict[str, _Running] = {}
+        self.inputs: dict[str, InputSummary] = {}
 
-    def record(self, latency_ms: float, outputs: dict[str, Any] | None = None) -> None:
-        """Count one answered request (the hot path: a lock, a bisect and a few adds)."""
+    def record(
+        self, latency_ms: float, outputs: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None
+    ) -> None:
+        """Count one answered request (the hot path: a lock, a bisect and a few adds); one in `period` also has its
+        outputs and inputs summarised."""
         bucket = bisect_left(LATENCY_BOUNDS_MS, latency_ms)
         with self._lock:
             self.requests += 1
@@ -194,11 +214,13 @@ class ModelStats:
             if self._tick < self.period or outputs is None:
                 return
             self._tick = 0
-        self._sample(outputs)
+        self._sample(outputs, inputs)
 
-    def _sample(self, outputs: dict[str, Any]) -> None:
+    def _sample(self, outputs: dict[str, Any], inputs: dict[str, Any] | None = None) -> None:
         started = perf_counter()
         self._summarise(outputs)
+        if inputs:
+            self._summarise_inputs(inputs)
         if self.budget_us:
             cost_us = (perf_counter() - started) * 1e6
             wanted = max(self.sample_every, math.ceil(cost_us / self.budget_us))
@@ -214,6 +236,19 @@ class ModelStats:
             try:
                 with self._lock:
                     running.add(value, self.max_elements)
+            except Exception:  # never let statistics fail a request
+                continue
+
+    def _summarise_inputs(self, inputs: dict[str, Any]) -> None:
+        for key, value in inputs.items():
+            summary = self.inputs.get(key)
+            if summary is None:
+                if len(self.inputs) >= MAX_TELEMETRY_INPUTS:
+                    continue
+                summary = self.inputs.setdefault(key, InputSummary())
+            try:
+                with self._lock:
+                    summary.add(value, self.max_elements)
             except Exception:  # never let statistics fail a request
                 continue
 
@@ -235,6 +270,7 @@ class ModelStats:
                 latency_sum_ms=round(self.latency_sum, 4),
                 latency_max_ms=round(self.latency_max, 4),
                 outputs={k: v.stats() for k, v in self.outputs.items() if v.sampled},
+                inputs={k: v.wire() for k, v in self.inputs.items() if v.sampled},
             )
             self._reset()
         return window

@@ -140,7 +140,7 @@ def render(
     for device_id, _ts, _res, _dropped, models in snapshot:
         if device_id not in shown_ids:
             continue
-        for name, _version, requests, errors, _hist, _sum, p50, p95, p99, rps, score, drifting in models:
+        for name, _version, requests, errors, _hist, _sum, p50, p95, p99, rps, score, drifting, psi in models:
             out.metric("edge_model_requests_total", "counter", "Inferences answered, per device and model.")
             out.sample("edge_model_requests_total", requests, device=device_id, model=name)
             out.metric("edge_model_errors_total", "counter", "Inferences that failed, per device and model.")
@@ -152,8 +152,18 @@ def render(
                 out.sample("edge_model_latency_ms", value, device=device_id, model=name, quantile=q)
             out.metric("edge_model_drift_score", "gauge", "Largest output-mean shift from the baseline, in std units.")
             out.sample("edge_model_drift_score", score, device=device_id, model=name)
-            out.metric("edge_model_drift", "gauge", "1 when an output drifted beyond the threshold.")
+            out.metric(
+                "edge_model_drift",
+                "gauge",
+                "1 when an output mean, the class mix, an output element or an input moved.",
+            )
             out.sample("edge_model_drift", 1 if drifting else 0, device=device_id, model=name)
+            out.metric(
+                "edge_model_drift_psi",
+                "gauge",
+                "Largest move of the class mix, outputs or inputs from the baseline (PSI).",
+            )
+            out.sample("edge_model_drift_psi", round(psi, 4), device=device_id, model=name)
 
     out.metric("edge_fleet_latency_ms", "histogram", "Inference latency across the fleet (ms), all models.")
     cumulative = 0

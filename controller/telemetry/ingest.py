@@ -11,7 +11,8 @@ and the broker, which is the back pressure a full queue gave before. A housekeep
 
 Drift: the first window of a (device, model, version) with output statistics becomes the baseline of each output
 (stored, so it survives a restart); a later window whose output mean is more than `drift_threshold` baseline standard
-deviations away from the baseline mean flags the model on that device.
+deviations away from the baseline mean flags the model on that device. The quality drift (class mix, every output
+element, the inputs) is judged by `tracker.QualityTracker` with the tests of `drift.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import sqlalchemy as sa
 
 from controller.db.database import Database
 from controller.telemetry.budget import TelemetryBudget
+from controller.telemetry.drift import DEFAULT_SETTINGS, DriftSettings
+from controller.telemetry.tracker import QualityTracker
 from controller.telemetry.views import DeviceView, ModelView, window_summary
 from protocol import MAX_TELEMETRY_MODELS, MAX_TELEMETRY_OUTPUTS, ProtocolError, Telemetry
 from protocol.telemetry_fast import FastModelTelemetry, FastTelemetry, decode_telemetry, encode_telemetry
@@ -67,8 +70,10 @@ class TelemetryIngest:
         linger_s: float = DEFAULT_LINGER_S,
         is_leader: Callable[[], bool] | None = None,
         baselines_refresh_s: float = BASELINES_REFRESH_S,
+        quality: DriftSettings = DEFAULT_SETTINGS,
     ) -> None:
         self.db = db
+        self.quality = QualityTracker(quality)  # class mix, elements, inputs against a baseline (tracker.py)
         self.baselines_refresh_s = baselines_refresh_s
         self._baselines_read = 0.0
         self._baselines_new = False  # this process created baselines since it last read them
@@ -280,9 +285,10 @@ class TelemetryIngest:
             for index, count in model.latency:  # buckets validated: 0 <= index < LATENCY_BUCKETS
                 total[index] += count
             drift = self._drift(message.device_id, model, ts, baselines) if model.outputs else None
+            track = self.quality.observe(message.device_id, model, ts) if model.outputs or model.inputs else None
             if latest or ts >= view.ts:
                 if view.version != model.version:
-                    view.drift = {}
+                    view.drift, view.quality = {}, None
                 view.version, view.ts = model.version, ts
                 view.requests, view.errors = model.requests, model.errors
                 view.rps = model.requests / span if span else 0.0
@@ -291,6 +297,8 @@ class TelemetryIngest:
                 view.raw_outputs = model.outputs
                 if drift:
                     view.drift.update(drift)
+                if track is not None and track.version == model.version:
+                    view.quality = track.status(self.quality.settings)
 
     def _drift(
         self, device_id: str, model: FastModelTelemetry, ts: float, baselines: list[dict[str, Any]]
@@ -340,7 +348,8 @@ class TelemetryIngest:
             if view:
                 for m in view.models.values():
                     if model is None or m.name == model:
-                        m.drift = {}
+                        m.drift, m.quality = {}, None
+        self.quality.reset(device_id, model, time.time())
         return self.db.reset_drift_baseline(device_id, model)
 
     # -- reads -----------------------------------------------------------------------------------------------------
@@ -389,6 +398,7 @@ class TelemetryIngest:
                             m.rps,
                             m.drift_score,
                             m.drifting,
+                            m.quality_score,
                         )
                         for m in d.models.values()
                     ],

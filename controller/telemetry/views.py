@@ -30,6 +30,7 @@ class ModelView:
     latency: list[tuple[int, int]] = field(default_factory=list)  # the newest window's histogram
     raw_outputs: dict[str, Any] = field(default_factory=dict)  # FastOutputStats, dumped when read
     drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # output -> {score, flagged, baseline_mean, ...}
+    quality: dict[str, Any] | None = None  # the quality drift's state and last verdict (tracker.Track.status)
     _quantiles: tuple[float | None, float | None, float | None] | None = None
 
     def quantiles(self) -> tuple[float | None, float | None, float | None]:
@@ -60,8 +61,16 @@ class ModelView:
         return max((d["score"] for d in self.drift.values()), default=0.0)
 
     @property
+    def quality_drifting(self) -> bool:
+        return bool(self.quality and self.quality.get("flagged"))
+
+    @property
+    def quality_score(self) -> float:
+        return float(self.quality.get("score", 0.0)) if self.quality else 0.0
+
+    @property
     def drifting(self) -> bool:
-        return any(d["flagged"] for d in self.drift.values())
+        return any(d["flagged"] for d in self.drift.values()) or self.quality_drifting
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -81,6 +90,7 @@ class ModelView:
             "drift": self.drift,
             "drifting": self.drifting,
             "drift_score": round(self.drift_score, 3),
+            "quality": self.quality,
         }
 
 

@@ -48,6 +48,16 @@ def sample() -> dict[str, Any]:
                         "inf": 3,
                         "classes": {"cat": 12, "dog": 8},
                         "top1_mean": 0.91,
+                        "elements": {"rows": 20, "mean": [0.25, 0.75], "std": [0.1, 0.1]},
+                        "top1_hist": [0, 0, 0, 0, 0, 1, 2, 3, 4, 10],
+                    }
+                },
+                "inputs": {
+                    "x": {
+                        "sampled": 20,
+                        "elements": {"rows": 20, "blocks": True, "mean": [0.5, -1.0], "std": [1.0, 2.5]},
+                        "level": [[-0.5, 10.0], [0.5, 10.0]],
+                        "spread": [[1.0, 20.0]],
                     }
                 },
             },

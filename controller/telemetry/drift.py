@@ -1,0 +1,259 @@
+"""Drift verdicts: a window of a model version's quality summary against its baseline, one test per statistic, each
+sized to the sample (a pure function: ingest, the fleet comparison and rollout gates call the same one).
+
+Per output: the class mix (two-sample chi-square on the argmax counts, PSI for the size of the move), the top-1
+confidence histogram (the same), and each element (or block) of small outputs (z-test on the mean, a normal-theory
+test on the variance; the size is the symmetric KL divergence of two normals, d^2 for a mean shift of d std, on
+PSI's scale). Per input: each element the same way, and the sketches of each row's mean and std (PSI over the
+baseline's deciles, chi-square sized). A statistic is tested only when the baseline and the window each hold
+`min_rows` rows of it; a finding flags when its p-value is below `alpha` divided by the number of tests made
+(Bonferroni: the verdict's false-alarm rate stays below `alpha` whatever the model's size) and its PSI reaches
+`psi_min` (a significant but tiny move on a large sample is not drift). No scipy: the chi-square and normal tails
+are computed here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.telemetry.summary import Part, Summary
+from protocol.quality import sketch_cdf, sketch_quantile, sketch_weight
+
+EPS = 1e-12
+DECILES = tuple(i / 10 for i in range(1, 10))
+MAX_DIVERGENCE = 1e3
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    min_rows: int = 200  # rows of a statistic in the window (and in the baseline) before it is tested
+    baseline_rows: int = 400  # rows the baseline gathers from a version's first windows
+    alpha: float = 1e-3  # the family-wise false-alarm rate of one verdict
+    psi_min: float = 0.25  # the smallest move that is drift (PSI's "significant shift")
+
+
+DEFAULT_SETTINGS = DriftSettings()
+
+
+@dataclass
+class Finding:
+    """One statistic's test: what it compares, how far it moved (PSI scale), its p-value and the sentence."""
+
+    kind: str  # class_mix, confidence, elements, level, spread
+    tensor: str
+    side: str  # output or input
+    psi: float
+    p_value: float
+    flagged: bool = False
+    text: str = ""
+    tests: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "side": self.side, "tensor": self.tensor, "psi": round(self.psi, 4),
+            "p_value": float(f"{self.p_value:.3g}"), "flagged": self.flagged, "text": self.text,
+        }  # fmt: skip
+
+
+@dataclass
+class Verdict:
+    """The window against the baseline: `judged` once a statistic could be tested; `flagged` when one moved."""
+
+    judged: bool = False
+    flagged: bool = False
+    score: float = 0.0  # the largest move (PSI scale) among the tested statistics
+    tests: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    baseline_rows: int = 0
+    window_rows: int = 0
+    reason: str = ""  # why nothing was judged
+
+    @property
+    def moved(self) -> list[str]:
+        """What moved, largest first."""
+        return [f.text for f in self.findings if f.flagged]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "judged": self.judged, "flagged": self.flagged, "score": round(self.score, 4), "tests": self.tests,
+            "moved": self.moved, "baseline_rows": self.baseline_rows, "window_rows": self.window_rows,
+            "reason": self.reason, "findings": [f.to_json() for f in self.findings[:8]],
+        }  # fmt: skip
+
+
+# -- tails -------------------------------------------------------------------------------------------------------
+
+
+def normal_sf2(z: float) -> float:
+    """Two-sided tail of the standard normal: P(|Z| > |z|)."""
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """P(X > x) for X ~ chi-square(dof): the regularized upper incomplete gamma Q(dof/2, x/2)."""
+    if x <= 0 or dof <= 0:
+        return 1.0
+    a, y = dof / 2.0, x / 2.0
+    if y < a + 1:  # series for P, Q = 1 - P
+        term = total = 1.0 / a
+        n = a
+        for _ in range(500):
+            n += 1
+            term *= y / n
+            total += term
+            if abs(term) < abs(total) * 1e-15:
+                break
+        return max(0.0, 1.0 - total * math.exp(-y + a * math.log(y) - math.lgamma(a)))
+    b = y + 1 - a  # continued fraction for Q (Lentz)
+    c, d = 1.0 / 1e-300, 1.0 / b
+    h = d
+    for i in range(1, 500):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = 1e-300 if abs(d) < 1e-300 else d
+        c = b + an / c
+        c = 1e-300 if abs(c) < 1e-300 else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < 1e-15:
+            break
+    return min(1.0, math.exp(-y + a * math.log(y) - math.lgamma(a)) * h)
+
+
+def psi(base: list[float], window: list[float]) -> float:
+    """Population stability index of two distributions over the same bins (proportions, already smoothed)."""
+    return sum((w - b) * math.log(w / b) for b, w in zip(base, window, strict=True))
+
+
+def _proportions(counts: list[float], n: float) -> list[float]:
+    k = len(counts)
+    return [(c + 0.5) / (n + 0.5 * k) for c in counts]  # a zero count does not make PSI infinite
+
+
+def _binned(base: list[float], window: list[float], n_base: float, n_window: float) -> tuple[float, float]:
+    """(PSI, chi-square p-value) of two binned counts: PSI x n_b n_w / (n_b + n_w) ~ chi-square(bins - 1)."""
+    value = psi(_proportions(base, n_base), _proportions(window, n_window))
+    statistic = value / (1.0 / n_base + 1.0 / n_window)
+    return value, chi2_sf(statistic, len(base) - 1)
+
+
+# -- the tests ---------------------------------------------------------------------------------------------------
+
+
+def _class_mix(name: str, base: dict[str, int], window: dict[str, int]) -> Finding:
+    keys = sorted(set(base) | set(window), key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    b, w = [float(base.get(k, 0)) for k in keys], [float(window.get(k, 0)) for k in keys]
+    nb, nw = sum(b), sum(w)
+    value, p = _binned(b, w, nb, nw)
+    moved = max(range(len(keys)), key=lambda i: abs(w[i] / nw - b[i] / nb))
+    label = f"class {keys[moved]}" if keys[moved].isdigit() else keys[moved]
+    text = f"class mix of {name}: {label} {b[moved] / nb:.2f} → {w[moved] / nw:.2f}, PSI {value:.2g}"
+    return Finding("class_mix", name, "output", value, p, text=text)
+
+
+def _confidence(name: str, base: list[int], window: list[int]) -> Finding:
+    nb, nw = float(sum(base)), float(sum(window))
+    value, p = _binned([float(c) for c in base], [float(c) for c in window], nb, nw)
+    bins = len(base)
+
+    def mean(h: list[int], n: float) -> float:
+        return sum((i + 0.5) / bins * c for i, c in enumerate(h)) / n
+
+    text = f"top-1 confidence of {name}: mean {mean(base, nb):.2f} → {mean(window, nw):.2f}, PSI {value:.2g}"
+    return Finding("confidence", name, "output", value, p, text=text)
+
+
+def _element(mb: float, sb: float, nb: int, mw: float, sw: float, nw: int) -> tuple[float, float, float]:
+    """(divergence, p-value, shift in baseline std) of one element: normals' symmetric KL, mean and variance tests."""
+    floor = 1e-9 * max(1.0, abs(mb))
+    vb, vw = max(sb, floor) ** 2, max(sw, floor) ** 2
+    d = mw - mb
+    divergence = 0.5 * (vw / vb + vb / vw - 2) + 0.5 * d * d * (1 / vb + 1 / vw)
+    p_mean = normal_sf2(d / math.sqrt(vb / nb + vw / nw)) if abs(d) > floor else 1.0
+    p_var = normal_sf2(math.log(vw / vb) / math.sqrt(2.0 / max(nb - 1, 1) + 2.0 / max(nw - 1, 1)))
+    return min(divergence, MAX_DIVERGENCE), min(1.0, 2 * min(p_mean, p_var)), d / math.sqrt(vb)
+
+
+def _elements(side: str, name: str, base: Part, window: Part, settings: DriftSettings) -> tuple[Finding, list]:
+    """One finding per tensor (the element that moved most), and per element (divergence, p, shift, std ratio)."""
+    per = []
+    for i, (mb, sb, mw, sw) in enumerate(zip(base.mean, base.std, window.mean, window.std, strict=True)):
+        divergence, p, shift = _element(mb, sb, base.rows, mw, sw, window.rows)
+        per.append((divergence, p, shift, (sw + EPS) / (sb + EPS), i))
+    worst = max(per, key=lambda e: e[0])
+    return Finding("elements", name, side, worst[0], min(e[1] for e in per), tests=len(per)), per
+
+
+def _element_text(side: str, name: str, blocks: bool, per: list, flagged: list) -> str:
+    divergence, _, shift, ratio, i = max(flagged, key=lambda e: e[0])
+    where = f"{name} block {i}" if blocks else (name if len(per) == 1 else f"{name}[{i}]")
+    what = f"mean {shift:+.1f} std" if abs(shift) >= 0.5 or 0.7 < ratio < 1.4 else f"std x{ratio:.2g}"
+    several = f" ({len(flagged)}/{len(per)} {'blocks' if blocks else 'elements'} moved)" if len(per) > 1 else ""
+    return f"{side} {where}: {what}{several}"
+
+
+def _sketch(kind: str, name: str, base: Any, window: Any) -> Finding:
+    """PSI over the baseline's deciles (window shares read from its sketch), chi-square sized."""
+    nb, nw = sketch_weight(base), sketch_weight(window)
+    edges = sorted({sketch_quantile(base, q) for q in DECILES})
+    cb = [sketch_cdf(base, e) for e in edges] + [1.0]
+    cw = [sketch_cdf(window, e) for e in edges] + [1.0]
+    b = [(hi - lo) * nb for lo, hi in zip([0.0, *cb[:-1]], cb, strict=True)]
+    w = [(hi - lo) * nw for lo, hi in zip([0.0, *cw[:-1]], cw, strict=True)]
+    value, p = _binned(b, w, nb, nw) if len(b) > 1 else (0.0, 1.0)
+    label = "row mean" if kind == "level" else "row std"
+    text = (
+        f"input {name}: {label} median {sketch_quantile(base, 0.5):.3g} → {sketch_quantile(window, 0.5):.3g}, "
+        f"PSI {value:.2g}"
+    )
+    return Finding(kind, name, "input", value, p, text=text)
+
+
+def drift_verdict(baseline: Summary, window: Summary, settings: DriftSettings = DEFAULT_SETTINGS) -> Verdict:
+    """The window against the baseline: every statistic both hold `min_rows` rows of is tested; a finding flags
+    when p < alpha / tests and PSI >= psi_min. Pure: no state, no I/O (rollout gates call it too)."""
+    n = settings.min_rows
+    findings: list[Finding] = []
+    elements: list[tuple[Finding, list, bool]] = []
+    for side, base_parts, window_parts in (
+        ("output", baseline.outputs, window.outputs),
+        ("input", baseline.inputs, window.inputs),
+    ):
+        for name, w in window_parts.items():
+            b = base_parts.get(name)
+            if b is None:
+                continue
+            if b.classes and w.classes and sum(b.classes.values()) >= n and sum(w.classes.values()) >= n:
+                findings.append(_class_mix(name, b.classes, w.classes))
+            if b.top1 and w.top1 and len(b.top1) == len(w.top1) and sum(b.top1) >= n and sum(w.top1) >= n:
+                findings.append(_confidence(name, b.top1, w.top1))
+            if b.mean and len(b.mean) == len(w.mean) and b.blocks == w.blocks and min(b.rows, w.rows) >= n:
+                finding, per = _elements(side, name, b, w, settings)
+                elements.append((finding, per, b.blocks))
+                findings.append(finding)
+            for kind in ("level", "spread"):
+                sb, sw = getattr(b, kind), getattr(w, kind)
+                if sb and sw and sketch_weight(sb) >= n and sketch_weight(sw) >= n:
+                    findings.append(_sketch(kind, name, sb, sw))
+    verdict = Verdict(baseline_rows=baseline.count, window_rows=window.count)
+    verdict.tests = sum(f.tests for f in findings)
+    if not findings:
+        verdict.reason = f"fewer than {n} rows of any statistic in the baseline ({baseline.count}) or the window"
+        verdict.reason += f" ({window.count})"
+        return verdict
+    limit = settings.alpha / verdict.tests
+    for finding in findings:
+        finding.flagged = finding.p_value < limit and finding.psi >= settings.psi_min
+    for finding, per, blocks in elements:
+        moved = [e for e in per if e[1] < limit and e[0] >= settings.psi_min]
+        finding.flagged = bool(moved)
+        finding.text = _element_text(finding.side, finding.tensor, blocks, per, moved or per)
+    findings.sort(key=lambda f: (not f.flagged, -f.psi))
+    verdict.judged, verdict.findings = True, findings
+    verdict.flagged = any(f.flagged for f in findings)
+    verdict.score = max(f.psi for f in findings)
+    return verdict

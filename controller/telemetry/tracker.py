@@ -1,0 +1,126 @@
+"""Where each (device, model) stands on quality drift: its baseline (the version's first windows, merged until they
+hold `baseline_rows` rows, or rebuilt from now on when the operator says so), the chunk of windows gathering towards
+the next verdict (judged once it holds `min_rows` rows: one window at a busy device, several at a quiet one), and
+the last verdict. The previous version's baseline is kept when a new version starts (rollout gates compare the two),
+and the last judged chunk of every device feeds the fleet comparison (the same model version across devices)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from controller.telemetry.drift import DEFAULT_SETTINGS, DriftSettings, Verdict, drift_verdict
+from controller.telemetry.summary import Summary, from_window
+from protocol import MAX_TELEMETRY_MODELS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Track:
+    version: str
+    baseline: Summary | None = None
+    frozen: bool = False  # the baseline holds baseline_rows rows and is judged against
+    chunk: Summary | None = None
+    last_chunk: Summary | None = None
+    verdict: Verdict | None = None
+    previous: tuple[str, Summary] | None = None  # the version before and its baseline
+    since: float = 0.0  # when this baseline began
+
+    def status(self, settings: DriftSettings) -> dict[str, Any]:
+        base = self.baseline.count if self.baseline else 0
+        data: dict[str, Any] = {"version": self.version, "baseline_rows": base, "baseline_since": self.since}
+        if not self.frozen:
+            data["state"] = f"building baseline: {base}/{settings.baseline_rows} rows"
+        elif self.verdict is None:
+            data["state"] = f"gathering: {self.chunk.count if self.chunk else 0}/{settings.min_rows} rows"
+        else:
+            data["state"] = "drift" if self.verdict.flagged else "ok"
+            data.update(self.verdict.to_json())
+        return data
+
+
+class QualityTracker:
+    def __init__(self, settings: DriftSettings = DEFAULT_SETTINGS) -> None:
+        self.settings = settings
+        self._tracks: dict[tuple[str, str], Track] = {}
+        self._per_device: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, device_id: str, model: Any, ts: float) -> Track | None:
+        """Fold one window (FastModelTelemetry) in; the track, or None when the window has no quality fields."""
+        summary = from_window(model)
+        if summary is None:
+            return None
+        key = (device_id, model.name)
+        with self._lock:
+            track = self._tracks.get(key)
+            if track is None:
+                held = self._per_device.get(device_id, 0)
+                if held >= MAX_TELEMETRY_MODELS:
+                    return None  # a device cycling model names cannot grow this
+                self._per_device[device_id] = held + 1
+                track = self._tracks[key] = Track(model.version, since=ts)
+            elif track.version != model.version:
+                previous = (track.version, track.baseline) if track.frozen and track.baseline else track.previous
+                track = self._tracks[key] = Track(model.version, previous=previous, since=ts)
+            self._fold(track, summary)
+            return track
+
+    def _fold(self, track: Track, summary: Summary) -> None:
+        settings = self.settings
+        if not track.frozen:
+            track.baseline = track.baseline.merged(summary) if track.baseline else summary
+            track.frozen = track.baseline.count >= settings.baseline_rows
+            return
+        track.chunk = track.chunk.merged(summary) if track.chunk else summary
+        if track.chunk.count < settings.min_rows or track.baseline is None:
+            return
+        track.verdict = drift_verdict(track.baseline, track.chunk, settings)
+        track.last_chunk, track.chunk = track.chunk, None
+        if track.verdict.flagged:
+            log.info("quality drift on %s: %s", track.version, "; ".join(track.verdict.moved[:3]))
+
+    def reset(self, device_id: str, model: str | None = None, since: float = 0.0) -> int:
+        """A new baseline from the next windows on (the operator's `edgectl drift baseline`); how many were reset."""
+        with self._lock:
+            keys = [k for k in self._tracks if k[0] == device_id and (model is None or k[1] == model)]
+            for key in keys:
+                old = self._tracks[key]
+                self._tracks[key] = Track(old.version, previous=old.previous, since=since)
+            return len(keys)
+
+    def track(self, device_id: str, model: str) -> Track | None:
+        with self._lock:
+            return self._tracks.get((device_id, model))
+
+    def status(self, device_id: str, model: str) -> dict[str, Any] | None:
+        with self._lock:
+            track = self._tracks.get((device_id, model))
+            return track.status(self.settings) if track else None
+
+    def fleet(self, model: str, devices: set[str] | None = None) -> list[dict[str, Any]]:
+        """Each device's last judged chunk of `model` against the other devices' (same version) merged: a device
+        whose inputs or outputs differ from its peers' shows here even when it drifted from its first day."""
+        with self._lock:
+            chunks = [
+                (device, t.version, t.last_chunk)
+                for (device, name), t in self._tracks.items()
+                if name == model and t.last_chunk is not None and (devices is None or device in devices)
+            ]
+        result = []
+        for device, version, chunk in sorted(chunks, key=lambda c: c[0]):
+            peers: Summary | None = None
+            for other, other_version, other_chunk in chunks:
+                if other != device and other_version == version:
+                    peers = peers.merged(other_chunk) if peers else other_chunk
+            entry: dict[str, Any] = {"device": device, "version": version, "rows": chunk.count}
+            if peers is None:
+                entry["reason"] = "no other device serves this version"
+            else:
+                entry.update(drift_verdict(peers, chunk, self.settings).to_json())
+                entry["peer_rows"] = peers.count
+            result.append(entry)
+        return result
