@@ -12,9 +12,12 @@ from urllib.parse import urlsplit
 from controller.api.guard import default_allowed_hosts, is_loopback
 from controller.broker.embedded import EmbeddedBroker, port_free
 from controller.db.database import Database
+from controller.fleet.artifact_urls import url_key
+from controller.fleet.deployments import Deployments
 from controller.fleet.link import Fleet
 from controller.registry.artifacts import ArtifactStore
 from controller.registry.s3 import S3Artifacts
+from controller.rollouts.service import Rollouts
 from controller.telemetry.ingest import DEFAULT_DRIFT_THRESHOLD, DEFAULT_RETENTION_S, TelemetryIngest
 from protocol.link import BrokerAddress, MqttProtocol
 
@@ -148,7 +151,12 @@ class Controller:
             fetch_rate=settings.fetch_rate,
             replica_id=settings.replica_id,
             s3=s3,
+            url_key=url_key(None if self.broker else address.password, settings.data_dir),
         )
+        self.rollouts = Rollouts(
+            self.db, Deployments(self.db, self.fleet), owner=self.fleet.replication.replica_id,
+            disk_free_mb=self._disk_free_mb,
+        )  # fmt: skip
         if s3 is not None:
             log.info(s3.describe(settings.artifact_base))
         elif settings.artifact_base:
@@ -157,6 +165,11 @@ class Controller:
             )
         else:
             log.info("devices fetch artifacts over MQTT only (no --public-url or --artifact-base-url)")
+
+    def _disk_free_mb(self, device_id: str) -> float | None:
+        """The device's free disk as its newest telemetry said (None when this replica has not seen any)."""
+        summary = self.fleet.telemetry.device_summary(device_id) or {}
+        return (summary.get("resources") or {}).get("disk_free_mb")
 
     def app(self):
         from controller.api.app import create_app
@@ -169,6 +182,7 @@ class Controller:
             token=self.settings.token.strip() if self.settings.token else None,
             work_dir=self.settings.data_dir,
             read_token=self.settings.read_token.strip() if self.settings.read_token else None,
+            rollouts=self.rollouts,
             allowed_hosts=default_allowed_hosts(
                 self.settings.http_host,
                 (*self.settings.allowed_hosts, urlsplit(self.settings.public_url or "").hostname or ""),
@@ -197,8 +211,10 @@ class Controller:
         if self.broker:
             self.broker.start()
         self.fleet.start()
+        self.rollouts.start()
 
     def stop(self) -> None:
+        self.rollouts.stop()
         self.fleet.stop()
         if self.broker:
             self.broker.stop()

@@ -18,6 +18,7 @@ from edgectl.commands import (
     models,
     push,
     rollback,
+    rollout,
     status,
     telemetry,
     undeploy,
@@ -68,6 +69,7 @@ def build_app() -> typer.Typer:
     for group in GROUPS:
         for command in group.COMMANDS:
             app.command(cls=LabelledCommand)(one_line(command))
+    app.add_typer(rollout.app, name="rollout")
     return app
 
 

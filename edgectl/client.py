@@ -98,6 +98,21 @@ class ControllerClient:
         """Every device, or those every `KEY=VALUE` of `select` holds for."""
         return self._request("GET", "/api/v1/devices", params={"select": select} if select else None)
 
+    def start_rollout(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/api/v1/rollouts", json=body)
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/api/v1/rollouts")
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/rollouts/{rollout_id}")
+
+    def rollout_events(self, rollout_id: str, after: int = 0) -> list[dict[str, Any]]:
+        return self._request("GET", f"/api/v1/rollouts/{rollout_id}/events", params={"after": after})
+
+    def rollout_action(self, rollout_id: str, action: str) -> dict[str, Any]:
+        return self._request("POST", f"/api/v1/rollouts/{rollout_id}/{action}")
+
     def set_labels(self, device_id: str, labels: dict[str, str], remove: list[str]) -> dict[str, Any]:
         body = {"set": labels, "remove": remove}
         return self._request("POST", f"/api/v1/devices/{device_id}/labels", json=body)

@@ -23,6 +23,7 @@ from controller.registry.artifacts import ArtifactStore
 from controller.registry.calibration import MAX_CALIBRATION_BYTES, CalibrationStore
 from controller.registry.models import MAX_UPLOAD_BYTES, Registry
 from controller.registry.optimizer import Optimizer
+from controller.rollouts.service import Rollouts
 from protocol import MAX_SAMPLES_BYTES
 from protocol.errors import EdgeError
 
@@ -49,6 +50,7 @@ def create_app(
     work_dir: Path | None = None,
     read_token: str | None = None,
     allowed_hosts: frozenset[str] | None = None,
+    rollouts: Rollouts | None = None,
 ) -> FastAPI:
     """The API over these stores: the request guard (Host, Origin, Content-Type, body limits), the token check
     (with `token` and/or `read_token`), the error mapping, and every router."""
@@ -76,6 +78,7 @@ def create_app(
         calibration=calibration,
         optimizer=Optimizer(db, artifacts, calibration),
         deployments=Deployments(db, fleet),
+        rollouts=rollouts or Rollouts(db, Deployments(db, fleet)),  # without a driver: actions and views only
         metrics_max_devices=metrics_max_devices,
     )
     for router in all_routers(state):

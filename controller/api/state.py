@@ -11,6 +11,7 @@ from controller.registry.artifacts import ArtifactStore
 from controller.registry.calibration import CalibrationStore
 from controller.registry.models import Registry
 from controller.registry.optimizer import Optimizer
+from controller.rollouts.service import Rollouts
 
 
 @dataclass(frozen=True)
@@ -24,4 +25,5 @@ class AppState:
     calibration: CalibrationStore
     optimizer: Optimizer
     deployments: Deployments
+    rollouts: Rollouts
     metrics_max_devices: int = 1000
