@@ -110,13 +110,24 @@ def ort_preprocess(src: Path, dst: Path, fixes: list[str]) -> Path:
         try:
             quant_pre_process(str(src), str(dst), **kwargs)
         except Exception as exc:  # the pre-processor raises whatever its passes raise
-            error = first_line(exc)
+            error = preprocess_problem(exc)
             log.info("pre-processing %s failed: %s", kwargs, error)
             continue
         fixes.append(note.format(err=error))
         return dst
     fixes.append(f"ORT pre-processing skipped (every pass failed: {error})")
     return src
+
+
+def preprocess_problem(exc: BaseException) -> str:
+    """Why a pre-processing pass failed, in an operator's terms: what to install, never the arguments of ONNX
+    Runtime's functions it suggests to its own callers (`pass skip_symbolic_shape=True to quant_pre_process()`)."""
+    if isinstance(exc, ImportError) and "sympy" in str(exc):
+        return "it needs sympy, not installed here: pip install sympy"
+    return _CALLER_ADVICE.sub("", first_line(exc)).strip()
+
+
+_CALLER_ADVICE = re.compile(r"\s*(?:,\s*)?\bor pass \w+=\S+ to [\w.]+\(\)")
 
 
 def has_vnni() -> bool:

@@ -30,13 +30,18 @@ class Variant:
     summary: str
     thresholds: Thresholds | None = None  # its own agreement thresholds; None: the run's
 
+    @property
+    def extra(self) -> str:
+        """The edgefleet extra that installs what it needs (TensorFlow's toolchain has one of its own)."""
+        return "convert-tflite" if self.toolchain == "onnx2tf" else "convert"
+
     def require(self) -> None:
         """ConversionError naming what to install when a module the builder needs is missing."""
         missing = [m for m in self.needs if importlib.util.find_spec(m) is None]
         if missing:
             raise ConversionError(
                 f"{self.name} needs {self.packages} (missing module {', '.join(missing)}): "
-                f"pip install 'edgefleet[convert]'"
+                f"pip install 'edgefleet[{self.extra}]'"
             )
 
 

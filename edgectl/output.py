@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import Any
@@ -32,13 +33,35 @@ def ago(ts: float | None) -> str:
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
+# where a reason's fix starts: a command to run, kept whole when the reason is cut
+FIX_START = re.compile(r"(?:pip install |`edgectl |`edge-controller |`edge-agent )")
+
+
 def brief(text: str, room: int | None = None) -> str:
     """A reason as a table or a progress line shows it: its first line, cut to `room` cells (default: the terminal's
-    width); the whole of it with --verbose."""
+    width), the middle cut rather than a fix at its end (`...: pip install 'edgefleet[convert]'`); the whole of it
+    with --verbose."""
+    from rich.cells import cell_len
+
     from edgectl.tables import clip
 
     flat = " ".join(text.split())
-    return flat if Settings.verbose else clip(flat, room or console.width)
+    width = room or console.width
+    if Settings.verbose or cell_len(flat) <= width:
+        return flat
+    cause, fix = split_fix(flat)
+    if fix and cell_len(fix) <= width - 12:  # room for the cause's first words too
+        return clip(cause, width - cell_len(fix) - 1) + " " + fix
+    return clip(flat, width)
+
+
+def split_fix(text: str) -> tuple[str, str]:
+    """A reason as (cause, the command that fixes it), the fix '' when it names none."""
+    flat = " ".join(text.split())
+    starts = [m.start() for m in FIX_START.finditer(flat)]
+    if not starts:
+        return flat, ""
+    return flat[: starts[-1]].rstrip(), flat[starts[-1] :]
 
 
 def plural(count: int, word: str) -> str:

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from edgectl.errors import CommandFailed
 from edgectl.options import JsonOpt
-from edgectl.output import brief, console, emit_json, errors, verdict
+from edgectl.output import brief, console, emit_json, errors, split_fix, verdict
 from edgectl.tables import Col, FitTable
 
 if TYPE_CHECKING:
@@ -78,7 +78,12 @@ def show_results(results: list[ConversionResult], model: Path) -> None:
     for r in results:
         if r.error:
             room = console.width - len(r.variant) - len(" failed: ")
-            console.print(f"[red]{r.variant}[/red] failed: {escape(brief(r.error, room))}", highlight=False)
+            line, (cause, fix) = brief(r.error, room), split_fix(r.error)
+            if fix and fix not in line:  # too narrow for both on one line: the fix whole on the next
+                line = brief(cause.rstrip(":;, "), room)
+            console.print(f"[red]{r.variant}[/red] failed: {escape(line)}", highlight=False)
+            if fix and fix not in line:
+                console.print(f"  {escape(fix)}", highlight=False, soft_wrap=True)
         for line in r.failed_metrics:
             console.print(f"[yellow]{r.variant}[/yellow] below threshold: {line}", highlight=False)
         if r.ok and r.fixes:

@@ -170,3 +170,26 @@ def test_a_text_file_as_input_or_sample_says_what_to_give_not_numpys_pickle_advi
     np.save(good, np.ones((1, 16), np.float32))
     done = edgectl_run("infer", "cam-01", "-m", "mlp", "-i", str(good), *url)
     assert done.returncode == 0 and "mlp@1 on " in done.stdout, done.stderr
+
+
+def test_convert_names_what_to_install_whole_and_no_library_arguments(tmp_path):
+    """sympy and TensorFlow's toolchain hidden from a real `edgectl convert` (sys.modules[name] = None is how Python
+    itself says "not installed"): the report says what to pip install, whole, at 80 columns and narrower."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    hidden = ("sympy", "onnx2tf", "tensorflow", "ai_edge_litert")
+    (hide / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({hidden!r}))\n")
+    model = sample_models.mlp(tmp_path / "mlp.onnx")
+    for columns in (80, 60):
+        done = edgectl_run("convert", str(model), "--to", "int8,tflite", "--out", str(tmp_path / "out"),
+                           columns=columns, PYTHONPATH=str(hide))  # fmt: skip
+        assert done.returncode == 1, done.stderr  # tflite could not be built
+        lines = done.stdout.splitlines()
+        assert all(len(line) <= columns for line in lines), done.stdout
+        failed = next(i for i, line in enumerate(lines) if line.startswith("tflite failed:"))
+        fix = "pip install 'edgefleet[convert-tflite]'"
+        assert fix in lines[failed] or lines[failed + 1] == f"  {fix}", done.stdout  # whole, on one line
+        text = " ".join(done.stdout.split())
+        assert "pip install sympy" in text, done.stdout
+        for internal in ("skip_symbolic_shape", "quant_pre_process", "allow_pickle"):
+            assert internal not in done.stdout + done.stderr, done.stdout
