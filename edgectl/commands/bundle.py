@@ -3,6 +3,7 @@ here with pip's platform options, so that `systemd/install.sh --from DIR` instal
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -48,15 +49,40 @@ def python_tag(python: str) -> str:
     return f"3{minor}"
 
 
-def run_pip(args: list[str], what: str) -> None:
-    """Run pip; CommandFailed with pip's own last error line (all of its output with --verbose)."""
-    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+PIP_CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")  # pip's own labels: subprocess-exited-with-error, ...
+PIP_SUMMARY = ("Failed building wheel", "Failed to build")  # pip's summaries of a failure told above them
+# Can this Python build a wheel without pip fetching a build environment? setuptools, with bdist_wheel: built in
+# from setuptools 70.1, from the `wheel` package before (a venv's bundled setuptools 65 has neither).
+CAN_BUILD_HERE = (
+    "import importlib.util as u, sys; sys.exit(0 if u.find_spec('setuptools') and "
+    "(u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')) else 1)"
+)
+
+
+def pip_cause(output: str) -> str:
+    """The line of pip's output that says why it failed: the innermost error (a build backend's `error: invalid
+    command 'bdist_wheel'`), not pip's labels and summaries around it (`hint: See above for details.`)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    causes = []
+    for line in lines:
+        head, sep, message = line.partition(":")
+        message = message.strip()
+        labelled = PIP_CODE.fullmatch(message) or message.startswith(PIP_SUMMARY)
+        if sep and head in ("ERROR", "error") and not labelled:
+            causes.append(message)
+    return causes[-1] if causes else (lines[-1] if lines else "pip printed nothing")
+
+
+def run_pip(args: list[str], what: str, python: str | None = None) -> None:
+    """Run pip (of `python`, default this one); CommandFailed with the line that says why (all of pip's output with
+    --verbose)."""
+    result = subprocess.run([python or sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if Settings.verbose:
         errors.print(result.stdout + result.stderr, highlight=False, markup=False)
     if result.returncode != 0:
-        lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        cause = next((line for line in reversed(lines) if line.startswith("ERROR:")), lines[-1] if lines else "")
-        raise CommandFailed(f"{what} failed: {cause.removeprefix('ERROR: ')} (--verbose shows pip's output)")
+        cause = pip_cause(result.stdout + "\n" + result.stderr)
+        fix = "; pip install wheel in this environment" if "bdist_wheel" in cause else ""
+        raise CommandFailed(f"{what} failed: {cause}{fix} (--verbose shows pip's output)")
 
 
 def source_copy(root: Path, into: Path) -> Path:
@@ -70,24 +96,28 @@ def source_copy(root: Path, into: Path) -> Path:
     return into
 
 
-def build_wheel(out: Path) -> Path:
-    """The edgefleet wheel built from this checkout into `out`."""
+def build_wheel(out: Path, python: str | None = None) -> Path:
+    """The edgefleet wheel built from this checkout into `out` (by `python`'s pip, default this one)."""
     root = project_root()
     if root is None:
         raise CommandFailed("edgectl is not run from a checkout: give the edgefleet wheel with --wheel FILE")
     with tempfile.TemporaryDirectory(prefix="edgectl-bundle-") as tmp:
-        return build_wheel_from(source_copy(root, Path(tmp)), out)
+        return build_wheel_from(source_copy(root, Path(tmp)), out, python)
 
 
-def build_wheel_from(source: Path, out: Path) -> Path:
+def builds_here(python: str) -> bool:
+    """Whether `python`'s setuptools can build the wheel itself (no build environment fetched by pip)."""
+    return subprocess.run([python, "-c", CAN_BUILD_HERE], capture_output=True).returncode == 0
+
+
+def build_wheel_from(source: Path, out: Path, python: str | None = None, isolated: bool | None = None) -> Path:
+    """Build with the environment's setuptools where it can build wheels, else in pip's isolated build environment
+    (setuptools fetched as pyproject.toml asks): works from every documented venv, [agent,controller] included."""
+    python = python or sys.executable
     args = ["wheel", "--no-deps", "--quiet", "--wheel-dir", str(out.resolve()), str(source)]
-    try:
-        import setuptools  # noqa: F401  (present: build here, without fetching a build environment)
-
+    if not (isolated if isolated is not None else not builds_here(python)):
         args.insert(1, "--no-build-isolation")
-    except ImportError:
-        pass
-    run_pip(args, f"building the {PACKAGE} wheel")
+    run_pip(args, f"building the {PACKAGE} wheel", python)
     return newest_wheel(out)
 
 
