@@ -29,6 +29,15 @@ ENV_CONFIG = "EDGE_AGENT_CONFIG"  # the config file's path (a flag, not a key)
 SECRET_KEYS = frozenset({"password"})
 
 
+PATH_SUFFIXES = ("_dir", "_file", "_path")  # backend_options keys whose values are paths
+
+
+def absolute(path: str | Path) -> Path:
+    """A path from the config, a variable or a flag, made absolute once, at start, against the directory the agent
+    started in (`~` expanded): worker processes (the backend trial) run elsewhere, and must find the same files."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
 class ConfigError(ValueError):
     """An invalid configuration; the message names the key, the value and what is allowed."""
 
@@ -160,9 +169,21 @@ class AgentConfig(BaseModel):
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _readable(cls, value: str | None) -> str | None:
-        if value is not None and not os.access(value, os.R_OK):
+        if value is not None and not os.access(absolute(value), os.R_OK):
             raise ValueError("expected a readable file (PEM)")
-        return value
+        return None if value is None else str(absolute(value))
+
+    @field_validator("data_dir", "password_file", "api_token_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else absolute(value)
+
+    @field_validator("backend_options")
+    @classmethod
+    def _absolute_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """A backend's paths (tensorrt_cache_dir, ...): its trial worker runs in another working directory too."""
+        paths = {k: str(absolute(v)) for k, v in value.items() if isinstance(v, str) and k.endswith(PATH_SUFFIXES)}
+        return {**value, **paths}
 
     @field_validator("api")
     @classmethod

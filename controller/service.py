@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -54,6 +55,14 @@ class ControllerSettings:
     fetch_rate: float = 50.0  # HTTP downloads a fleet push starts per second on average (sets the random spread)
     replica_id: str | None = None  # PostgreSQL: this replica's name among several (default: host name + random)
 
+    def __post_init__(self) -> None:
+        """Relative paths resolved once, at start, against the directory the controller started in."""
+        for name in ("data_dir", "signing_key", "broker_password_file", "broker_users_file"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, absolute(value))
+        self.db = absolute_sqlite(self.db)
+
     @property
     def http_host(self) -> str:
         return self.http.rpartition(":")[0] or "127.0.0.1"
@@ -72,6 +81,23 @@ class ControllerSettings:
         if not port.isdigit():
             raise ControllerStartError(f"--http {self.http!r}: expected HOST:PORT")
         return int(port)
+
+
+def absolute(path: str | Path) -> Path:
+    """A path made absolute against the current directory (`~` expanded), without resolving symlinks."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def absolute_sqlite(url: str | None) -> str | None:
+    """sqlite:///RELATIVE/PATH with its path made absolute; any other URL (an absolute path, memory, PostgreSQL) as
+    given."""
+    prefix = "sqlite:///"
+    if url is None or not url.startswith(prefix):
+        return url
+    path, sep, query = url[len(prefix) :].partition("?")
+    if not path or path.startswith(("/", ":memory:", "file:")):
+        return url
+    return f"{prefix}{absolute(path)}{sep}{query}"
 
 
 def broker_address(url: str, password_file: Path | None = None) -> BrokerAddress:

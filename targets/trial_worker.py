@@ -44,9 +44,9 @@ def run_isolated(
     remaining = list(cands)
     for _ in range(MAX_CRASHES + 1):
         with tempfile.TemporaryDirectory(prefix="edge-trial-") as tmp:
-            request = Path(tmp) / "request.json"
+            request = Path(tmp) / "request.json"  # the model's path absolute: the worker runs in another directory
             request.write_text(json.dumps({
-                "path": str(path), "format": model_format, "budget_s": budget_s, "hints": hints,
+                "path": str(path.absolute()), "format": model_format, "budget_s": budget_s, "hints": hints,
                 "candidates": [asdict(c) for c in remaining],
                 "samples": str(Path(tmp) / "samples.npz") if samples else None,
             }))  # fmt: skip
