@@ -369,7 +369,12 @@ def run(args: argparse.Namespace) -> dict:
             rates.append({"server": "nginx", **rate_vs_curl(f"{nginx}/big.onnx", big.stat().st_size, shm)})
         record = client.upload_model(big, "rate", None)  # the controller serves only deployed artifacts
         client.deploy("rate", record["version"], [f"http-{0:04d}" if args.devices else "mqtt-0000"])
-        own = f"{client.base_url}/api/v1/artifacts/{record['sha256']}"
+        from controller.fleet.artifact_urls import ArtifactUrls, url_key
+
+        device = f"http-{0:04d}" if args.devices else "mqtt-0000"  # the device-bound URL its desired state names
+        own = ArtifactUrls(url_key(None, work / "controller")).sign(
+            f"{client.base_url}/api/v1/artifacts", record["sha256"], device
+        )
         rates.append({"server": "controller", **rate_vs_curl(own, record["size"], shm)})
         results["rate_vs_curl"] = rates
     finally:

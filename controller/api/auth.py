@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from controller.errors import STATUS, error_body
 
 OPEN_PATHS = frozenset({"/api/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/"})
-# devices fetch artifacts by sha256, without a token (controller/api/routes/artifacts.py)
+# devices fetch artifacts with device-bound URLs, not the token (controller/api/routes/artifacts.py checks them)
 OPEN_PREFIXES = ("/static/", "/api/v1/artifacts/")
 MISSING = (
     "this controller requires an API token: send the header 'Authorization: Bearer TOKEN' "

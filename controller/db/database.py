@@ -341,26 +341,6 @@ class Database(TelemetryTables):
             result[name] = [rows[n] for n in names or [] if n in rows and rows[n].ok]
         return result
 
-    def devices_naming(self, sha256: str) -> list[str]:
-        """Devices whose deployment names a version with this digest as its model, a variant or its samples:
-        a replica checks here what another replica deployed (three indexed lookups, whatever the fleet's size)."""
-        info = sa.cast(models.c.info, sa.Text)
-        with self.engine.connect() as conn:
-            versions = set(
-                conn.execute(
-                    sa.select(models.c.name, models.c.version).where(
-                        (models.c.sha256 == sha256) | info.contains(sha256)
-                    )
-                ).all()
-            )
-            versions |= set(
-                conn.execute(sa.select(variants.c.model_name, variants.c.version).where(variants.c.sha256 == sha256))
-            )
-            if not versions:
-                return []
-            pairs = sa.tuple_(deployments.c.model_name, deployments.c.version).in_([tuple(v) for v in versions])
-            return list(conn.execute(sa.select(deployments.c.device_id).where(pairs).distinct()).scalars())
-
     def deployed_devices(self) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(deployments.c.device_id).distinct()).scalars().all())

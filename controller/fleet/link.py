@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ from concurrent.futures import Future
 
 from controller import __version__
 from controller.db.database import Database
+from controller.fleet.artifact_urls import ArtifactUrls
 from controller.fleet.fair_queue import FairQueue
 from controller.fleet.liveness import LastSeen
 from controller.registry.artifacts import ArtifactStore
@@ -82,8 +84,10 @@ class Fleet(ReplicaDuties):
         fetch_rate: float = DEFAULT_FETCH_RATE,
         replica_id: str | None = None,
         s3: S3Artifacts | None = None,
+        url_key: bytes | None = None,
     ) -> None:
         self.db = db
+        self.urls = ArtifactUrls(url_key or os.urandom(32))  # device-bound artifact URLs (fleet/artifact_urls.py)
         self.signer = signer
         self.s3 = s3  # artifacts in a bucket, fetched with presigned URLs (artifact_base is then the fallback)
         self.artifact_base = artifact_base.rstrip("/") if artifact_base else None  # {base}/{sha256}; None: MQTT only
@@ -184,15 +188,17 @@ class Fleet(ReplicaDuties):
         wanted = [_entry(m, backend, variant_rows.get(m.name, ())) for m, backend in self.db.desired_models(device_id)]
         return Desired(device_id=device_id, models=wanted).artifacts()
 
-    def desired_model(self, model, backend: str | None, variant_rows=(), attempt: int = 0) -> DesiredModel:
-        """The desired entry for a registered version and where to fetch each artifact, signed (with each variant)
-        when a signing key is set."""
+    def desired_model(
+        self, model, backend: str | None, variant_rows=(), attempt: int = 0, device_id: str = ""
+    ) -> DesiredModel:
+        """The desired entry for a registered version and where `device_id` fetches each artifact, signed (with each
+        variant) when a signing key is set."""
         entry = _entry(model, backend, variant_rows, attempt)
         fetched: list[DesiredModel | VariantRef] = [entry, *entry.variants]
         for ref in fetched:
-            ref.transfer, ref.url = self.artifacts.transfer(ref.sha256), self.artifact_url(ref.sha256)
+            ref.transfer, ref.url = self.artifacts.transfer(ref.sha256), self.artifact_url(ref.sha256, device_id)
         if entry.samples is not None:
-            entry.samples.url = self.artifact_url(entry.samples.sha256)
+            entry.samples.url = self.artifact_url(entry.samples.sha256, device_id)
         entry.fetch_spread_s = self.fetch_spread() if self.artifact_base or self.s3 else 0.0
         if self.signer is not None:
             entry.signature = self.signer.sign(entry.manifest()).as_dict()
@@ -200,10 +206,10 @@ class Fleet(ReplicaDuties):
                 ref.signature = self.signer.sign(entry.variant_manifest(ref), VARIANT_CONTEXT).as_dict()
         return entry
 
-    def artifact_url(self, sha256: str) -> str | None:
-        """Where a device GETs the artifact over HTTP: `{base}/{sha256}` (the controller's own endpoint by default), or
-        a presigned URL of the bucket (that falling back to `{base}/{sha256}` when the bucket fails)."""
-        own = f"{self.artifact_base}/{sha256}" if self.artifact_base else None
+    def artifact_url(self, sha256: str, device_id: str) -> str | None:
+        """Where a device GETs the artifact over HTTP: `{base}/{sha256}` bound to the device and an expiry (the
+        controller's own endpoint by default), or a presigned URL of the bucket (falling back to the former)."""
+        own = self.urls.sign(self.artifact_base, sha256, device_id) if self.artifact_base else None
         return self.s3.url(sha256, own) if self.s3 is not None else own
 
     def fetch_spread(self) -> float:
@@ -212,15 +218,14 @@ class Fleet(ReplicaDuties):
         devices = max(1, len(self._allowed))  # the device being published may be new
         return min(3600.0, round(devices / self.fetch_rate, 1)) if self.fetch_rate > 0 else 0.0
 
-    def serves(self, sha256: str) -> bool:
-        """Whether some device's desired state names the artifact (the artifact endpoint serves only those)."""
-        if any(sha256 in digests for digests in list(self._allowed.values())):
+    def allows(self, device_id: str, sha256: str) -> bool:
+        """Whether the device's desired state names the artifact (what the artifact endpoint serves it)."""
+        if sha256 in self._allowed.get(device_id, ()):
             return True
         if not self.replication.enabled:
             return False
-        for device_id in self.db.devices_naming(sha256):  # deployed through another replica
-            self._allowed[device_id] = self._digests(device_id)
-        return any(sha256 in digests for digests in list(self._allowed.values()))
+        self._allowed[device_id] = self._digests(device_id)  # deployed through another replica
+        return sha256 in self._allowed[device_id]
 
     def publish_desired(self, device_id: str) -> Desired:
         device = self.db.get_device(device_id)
@@ -232,7 +237,7 @@ class Fleet(ReplicaDuties):
             device_id=device_id,
             generation=generation,
             models=[
-                self.desired_model(m, backend, variant_rows.get(m.name, ()), attempts.get(m.name, 0))
+                self.desired_model(m, backend, variant_rows.get(m.name, ()), attempts.get(m.name, 0), device_id)
                 for m, backend in wanted
             ],
         )

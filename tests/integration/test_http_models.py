@@ -267,8 +267,8 @@ def test_agent_restart_mid_download_resumes_over_http(
 
 
 def test_controller_artifact_endpoint(make_controller, start_agent, broker, prefix, model_dir):
-    """The default: devices fetch from the controller's own endpoint, which needs no token (the sha256 is the
-    capability), serves only deployed artifacts, and speaks Range, If-Range, ETag and HEAD."""
+    """The default: devices fetch from the controller's own endpoint with the device-bound URL of their desired state
+    (no API token), which speaks Range, If-Range, ETag and HEAD (attacks on it: test_trust_artifacts.py)."""
     port = free_port()
     controller = make_controller(http=f"127.0.0.1:{port}", public_url=f"http://127.0.0.1:{port}", token="secret",
                                  fetch_rate=0.5)  # fmt: skip
@@ -283,7 +283,8 @@ def test_controller_artifact_endpoint(make_controller, start_agent, broker, pref
     entry = desired_message(broker, prefix, "dev1")["models"][0]
     assert entry["fetch_spread_s"] == 2.0  # 1 device at 0.5 downloads/s
     sha = record["sha256"]
-    url = f"{controller.url}/api/v1/artifacts/{sha}"
+    url = entry["url"]
+    assert url.startswith(f"{controller.url}/api/v1/artifacts/{sha}?device=dev1&expires=")
     raw = controller.bg.controller.artifacts.path(sha).read_bytes()
     head = httpx.head(url)
     assert head.status_code == 200 and head.headers["etag"] == f'"{sha}"'
@@ -295,9 +296,9 @@ def test_controller_artifact_endpoint(make_controller, start_agent, broker, pref
     stale = httpx.get(url, headers={"Range": "bytes=1000-", "If-Range": '"another"'})
     assert stale.status_code == 200 and stale.content == raw  # If-Range does not match: the whole file
     undeployed = controller.client.upload_model(mlp(model_dir / "other.onnx", seed=27), "other", None)
-    for digest in (undeployed["sha256"], "0" * 64, "not-a-digest"):
-        refused = httpx.get(f"{controller.url}/api/v1/artifacts/{digest}")
-        assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_deployed"
+    for digest in (undeployed["sha256"], "0" * 64):
+        refused = httpx.get(url.replace(sha, digest))  # dev1's URL names another artifact
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
     assert httpx.get(f"{controller.url}/api/v1/devices").status_code == 401  # the rest of the API still needs it
 
 

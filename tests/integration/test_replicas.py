@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from conftest import Broker, find_mosquitto, start_mosquitto, wait_model_state, wait_until
 from hardening import ControllerProcess
 from paho.mqtt.enums import CallbackAPIVersion
-from test_http_models import stored_intact
+from test_http_models import desired_message, stored_intact
 from test_migrations import fresh_database
 
 from controller.db.database import make_engine
@@ -140,7 +140,7 @@ def test_replicas_started_together_all_come_up_and_any_answers_the_api(cluster, 
         assert [m["version"] for m in ControllerClient(replica.url).models()] == [version]
 
 
-def test_every_replica_serves_an_artifact_deployed_through_another(cluster, prefix, mlp_model):
+def test_every_replica_serves_an_artifact_deployed_through_another(cluster, broker, prefix, mlp_model):
     """A device's HTTP download may reach any replica behind a load balancer, not only the one that deployed."""
     replicas, port, _ = cluster
     devices = Devices(port, prefix, count=1)
@@ -149,12 +149,13 @@ def test_every_replica_serves_an_artifact_deployed_through_another(cluster, pref
         wait_until(lambda: len(client.devices()) == 1, 20, "the device's presence")
         sha = client.upload_model(mlp_model, "mlp", None)["sha256"]
         for replica in replicas:
-            assert httpx.head(f"{replica.url}/api/v1/artifacts/{sha}").status_code == 404  # deployed nowhere yet
+            assert httpx.head(f"{replica.url}/api/v1/artifacts/{sha}").status_code == 403  # no device-bound URL
         client.deploy("mlp", None, ["sim-0"])
-        for replica in replicas:
-            got = httpx.get(f"{replica.url}/api/v1/artifacts/{sha}")
+        url = desired_message(broker, prefix, "sim-0")["models"][0]["url"]
+        for replica in replicas:  # the URL one replica signed, at each replica (the same data dir holds the key)
+            got = httpx.get(url.replace(replicas[0].url, replica.url))
             assert got.status_code == 200 and got.content == mlp_model.read_bytes(), replica.url
-        assert httpx.head(f"{replicas[2].url}/api/v1/artifacts/{'0' * 64}").status_code == 404
+        assert httpx.head(url.replace(replicas[0].url, replicas[2].url).replace(sha, "0" * 64)).status_code == 403
     finally:
         devices.close()
 

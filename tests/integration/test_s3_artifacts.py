@@ -220,7 +220,8 @@ def test_unreachable_bucket_leaves_the_controller_endpoint(make_controller, star
     finally:
         spy.close()
     sha = record["sha256"]
-    assert desired_message(broker, prefix, "dev1")["models"][0]["url"] == f"{controller.url}/api/v1/artifacts/{sha}"
+    url = desired_message(broker, prefix, "dev1")["models"][0]["url"]
+    assert url.startswith(f"{controller.url}/api/v1/artifacts/{sha}?device=dev1&")
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "controller.registry.s3"]
     assert "cannot put it in the bucket" in warning and "EndpointConnectionError" in warning
     assert "the controller's endpoint" in warning
