@@ -160,7 +160,11 @@ def error_gate(devices: list[DeviceEvidence], peers: Window | None, th: Threshol
     baseline = "previous version"
     if n_old == 0 and peers is not None and peers.requests:
         n_old, e_old, baseline = peers.requests, peers.errors, "peers"
-    point, lower, upper = rate_increase_bounds(e_new, n_new, e_old, n_old)
+    if n_old:
+        point, lower, upper = rate_increase_bounds(e_new, n_new, e_old, n_old)
+    else:  # nothing to compare with: against a flawless 0%, so a fresh install that errs still fails
+        baseline = "none (0%)"
+        (lower, upper), point = wilson(e_new, n_new), (e_new / n_new if n_new else 0.0)
     figures = {
         "new_rate_pct": _r(100 * e_new / n_new if n_new else None, 3), "old_rate_pct":
         _r(100 * e_old / n_old if n_old else None, 3), "increase_pct": _r(100 * point, 3),
@@ -169,7 +173,7 @@ def error_gate(devices: list[DeviceEvidence], peers: Window | None, th: Threshol
         "baseline": baseline, "max_error_delta_pct": th.max_error_delta,
     }  # fmt: skip
     if n_new == 0:
-        return {**figures, "verdict": "inconclusive"}
+        return {**figures, "increase_lower_pct": None, "increase_upper_pct": None, "verdict": "inconclusive"}
     return {**figures, "verdict": "fail" if 100 * lower > th.max_error_delta else "pass"}
 
 

@@ -109,7 +109,29 @@ async function fleetPage() {
       `<td>${ago(d.last_seen)}</td></tr>`;
   }).join("");
   view.innerHTML = `<h2>Fleet <span class="muted">${devices.length} device(s)</span></h2>` +
-    `<table id="fleet"><tr><th>device</th><th>state</th><th>models</th><th>CPU</th><th>memory</th><th>°C</th><th>last seen</th></tr>${rows}</table>`;
+    `<table id="fleet"><tr><th>device</th><th>state</th><th>models</th><th>CPU</th><th>memory</th><th>°C</th><th>last seen</th></tr>${rows}</table>` +
+    await rolloutsSection();
+}
+
+// Rollouts (docs/rollouts.md): the newest few, each wave with its state and the gates' figures per hardware class.
+async function rolloutsSection() {
+  const listed = (await getJson("/api/v1/rollouts")).slice(-5).reverse();
+  if (!listed.length) return "";
+  const blocks = await Promise.all(listed.map(async (r) => {
+    const full = await getJson(`/api/v1/rollouts/${encodeURIComponent(r.id)}`);
+    const waves = full.waves.map((w) => {
+      const classes = Object.entries(w.classes || {}).map(([c, g]) =>
+        `${esc(c)}: <b>${esc(g.verdict)}</b> p95× ${fmt(g.latency?.median_p95_ratio)}` +
+        ` err+ ≥ ${fmt(g.errors?.increase_lower_pct)} pts agree ${fmt(g.agreement?.agreement)}` +
+        ` (${Object.entries(g).filter(([, v]) => v && v.verdict && v.verdict !== "pass")
+          .map(([k, v]) => `${esc(k)} ${esc(v.verdict)}`).join(", ") || "every gate passed"})`).join("<br>") || "–";
+      return `<tr><td>${w.index + 1} (${esc(w.step)})</td><td>${esc(w.state)}</td><td>${w.devices.length}</td><td>${classes}</td></tr>`;
+    }).join("");
+    return `<h3 class="rollout" data-rollout="${esc(full.id)}">${esc(full.id)} ${esc(full.model)}@${esc(full.version)}` +
+      ` <b>${esc(full.state)}</b> <span class="muted">${esc(oneLine(full.reason || ""))}</span></h3>` +
+      `<table><tr><th>wave</th><th>state</th><th>devices</th><th>gates per class</th></tr>${waves}</table>`;
+  }));
+  return `<h2>Rollouts</h2>${blocks.join("")}`;
 }
 
 async function devicePage(id) {

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from controller import __version__
 from controller.api.metrics import render as render_metrics
 from controller.api.state import AppState
+from controller.rollouts.metrics import render as render_rollout_metrics
 from protocol.errors import EdgeError
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
@@ -39,6 +40,7 @@ def router(state: AppState) -> APIRouter:
     def metrics() -> PlainTextResponse:
         """Prometheus exposition format; labels and their bounds are documented in controller/api/metrics.py."""
         text = render_metrics(state.db.list_devices(), state.fleet.telemetry, max_devices=state.metrics_max_devices)
+        text += render_rollout_metrics(state.rollouts.store.listed())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @router.get("/", include_in_schema=False)

@@ -97,3 +97,12 @@ def test_a_wave_is_as_bad_as_its_worst_class():
     wave = judge_wave({"fast": [device("a", 5, 5)], "slow": [device("b", 5, 7)]}, {}, th)
     assert wave["verdict"] == "fail" and wave["classes"]["fast"]["verdict"] == "pass"
     assert math.isclose(wave["classes"]["slow"]["latency"]["median_p95_ratio"], 1.4, rel_tol=0.05)
+
+
+def test_a_device_without_a_previous_version_is_judged_against_zero_errors():
+    th = Thresholds(min_requests=200)
+    fresh = DeviceEvidence("new", new=window(5.0, 400), had_previous=False)
+    fresh.new.errors = 40
+    result = judge_class([fresh], None, th)
+    assert result["errors"]["verdict"] == "fail" and result["errors"]["baseline"] == "none (0%)"
+    assert result["latency"]["verdict"] == "pass"  # no previous version, no peers: nothing to be slower than
