@@ -8,9 +8,15 @@ from typing import Annotated
 
 import typer
 
+from controller.help_format import ReadableCommand, ReadableGroup
 from daemon.logs import setup_logging
 
-app = typer.Typer(help="Edge controller: model registry, deployments and the fleet's MQTT side.", add_completion=False)
+app = typer.Typer(
+    help="Edge controller: model registry, deployments and the fleet's MQTT side.",
+    add_completion=False,
+    rich_markup_mode=None,  # click's plain help: readable at 80 columns (controller/help_format.py)
+    cls=ReadableGroup,
+)
 log = logging.getLogger("controller")
 
 
@@ -19,34 +25,45 @@ def _root() -> None:
     """Edge controller: model registry, deployments and the fleet's MQTT side."""
 
 
-@app.command()
+@app.command(cls=ReadableCommand, short_help="Run the controller until interrupted.")
 def serve(
     broker: Annotated[
-        str, typer.Option(help="'embedded' (in-process, port 1883), 'embedded:PORT', or mqtt://HOST:PORT.")
+        str,
+        typer.Option(metavar="URL", help="'embedded' (in-process, port 1883), 'embedded:PORT', or mqtt://HOST:PORT."),
     ] = "embedded",
     db: Annotated[
-        str | None, typer.Option(help="sqlite:///PATH or postgresql://USER@HOST/DB (default: SQLite in data dir).")
+        str | None,
+        typer.Option(metavar="URL", help="sqlite:///PATH or postgresql://USER@HOST/DB (default: SQLite in data dir)."),
     ] = None,
-    http: Annotated[str, typer.Option(help="HOST:PORT for the HTTP API.")] = "127.0.0.1:8400",
-    data_dir: Annotated[Path, typer.Option(help="Artifacts and the default database.")] = Path("./controller-data"),
-    topic_prefix: Annotated[str, typer.Option(help="MQTT topic prefix shared with the agents.")] = "edge",
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    http: Annotated[str, typer.Option(metavar="HOST:PORT", help="HOST:PORT for the HTTP API.")] = "127.0.0.1:8400",
+    data_dir: Annotated[Path, typer.Option(metavar="DIR", help="Artifacts and the default database.")] = Path(
+        "./controller-data"
+    ),
+    topic_prefix: Annotated[
+        str, typer.Option(metavar="PREFIX", help="MQTT topic prefix shared with the agents.")
+    ] = "edge",
+    log_level: Annotated[str, typer.Option(metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     signing_key: Annotated[
         Path | None,
-        typer.Option(help="Ed25519 private key (PEM, from `edge-controller keygen`): sign every deployment with it."),
+        typer.Option(
+            metavar="FILE",
+            help="Ed25519 private key (PEM, from `edge-controller keygen`): sign every deployment with it.",
+        ),
     ] = None,
     token_file: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="File holding the API token; when set (or EDGE_CONTROLLER_TOKEN is), the API requires "
-            "'Authorization: Bearer TOKEN'. Required when --http is not a loopback address (see --insecure)."
+            "'Authorization: Bearer TOKEN'. Required when --http is not a loopback address (see --insecure).",
         ),
     ] = None,
     read_token_file: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="File holding a read-only API token (GET/HEAD only: dashboards, Prometheus); or "
-            "EDGE_CONTROLLER_READ_TOKEN."
+            "EDGE_CONTROLLER_READ_TOKEN.",
         ),
     ] = None,
     insecure: Annotated[
@@ -55,64 +72,74 @@ def serve(
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="HOST",
             help="A Host name the API answers to (repeatable; localhost, IP literals and this machine's "
-            "names when bound to 0.0.0.0 are allowed already; '*' allows any)."
+            "names when bound to 0.0.0.0 are allowed already; '*' allows any).",
         ),
     ] = None,
     broker_password_file: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="File holding the controller's broker password (the URL gives the user: "
-            "mqtts://USER@HOST); keeps it out of the command line and the logs."
+            "mqtts://USER@HOST); keeps it out of the command line and the logs.",
         ),
     ] = None,
     broker_users_file: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="With --broker embedded: a mosquitto_passwd file; clients must log in as one of its "
-            "users (anonymous clients are refused)."
+            "users (anonymous clients are refused).",
         ),
     ] = None,
     public_url: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="How devices reach this controller's HTTP API, e.g. https://fleet.example.com (behind a proxy); "
             "they download models from its /api/v1/artifacts/SHA256. Default: http://HOST:PORT of --http, unless "
-            "that binds 0.0.0.0 or :: (then models travel over MQTT unless this or --artifact-base-url is given)."
+            "that binds 0.0.0.0 or :: (then models travel over MQTT unless this or --artifact-base-url is given).",
         ),
     ] = None,
     artifact_base_url: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="Devices download models from BASE/SHA256 instead (any static HTTP server or S3-compatible "
-            "bucket holding the controller's artifacts/objects/*/* files flat, named by sha256)."
+            "bucket holding the controller's artifacts/objects/*/* files flat, named by sha256).",
         ),
     ] = None,
     artifact_s3: Annotated[
         str | None,
         typer.Option(
+            metavar="S3_URL",
             help="s3://BUCKET/PREFIX: the controller puts each deployed artifact there (PREFIX/SHA256) and devices "
             "download it with presigned URLs (needs boto3; credentials and region from boto3's usual chain: "
             "AWS_* variables, ~/.aws, an instance role). When the bucket fails, devices use the controller's "
-            "endpoint (--public-url) or MQTT. Not with --artifact-base-url."
+            "endpoint (--public-url) or MQTT. Not with --artifact-base-url.",
         ),
     ] = None,
     s3_endpoint_url: Annotated[
         str | None,
-        typer.Option(help="With --artifact-s3: an S3-compatible store's URL (MinIO, Ceph, R2); default AWS."),
+        typer.Option(
+            metavar="URL", help="With --artifact-s3: an S3-compatible store's URL (MinIO, Ceph, R2); default AWS."
+        ),
     ] = None,
     artifact_url_expiry: Annotated[
         int | None,
         typer.Option(
+            metavar="SECONDS",
             help="With --artifact-s3: seconds a presigned URL stays valid (default 604800: 7 days, the most "
-            "SigV4 allows); a device offline longer gets 403 and downloads over MQTT."
+            "SigV4 allows); a device offline longer gets 403 and downloads over MQTT.",
         ),
     ] = None,
     fetch_rate: Annotated[
         float,
         typer.Option(
+            metavar="PER_SECOND",
             help="HTTP downloads a fleet push starts per second, on average: each device waits a random "
-            "0..(fleet size / rate) seconds first (0: no wait)."
+            "0..(fleet size / rate) seconds first (0: no wait).",
         ),
     ] = 50.0,
 ) -> None:
@@ -196,23 +223,25 @@ def _secret(path: Path, option: str) -> str:
         raise typer.Exit(1) from None
 
 
-@app.command("broker-config")
+@app.command("broker-config", cls=ReadableCommand, short_help="Write a Mosquitto configuration for the fleet.")
 def broker_config(
-    password_file: Annotated[Path, typer.Option(help="The broker's password file (mosquitto_passwd).")] = Path(
-        "/etc/mosquitto/passwords"
-    ),
-    acl_file: Annotated[Path, typer.Option(help="The ACL from `edge-controller acl`.")] = Path(
+    password_file: Annotated[
+        Path, typer.Option(metavar="FILE", help="The broker's password file (mosquitto_passwd).")
+    ] = Path("/etc/mosquitto/passwords"),
+    acl_file: Annotated[Path, typer.Option(metavar="FILE", help="The ACL from `edge-controller acl`.")] = Path(
         "/etc/mosquitto/edge.acl"
     ),
-    port: Annotated[int, typer.Option(help="The devices' listener.")] = 8883,
-    controller_port: Annotated[int, typer.Option(help="The controller's listener (its own password file).")] = 8884,
-    controller_password_file: Annotated[Path, typer.Option(help="Password file with only the controller's user.")] = (
-        Path("/etc/mosquitto/controller-passwords")
-    ),
-    cafile: Annotated[Path | None, typer.Option(help="TLS: the CA (PEM).")] = None,
-    certfile: Annotated[Path | None, typer.Option(help="TLS: the broker's certificate (PEM).")] = None,
-    keyfile: Annotated[Path | None, typer.Option(help="TLS: the broker's key (PEM).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    port: Annotated[int, typer.Option(metavar="PORT", help="The devices' listener.")] = 8883,
+    controller_port: Annotated[
+        int, typer.Option(metavar="PORT", help="The controller's listener (its own password file).")
+    ] = 8884,
+    controller_password_file: Annotated[
+        Path, typer.Option(metavar="FILE", help="Password file with only the controller's user.")
+    ] = (Path("/etc/mosquitto/controller-passwords")),
+    cafile: Annotated[Path | None, typer.Option(metavar="FILE", help="TLS: the CA (PEM).")] = None,
+    certfile: Annotated[Path | None, typer.Option(metavar="FILE", help="TLS: the broker's certificate (PEM).")] = None,
+    keyfile: Annotated[Path | None, typer.Option(metavar="FILE", help="TLS: the broker's key (PEM).")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write a Mosquitto configuration for the fleet: client id = username on the devices' listener, no anonymous
     clients, the ACL, and a message size limit matching the protocol's largest message."""
@@ -231,12 +260,16 @@ def broker_config(
         typer.echo(f"wrote the Mosquitto configuration to {out}", err=True)
 
 
-@app.command()
+@app.command(cls=ReadableCommand, short_help="Write the broker ACL: each device on its own topics.")
 def acl(
-    topic_prefix: Annotated[str, typer.Option(help="MQTT topic prefix shared with the agents.")] = "edge",
-    controller_user: Annotated[str, typer.Option(help="Broker username of the controller.")] = "edge-controller",
+    topic_prefix: Annotated[
+        str, typer.Option(metavar="PREFIX", help="MQTT topic prefix shared with the agents.")
+    ] = "edge",
+    controller_user: Annotated[
+        str, typer.Option(metavar="USER", help="Broker username of the controller.")
+    ] = "edge-controller",
     output_format: Annotated[str, typer.Option("--format", help="mosquitto or emqx.")] = "mosquitto",
-    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write broker ACL rules confining each device (username = device id) to its own topics."""
     from controller.broker.acl import emqx_acl, mosquitto_acl
@@ -257,9 +290,9 @@ def acl(
         typer.echo(f"wrote {output_format} ACL for prefix {topic_prefix!r} to {out}", err=True)
 
 
-@app.command()
+@app.command(cls=ReadableCommand, short_help="Create a deployment signing key.")
 def keygen(
-    out: Annotated[Path, typer.Option(help="Where to write the Ed25519 private key (PEM, mode 600).")],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="Where to write the Ed25519 private key (PEM, mode 600).")],
 ) -> None:
     """Create a deployment signing key; prints the public key that agents list in `trusted_keys`."""
     from protocol.signing import Signer

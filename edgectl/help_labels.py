@@ -4,6 +4,7 @@ wins: one name means different things in different commands (`push --to DEVICE`,
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from typer.core import TyperCommand, TyperGroup
@@ -47,11 +48,28 @@ def relabel(params: list[Any]) -> list[Any]:
     return params
 
 
+def flowing(text: str | None) -> str | None:
+    """A docstring as help: each paragraph one flowing line (rich help keeps a docstring's single line breaks, so a
+    sentence broke where the source wrapped, not where the terminal does); paragraphs stay apart."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
 class LabelledCommand(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help, self.short_help = flowing(self.help), flowing(self.short_help)
+
     def get_params(self, ctx: Any) -> list[Any]:
         return relabel(super().get_params(ctx))
 
 
 class LabelledGroup(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help, self.short_help = flowing(self.help), flowing(self.short_help)
+
     def get_params(self, ctx: Any) -> list[Any]:
         return relabel(super().get_params(ctx))

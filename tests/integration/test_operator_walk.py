@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_model_state, wait_until
-from test_operator_screens import Terminal, assert_readable
+from test_operator_screens import WIDTH, Terminal, assert_readable
 
 from edgectl import sample_models
 
@@ -193,3 +193,49 @@ def test_convert_names_what_to_install_whole_and_no_library_arguments(tmp_path):
         assert "pip install sympy" in text, done.stdout
         for internal in ("skip_symbolic_shape", "quant_pre_process", "allow_pickle"):
             assert internal not in done.stdout + done.stderr, done.stdout
+
+
+def commands_and_options(app) -> dict[str, list[str]]:
+    """Each command of a typer app (the app itself as '') and the long option names its help must show whole."""
+    import typer
+
+    group = typer.main.get_command(app)
+    found = {"": [o for p in group.params for o in p.opts if o.startswith("--")]}
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        found[name] = [o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    return found
+
+
+def premature_breaks(lines: list[str], right: int = WIDTH - 3) -> list[str]:
+    """Lines that end a sentence's line early: the next line continues the same cell (same column, lower case) with a
+    word that would have fitted (a docstring's own line break shown as is)."""
+    found = []
+    for a, b in zip(lines, lines[1:], strict=False):
+        body = b.rstrip(" │")
+        col = len(body) - len(body.lstrip(" │"))
+        if not 0 < col < len(body) or not body[col].islower() or len(a) <= col or a[col - 1] != " " or a[col] == " ":
+            continue
+        if col <= 4 and "  " in a[col:].rstrip(" │"):  # rows of a list (`name  description`), not wrapped prose
+            continue
+        if len(a.rstrip(" │")) + 1 + len(body[col:].split()[0]) <= right:
+            found.append(f"{a.rstrip()}\n{b.rstrip()}")
+    return found
+
+
+def test_help_reads_at_80_columns_in_a_terminal(term):
+    """Every command's --help of edgectl and edge-controller in an 80-column tmux: nothing wider, nothing cut with
+    `…`, every option name whole, no word split at its hyphen, no sentence broken where the source wrapped."""
+    import controller.cli
+    import edgectl.cli
+
+    for program, app in (("edge-controller", controller.cli.app), ("edgectl", edgectl.cli.app)):
+        for command, options in commands_and_options(app).items():
+            lines, code = term.run(f"{program} {command} --help".replace("  ", " "))
+            assert code == 0, lines
+            text = "\n".join(lines)
+            assert all(len(line) <= WIDTH for line in lines), text
+            assert "…" not in text and not re.search(r"\w\.\.\.$", text, re.M), text
+            for option in options:
+                assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), f"{option} cut in:\n{text}"
+            assert not re.search(r"[a-z]-\s*│?$", text, re.M), text
+            assert not premature_breaks(lines), "\n\n".join(premature_breaks(lines))
