@@ -129,7 +129,8 @@ def doctor(args: argparse.Namespace) -> int:
     """Check the config, the broker (TCP, then MQTT CONNACK), the data directory, the runtimes and the clock."""
     from agent.doctor import as_dicts, failed, render, run_checks
 
-    checks = run_checks(args.config, timeout=args.timeout)
+    overrides = {key: getattr(args, key) for key, _ in RUN_FLAGS.values()}
+    checks = run_checks(args.config, timeout=args.timeout, overrides=overrides)
     if args.json:
         print(json.dumps({"ok": not failed(checks), "checks": as_dicts(checks)}, indent=2))
     else:
@@ -168,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
     run_cmd.set_defaults(handler=run)
     doctor_cmd = commands.add_parser("doctor", help=doctor.__doc__, description=doctor.__doc__)
     doctor_cmd.add_argument("--config", "-c", type=Path, help=f"TOML config file to check (or {ENV_CONFIG}).")
+    for flag, (key, text) in RUN_FLAGS.items():  # the same flags as `run`: check what it would use
+        doctor_cmd.add_argument(flag, dest=key, type=Path if key == "data_dir" else str, help=text)
     doctor_cmd.add_argument("--json", action="store_true", help="Machine-readable output.")
     doctor_cmd.add_argument("--timeout", type=float, default=5.0, help="Seconds for each network check (default 5).")
     doctor_cmd.set_defaults(handler=doctor)

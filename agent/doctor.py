@@ -44,14 +44,18 @@ class Check:
     fix: str | None = None
 
 
-def check_config(path: Path | None, environ: Mapping[str, str] | None) -> tuple[Check, AgentConfig | None]:
+def check_config(
+    path: Path | None, environ: Mapping[str, str] | None, overrides: dict[str, Any] | None = None
+) -> tuple[Check, AgentConfig | None]:
+    """The configuration as `edge-agent run` reads it: the file, EDGE_AGENT_* variables, then the same flags."""
     where = str(path) if path else "defaults and EDGE_AGENT_* variables"
     try:
-        cfg = load_config(path, {}, environ=environ)
+        cfg = load_config(path, overrides or {}, environ=environ)
+        address = cfg.broker_address()  # reads password_file
     except ConfigError as exc:
         fix = f"edit {path}" if path else "fix the EDGE_AGENT_* variable"
         return Check("config", "fail", str(exc), f"{fix}; systemd/agent.toml.example documents every key"), None
-    return Check("config", "ok", f"{where} is valid (device {cfg.device_id}, broker {cfg.broker_address()})"), cfg
+    return Check("config", "ok", f"{where} is valid (device {cfg.device_id}, broker {address})"), cfg
 
 
 def check_tcp(address: BrokerAddress, timeout: float) -> Check:
@@ -74,8 +78,7 @@ def check_mqtt(cfg: AgentConfig, address: BrokerAddress, timeout: float) -> Chec
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    username = cfg.username or address.username
-    password = cfg.password if cfg.username else address.password
+    username, password = address.username, address.password  # as `run` connects: username, password(_file)
     versions = {"5": [mqtt.MQTTv5], "3.1.1": [mqtt.MQTTv311]}.get(cfg.mqtt_protocol, [mqtt.MQTTv5, mqtt.MQTTv311])
     last = "no CONNACK"
     for version in versions:
@@ -131,6 +134,55 @@ def check_mqtt(cfg: AgentConfig, address: BrokerAddress, timeout: float) -> Chec
             return Check("broker mqtt", "fail", last, "check username and password (or the broker's ACL for this id)")
         break
     return Check("broker mqtt", "fail", last, "check the broker's logs; set mqtt_protocol if it speaks only one")
+
+
+def running_agent(cfg: AgentConfig, timeout: float) -> dict[str, Any] | None:
+    """What the agent answering on this config's API says about itself ({} for one that does not say), or None when
+    no agent answers there."""
+    import urllib.error
+    import urllib.request
+
+    host = "127.0.0.1" if cfg.api_host in ("0.0.0.0", "::", "[::]") else cfg.api_host
+    request = urllib.request.Request(f"http://{host}:{cfg.api_port}/agent/status")
+    with contextlib.suppress(ConfigError):
+        token = cfg.api_token()
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            status = json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # an agent that does not say (an older one, or the token refused)
+        return {} if (exc.headers.get("Server") or "").startswith("edge-agent") else None
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def check_running_agent(cfg: AgentConfig, timeout: float) -> Check | None:
+    """The broker check of a live device, from its running agent: connecting as the device beside it would take its
+    session (Mosquitto's use_username_as_clientid gives every client of the device's user the device's id). None
+    when no agent of this device runs (the doctor then connects itself)."""
+    status = running_agent(cfg, timeout)
+    if status is None or (status and status.get("device_id") != cfg.device_id):
+        return None
+    beside = f"not connecting as {cfg.device_id} beside it, which would take its broker session"
+    if not status:
+        return Check(
+            "broker mqtt", "skip", f"an agent runs with API {cfg.api}; {beside}",
+            "journalctl -u edge-agent shows its broker connection",
+        )  # fmt: skip
+    who = f"the running agent (pid {status.get('pid')})"
+    if status.get("connected"):
+        return Check("broker mqtt", "ok", f"{who} is connected to {status.get('broker')} as {cfg.device_id}; {beside}")
+    error = status.get("last_error") or "not connected yet"
+    refused = "refused the connection" in error
+    fix = (
+        "check username and password_file in the config (or --broker-password-file), then restart the agent"
+        if refused
+        else "check the broker URL, that the broker runs, and the network between; journalctl -u edge-agent"
+    )
+    return Check("broker mqtt", "fail", f"{who} cannot use the broker: {error}", fix)
 
 
 def check_data_dir(data_dir: Path) -> list[Check]:
@@ -238,8 +290,13 @@ def check_clock(now: dt.datetime | None = None) -> Check:
     return Check("clock", "ok", f"{now:%Y-%m-%d %H:%M} UTC")
 
 
-def run_checks(path: Path | None, environ: Mapping[str, str] | None = None, timeout: float = 5.0) -> list[Check]:
-    config_check, cfg = check_config(path, environ)
+def run_checks(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+    overrides: dict[str, Any] | None = None,
+) -> list[Check]:
+    config_check, cfg = check_config(path, environ, overrides)
     checks = [config_check]
     if cfg is None:
         checks.append(Check("broker", "skip", "config invalid"))
@@ -247,7 +304,10 @@ def run_checks(path: Path | None, environ: Mapping[str, str] | None = None, time
         address = cfg.broker_address()
         tcp = check_tcp(address, timeout)
         checks.append(tcp)
-        if tcp.outcome == "ok":
+        running = check_running_agent(cfg, timeout)
+        if running is not None:
+            checks.append(running)
+        elif tcp.outcome == "ok":
             checks.append(check_mqtt(cfg, address, timeout))
         else:
             checks.append(Check("broker mqtt", "skip", "broker not reachable over TCP"))

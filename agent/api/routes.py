@@ -7,6 +7,7 @@ Endpoints (each model route also in its `/versions/{version}` form, as tritoncli
     GET  /v2                              server metadata
     GET  /v2/health/live                  200
     GET  /v2/health/ready                 200 when ready, else 503
+    GET  /agent/status                    this agent: device id, broker, connected (read by `edge-agent doctor`)
     GET  /v2/models/{name}                model metadata
     GET  /v2/models/{name}/ready          200, or 404 for a model not served
     POST /v2/models/{name}/infer          JSON tensors, or the binary tensor extension
@@ -56,9 +57,16 @@ def _segment(text: str) -> str:
 class V2Routes:
     """The v2 endpoints as the transport's app: a request in, a Response out."""
 
-    def __init__(self, table: ModelTable, ready: Callable[[], bool], token: str | None = None) -> None:
+    def __init__(
+        self,
+        table: ModelTable,
+        ready: Callable[[], bool],
+        token: str | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.table = table
         self.ready = ready
+        self.status = status or (lambda: {})
         self._bearer = f"Bearer {token}" if token else None  # required on every route but /v2/health/*
         self.metadata = v2.dumps(
             {"name": SERVER_NAME, "version": agent.__version__, "extensions": ["binary_tensor_data"]}
@@ -67,6 +75,7 @@ class V2Routes:
             "v2": lambda: Response(200, [self.metadata]),
             "v2/health/live": lambda: _EMPTY,
             "v2/health/ready": self._health_ready,
+            "agent/status": lambda: Response(200, [v2.dumps(self.status())]),
         }
         self._model_routes: dict[str, tuple[str, Callable[[Request, LoadedModel], Response]]] = {
             "": ("GET", lambda request, model: Response(200, [v2.dumps(v2.model_metadata(model))])),
@@ -153,9 +162,10 @@ class InferenceServer(HttpServer):
         ready: Callable[[], bool] | None = None,
         limits: Limits | None = None,
         token: str | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.table = table
-        self.routes = V2Routes(table, ready if ready is not None else (lambda: len(table) > 0), token)
+        self.routes = V2Routes(table, ready if ready is not None else (lambda: len(table) > 0), token, status)
         super().__init__(
             self.routes,
             host,
