@@ -5,11 +5,14 @@ device-bound URL downloads, and only what its desired state names now."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import socket
 import subprocess
 import threading
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -109,3 +112,48 @@ def test_a_device_download_keeps_pace_with_curl(tmp_path, broker, prefix, model_
         device.loop_stop()
         device.disconnect()
         controller.stop()
+
+
+def test_connections_that_never_read_hold_no_other_devices_slot(
+    make_controller, start_agent, broker, prefix, model_dir, monkeypatch
+):
+    """Finding 3: 64 connections with cam-01's URL that ask and never read took every stream slot (cam-02 then got
+    503 and waited 600 s for MQTT). Now a device holds 2 slots at most, and a send stalled for STALL_S is cut."""
+    monkeypatch.setattr("controller.api.routes.artifacts.STALL_S", 3.0)
+    port = free_port()
+    controller = make_controller(http=f"127.0.0.1:{port}", public_url=f"http://127.0.0.1:{port}", fetch_rate=0)
+    controller.client = ControllerClient(controller.url)
+    start_agent("cam-01", wait_online=controller)
+    cam2 = start_agent("cam-02", wait_online=controller)
+    big = push(controller, None, mlp(model_dir / "big.onnx", pad_mb=16, seed=54), "big", ["cam-01"])
+    wait_model_state(controller, "cam-01", "big", big["sha256"], {"serving"})
+    target = urlsplit(desired_message(broker, prefix, "cam-01")["models"][0]["url"])
+    request = f"GET {target.path}?{target.query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    hogs, answers = [], []
+    for _ in range(64):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: the server's send stalls
+        s.connect(("127.0.0.1", port))
+        s.sendall(request)
+        hogs.append(s)
+    try:
+        time.sleep(1.0)
+        for s in hogs:  # what each was answered: a 200 that stalls, or a refusal at once
+            s.settimeout(0.2)
+            with contextlib.suppress(OSError):
+                answers.append(s.recv(12)[9:12])
+        spy = ChunkRequests(broker, prefix)
+        started = time.monotonic()
+        other = push(controller, None, mlp(model_dir / "other.onnx", pad_mb=2, seed=55), "other", ["cam-02"])
+        wait_model_state(controller, "cam-02", "other", other["sha256"], {"serving"}, timeout=60)
+        took = time.monotonic() - started
+        spy.close()
+        print(f"cam-01's 64 hogs answered {sorted(set(answers))}; cam-02 served over HTTP in {took:.1f}s")
+        assert spy.count == 0 and stored_intact(cam2, other["sha256"]) and took < 30
+        assert answers.count(b"200") <= 2 and answers.count(b"429") >= 60
+        # the stalled ones are cut after STALL_S: cam-01 downloads again while its 64 sockets stay open
+        own = f"http://127.0.0.1:{port}{target.path}?{target.query}"
+        wait_until(lambda: httpx.get(own, timeout=30).status_code == 200, 20, "cam-01's slots freed")
+    finally:
+        for s in hogs:
+            s.close()

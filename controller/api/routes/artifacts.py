@@ -14,9 +14,10 @@ import logging
 import random
 import threading
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from controller.api.state import AppState
 from controller.errors import error_body
@@ -24,45 +25,73 @@ from controller.errors import error_body
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_STREAMS = 64  # artifact responses in flight at once; more are answered 503 with a Retry-After
+PER_DEVICE_STREAMS = 2  # of them one device's at once (it fetches one artifact at a time); more are answered 429
+STALL_S = 60.0  # a response whose next block the client has not taken for this long is cut, freeing its slot
 RETRY_AFTER_S = (2, 10)  # the Retry-After of a 503, drawn at random: the waiting devices come back spread out
 ARTIFACT_PATH = "/api/v1/artifacts/{sha256}"
 CHUNK_BYTES = 1 << 20  # Starlette's FileResponse reads 64 KiB at a time; fewer, larger reads serve faster
 
 
 class Streams:
-    """Counts the artifact responses in flight, up to a limit."""
+    """Counts the artifact responses in flight, up to a limit in all and a smaller one per device, so connections
+    that ask and never read cannot hold every slot."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_device: int = PER_DEVICE_STREAMS) -> None:
         self.limit = limit
+        self.per_device = per_device
         self.active = 0
+        self._by_device: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def take(self) -> bool:
+    def take(self, device: str) -> int:
+        """200 when a slot was taken for `device`; 429 when the device holds its share, 503 when all are taken."""
         with self._lock:
+            held = self._by_device.get(device, 0)
+            if held >= self.per_device:
+                return 429
             if self.active >= self.limit:
-                return False
+                return 503
             self.active += 1
-            return True
+            self._by_device[device] = held + 1
+            return 200
 
-    def give(self) -> None:
+    def give(self, device: str) -> None:
         with self._lock:
             self.active -= 1
+            held = self._by_device.pop(device, 1) - 1
+            if held:
+                self._by_device[device] = held
+
+
+class Stalled(Exception):
+    """The client took no bytes for STALL_S: the response is cut."""
 
 
 class ArtifactFile(FileResponse):
-    """A FileResponse (Range, If-Range, HEAD: Starlette's) that frees its stream slot however the transfer ends."""
+    """A FileResponse (Range, If-Range, HEAD: Starlette's) that frees its stream slot however the transfer ends, and
+    cuts a transfer the client stops reading (a send that waits STALL_S for the client's window)."""
 
     chunk_size = CHUNK_BYTES
 
-    def __init__(self, streams: Streams, *args, **kwargs) -> None:
+    def __init__(self, streams: Streams, device: str, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.streams = streams
+        self.device = device
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def timed(message: Message) -> None:
+            try:
+                with anyio.fail_after(STALL_S):
+                    await send(message)
+            except TimeoutError:
+                raise Stalled(self.device) from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, timed)
+        except Stalled:  # the server closes the connection (the response never completed)
+            log.warning("cut the artifact download of device %s: no bytes taken for %.0fs", self.device, STALL_S)
         finally:
-            self.streams.give()
+            self.streams.give(self.device)
 
 
 def router(state: AppState, max_streams: int = DEFAULT_MAX_STREAMS) -> APIRouter:
@@ -86,14 +115,18 @@ def router(state: AppState, max_streams: int = DEFAULT_MAX_STREAMS) -> APIRouter
         path = state.artifacts.path(sha256)
         if not path.is_file():
             return _error(404, "not_found", f"artifact {sha256[:12]}… is deployed but missing from the store")
-        if not streams.take():
+        taken = streams.take(device)
+        if taken != 200:
             retry = random.randint(*RETRY_AFTER_S)
+            if taken == 429:
+                message = f"device {device} has {streams.per_device} artifact downloads running; retry in {retry}s"
+                return _error(429, "too_many_downloads", message, {"Retry-After": str(retry)})
             message = f"{streams.limit} artifact downloads are running; retry in {retry}s"
             return _error(503, "artifacts_busy", message, {"Retry-After": str(retry)})
         log.info("artifact %s… to device %s at %s (%s)", sha256[:12], device, _client(request),
                  request.headers.get("range", "all"))  # fmt: skip
         headers = {"etag": f'"{sha256}"', "cache-control": "private, no-store"}
-        return ArtifactFile(streams, path, headers=headers, media_type="application/octet-stream")
+        return ArtifactFile(streams, device, path, headers=headers, media_type="application/octet-stream")
 
     # HEAD as its own operation: one route with both methods gives OpenAPI two operations with one id
     router.add_api_route(ARTIFACT_PATH, artifact, methods=["HEAD"], response_model=None, operation_id="artifact_head")
