@@ -241,10 +241,17 @@ def broker_config(
     cafile: Annotated[Path | None, typer.Option(metavar="FILE", help="TLS: the CA (PEM).")] = None,
     certfile: Annotated[Path | None, typer.Option(metavar="FILE", help="TLS: the broker's certificate (PEM).")] = None,
     keyfile: Annotated[Path | None, typer.Option(metavar="FILE", help="TLS: the broker's key (PEM).")] = None,
+    bind: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="Address the devices' listener binds (default: all).")
+    ] = "",
+    controller_bind: Annotated[
+        str,
+        typer.Option(metavar="ADDRESS", help="Address the controller's listener binds, e.g. 127.0.0.1 (default: all)."),
+    ] = "",
     out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write a Mosquitto configuration for the fleet: client id = username on the devices' listener, no anonymous
-    clients, the ACL, and a message size limit matching the protocol's largest message."""
+    clients, the ACL, and a packet size limit just above the protocol's largest message."""
     from controller.broker.mosquitto import BrokerFiles, mosquitto_config
 
     tls = (cafile, certfile, keyfile)
@@ -252,7 +259,9 @@ def broker_config(
         typer.echo("edge-controller: TLS needs all of --cafile, --certfile and --keyfile", err=True)
         raise typer.Exit(2)
     files = BrokerFiles(password_file, acl_file, controller_password_file, *tls)
-    text = mosquitto_config(files, port=port, controller_port=controller_port)
+    text = mosquitto_config(
+        files, port=port, controller_port=controller_port, bind=bind, controller_bind=controller_bind
+    )
     if out is None:
         typer.echo(text, nl=False)
     else:
@@ -268,18 +277,35 @@ def acl(
     controller_user: Annotated[
         str, typer.Option(metavar="USER", help="Broker username of the controller.")
     ] = "edge-controller",
-    output_format: Annotated[str, typer.Option("--format", help="mosquitto or emqx.")] = "mosquitto",
+    output_format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="mosquitto or emqx.")] = "mosquitto",
+    users: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Mosquitto: the devices' password file; each of its users is named in the ACL, so Mosquitto "
+            "starts without warnings (write the ACL again, and reload Mosquitto, when devices are added).",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Write broker ACL rules confining each device (username = device id) to its own topics."""
-    from controller.broker.acl import emqx_acl, mosquitto_acl
+    from controller.broker.acl import emqx_acl, mosquitto_acl, read_users
 
-    writers = {"mosquitto": mosquitto_acl, "emqx": emqx_acl}
-    if output_format not in writers:
-        typer.echo(f"edge-controller: --format must be one of {', '.join(writers)}", err=True)
+    if output_format not in ("mosquitto", "emqx"):
+        typer.echo("edge-controller: --format must be one of mosquitto, emqx", err=True)
         raise typer.Exit(2)
     try:
-        text = writers[output_format](topic_prefix, controller_user)
+        if output_format == "emqx":
+            text = emqx_acl(topic_prefix, controller_user)
+        else:
+            text = mosquitto_acl(topic_prefix, controller_user, read_users(users) if users else ())
+            if users is None:
+                typer.echo(
+                    "edge-controller: without --users every device reads the controller's presence through a "
+                    "pattern without %u, which Mosquitto warns about at each start; --users PASSWORD_FILE names "
+                    "each device instead",
+                    err=True,
+                )
     except ValueError as exc:
         typer.echo(f"edge-controller: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -46,14 +46,16 @@ def test_a_device_cannot_take_over_another_devices_session(fleet_broker):
         # device credentials are not valid on the controller's listener
         assert Device(fleet_broker.controller_port, "dev-a", PASSWORDS["dev-a"]).refused
         assert Device(port, None, None).refused  # anonymous
-        # message_size_limit: a 5 MiB publish never reaches the controller
+        # max_packet_size: a 5 MiB publish never reaches the controller, and the broker drops the client sending it
         telemetry = TOPICS.device("dev-a", "telemetry")
         big = Device(fleet_broker.controller_port, "edge-controller", PASSWORDS["edge-controller"],
                      subscribe=(telemetry,))  # fmt: skip
         time.sleep(0.3)
-        dev_a.publish(telemetry, b"x" * (5 << 20))
         dev_a.publish(telemetry, b"small")
         wait_until(lambda: big.received, 10, "the small message")
+        dev_a.client.publish(telemetry, b"x" * (5 << 20), qos=1)
+        wait_until(lambda: dev_a.disconnects, 10, "the broker to drop the client that sent 5 MiB")
+        time.sleep(0.5)
         assert [p for _, p in big.received] == [b"small"]
         thief.close()
         big.close()
@@ -167,6 +169,6 @@ def test_a_chunk_request_flood_does_not_starve_another_device(controller, prefix
 
 def test_generated_config_parses_with_mosquitto(fleet_broker):
     text = fleet_broker.conf.read_text()
-    assert "use_username_as_clientid true" in text and "message_size_limit" in text
+    assert "use_username_as_clientid true" in text and "max_packet_size" in text
     assert "allow_anonymous true" not in text
     assert os.path.exists(fleet_broker.conf)
