@@ -64,6 +64,7 @@ class DeviceBusy(EdgeError, RuntimeError):
 # A signed desired state is valid this long: the controller re-signs it whenever it publishes (on every change and
 # when it connects), so only a state held back or replayed from long ago expires.
 SIGNED_STATE_TTL_S = 30 * 86400.0
+ALLOWED_FRESH_S = 2.0  # a replica trusts its copy of a device's allowed artifacts this long (another may recall one)
 MAX_PENDING_CALLS = 256  # device calls awaited at once (each costs a future, not a thread)
 DEFAULT_FETCH_RATE = 50.0  # HTTP downloads a fleet push starts per second, on average (see fetch_spread)
 
@@ -110,6 +111,7 @@ class Fleet(ReplicaDuties):
         self._pending_calls = threading.BoundedSemaphore(MAX_PENDING_CALLS)
         self._chunk_requests: FairQueue[ArtifactRequest] = FairQueue()
         self._allowed: dict[str, set[str]] = {}  # device -> artifact digests it may fetch
+        self._allowed_at: dict[str, float] = {}  # device -> when its entry was read from the database (replicas)
         offline = ControllerPresence(online=False, version=__version__).encode()
         self.link = MqttLink(
             address,
@@ -219,13 +221,12 @@ class Fleet(ReplicaDuties):
         return min(3600.0, round(devices / self.fetch_rate, 1)) if self.fetch_rate > 0 else 0.0
 
     def allows(self, device_id: str, sha256: str) -> bool:
-        """Whether the device's desired state names the artifact (what the artifact endpoint serves it)."""
-        if sha256 in self._allowed.get(device_id, ()):
-            return True
-        if not self.replication.enabled:
-            return False
-        self._allowed[device_id] = self._digests(device_id)  # deployed through another replica
-        return sha256 in self._allowed[device_id]
+        """Whether the device's desired state names the artifact (what HTTP and the chunk path serve it). Replicas
+        read it again from the database once it is ALLOWED_FRESH_S old: another may have deployed or recalled."""
+        if self.replication.enabled and time.monotonic() - self._allowed_at.get(device_id, 0.0) > ALLOWED_FRESH_S:
+            self._allowed[device_id] = self._digests(device_id)
+            self._allowed_at[device_id] = time.monotonic()
+        return sha256 in self._allowed.get(device_id, ())
 
     def publish_desired(self, device_id: str) -> Desired:
         device = self.db.get_device(device_id)
@@ -244,7 +245,7 @@ class Fleet(ReplicaDuties):
         if self.signer is not None:  # the whole state: no replay of an older one, no unsigned "serve nothing"
             desired.expires = time.time() + SIGNED_STATE_TTL_S
             desired.signature = self.signer.sign_state(json.loads(desired.encode())).as_dict()
-        self._allowed[device_id] = desired.artifacts()
+        self._allowed[device_id], self._allowed_at[device_id] = desired.artifacts(), time.monotonic()
         self.link.publish(self.topics.device(device_id, "desired"), desired.encode(), QOS["desired"], retain=True)
         return desired
 
@@ -320,9 +321,7 @@ class Fleet(ReplicaDuties):
             return
         header = ChunkHeader(request_id=req.request_id, sha256=req.sha256, offset=req.offset, length=0, total=0)
         data = b""
-        if req.sha256 not in self._allowed.get(device_id, set()) and self.replication.enabled:
-            self._allowed[device_id] = self._digests(device_id)  # deployed through another replica
-        if req.sha256 not in self._allowed.get(device_id, set()) or not self.artifacts.has(req.sha256):
+        if not self.allows(device_id, req.sha256) or not self.artifacts.has(req.sha256):
             header.error = Problem(
                 code="not_deployed", message=f"artifact {req.sha256[:12]}… is not deployed to device {device_id}"
             )
