@@ -107,6 +107,9 @@ class AgentConfig(BaseModel):
     telemetry_replay_rate: float = Field(default=20.0, gt=0, le=10000)
     telemetry_sample_every: int = Field(default=16, ge=1, le=1_000_000)
     telemetry_max_elements: int = Field(default=4096, ge=1, le=1 << 24)
+    # amortized microseconds per request the output and input summaries may cost: the sampling thins out where one
+    # summary costs more (agent/telemetry/stats.py); 0: no budget, one request in telemetry_sample_every is summarised
+    telemetry_budget_us: float = Field(default=2.5, ge=0, le=1e6)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # the device's own labels (KEY = "VALUE"), sent with its hardware: what operators select devices by
     labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)

@@ -3,8 +3,8 @@ per-element statistics of small outputs and of inputs (block means for long rows
 classifier outputs, and quantile sketches of each input row's mean and std (an image's brightness and contrast).
 
 Called from `ModelStats._sample` (one request in N, within the statistics' time budget), never on every request.
-A few vectorized numpy calls per tensor: a row is one item of the batch, at most `max_elements` of a long row are
-looked at (taken with a stride), and everything merges across windows on the controller.
+A few vectorized numpy calls per tensor: a row is one item of the batch, at most MAX_ROWS rows of a batch and
+`max_elements` of a long row are looked at (each taken with a stride); everything merges on the controller.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from protocol.quality import BLOCKS, CONFIDENCE_BINS, MAX_TRACKED_ELEMENTS, SKETCH_SIZE, Elements, InputStats, compress
+from protocol.quality import BLOCKS, CONFIDENCE_BINS, MAX_TRACKED_ELEMENTS, SKETCH_SIZE, Elements, InputStats
 
 SKETCH_BUFFER = 4 * SKETCH_SIZE  # values held before they are compressed into the sketch
+MAX_ROWS = 64  # rows of one request's tensor summarised (a stride over a larger batch): the cost stays bounded
 
 
 def rows_of(array: Any, max_elements: int) -> tuple[Any, bool] | None:
@@ -26,6 +27,8 @@ def rows_of(array: Any, max_elements: int) -> tuple[Any, bool] | None:
     if not kind or kind not in "fiub" or array.size == 0:
         return None
     rows = array.reshape(1, -1) if array.ndim <= 1 else array.reshape(array.shape[0], -1)
+    if rows.shape[0] > MAX_ROWS:  # a large batch: a stride of its rows
+        rows = rows[:: -(-rows.shape[0] // MAX_ROWS)]
     width = rows.shape[1]
     blocks = width > MAX_TRACKED_ELEMENTS
     if blocks:
@@ -97,8 +100,22 @@ class SketchBuilder:
             self._compress()
 
     def _compress(self) -> None:
-        self.centroids = compress(self.centroids + [(v, 1.0) for v in self.buffer], SKETCH_SIZE)
+        """protocol.quality.compress, vectorized: sort, then equal-weight groups by cumulative weight."""
+        import numpy as np
+
+        values = np.array([v for v, _ in self.centroids] + self.buffer, dtype=np.float64)
+        weights = np.array([w for _, w in self.centroids] + [1.0] * len(self.buffer), dtype=np.float64)
         self.buffer = []
+        order = np.argsort(values, kind="stable")
+        values, weights = values[order], weights[order]
+        total = weights.sum()
+        groups = np.minimum(
+            ((np.cumsum(weights) - weights / 2) / total * SKETCH_SIZE).astype(np.int64), SKETCH_SIZE - 1
+        )
+        weight = np.bincount(groups, weights, SKETCH_SIZE)
+        moment = np.bincount(groups, weights * values, SKETCH_SIZE)
+        kept = weight > 0
+        self.centroids = list(zip((moment[kept] / weight[kept]).tolist(), weight[kept].tolist()))
 
     def wire(self) -> list[tuple[float, float]] | None:
         if self.buffer:
@@ -126,6 +143,7 @@ class InputSummary:
         self.elements.add(rows, blocks)
         if blocks:  # the row's own level and spread, on a strided view of it
             flat = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+            flat = flat[:: -(-flat.shape[0] // MAX_ROWS)]
             flat = flat[:, :: -(-flat.shape[1] // max_elements)]
             level, spread = flat.mean(axis=1, dtype="float64"), flat.std(axis=1, dtype="float64")
             keep = [i for i, (a, b) in enumerate(zip(level.tolist(), spread.tolist())) if math.isfinite(a + b)]

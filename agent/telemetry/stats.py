@@ -128,8 +128,27 @@ class _Running:
             best = array[np.arange(len(top)), top].astype(np.float64)
             if array.min() < 0 or abs(array.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3:
                 best = 1.0 / np.exp(array - best[:, None]).sum(axis=1, dtype=np.float64)
-            for cls, conf in zip_strict(top.tolist(), best.tolist()):
-                self._count_class(cls, conf)
+            if len(top) <= 16:
+                for cls, conf in zip_strict(top.tolist(), best.tolist()):
+                    self._count_class(cls, conf)
+            else:  # a large batch: counted with numpy, not row by row
+                self._count_classes(np.bincount(top), best)
+
+    def _count_classes(self, counts: Any, confidence: Any) -> None:
+        import numpy as np
+
+        self.top1_sum += float(confidence.sum())
+        self.top1_n += int(confidence.size)
+        bins = np.minimum((confidence * CONFIDENCE_BINS).astype(np.int64), CONFIDENCE_BINS - 1).clip(0)
+        hist = np.bincount(bins, minlength=CONFIDENCE_BINS).tolist()
+        self.top1_hist = [a + b for a, b in zip_strict(self.top1_hist or [0] * CONFIDENCE_BINS, hist)]
+        classes = self.classes if self.classes is not None else {}
+        self.classes = classes
+        for cls in np.flatnonzero(counts).tolist():
+            key = str(cls)
+            if key not in classes and len(classes) >= MAX_CLASS_BINS - 1:
+                key = "other"
+            classes[key] = classes.get(key, 0) + int(counts[cls])
 
     def _count_class(self, cls: int, confidence: float) -> None:
         self.top1_sum += confidence

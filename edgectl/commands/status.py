@@ -148,6 +148,11 @@ def telemetry_line(tm: dict[str, Any]) -> str:
         if drift.get("flagged"):
             line += f"; [red]DRIFT[/red] {output}: mean {drift['mean']:.4g} vs baseline {drift['baseline_mean']:.4g}"
             line += f" ({drift['score']:.1f} std)"
+    quality = tm.get("quality") or {}
+    if quality.get("flagged"):
+        line += f"; [red]DRIFT[/red] {escape('; '.join(quality['moved'][:2]))}"
+    elif quality.get("state"):
+        line += f"; quality {quality['state']}"
     return line
 
 

@@ -1,12 +1,15 @@
-"""`edgectl telemetry` and `edgectl top`: one device's telemetry over time, and a live table of the fleet."""
+"""`edgectl telemetry`, `edgectl top` and `edgectl drift`: one device's telemetry over time, a live table of the
+fleet, and quality drift (verdicts, a new baseline, a model compared across devices)."""
 
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.text import Text
 
 from edgectl.choice_view import format_ms
@@ -61,7 +64,9 @@ def _telemetry_rows(device: dict[str, Any]) -> list[tuple[str, ...]]:
         tm = by_name.get(m.get("name"), {})
         serving = (m.get("serving") or {}).get("version") or m.get("version")
         model = f"{m['name']}@{serving}" if m else "-"
-        drift = " [red]drift[/red]" if tm.get("drifting") else ""
+        quality = tm.get("quality") or {}
+        psi = f" PSI {quality['score']:.2g}" if quality.get("flagged") else ""
+        drift = f" [red]drift{psi}[/red]" if tm.get("drifting") else ""
         rows.append((
             device["id"], online, model + drift, _state(m), m.get("backend") or "-", format_ms(tm.get("p50_ms")),
             format_ms(tm.get("p95_ms")), _rate(tm), _percent(res, "cpu_percent"), _percent(res, "mem_percent"), temp,
@@ -144,4 +149,57 @@ def top(
             pass
 
 
-COMMANDS = (telemetry, top)
+class DriftAction(StrEnum):
+    show = "show"
+    baseline = "baseline"
+    fleet = "fleet"
+
+
+def drift(
+    action: Annotated[DriftAction, typer.Argument(help="show DEVICE | baseline DEVICE | fleet MODEL")],
+    target: Annotated[str, typer.Argument(help="The device (show, baseline) or the model (fleet).")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model (show, baseline).")] = None,
+    controller: ControllerOpt = DEFAULT_CONTROLLER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quality drift: `show` a device's verdicts (class mix, outputs, inputs against the baseline), `baseline` starts
+    a new baseline from the device's next windows, `fleet` compares a model's devices with each other."""
+    client = client_for(controller, token)
+    params = {"model": model} if model else {}
+    if action is DriftAction.baseline:
+        data = client._request("POST", f"/api/v1/devices/{target}/drift/baseline", params=params)
+        if as_json:
+            return emit_json(data)
+        what = f"{model} on {target}" if model else f"every model on {target}"
+        console.print(f"new drift baseline for {what}: built from the next windows", highlight=False)
+        return None
+    if action is DriftAction.fleet:
+        data = client._request("GET", f"/api/v1/models/{target}/drift")
+        if as_json:
+            return emit_json(data)
+        if not data["devices"]:
+            console.print(f"no device has judged windows of {target} yet", highlight=False)
+        for entry in data["devices"]:
+            console.print(_drift_line(f"{entry['device']} ({target}@{entry['version']}) vs peers", entry))
+        return None
+    data = client._request("GET", f"/api/v1/devices/{target}/drift", params=params)
+    if as_json:
+        return emit_json(data)
+    for name, status in data["models"].items():
+        console.print(_drift_line(f"{name}@{status['version']}" if status else name, status or {}))
+    return None
+
+
+def _drift_line(title: str, status: dict[str, Any]) -> str:
+    """One model's verdict: what moved, or where its baseline stands."""
+    if status.get("flagged"):
+        return f"{escape(title)}: [red]drift[/red] (PSI {status['score']:.2g}): " + escape(
+            "; ".join(status["moved"][:3])
+        )
+    state = status.get("state") or status.get("reason") or "no quality statistics reported"
+    tests = f", {status['tests']} tests on {status['window_rows']} rows" if status.get("judged") else ""
+    return f"{escape(title)}: {escape(state)}{tests}"
+
+
+COMMANDS = (telemetry, top, drift)

@@ -1,4 +1,5 @@
-"""HTTP routes for telemetry: a device's samples over time, the fleet's newest, and resetting a drift baseline."""
+"""HTTP routes for telemetry: a device's samples over time, the fleet's newest, drift (a device's verdicts, its
+baseline set anew, one model across the fleet)."""
 
 from __future__ import annotations
 
@@ -67,5 +68,27 @@ def router(state: AppState) -> APIRouter:
         """Forget the drift baseline (the next window becomes the new one)."""
         find_device(db, device_id)
         return {"device": device_id, "model": model, "removed": telemetry.reset_baseline(device_id, model)}
+
+    @router.get("/api/v1/devices/{device_id}/drift")
+    def device_drift(device_id: str, model: str | None = None) -> dict[str, Any]:
+        """Each model's quality drift on the device: the baseline's state, the last verdict and what moved."""
+        find_device(db, device_id)
+        latest = telemetry.device_summary(device_id) or {"models": []}
+        names = [m["name"] for m in latest["models"] if model is None or m["name"] == model]
+        if model is not None and not names:
+            raise EdgeError(f"{device_id} has reported no telemetry for model {model!r}", code="unknown_model")
+        return {"device": device_id, "models": {n: telemetry.quality.status(device_id, n) for n in names}}
+
+    @router.post("/api/v1/devices/{device_id}/drift/baseline")
+    def set_baseline(device_id: str, model: str | None = None) -> dict[str, Any]:
+        """A new baseline from the device's next windows on (after an intended change: new camera, new site)."""
+        find_device(db, device_id)
+        removed = telemetry.reset_baseline(device_id, model)
+        return {"device": device_id, "model": model, "removed": removed, "since": time.time()}
+
+    @router.get("/api/v1/models/{name}/drift")
+    def fleet_drift(name: str) -> dict[str, Any]:
+        """Each device's latest judged windows of the model against the other devices serving the same version."""
+        return {"model": name, "devices": telemetry.quality.fleet(name)}
 
     return router
