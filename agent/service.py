@@ -6,6 +6,7 @@ new version beside the old one and swapping only when it is verified, loaded and
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -113,7 +114,7 @@ class Agent:
         ready = lambda: restored.is_set() and len(self.table) > 0  # noqa: E731
         self.api = InferenceServer(
             self.table, self.config.api_host, self.config.api_port, ready=ready, limits=self.config.api_limits(),
-            token=self.config.api_token(),
+            token=self.config.api_token(), status=self.link_status,
         )  # fmt: skip
         self.api.start()
         self.deployer.restore()
@@ -178,6 +179,14 @@ class Agent:
         if self.api is not None and not self.api.alive:
             return "inference API thread died"
         return None
+
+    def link_status(self) -> dict[str, Any]:
+        """This agent and its broker connection, for `edge-agent doctor` on a live device: it reports these instead
+        of connecting as the device beside it (a broker that makes the user name the client id would drop us)."""
+        return {
+            "device_id": self.config.device_id, "pid": os.getpid(), "broker": str(self.link.address),
+            "connected": self.link.connected.is_set(), "last_error": self.link.last_error,
+        }  # fmt: skip
 
     def status_line(self) -> str:
         """What the agent is doing, for systemd's STATUS= (shown by `systemctl status`)."""
