@@ -151,7 +151,10 @@ async function devicePage(id) {
   const latest = device.telemetry || { models: [] };
   const modelRows = device.models.map((m) => {
     const tm = latest.models.find((x) => x.name === m.name) || {};
-    const drift = tm.drifting ? `<span class="drift">drifting (${fmt(tm.drift_score, 1)}σ)</span>` : (tm.drift ? "ok" : "–");
+    const q = tm.quality || {};
+    const moved = q.flagged ? ` ${esc((q.moved || []).slice(0, 2).join("; "))} (PSI ${fmt(q.score, 2)})` : "";
+    const drift = tm.drifting ? `<span class="drift">drifting${moved || ` (${fmt(tm.drift_score, 1)}σ)`}</span>` :
+      (q.state ? esc(q.state) : (tm.drift ? "ok" : "–"));
     return `<tr class="model-row" data-model="${esc(m.name)}"><td>${esc(m.name)}</td><td>${esc(m.version)}</td><td>${stateCell(m)}</td><td>${esc(m.backend ?? "")}</td>` +
       `<td>${esc(m.serving?.version ?? "–")}</td><td>${esc(m.previous?.version ?? "–")}</td>` +
       `<td>${fmt(tm.p50_ms)} / ${fmt(tm.p95_ms)} / ${fmt(tm.p99_ms)}</td><td>${fmt(tm.requests_per_s, 1)}</td><td>${drift}</td></tr>`;
