@@ -6,15 +6,19 @@
 # run, the script prints what it would do; `--no-pip` skips creating the venv and installing packages.
 # `--from DIR` installs from a wheelhouse made by `edgectl bundle` with no network (pip --no-index); its extras
 # are the bundle's unless --extras is given. EDGE_PYTHON names the interpreter for the venv (default python3).
+# `--password-file FILE` copies the device's broker password to /etc/edge-agent/broker-password (kept out of the
+# command line, the process list and agent.toml); the username defaults to the device id, as the broker's ACL wants.
 set -euo pipefail
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
-    echo "usage: $0 [--broker URL] [--device-id ID] [--username U] [--password P] [--package SPEC] [--extras LIST]"
-    echo "          [--from BUNDLE_DIR] [--root DIR] [--no-pip] [--uninstall]"
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    echo "usage: $0 [--broker URL] [--device-id ID] [--username U] [--password-file FILE] [--package SPEC]"
+    echo "          [--extras LIST] [--from BUNDLE_DIR] [--root DIR] [--no-pip] [--uninstall]"
+    echo "       (--password P works too, but leaves the password in the shell history and the process list)"
 }
 
-ROOT=/ BROKER="" DEVICE_ID="" USERNAME="" PASSWORD="" PACKAGE="edgefleet" EXTRAS="" NO_PIP=0 UNINSTALL=0 FROM=""
+ROOT=/ BROKER="" DEVICE_ID="" USERNAME="" PASSWORD="" PASSWORD_FILE="" PACKAGE="edgefleet" EXTRAS="" NO_PIP=0
+UNINSTALL=0 FROM=""
 PY="${EDGE_PYTHON:-python3}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -22,6 +26,7 @@ while [ $# -gt 0 ]; do
         --device-id) DEVICE_ID="$2"; shift 2 ;;
         --username) USERNAME="$2"; shift 2 ;;
         --password) PASSWORD="$2"; shift 2 ;;
+        --password-file) PASSWORD_FILE="$2"; shift 2 ;;
         --package) PACKAGE="$2"; shift 2 ;;
         --extras) EXTRAS="$2"; shift 2 ;;
         --from) FROM="$2"; shift 2 ;;
@@ -166,7 +171,19 @@ existing() {  # a string key's value from the current config, TOML escapes undon
 [ -n "$BROKER" ] || BROKER="$(existing broker)"
 [ -n "$DEVICE_ID" ] || DEVICE_ID="$(existing device_id)"
 [ -n "$USERNAME" ] || USERNAME="$(existing username)"
-[ -n "$PASSWORD" ] || PASSWORD="$(existing password)"
+SECRET=/etc/edge-agent/broker-password     # where the agent reads the password (the live path, also under --root)
+if [ -n "$PASSWORD_FILE" ]; then
+    [ -r "$PASSWORD_FILE" ] || die "--password-file $PASSWORD_FILE: cannot read it"
+    [ -n "$(head -1 "$PASSWORD_FILE")" ] || die "--password-file $PASSWORD_FILE: its first line is empty"
+    head -1 "$PASSWORD_FILE" | tr -d '\r\n' | write "$CONF_DIR/broker-password" 0640
+    PASSWORD=""
+elif [ -z "$PASSWORD" ]; then
+    PASSWORD="$(existing password)"
+    [ -z "$(existing password_file)" ] || PASSWORD_FILE="$(existing password_file)"
+fi
+if [ -z "$USERNAME" ] && [ -n "$PASSWORD$PASSWORD_FILE" ] && [ -n "$DEVICE_ID" ]; then
+    USERNAME="$DEVICE_ID"; say "broker username: $USERNAME (the device id, as the broker's ACL expects)"
+fi
 toml() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
 {
     echo "# Written by systemd/install.sh; every key is documented in agent.toml.example."
@@ -174,6 +191,7 @@ toml() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
     echo "broker = \"$(toml "${BROKER:-mqtt://127.0.0.1:1883}")\""
     [ -z "$USERNAME" ] || echo "username = \"$(toml "$USERNAME")\""
     [ -z "$PASSWORD" ] || echo "password = \"$(toml "$PASSWORD")\""
+    [ -z "$PASSWORD_FILE" ] || echo "password_file = \"$SECRET\""
     echo "data_dir = \"/var/lib/edge-agent\""
 } | write "$CONF_DIR/agent.toml" 0640
 write "$CONF_DIR/agent.toml.example" 0644 <"$HERE/agent.toml.example"
@@ -190,6 +208,7 @@ if [ "$LIVE" = 1 ]; then
         fi
     done
     chgrp "$SERVICE_USER" "$CONF_DIR/agent.toml"
+    [ ! -f "$CONF_DIR/broker-password" ] || chgrp "$SERVICE_USER" "$CONF_DIR/broker-password"
 else
     would "useradd --system --shell /usr/sbin/nologin $SERVICE_USER; usermod -aG video,render $SERVICE_USER"
 fi

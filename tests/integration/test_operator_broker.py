@@ -30,12 +30,13 @@ class GeneratedMosquitto:
     """Mosquitto with the configuration and ACL the CLI writes, password files made with mosquitto_passwd; its
     whole log (warnings included) kept."""
 
-    def __init__(self, tmp: Path, users: bool = True) -> None:
+    def __init__(self, tmp: Path, users: bool = True, more: dict[str, str] | None = None) -> None:
         binary, passwd = find_mosquitto(), shutil.which("mosquitto_passwd")
         if not binary or not passwd:
             pytest.skip("needs the mosquitto and mosquitto_passwd binaries (Debian package mosquitto)")
+        tmp.mkdir(exist_ok=True)
         devices, controller = tmp / "passwords", tmp / "controller-passwords"
-        for user, password in PASSWORDS.items():
+        for user, password in {**PASSWORDS, **(more or {})}.items():
             target = controller if user == "edge-controller" else devices
             target.touch()
             subprocess.run([passwd, "-b", str(target), user, password], check=True)
@@ -107,3 +108,64 @@ def test_without_users_the_acl_says_mosquitto_will_warn(tmp_path):
     done = subprocess.run([sys.executable, "-m", "controller.cli", "acl"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "pattern read edge/v1/controller/presence" in done.stdout
     assert "--users" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = README.parent
+
+
+def readme_commands(containing: str) -> list[str]:
+    """The README's shell commands (continuation lines joined, comments dropped) that contain `containing`."""
+    joined = README.read_text().replace("\\\n", " ")
+    commands = [line.split("   #")[0].strip() for line in joined.splitlines()]
+    return [" ".join(c.split()) for c in commands if containing in c and not c.startswith("#")]
+
+
+def test_the_readme_install_line_carries_credentials_an_agent_logs_in_with(tmp_path):
+    """The README's `install.sh --from ... --broker` line, run as written (in a scratch root, no pip) on a bundle
+    for this machine, writes a config whose user and password file an agent logs in with to the broker that
+    `broker-config` and `acl --users` made (anonymous clients refused)."""
+    install_lines = readme_commands("install.sh --from")
+    assert len(install_lines) == 2 and all("--password-file" in c for c in install_lines), install_lines
+    by_hand = readme_commands("edge-agent run --broker mqtt")
+    assert by_hand and all("--broker-password-file" in c and "://cam-01@" in c for c in by_hand), by_hand
+
+    work = tmp_path / "work"
+    bundle = work / "agent-bundle"
+    shutil.copytree(REPO / "systemd", bundle / "systemd")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (bundle / "bundle.env").write_text(
+        f"PACKAGE=edgefleet\nEXTRAS=agent\nARCH={os.uname().machine}\nPYTHON={version}\n"
+    )
+    secret = "s3cret-" + os.urandom(4).hex()
+    (work / "cam-01.password").write_text(secret + "\n")
+    command = install_lines[0].removeprefix("ssh cam-01 sudo ").split()
+    root = tmp_path / "root"
+    done = subprocess.run(["bash", *command, "--root", str(root), "--no-pip"], cwd=work, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "EDGE_PYTHON": sys.executable})  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert secret not in done.stdout + done.stderr
+    config = root / "etc/edge-agent/agent.toml"
+    stored = root / "etc/edge-agent/broker-password"
+    assert stored.read_text() == secret and oct(stored.stat().st_mode & 0o777) == "0o640"
+    text = config.read_text()
+    assert 'username = "cam-01"' in text and 'password_file = "/etc/edge-agent/broker-password"' in text, text
+    assert secret not in text
+
+    mosq = GeneratedMosquitto(tmp_path / "broker", more={"cam-01": secret})
+    watcher = Device(mosq.controller_port, "edge-controller", PASSWORDS["edge-controller"],
+                     subscribe=(TOPICS.device("cam-01", "presence"),))  # fmt: skip
+    agent_log = tmp_path / "agent.log"
+    run = ["run", "--config", str(config), "--broker", f"mqtt://127.0.0.1:{mosq.port}", "--broker-password-file",
+           str(stored), "--data-dir", str(tmp_path / "agent"), "--api", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", *run], stdout=agent_log.open("wb"),
+                             stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_until(lambda: watcher.received, 30, "the agent's presence through the password-protected broker")
+        assert b'"online":true' in watcher.received[-1][1].replace(b" ", b""), watcher.received
+        assert secret not in agent_log.read_text()
+    finally:
+        agent.terminate()
+        agent.wait(20)
+        watcher.close()
+        mosq.stop()
