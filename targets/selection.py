@@ -128,7 +128,8 @@ def select_backend(
     """Choose and load the backend for one model; raise BackendError (the cause, in one line) if none can run it.
 
     `override`: a backend name ("openvino") or candidate name ("onnxruntime:cuda") chosen by the operator; it is
-    loaded with `options` and no trial. `trial=False` takes the first candidate in rule order that loads. `samples`
+    loaded with `options` and no trial (with `isolated`, after a load check in a worker process). `trial=False`
+    takes the first candidate in rule order that loads. `samples`
     (input sets keyed by input name) or `hints` (input name -> shape) make the inputs every check runs on.
     `isolated` runs the trial in a short-lived worker process: runtimes that do not win never enter this process,
     and a runtime that crashes natively fails its candidate instead of the caller. `defer_trial` (a restart) takes a
@@ -136,8 +137,8 @@ def select_backend(
     the background) rather than holding the model back for a trial."""
     path = Path(path)
     cands = candidates(model_format, hardware, cache_dir)
-    if override:
-        return _overridden(path, model_format, cands, override, options, samples, hints)
+    if override:  # no trial, but a new version's load is still checked in a worker first (a restart's is not)
+        return _overridden(path, model_format, cands, override, options, samples, hints, isolated and not defer_trial)
     if not cands:
         raise BackendError(f"no installed backend reads {model_format!r} models; install the matching extra")
     if not trial:
@@ -267,9 +268,14 @@ def _overridden(
     options: dict[str, Any] | None,
     samples: list[Inputs] | None,
     hints: dict[str, list[int]] | None,
+    isolated: bool = False,
 ) -> Selection:
     match = next((c for c in cands if override in (c.name, c.backend)), None) or Candidate(override, override)
     try:
+        if isolated:
+            from targets.trial_worker import check_isolated
+
+            check_isolated(match, path, model_format, options, samples, hints)
         backend = load(match, path, model_format, options)
     except BackendError as exc:
         raise BackendError(f"backend {override!r} (set by the operator) failed: {exc}") from exc

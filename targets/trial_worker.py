@@ -73,6 +73,52 @@ def run_isolated(
     raise BackendError("the backend trial crashed too often: " + "; ".join(f"{r.name} {r.error}" for r in crashed))
 
 
+def check_isolated(
+    cand: Candidate,
+    path: Path,
+    model_format: str,
+    options: dict[str, Any] | None,
+    samples: list[Inputs] | None,
+    hints: dict[str, list[int]] | None,
+) -> None:
+    """Load `cand` (a backend the operator pinned: no trial) with `options` and run it once in a worker process
+    first, so a runtime that dies natively on this model fails the version instead of the agent; BackendError."""
+    with tempfile.TemporaryDirectory(prefix="edge-check-") as tmp:
+        request = Path(tmp) / "request.json"
+        request.write_text(json.dumps({
+            "check": True, "path": str(path.absolute()), "format": model_format, "hints": hints,
+            "candidates": [asdict(cand)], "options": options or {},
+            "samples": str(Path(tmp) / "samples.npz") if samples else None,
+        }))  # fmt: skip
+        if samples:
+            (Path(tmp) / "samples.npz").write_bytes(pack_samples(samples))
+        proc = subprocess.run(
+            [sys.executable, "-m", "targets.trial_worker", str(request)],
+            capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, cwd=str(Path(__file__).resolve().parents[1]),
+        )  # fmt: skip
+    if proc.returncode == 0:
+        return
+    refused = [ln[len(REFUSED) :] for ln in proc.stderr.splitlines() if ln.startswith(REFUSED)]
+    if refused:
+        raise BackendError(refused[-1])
+    _, why = _blame(proc, [cand])
+    raise BackendError(f"the isolated load check {why}" if proc.returncode < 0 else f"the load check failed: {why}")
+
+
+def _check(request: dict[str, Any]) -> None:
+    """The worker's side of check_isolated: load and run once (a native crash ends this process, not the agent)."""
+    from targets.inputs import find_runnable, fit_samples
+
+    cand = Candidate(**request["candidates"][0])
+    backend = load(cand, Path(request["path"]), request["format"], request["options"])
+    samples = unpack_samples(Path(request["samples"])) if request.get("samples") else None
+    if samples:
+        for inputs in fit_samples(backend.inputs, samples)[:1]:
+            backend.infer(inputs)
+    else:
+        find_runnable(backend.inputs, backend.infer, request["hints"])
+
+
 def _is_reference(cand: Candidate, model_format: str) -> bool:
     from targets.candidates import REFERENCE
 
@@ -116,6 +162,9 @@ def _outcome(
 
 def _work(request_path: Path) -> int:
     request = json.loads(request_path.read_text())
+    if request.get("check"):
+        _check(request)
+        return 0
     cands = [Candidate(**c) for c in request["candidates"]]
     samples = unpack_samples(Path(request["samples"])) if request.get("samples") else None
     tmp = request_path.parent
