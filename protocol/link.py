@@ -23,6 +23,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 log = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 3.0
+REFUSED_MAX_BACKOFF_S = 60.0  # a broker refusing our credentials is asked again at most this often (no log flood)
+CREDENTIALS_FIX = (
+    "check the user name (mqtt://USER@HOST, or the agent's `username`) and the password (--broker-password-file, "
+    "or the agent's `password_file`) against the broker's password file"
+)
 MqttProtocol = Literal["auto", "5", "3.1.1"]
 MessageHandler = Callable[[str, bytes], None]
 
@@ -72,6 +77,24 @@ class _Client(mqtt.Client):
             raise
         self.last_connect_error = None
         return sock
+
+
+def refusal_fix(reason: str, client_id: str) -> str:
+    """What to do about a broker's refusal (CONNACK reason), in words an operator acts on."""
+    text = reason.lower()
+    if "authori" in text or "user name" in text or "password" in text:
+        return CREDENTIALS_FIX
+    if "identifier" in text:
+        return f"the broker refuses the client id {client_id!r}; check its client id rules (or the device id)"
+    if "banned" in text or "quota" in text:
+        return "the broker turns this client away; check the broker's log"
+    return "check the broker's log"
+
+
+def refusal_backoff(refusals: int, min_delay: float, max_delay: float = REFUSED_MAX_BACKOFF_S) -> float:
+    """Seconds before the next attempt after `refusals` refused connections in a row: doubling from `min_delay`,
+    capped (what paho waits once the link stops resetting its delay on each refusal)."""
+    return float(min(min_delay * 2 ** max(refusals - 1, 0), max_delay))
 
 
 def describe_connect_error(exc: BaseException | None) -> str:
@@ -134,6 +157,7 @@ class MqttLink:
         self.connected = threading.Event()
         self.last_error: str | None = None
         self.failed_attempts = 0  # connection attempts failed in a row (reset on connect)
+        self.refusals = 0  # CONNACKs refusing the connection in a row (credentials, ...): backed off up to 60 s
         self._min_delay = 1.0
         self._max_delay = max_backoff
         self._lock = threading.Lock()
@@ -252,10 +276,11 @@ class MqttLink:
                 log.info("broker %s does not speak MQTT 5; falling back to 3.1.1", self.address)
                 threading.Thread(target=self._downgrade, daemon=True).start()
             else:
-                log.warning(self.last_error)
+                self._refused(client, str(reason_code))
             return
         self.last_error = None
         self.failed_attempts = 0
+        self.refusals = 0
         if self.subscriptions:
             client.subscribe(self.subscriptions)
         self.connected.set()
@@ -265,6 +290,17 @@ class MqttLink:
                 self.on_connected()
             except Exception:
                 log.exception("on_connected handler failed")
+
+    def _refused(self, client: mqtt.Client, reason: str) -> None:
+        """A refusal (wrong credentials, most often) is asked again with a doubling wait up to 60 s, each logged
+        once with what to do: never once a second for ever."""
+        self.failed_attempts += 1
+        self.refusals += 1
+        if self.refusals == 1:  # from now on paho doubles its wait up to the cap (reset only by a working connect)
+            client.reconnect_delay_set(min_delay=self._min_delay, max_delay=REFUSED_MAX_BACKOFF_S)  # type: ignore[arg-type]
+        delay = refusal_backoff(self.refusals, self._min_delay)
+        fix = refusal_fix(reason, self.client_id)
+        log.warning("%s; %s; attempt %d failed, next in %.1fs", self.last_error, fix, self.refusals, delay)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         """Disable Nagle (request/response and chunk round trips otherwise wait ~40 ms for delayed ACKs); and since
@@ -288,7 +324,8 @@ class MqttLink:
     ) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        self._jitter_backoff(client)
+        if was:  # a working connection lost: the backoff starts again (jittered); a refused one keeps growing
+            self._jitter_backoff(client)
         if was and not self._stopping:
             self.last_error = f"lost connection to broker {self.address}: {reason_code}"
             log.warning("%s; reconnecting with backoff", self.last_error)

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from protocol.link import BrokerAddress
+from protocol.link import BrokerAddress, refusal_fix
 
 Done = Callable[[bool], None]
 
@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 << 10
 MAX_PACKET = 2 << 20
+CONNACK_REFUSALS = {
+    1: "unacceptable protocol version",
+    2: "identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
+}  # MQTT 3.1.1's CONNACK return codes
 # After a read, pause up to GATHER_S before the next: the broker's next messages arrive meanwhile and are read, handed
 # over and acknowledged together (per read, the wake-up, thread hand-off and system calls cost more than parsing).
 # A pause after which nothing had come halves the next one (down to none below GATHER_MIN_S): a broker with a small
@@ -212,6 +219,11 @@ class TelemetrySubscriber:
         sock.sendall(_packet(0x10, body))
         return sock
 
+    def _refusal(self, code: int) -> str:
+        """A refused CONNACK in one line: the reason and what to do (wrong credentials, most often)."""
+        reason = CONNACK_REFUSALS.get(code, f"CONNACK code {code}")
+        return f"the broker refused the connection: {reason}; {refusal_fix(reason, self.client_id)}"
+
     def _send(self, sock: socket.socket, data: bytes) -> None:
         with self._send_lock:
             sock.sendall(data)
@@ -316,7 +328,7 @@ class TelemetrySubscriber:
             for kind, body in control:
                 if kind == 0x20:  # CONNACK
                     if len(body) < 2 or body[1] != 0:
-                        raise ConnectionError(f"the broker refused the connection (CONNACK code {body[1:2].hex()})")
+                        raise ConnectionError(self._refusal(body[1] if len(body) >= 2 else -1))
                     if self._draining:  # stop the session's share of new messages; keep what it holds
                         self._send(sock, _packet(0xA2, struct.pack(">H", 1) + _string(self.topic_filter)))
                     else:
