@@ -194,7 +194,7 @@ class RolloutEngine:
         early: bool = False,
     ) -> dict[str, Any]:  # fmt: skip
         """Judge the current wave on its evidence and act on the verdict (early: only a failure acts)."""
-        started = time.process_time()
+        started = time.thread_time()
         index = rollout["wave"]
         wave_rows = [r for r in rows if r["wave"] == index and r["state"] in TOOK_NEW]
         peers: dict[str, list[str]] = {}
@@ -204,7 +204,7 @@ class RolloutEngine:
         since = rollout["waves"][index].get("activated_at") or rollout["waves"][index].get("started_at") or now
         by_class, pooled = collect(self.db, rollout, wave_rows, peers, states, since, now)
         verdict = judge_wave(by_class, pooled, thresholds(rollout["spec"]))
-        data = {**verdict, "cpu_s": round(time.process_time() - started, 4), "devices": len(wave_rows)}
+        data = {**verdict, "cpu_s": round(time.thread_time() - started, 4), "devices": len(wave_rows)}
         if verdict["verdict"] == "fail":
             return self._fail(rollout, rows, data, now)
         if early:
