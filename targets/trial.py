@@ -81,7 +81,7 @@ def run_trial(
     hints: dict[str, list[int]] | None = None,
 ) -> TrialOutcome:
     """Reference first, then every candidate judged against it; raises BackendError when nothing can load the model."""
-    ref_cand, ref, note, failures = _load_reference(path, model_format, cands)
+    ref_cand, ref, note, failures, ref_load_ms = _load_reference(path, model_format, cands)
     probe, want = _reference_answers(ref, samples, hints)
     if not probe.sets:
         result = CandidateResult(ref_cand.name, agreed=True)
@@ -100,7 +100,7 @@ def run_trial(
         try:
             started = time.perf_counter()
             backend = ref if cand is ref_cand else load(cand, path, model_format, options)
-            result.load_ms = round((time.perf_counter() - started) * 1000, 2)
+            result.load_ms = ref_load_ms if cand is ref_cand else round((time.perf_counter() - started) * 1000, 2)
             result.deviation, problem = _judge(backend, probe.sets, want, ref_cand.name)
         except (BackendError, SampleError) as exc:
             result.error = str(exc)
@@ -169,21 +169,24 @@ def _time_turn_about(
 
 def _load_reference(
     path: Path, model_format: str, cands: list[Candidate]
-) -> tuple[Candidate, Backend, str, list[CandidateResult]]:
+) -> tuple[Candidate, Backend, str, list[CandidateResult], float]:
     """The format's own runtime at full precision; where it cannot load the model, the next full-precision candidate
-    that can (noted in the status). BackendError with the own runtime's reason when none can."""
+    that can (noted in the status), and how long it took to load (it is loaded once: its trial reuses it).
+    BackendError with the own runtime's reason when none can."""
     own, note = reference(model_format, cands)
     if own is None:
         raise BackendError(note)
     failures: list[CandidateResult] = []
     for cand in [own] + [c for c in cands if c is not own and c.precision == "full"]:
         try:
+            started = time.perf_counter()
             backend = load(cand, path, model_format)
         except BackendError as exc:
             failures.append(CandidateResult(cand.name, error=str(exc), precision=cand.precision))
             continue
+        load_ms = round((time.perf_counter() - started) * 1000, 2)
         if failures:
             note = f"{own.name} cannot load the model, so {cand.name} is the reference: {failures[0].error}"
-        return cand, backend, note, failures
+        return cand, backend, note, failures, load_ms
     others = f" (nor could {', '.join(f.name for f in failures[1:])})" if len(failures) > 1 else ""
     raise BackendError(f"{failures[0].error}{others}")

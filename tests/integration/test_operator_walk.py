@@ -239,3 +239,32 @@ def test_help_reads_at_80_columns_in_a_terminal(term):
                 assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), f"{option} cut in:\n{text}"
             assert not re.search(r"[a-z]-\s*│?$", text, re.M), text
             assert not premature_breaks(lines), "\n\n".join(premature_breaks(lines))
+
+
+def test_status_detail_reads_cleanly(serving_and_failed, term):
+    """The backend choice under `edgectl status`: the reason without the backend's name twice, milliseconds in one
+    format, the reference's real load time, the candidate table aligned under its header, and wrapped lines kept
+    under their text instead of back at column 0."""
+    url = f"--controller {serving_and_failed.url}"
+    lines, code = term.run(f"{EDGECTL} status cam-01 {url}")
+    assert code == 0, lines
+    assert_readable(lines, "mlp", "custom", "serving", "failed")
+    text = "\n".join(lines)
+    choice = next(i for i, line in enumerate(lines) if line.startswith("  mlp@1 backend "))
+    backend = lines[choice].split()[2].rstrip(":")
+    assert f"{backend}: {backend}:" not in text, text
+    assert not re.search(r"\d\.\d{3,}", text), text  # no 0.0088 beside 0.01
+    models_table = {"model", "mlp", "custom", "not"}
+    at_column_0 = [line for line in lines[1:] if line[:1].strip() and line.split()[0] not in models_table]
+    assert all(line.startswith("─") for line in at_column_0), text  # only the models table's rule
+    header = next(line for line in lines if line.lstrip().startswith("candidate "))
+    rows = [line for line in lines[lines.index(header) + 2 :] if re.match(r"\s+\w+:\w+", line)]
+    indent = len(header) - len(header.lstrip())
+    assert rows and all(len(r) - len(r.lstrip()) == indent for r in rows), text  # names under `candidate`
+
+    wide = edgectl_run("status", "cam-01", "--controller", serving_and_failed.url, columns=160).stdout.splitlines()
+    head = next(line for line in wide if line.lstrip().startswith("candidate "))
+    assert "load ms" in head, wide
+    column = head.index("load ms") + len("load ms")  # right-aligned: the value ends where the header ends
+    timed = [line for line in wide[wide.index(head) + 2 :] if "chosen" in line or "agrees" in line]
+    assert timed and all(line[:column].split()[-1] != "0.00" for line in timed), wide  # the reference loaded too
