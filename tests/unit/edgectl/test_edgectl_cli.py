@@ -15,7 +15,7 @@ from edgectl.errors import CommandFailed, one_line
 
 EXPECTED = {
     "push", "rollback", "undeploy", "devices", "status", "models", "infer", "telemetry", "top", "demo", "convert",
-    "capture", "bundle",
+    "capture", "bundle", "label", "drift",
 }  # fmt: skip
 
 
