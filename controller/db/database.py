@@ -275,6 +275,12 @@ class Database(TelemetryTables):
             conn.execute(devices.update().where(devices.c.id == device_id).values(generation=devices.c.generation + 1))
             return conn.execute(sa.select(devices.c.generation).where(devices.c.id == device_id)).scalar_one()
 
+    def bump_generation(self, device_id: str) -> int:
+        """A new desired generation for the device (its desired state changed without a deployment)."""
+        with self.engine.begin() as conn:
+            conn.execute(devices.update().where(devices.c.id == device_id).values(generation=devices.c.generation + 1))
+            return int(conn.execute(sa.select(devices.c.generation).where(devices.c.id == device_id)).scalar_one())
+
     def remove_deployment(self, device_id: str, model_name: str) -> int | None:
         """Take a model out of the device's desired state; the new generation, or None when it was not deployed."""
         with self.engine.begin() as conn:

@@ -16,6 +16,7 @@ from controller import __version__
 from controller.db.database import Database
 from controller.fleet.artifact_urls import ArtifactUrls
 from controller.fleet.fair_queue import FairQueue
+from controller.fleet.generations import Generations
 from controller.fleet.liveness import LastSeen
 from controller.registry.artifacts import ArtifactStore
 from controller.registry.s3 import S3Artifacts
@@ -89,6 +90,7 @@ class Fleet(ReplicaDuties):
     ) -> None:
         self.db = db
         self.urls = ArtifactUrls(url_key or os.urandom(32))  # device-bound artifact URLs (fleet/artifact_urls.py)
+        self.generations = Generations()  # a new generation for every signed change (fleet/generations.py)
         self.signer = signer
         self.s3 = s3  # artifacts in a bucket, fetched with presigned URLs (artifact_base is then the fallback)
         self.artifact_base = artifact_base.rstrip("/") if artifact_base else None  # {base}/{sha256}; None: MQTT only
@@ -242,11 +244,14 @@ class Fleet(ReplicaDuties):
                 for m, backend in wanted
             ],
         )
+        if device and self.generations.needs_bump(device_id, desired):  # a change under one generation is replayable
+            desired.generation = self.db.bump_generation(device_id)
         if self.signer is not None:  # the whole state: no replay of an older one, no unsigned "serve nothing"
             desired.expires = time.time() + SIGNED_STATE_TTL_S
             desired.signature = self.signer.sign_state(json.loads(desired.encode())).as_dict()
         self._allowed[device_id], self._allowed_at[device_id] = desired.artifacts(), time.monotonic()
         self.link.publish(self.topics.device(device_id, "desired"), desired.encode(), QOS["desired"], retain=True)
+        self.generations.published(device_id, desired)
         return desired
 
     # -- incoming ------------------------------------------------------------------------------------------------
