@@ -4,8 +4,10 @@ sized to the sample (a pure function: ingest, the fleet comparison and rollout g
 Per output: the class mix (two-sample chi-square on the argmax counts, PSI for the size of the move), the top-1
 confidence histogram (the same), and each element (or block) of small outputs (z-test on the mean, a normal-theory
 test on the variance; the size is the symmetric KL divergence of two normals, d^2 for a mean shift of d std, on
-PSI's scale). Per input: each element the same way, and the sketches of each row's mean and std (PSI over the
-baseline's deciles, chi-square sized). A statistic is tested only when the baseline and the window each hold
+PSI's scale). Per input: each element the same way, and the sketches of each row's mean and std: PSI over the
+baseline's deciles (chi-square sized) and a two-sample Kolmogorov-Smirnov test on the sketches' CDFs (the sketch's
+resolution taken off the distance, its weights the sample sizes); the finding says which fired. A statistic is
+tested only when the baseline and the window each hold
 `min_rows` rows of it; a finding flags when its p-value is below `alpha` divided by the number of tests made
 (Bonferroni: the verdict's false-alarm rate stays below `alpha` whatever the model's size) and its PSI reaches
 `psi_min` (a significant but tiny move on a large sample is not drift). No scipy: the chi-square and normal tails
@@ -32,6 +34,7 @@ class DriftSettings:
     baseline_rows: int = 400  # rows the baseline gathers from a version's first windows
     alpha: float = 1e-3  # the family-wise false-alarm rate of one verdict
     psi_min: float = 0.25  # the smallest move that is drift (PSI's "significant shift")
+    ks_min: float = 0.15  # the smallest KS distance (less the sketches' resolution) that is drift: about PSI 0.25
 
 
 DEFAULT_SETTINGS = DriftSettings()
@@ -49,12 +52,17 @@ class Finding:
     flagged: bool = False
     text: str = ""
     tests: int = 1
+    ks: tuple[float, float] | None = None  # sketches: (KS distance, its p-value), beside PSI's
+    fired: list[str] = field(default_factory=list)  # which tests flagged it: "psi", "ks", "chi-square", "z"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "kind": self.kind, "side": self.side, "tensor": self.tensor, "psi": round(self.psi, 4),
-            "p_value": float(f"{self.p_value:.3g}"), "flagged": self.flagged, "text": self.text,
+            "p_value": float(f"{self.p_value:.3g}"), "flagged": self.flagged, "text": self.text, "fired": self.fired,
         }  # fmt: skip
+        if self.ks is not None:
+            data["ks_d"], data["ks_p"] = round(self.ks[0], 4), float(f"{self.ks[1]:.3g}")
+        return data
 
 
 @dataclass
@@ -122,6 +130,29 @@ def chi2_sf(x: float, dof: int) -> float:
         if abs(delta - 1) < 1e-15:
             break
     return min(1.0, math.exp(-y + a * math.log(y) - math.lgamma(a)) * h)
+
+
+def kolmogorov_sf(x: float) -> float:
+    """P(K > x) for the Kolmogorov distribution (the two-sample KS statistic times its sample-size factor)."""
+    if x < 0.18:
+        return 1.0
+    total = sum((-1) ** (k - 1) * math.exp(-2.0 * k * k * x * x) for k in range(1, 101))
+    return min(1.0, max(0.0, 2.0 * total))
+
+
+def ks_sketches(base: Any, window: Any) -> tuple[float, float]:
+    """(distance, p-value) of the two-sample KS test on two quantile sketches: the largest CDF gap over both
+    sketches' centroids, less the sketches' resolution (half the heaviest centroid's share of each: what
+    interpolating between centroids may be off by), with the sketches' weights (rows) as the sample sizes."""
+    nb, nw = sketch_weight(base), sketch_weight(window)
+    if nb <= 0 or nw <= 0:
+        return 0.0, 1.0
+    points = sorted({v for v, _ in base} | {v for v, _ in window})
+    gap = max(abs(sketch_cdf(base, x) - sketch_cdf(window, x)) for x in points)
+    resolution = max(w for _, w in base) / (2 * nb) + max(w for _, w in window) / (2 * nw)
+    distance = max(0.0, gap - resolution)
+    en = math.sqrt(nb * nw / (nb + nw))
+    return distance, kolmogorov_sf((en + 0.12 + 0.11 / en) * distance)  # Stephens' small-sample correction
 
 
 def psi(base: list[float], window: list[float]) -> float:
@@ -205,12 +236,25 @@ def _sketch(kind: str, name: str, base: Any, window: Any) -> Finding:
     b = [(hi - lo) * nb for lo, hi in zip([0.0, *cb[:-1]], cb, strict=True)]
     w = [(hi - lo) * nw for lo, hi in zip([0.0, *cw[:-1]], cw, strict=True)]
     value, p = _binned(b, w, nb, nw) if len(b) > 1 else (0.0, 1.0)
+    distance, p_ks = ks_sketches(base, window)
     label = "row mean" if kind == "level" else "row std"
     text = (
         f"input {name}: {label} median {sketch_quantile(base, 0.5):.3g} → {sketch_quantile(window, 0.5):.3g}, "
-        f"PSI {value:.2g}"
+        f"PSI {value:.2g}, KS D {distance:.2f}"
     )
-    return Finding(kind, name, "input", value, p, text=text)
+    return Finding(kind, name, "input", value, p, text=text, tests=2, ks=(distance, p_ks))
+
+
+def _flag(finding: Finding, limit: float, settings: DriftSettings) -> None:
+    """Which of the finding's tests fired: the binned chi-square (class mix, confidence; PSI for sketches) sized by
+    PSI, and for sketches KS sized by its distance."""
+    if finding.p_value < limit and finding.psi >= settings.psi_min:
+        finding.fired.append("psi" if finding.ks is not None else "chi-square")
+    if finding.ks is not None and finding.ks[1] < limit and finding.ks[0] >= settings.ks_min:
+        finding.fired.append("ks")
+    finding.flagged = bool(finding.fired)
+    if finding.flagged and finding.ks is not None:
+        finding.text += f" ({' and '.join(t.upper() for t in finding.fired)} fired)"
 
 
 def drift_verdict(baseline: Summary, window: Summary, settings: DriftSettings = DEFAULT_SETTINGS) -> Verdict:
@@ -247,10 +291,10 @@ def drift_verdict(baseline: Summary, window: Summary, settings: DriftSettings = 
         return verdict
     limit = settings.alpha / verdict.tests
     for finding in findings:
-        finding.flagged = finding.p_value < limit and finding.psi >= settings.psi_min
+        _flag(finding, limit, settings)
     for finding, per, blocks in elements:
         moved = [e for e in per if e[1] < limit and e[0] >= settings.psi_min]
-        finding.flagged = bool(moved)
+        finding.flagged, finding.fired = bool(moved), ["mean/variance"] if moved else []
         finding.text = _element_text(finding.side, finding.tensor, blocks, per, moved or per)
     findings.sort(key=lambda f: (not f.flagged, -f.psi))
     verdict.judged, verdict.findings = True, findings

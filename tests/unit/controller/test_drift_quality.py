@@ -153,3 +153,19 @@ def test_ingest_shows_the_verdict_in_the_view_and_metrics_and_resets(served, tmp
     finally:
         ingest.stop()
         db.close()
+
+
+def test_false_alarm_rate_over_200_windows_of_the_baseline_distribution(served):
+    """The rate docs/drift.md states: verdicts of windows drawn from the baseline's own distribution that flag."""
+    rng = np.random.default_rng(7)
+    baseline = from_window(served("mlp", rng, rows=400))
+    assert baseline is not None
+    verdicts = [drift_verdict(baseline, from_window(served("mlp", rng)) or Summary()) for _ in range(200)]
+    assert all(v.judged for v in verdicts)
+    alarms = [v.moved for v in verdicts if v.flagged]
+    ks_min_p = min(f.ks[1] for v in verdicts for f in v.findings if f.ks is not None)
+    print(
+        f"false alarms: {len(alarms)}/{len(verdicts)} windows of {ROWS} rows, {verdicts[0].tests} tests each "
+        f"(smallest KS p {ks_min_p:.2g}, limit {1e-3 / verdicts[0].tests:.2g})"
+    )
+    assert len(alarms) <= 2, alarms  # stated: at most 0.1% of verdicts; 2/200 leaves room for the sample
