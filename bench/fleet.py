@@ -337,7 +337,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with every process's log")
     parser.add_argument("--deliver", action="store_true", help="then a 10 MB model to --devices over HTTP and MQTT")
-    args = parser.parse_args()
+    parser.add_argument("--rollout", action="store_true", help="rollout mode instead: bench/fleet_rollout.py")
+    args, rest = parser.parse_known_args()
+    if args.rollout:  # its own processes and devices (3 hardware classes, a latency model each)
+        from fleet_rollout import main as rollout
+
+        rollout(["--devices", str(args.devices), *(["--json"] if args.json else []), *rest])
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     os.nice(5)  # the simulated devices stand for other machines: the controllers come first
     results = asyncio.run(simulate(args))
     if args.deliver:  # its own broker, controller and devices: bench/fleet_deliver.py (report to stderr)

@@ -123,7 +123,8 @@ def collect(
     model, version = rollout["model"], rollout["version"]
     baseline_s = float(rollout["spec"].get("baseline_s", 600))
     earliest = min([r["pushed_at"] or now for r in wave_rows] + [since]) - baseline_s
-    samples = windows(db, [r["device_id"] for r in wave_rows] + [d for ids in peers.values() for d in ids], earliest)
+    samples = windows(db, [r["device_id"] for r in wave_rows], earliest)
+    samples.update(windows(db, [d for ids in peers.values() for d in ids], since))  # peers: this period only
     by_class: dict[str, list[DeviceEvidence]] = {}
     for row in wave_rows:
         device_id, pushed = row["device_id"], row["pushed_at"] or now
