@@ -119,6 +119,11 @@ def ort_preprocess(src: Path, dst: Path, fixes: list[str]) -> Path:
     return src
 
 
+def samples_text(count: int) -> str:
+    """`1 sample`, `8 samples`: rows of calibration data, counted as `edgectl models` counts a version's samples."""
+    return f"{count} sample{'' if count == 1 else 's'}"
+
+
 def preprocess_problem(exc: BaseException) -> str:
     """Why a pre-processing pass failed, in an operator's terms: what to install, never the arguments of ONNX
     Runtime's functions it suggests to its own callers (`pass skip_symbolic_shape=True to quant_pre_process()`)."""

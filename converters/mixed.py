@@ -126,8 +126,15 @@ class MixedReport:
         first = self.steps[0] if self.steps else {}
         start = _fmt(first.get("top1"), first.get("cosine"))
         end = _fmt(self.best_top1, self.best_cosine)
-        if self.stopped == "full-int8-passed":
-            return f"mixed precision not needed: full INT8 ({self.setting}) reaches {self.aim} on calibration data"
+        if self.stopped == "full-int8-passed":  # its figures as the report table prints them, then the bar
+            reached = ", ".join(
+                f for f in (f"top-1 {self.best_top1:.1%}" if self.best_top1 is not None else "",
+                            f"cosine {self.best_cosine:.4f}" if self.best_cosine is not None else "") if f
+            )  # fmt: skip
+            return (
+                f"mixed precision not needed: full INT8 ({self.setting}) has {reached} on calibration data, "
+                f"which meets the aim ({self.aim})"
+            )
         kept = f"{len(self.float_layers)} layer(s) kept in float ({', '.join(self.float_layers[:6])}"
         kept += ", ..." if len(self.float_layers) > 6 else ""
         head = f"mixed precision ({self.setting}): {kept}); agreement on calibration data {start} -> {end}"

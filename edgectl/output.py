@@ -64,9 +64,20 @@ def split_fix(text: str) -> tuple[str, str]:
     return flat[: starts[-1]].rstrip(), flat[starts[-1] :]
 
 
-def plural(count: int, word: str) -> str:
-    """`1 sample`, `8 samples`: a count as an operator reads it, never `sample(s)`."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
+def size_text(n: int | None) -> str:
+    """A file size as every command prints it, in the unit that keeps its figures (`5.7 kB`, not `0.0 MB`)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if unit == "kB" else f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """`1 sample`, `8 samples` (`many` where adding an s is wrong): a count as an operator reads it, never
+    `sample(s)`."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
 
 
 def yes_no(value: object) -> str:

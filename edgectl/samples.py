@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgectl.client import ControllerClient
+from edgectl.output import plural
 
 
 def attach_inputs(
@@ -23,14 +24,17 @@ def attach_inputs(
 
 
 def describe_inputs(info: dict[str, Any]) -> str:
-    """`3 samples (x: 1x3x224x224 float32)`, `shapes audio=1x16000`, or '-' for the models table."""
+    """`3 samples (x: 1x3x224x224 float32)`, `8 samples in 1 batch (x: 8x16 float32)`, `shapes audio=1x16000`, or
+    '-' for the models table."""
     parts = []
     samples = info.get("samples")
     if samples:
         arrays = ", ".join(
             f"{n}: {'x'.join(map(str, a['shape'])) or 'scalar'} {a['dtype']}" for n, a in samples["inputs"].items()
         )
-        parts.append(f"{samples['count']} sample{'s' if samples['count'] != 1 else ''} ({arrays})")
+        count, rows = samples["count"], samples.get("rows") or samples["count"]
+        batches = f" in {plural(count, 'batch', 'batches')}" if rows != count else ""  # as `convert` counts: rows
+        parts.append(f"{plural(rows, 'sample')}{batches} ({arrays})")
     shapes = info.get("input_shapes")
     if shapes:
         parts.append("shapes " + " ".join(f"{n}={'x'.join(map(str, d))}" for n, d in shapes.items()))

@@ -48,11 +48,19 @@ class ProbeInputs:
     tried: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        if self.source == "samples":
-            return f"{len(self.sets)} sample(s) given with the model"
+        if self.source == "samples":  # counted as `edgectl models` and the converters count them: rows
+            rows, count = sample_rows(self.sets), len(self.sets)
+            batches = "" if rows == count else f" in {count} batch{'' if count == 1 else 'es'}"
+            return f"{rows} sample{'' if rows == 1 else 's'}{batches} given with the model"
         if self.source == "synthetic":
             return f"synthetic inputs ({self.note})"
         return "no runnable inputs found" + (f" ({self.note})" if self.note else "")
+
+
+def sample_rows(sets: list[Inputs]) -> int:
+    """Samples as an operator (and converters.calibration) counts them: rows along the first axis, the fewest of a
+    set's arrays (a file of x: 8x16 holds 8, which the trial runs as one batch); a set of scalars is one."""
+    return sum(min((int(a.shape[0]) for a in s.values() if a.ndim), default=1) for s in sets)
 
 
 # -- samples: files the operator gives, stored as one .npz --------------------------------------------------------

@@ -11,7 +11,7 @@ from controller.db.database import Database
 from controller.registry.artifacts import ArtifactStore
 from protocol import MAX_SAMPLES, MAX_SAMPLES_BYTES
 from protocol.errors import EdgeError
-from targets.inputs import Inputs, SampleError, pack_samples, read_sample_sets, unpack_samples
+from targets.inputs import Inputs, SampleError, pack_samples, read_sample_sets, sample_rows, unpack_samples
 
 _ONNX_DTYPES = {
     "FLOAT": "float32", "DOUBLE": "float64", "FLOAT16": "float16", "INT64": "int64", "INT32": "int32",
@@ -72,7 +72,8 @@ def add_samples(
     Path(tmp).write_bytes(packed)
     artifacts.commit(tmp, sha256)
     shapes = {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in sets[0].items()}
-    return {"sha256": sha256, "size": len(packed), "count": len(sets), "inputs": shapes}
+    rows = sample_rows(sets)  # as the converters count samples: x: 8x16 is 8 (run as one batch of 8)
+    return {"sha256": sha256, "size": len(packed), "count": len(sets), "rows": rows, "inputs": shapes}
 
 
 def version_info(db: Database, name: str, version: str) -> dict[str, Any]:

@@ -60,7 +60,8 @@ def build_int8_static(job: Job, out: Path, fixes: list[str]) -> Path:
     src = _preprocessed(job, fixes, fx.MIN_QDQ_OPSET)
     samples = job.samples(limit=job.options.get("calibration_samples", 256))
     reduce_range = _reduce_range(fixes)
-    fixes.append(f"calibrated on {len(samples)} sample(s) ({'synthetic' if job.calibration.synthetic else 'given'})")
+    origin = "synthetic" if job.calibration.synthetic else "given"
+    fixes.append(f"calibrated on {fx.samples_text(len(samples))} ({origin})")
     if job.options.get("mixed_precision", True) and not job.calibration.synthetic:
         return build_mixed(job, src, out, samples, reduce_range, fixes)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

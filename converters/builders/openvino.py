@@ -43,11 +43,11 @@ def build_openvino_int8(job: Job, out: Path, fixes: list[str]) -> Path:
     if job.options.get("mixed_precision", True) and not job.calibration.synthetic:
         from converters.builders.ov_mixed import build_mixed
 
-        fixes.append(f"NNCF post-training quantization calibrated on {len(samples)} given sample(s)")
+        fixes.append(f"NNCF post-training quantization calibrated on {fx.samples_text(len(samples))} given")
         return build_mixed(job, out, samples, kwargs, fixes)
     model = _ov_model(job)
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **kwargs)
-    fixes.append(f"NNCF post-training quantization on {len(samples)} sample(s)")
+    fixes.append(f"NNCF post-training quantization on {fx.samples_text(len(samples))}")
     if not job.calibration.synthetic:
         quantized = _keep_agreement(job, quantized, samples, kwargs, fixes)
     else:

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from edgectl.errors import CommandFailed
 from edgectl.options import JsonOpt
-from edgectl.output import brief, console, emit_json, errors, split_fix, verdict
+from edgectl.output import brief, console, emit_json, errors, size_text, split_fix, verdict
 from edgectl.tables import Col, FitTable
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ COLUMNS = (Col("variant", 0), Col("result", 0), Col("size", 1, justify="right"),
 
 
 def _mb(n: int | None) -> str:
-    return f"{n / 1e6:.2f} MB" if n else "-"
+    return size_text(n) if n else "-"
 
 
 def _pct(x: float | None) -> str:

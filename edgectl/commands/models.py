@@ -7,7 +7,7 @@ from typing import Any
 from rich.markup import escape
 
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
-from edgectl.output import ago, console, emit_json, verdict
+from edgectl.output import ago, console, emit_json, size_text, verdict
 from edgectl.samples import describe_inputs
 from edgectl.tables import Col, FitTable
 
@@ -27,7 +27,7 @@ def models(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = Non
                 escape(m["name"]),
                 escape(m["version"]),
                 m["format"],
-                f"{m['size'] / 1e6:.1f} MB",
+                size_text(m["size"]),
                 m["sha256"][:12],
                 ago(m["created_at"]),
                 escape(describe_inputs(m.get("info") or {})) or "-",
@@ -41,7 +41,7 @@ def models(controller: ControllerOpt = DEFAULT_CONTROLLER, token: TokenOpt = Non
 def variants_cell(variants: list[dict[str, Any]]) -> str:
     """One line per built variant: its name, verdict and size."""
     return "\n".join(
-        f"{v['variant']} " + verdict(v) + (f" {v['size'] / 1e6:.2f} MB" if v["ok"] else "") for v in variants
+        f"{v['variant']} " + verdict(v) + (f" {size_text(v['size'])}" if v["ok"] else "") for v in variants
     )
 
 

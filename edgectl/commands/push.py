@@ -14,7 +14,7 @@ from rich.markup import escape
 from edgectl.client import ControllerClient
 from edgectl.errors import CommandFailed
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
-from edgectl.output import brief, console, emit_json, errors, verdict
+from edgectl.output import brief, console, emit_json, errors, size_text, verdict
 from edgectl.progress import finish_wait, upload_with_progress
 from edgectl.samples import attach_inputs
 from edgectl.tables import Col, FitTable
@@ -163,7 +163,7 @@ def variants_table(rows: list[dict[str, Any]], title: str) -> FitTable:
             [
                 escape(v["variant"]),
                 verdict(v),
-                f"{v['size'] / 1e6:.2f} MB" if v["ok"] else "-",
+                size_text(v["size"]) if v["ok"] else "-",
                 f"{v['size_ratio']:.0%}" if v.get("size_ratio") else "-",
                 f"{v['speedup']:.2f}x" if v.get("speedup") else "-",
                 f"{v['top1']:.2%}" if v.get("top1") is not None else "-",
@@ -176,8 +176,8 @@ def variants_table(rows: list[dict[str, Any]], title: str) -> FitTable:
 
 def describe_upload(record: dict[str, Any]) -> str:
     verb = "registered" if record.get("created") else "already registered"
-    size_mb = record["size"] / 1e6
-    return f"{verb} {record['name']} version {record['version']} ({size_mb:.1f} MB, sha256 {record['sha256'][:12]}…)"
+    size = size_text(record["size"])
+    return f"{verb} {record['name']} version {record['version']} ({size}, sha256 {record['sha256'][:12]}…)"
 
 
 def show_upload(record: dict[str, Any]) -> None:

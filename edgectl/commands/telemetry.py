@@ -16,7 +16,7 @@ from edgectl.choice_view import format_ms
 from edgectl.commands.status import state_cell
 from edgectl.keys import key_presses, wait_or_quit
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
-from edgectl.output import console, emit_json
+from edgectl.output import console, emit_json, plural
 from edgectl.tables import Col, FitTable
 
 TOP_COLUMNS = (
@@ -108,6 +108,17 @@ def history_table(samples: list[dict[str, Any]]) -> FitTable:
     return FitTable(HISTORY_COLUMNS, table)
 
 
+def span(samples: list[dict[str, Any]], asked: str, since: float) -> str:
+    """What the table covers, from its own first and last rows (the window asked for starts before the first
+    sample, and a header giving its start read as if that row were missing)."""
+    clock = lambda ts: time.strftime("%H:%M:%S", time.localtime(ts))  # noqa: E731
+    window = f"the last {asked}" if asked[:1].isdigit() and not asked.isdigit() else f"since {clock(since)}"
+    if not samples:
+        return f"no samples in {window}"
+    first, last = min(s["ts"] for s in samples), max(s["ts"] for s in samples)
+    return f"{plural(len(samples), 'sample')} from {clock(first)} to {clock(last)} (asked: {window})"
+
+
 def telemetry(
     device: Annotated[str, typer.Argument(help="Device id.")],
     since: Annotated[str, typer.Option(help="How far back: 30s, 10m, 2h, 1d, or epoch seconds.")] = "10m",
@@ -120,9 +131,9 @@ def telemetry(
     if as_json:
         return emit_json(data)
     samples = data["samples"]
-    since_text = time.strftime("%H:%M:%S", time.localtime(data["since"]))
-    console.print(f"[bold]{device}[/bold]: {len(samples)} sample(s) since {since_text}")
-    console.print(history_table(samples))
+    console.print(f"[bold]{escape(device)}[/bold]: {span(samples, since, data['since'])}", highlight=False)
+    if samples:
+        console.print(history_table(samples))
 
 
 def top(

@@ -268,3 +268,44 @@ def test_status_detail_reads_cleanly(serving_and_failed, term):
     column = head.index("load ms") + len("load ms")  # right-aligned: the value ends where the header ends
     timed = [line for line in wide[wide.index(head) + 2 :] if "chosen" in line or "agrees" in line]
     assert timed and all(line[:column].split()[-1] != "0.00" for line in timed), wide  # the reference loaded too
+
+
+def test_numbers_agree_with_each_other(controller, start_agent, tmp_path):
+    """Sizes in a unit that keeps their figures, one count of samples for one file in `models` and in `convert`,
+    the mixed-precision note quoting what the table shows (not the bar), and telemetry's header quoting its rows."""
+    import numpy as np
+
+    model = sample_models.mlp(tmp_path / "mlp.onnx")
+    kb = model.stat().st_size / 1000
+    batch = tmp_path / "batch.npz"
+    np.savez(batch, x=np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32))  # one file, 64 rows
+    url = ("--controller", controller.url)
+    start_agent("cam-01", wait_online=controller)
+
+    pushed = edgectl_run("push", str(model), "-n", "mlp", "--sample", str(batch), "--to", "cam-01", "--wait", *url)
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"({kb:.1f} kB, sha256" in pushed.stdout and "0.0 MB" not in pushed.stdout, pushed.stdout
+    models = " ".join(edgectl_run("models", *url, columns=200).stdout.split())
+    assert f"{kb:.1f} kB" in models and "64 samples in 1 batch (x: 64x16 float32)" in models, models
+    status = " ".join(edgectl_run("status", "cam-01", *url, columns=200).stdout.split())
+    assert "on 64 samples in 1 batch given with the model" in status, status  # the device counts them alike
+
+    converted = edgectl_run("convert", str(model), "--to", "int8-static", "--calibration", str(batch), "--out",
+                            str(tmp_path / "out"), "--min-top1", "0.9", "--min-cosine", "0.9", columns=200)  # fmt: skip
+    assert converted.returncode == 0, converted.stdout + converted.stderr
+    text = " ".join(converted.stdout.split())
+    assert "calibrated on 64 samples (given)" in text and "sample(s)" not in text, text
+    assert "MB" not in text and "kB" in text, text  # a 5.7 kB model's variants are not `0.01 MB`
+    row = next(line for line in converted.stdout.splitlines() if line.startswith("int8-static "))
+    table_top1 = re.findall(r"\b\d+\.\d%", row)[-1]  # the top-1 column (the last percentage of the row)
+    note = re.search(r"mixed precision not needed: full INT8 \([^)]*\) has top-1 (\S+),", text)
+    assert note and note.group(1) == table_top1, (row, text)  # the note quotes the table, the bar comes after
+    assert "reaches" not in text
+
+    def rows() -> list[str] | None:
+        shown = edgectl_run("telemetry", "cam-01", "--since", "5m", *url).stdout.splitlines()
+        return shown if len([line for line in shown if re.match(r"\d\d:\d\d:\d\d ", line)]) >= 2 else None
+
+    shown = wait_until(rows, 60, "two telemetry samples", poll=1)
+    times = [line.split()[0] for line in shown if re.match(r"\d\d:\d\d:\d\d ", line)]
+    assert f"from {times[0]} to {times[-1]} (asked: the last 5m)" in shown[0], shown
