@@ -30,11 +30,15 @@ class ExternalData(EdgeError):
 
 
 def refuse_external_data(path: Path) -> None:
-    """ExternalData naming the first tensor kept outside the file; a file that does not parse is the runtime's."""
+    """ExternalData naming the first tensor kept outside the file, or saying the file could not be checked: a model
+    this walk cannot read is refused too (a runtime's parser may read what this one skipped)."""
     try:
         name = external_tensor(path)
-    except (ValueError, OSError):
-        return
+    except (ValueError, OSError) as exc:
+        raise ExternalData(
+            f"the model could not be checked for tensors kept in other files ({exc}); re-save it with onnx.save_model "
+            "(a valid ONNX protobuf with its weights inside)"
+        ) from None
     if name is not None:
         raise ExternalData(
             f"the model keeps tensor {name!r} in another file (ONNX external data), which this agent never loads: "
@@ -89,8 +93,37 @@ def _fields(buf: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, in
             i += length
         elif wire in (1, 5):
             i += 8 if wire == 1 else 4
+        elif wire == 3:  # a group (deprecated, yet parsers skip it): past its end, whatever it holds
+            i = _skip_group(buf, i, end, field)
         else:
             raise ValueError(f"not an ONNX protobuf (wire type {wire})")
+    if i != end:
+        raise ValueError("truncated protobuf field")
+
+
+def _skip_group(buf: mmap.mmap, i: int, end: int, group: int, depth: int = 0) -> int:
+    """The offset after the end-group key that closes `group` (nested groups skipped alike)."""
+    if depth > 100:
+        raise ValueError("protobuf groups nested too deep")
+    while i < end:
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 4:
+            if field != group:
+                raise ValueError("mismatched protobuf end-group")
+            return i
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 2:
+            length, i = _varint(buf, i)
+            i += length
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        elif wire == 3:
+            i = _skip_group(buf, i, end, field, depth + 1)
+        else:
+            raise ValueError(f"not an ONNX protobuf (wire type {wire})")
+    raise ValueError("unterminated protobuf group")
 
 
 def _varint(buf: mmap.mmap, i: int) -> tuple[int, int]:
