@@ -102,6 +102,21 @@ drift_baselines = sa.Table(
 )
 sa.Index("ix_telemetry_received_at", telemetry.c.received_at)
 
+# Quality-drift baselines (controller/db/quality.py): one row per (device, model, version), the summary NULL while it
+# is being (re)built; `generation` counts the operator's resets, so every replica drops a baseline that was reset.
+quality_baselines = sa.Table(
+    "quality_baselines",
+    metadata,
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("summary", sa.Text),
+    sa.Column("since", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 # Telemetry the database refused although it parsed (one bad row must not cost the rest of its batch): kept for the
 # operator to read, bounded (payload cut to QUARANTINE_PAYLOAD_CHARS) and pruned with the telemetry.
 telemetry_quarantine = sa.Table(

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from controller.db.quality import QualityBaselineTables
 from controller.db.schema import drift_baselines, telemetry, telemetry_quarantine
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ _PG_BATCH = (
 )
 
 
-class TelemetryTables:
+class TelemetryTables(QualityBaselineTables):
     """Telemetry storage; the host class provides `engine`, and `writer`: the engine the ingest writes with (on
     PostgreSQL one in autocommit without a ping per checkout: a batch is one statement, atomic by itself, so BEGIN
     and COMMIT were two round trips for nothing; a batch that meets a dead connection fails whole and is delivered

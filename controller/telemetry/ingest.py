@@ -73,7 +73,8 @@ class TelemetryIngest:
         quality: DriftSettings = DEFAULT_SETTINGS,
     ) -> None:
         self.db = db
-        self.quality = QualityTracker(quality)  # class mix, elements, inputs against a baseline (tracker.py)
+        # class mix, elements, inputs against a baseline (tracker.py), the baselines shared through the database
+        self.quality = QualityTracker(quality, store=db)
         self.baselines_refresh_s = baselines_refresh_s
         self._baselines_read = 0.0
         self._baselines_new = False  # this process created baselines since it last read them
@@ -218,6 +219,10 @@ class TelemetryIngest:
         for baseline, reason in zip(baselines, self.db.insert_each("drift_baselines", baselines), strict=True):
             if reason is not None:
                 log.warning("drift baseline of %s/%s not stored: %s", baseline["device_id"], baseline["model"], reason)
+        try:
+            self.quality.save()  # baselines frozen by this batch: the first stored wins across replicas
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("quality baselines not stored (kept here, stored with the next batch): %s", _first_line(exc))
         self.stored += len(stored)
 
     def _maybe_prune(self) -> None:
@@ -241,6 +246,7 @@ class TelemetryIngest:
             per_device[b["device_id"]] = per_device.get(b["device_id"], 0) + 1
         with self._lock:
             self._baselines, self._baselines_per_device = baselines, per_device
+        self.quality.refresh()  # the quality baselines other replicas stored or reset
         self._baselines_read, self._baselines_new = time.monotonic(), False
 
     def _maybe_read_baselines(self) -> None:
@@ -405,6 +411,10 @@ class TelemetryIngest:
                 )  # fmt: skip
                 for d in sorted(self.devices.values(), key=lambda v: v.device_id)
             ]
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def dumps(data: Any) -> str:
