@@ -34,13 +34,22 @@ class InputError(EdgeError, ValueError):
     code = "bad_input"
 
 
+_V2_BY_DTYPE: dict[Any, str] = {}  # dtype -> v2 name: dtype.name is a slow property, and this is on every request
+
+
 def v2_datatype(dtype: Any) -> str:
     """v2 datatype name for a numpy dtype; raise InputError for unsupported ones."""
+    try:
+        return _V2_BY_DTYPE[dtype]
+    except (KeyError, TypeError):  # not seen yet, or not hashable
+        pass
     import numpy as np
 
     name = np.dtype(dtype).name
     if name not in NUMPY_TO_V2:
         raise InputError(f"unsupported dtype {name}; supported: {', '.join(sorted(NUMPY_TO_V2))}")
+    if isinstance(dtype, np.dtype):
+        _V2_BY_DTYPE[dtype] = NUMPY_TO_V2[name]
     return NUMPY_TO_V2[name]
 
 

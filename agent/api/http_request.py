@@ -124,12 +124,14 @@ class RequestReader:
         self.send_error(431, "Too many headers")
         return None
 
-    def read_body(self) -> bytes:
+    def read_body(self, json_limit: int | None = None) -> bytes:
         """The request body, de-chunked and decompressed; HTTPError for one that is missing, too large or broken.
-        A body without binary tensors (no Inference-Header-Content-Length) is JSON: its cap is the lower one."""
+        A body without binary tensors (no Inference-Header-Content-Length) is JSON: its cap is `json_limit` (the
+        app's, e.g. derived from the model's input sizes) or the lower default, never over the body limit."""
         limits = self.server.limits
         binary = self.headers.get("Inference-Header-Content-Length") is not None
-        limit = limits.max_body_bytes if binary else min(limits.max_json_bytes, limits.max_body_bytes)
+        json_cap = limits.max_json_bytes if json_limit is None else json_limit
+        limit = limits.max_body_bytes if binary else min(json_cap, limits.max_body_bytes)
         if self.headers.get("Transfer-Encoding") is not None:
             body = self._read_chunked(limit)
         else:

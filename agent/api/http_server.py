@@ -39,7 +39,7 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 @dataclass
 class Response:
     status: int
-    parts: list[bytes]
+    parts: list[bytes | memoryview]  # memoryviews of result arrays go out without a copy
     content_type: bytes = JSON
     headers: list[tuple[str, str]] | None = None
 
@@ -55,7 +55,7 @@ class Request(Protocol):
     path: str
     headers: Any  # a mapping; get() takes any case
 
-    def read_body(self) -> bytes: ...
+    def read_body(self, json_limit: int | None = None) -> bytes: ...
 
 
 App = Callable[[Request], Response]

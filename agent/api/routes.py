@@ -12,6 +12,9 @@ Endpoints (each model route also in its `/versions/{version}` form, as tritoncli
     GET  /v2/models/{name}/ready          200, or 404 for a model not served
     POST /v2/models/{name}/infer          JSON tensors, or the binary tensor extension
 
+A JSON request may be as large as the model's fixed input sizes need (24 bytes a value), at least api_max_json_mb; a
+binary one up to api_max_body_mb; a 413 names the setting that raises it.
+
 Errors are `{"error": "..."}` with 400 (the request does not match the model), 404, 405, 411, 413, 415 or 500."""
 
 from __future__ import annotations
@@ -63,9 +66,12 @@ class V2Routes:
         ready: Callable[[], bool],
         token: str | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.table = table
         self.ready = ready
+        self.limits = limits or Limits()
+        self._plans: dict[bytes, v2.RequestPlan] = {}  # binary request headers seen (agent.api.v2_codec)
         self.status = status or (lambda: {})
         self._bearer = f"Bearer {token}" if token else None  # required on every route but /v2/health/*
         self.metadata = v2.dumps(
@@ -133,10 +139,19 @@ class V2Routes:
 
     def _infer(self, request: Request, model: LoadedModel) -> Response:
         """Decode, run, encode; a request that does not fit the model is a 400, a model that fails a 500."""
+        header_length = request.headers.get("Inference-Header-Content-Length")
+        backend = model.backend
         try:
-            header, binary = v2.split_body(request.read_body(), request.headers.get("Inference-Header-Content-Length"))
-            arrays = v2.decode_inputs(header.get("inputs"), binary)
-            wanted, binary_default = v2.requested_outputs(header, model.backend.outputs)
+            if header_length is not None:  # the binary tensor extension: a header seen before is not parsed again
+                body = request.read_body()
+                header, arrays, wanted, binary_default = v2.decode_binary_request(
+                    body, header_length, backend.outputs, self._plans
+                )
+            else:
+                body = request.read_body(v2.json_limit(backend.inputs, self.limits.max_json_bytes))
+                header, binary = v2.split_body(body, None)
+                arrays = v2.decode_inputs(header.get("inputs"), binary)
+                wanted, binary_default = v2.requested_outputs(header, backend.outputs)
             results = model.infer(arrays)
             head, blobs = v2.encode_response(
                 v2.result_head(model.name, model.version), header, results, wanted, binary_default
@@ -145,9 +160,30 @@ class V2Routes:
             raise HTTPError(400, str(exc)) from None
         except EdgeError as exc:  # BackendError, an output the protocol cannot carry
             raise HTTPError(500, str(exc)) from None
+        except HTTPError as exc:
+            if exc.status == 413:
+                raise HTTPError(413, f"{exc.message}; {self._raise_hint(model, header_length is not None)}") from None
+            raise
         if blobs:
             return Response(200, [head, *blobs], BINARY, [("Inference-Header-Content-Length", str(len(head)))])
         return Response(200, [head])
+
+    def _raise_hint(self, model: LoadedModel, binary: bool) -> str:
+        """What raises the limit a 413 hit: the setting's name (config file key and environment variable)."""
+        body = "api_max_body_mb in the agent config (EDGE_AGENT_API_MAX_BODY_MB)"
+        if binary:
+            return f"raise {body}"
+        limits = self.limits
+        derived = v2.json_limit(model.backend.inputs, limits.max_json_bytes)
+        if derived >= limits.max_body_bytes:
+            return (
+                f"a JSON request for {model.name!r}'s input sizes is capped by {body}; raise it, or send binary tensors"
+            )
+        sized = f" ({model.name!r}'s input sizes need up to {derived} bytes)" if derived > limits.max_json_bytes else ""
+        return (
+            f"raise api_max_json_mb in the agent config (EDGE_AGENT_API_MAX_JSON_MB){sized}, or send the tensors as "
+            "binary (the binary tensor extension: Inference-Header-Content-Length)"
+        )
 
 
 class InferenceServer(HttpServer):
@@ -165,12 +201,13 @@ class InferenceServer(HttpServer):
         status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.table = table
-        self.routes = V2Routes(table, ready if ready is not None else (lambda: len(table) > 0), token, status)
+        limits = limits or Limits()
+        self.routes = V2Routes(table, ready if ready is not None else (lambda: len(table) > 0), token, status, limits)
         super().__init__(
             self.routes,
             host,
             port,
-            limits=limits or Limits(),
+            limits=limits,
             server_header=f"{SERVER_NAME}/{agent.__version__}",
             name="inference API",
         )
