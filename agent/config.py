@@ -97,8 +97,8 @@ class AgentConfig(BaseModel):
     shadow_pairs: int = Field(default=40, ge=4, le=10000)
     shadow_share: float = Field(default=1.0, gt=0, le=1)  # of live requests copied to the shadow
     # Real request inputs kept per model in memory (reservoir-sampled) for `edgectl capture` and re-selection on
-    # live shapes; 0 keeps none (privacy). Never sent unless asked for.
-    capture_inputs: int = Field(default=32, ge=0, le=4096)
+    # live shapes: opt-in on the device (they may be people's data), 0 (the default) keeps none. Sent only when asked.
+    capture_inputs: int = Field(default=0, ge=0, le=4096)
     capture_max_mb: float = Field(default=16.0, gt=0, le=4096)
     # How often the kept requests are checked for shapes the trial never timed (re-selection on them); 0: never.
     reselect_interval_s: float = Field(default=60.0, ge=0, le=86400)

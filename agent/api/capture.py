@@ -60,7 +60,10 @@ class Captures:
         if model is None:
             raise EdgeError(f"model {name!r} is not serving here; serving: {self.table.names()}", code="not_found")
         if not self.taps.capacity:
-            raise CaptureError("this device keeps no request inputs (capture_inputs = 0 in its configuration)")
+            raise CaptureError(
+                "this device keeps no request inputs (capture is opt-in: its owner sets capture_inputs = N in its "
+                "agent.toml)"
+            )
         reservoir = self.taps.get(name).reservoir
         kept = reservoir.snapshot() if reservoir is not None else []
         if reservoir is None or not kept:

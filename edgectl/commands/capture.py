@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +37,10 @@ def capture(
     if not out.parent.is_dir():
         raise fail(f"--out {out}: no directory {out.parent}; create it or give another path")
     response = client_for(controller, token).capture(device, model, timeout)
-    out.write_bytes(response.content)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # real inputs: the operator's eyes only
+    os.fchmod(fd, 0o600)  # an existing file too
+    with os.fdopen(fd, "wb") as f:
+        f.write(response.content)
     result = {
         "device": device, "model": model, "version": response.headers.get("X-Model-Version"),
         "count": int(response.headers.get("X-Capture-Count", "0")),
