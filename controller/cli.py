@@ -130,8 +130,8 @@ def serve(
         int | None,
         typer.Option(
             metavar="SECONDS",
-            help="With --artifact-s3: seconds a presigned URL stays valid (default 604800: 7 days, the most "
-            "SigV4 allows); a device offline longer gets 403 and downloads over MQTT.",
+            help="With --artifact-s3: seconds a presigned URL stays valid (default 21600: 6 hours; at most "
+            "604800, 7 days, SigV4's limit); a device offline longer gets 403 and downloads over MQTT.",
         ),
     ] = None,
     fetch_rate: Annotated[

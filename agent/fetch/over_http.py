@@ -176,8 +176,11 @@ class HttpDownload:
             self.requests += 1
             response = conn.getresponse()
             if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
-                url = urljoin(url, response.getheader("Location", ""))
+                target_url = urljoin(url, response.getheader("Location", ""))
                 conn.close()
+                if parts.scheme == "https" and urlsplit(target_url).scheme != "https":
+                    raise _Refused(f"{self._where()} redirects from https to {urlsplit(target_url).scheme}: refused")
+                url = target_url
                 continue
             return conn, response
         raise _Refused(f"{self._where()} redirects more than {MAX_REDIRECTS} times")

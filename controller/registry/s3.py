@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXPIRY_S = 7 * 86400  # SigV4's limit on a presigned URL's lifetime
+DEFAULT_EXPIRY_S = 6 * 3600  # a leaked URL is good for hours, not a week; a device offline longer fetches over MQTT
 MAX_URL_CHARS = 2048  # a desired state's `url` (protocol/messages.py): longer URLs fall back
 RETRY_AFTER_S = 60.0  # after the store failed, devices get the fallback URL this long before it is tried again
 # A presigned URL is handed out again (one URL per fleet push) while younger than a tenth of its expiry and 10 minutes:
@@ -92,7 +93,7 @@ class S3Artifacts:
         store: ArtifactStore,
         *,
         endpoint_url: str | None = None,
-        expiry_s: int = MAX_EXPIRY_S,
+        expiry_s: int = DEFAULT_EXPIRY_S,
     ) -> None:
         if importlib.util.find_spec("boto3") is None:
             raise S3ConfigError("--artifact-s3 needs boto3: pip install 'edgefleet[s3]'")
@@ -116,7 +117,7 @@ class S3Artifacts:
         )
         if location is None:
             return None
-        expiry = settings.artifact_url_expiry_s or MAX_EXPIRY_S
+        expiry = settings.artifact_url_expiry_s or DEFAULT_EXPIRY_S
         return cls(location, store, endpoint_url=settings.s3_endpoint_url, expiry_s=expiry)
 
     def describe(self, fallback: str | None) -> str:
