@@ -19,6 +19,7 @@ from typing import Any
 
 from controller.db.quality import QualityBaselineTables
 from controller.telemetry.drift import DEFAULT_SETTINGS, DriftSettings, Verdict, drift_verdict
+from controller.telemetry.peers import compare
 from controller.telemetry.summary import Summary, from_window
 from protocol import MAX_TELEMETRY_MODELS
 
@@ -184,26 +185,16 @@ class QualityTracker:
             track = self._tracks.get((device_id, model))
             return track.status(self.settings) if track else None
 
-    def fleet(self, model: str, devices: set[str] | None = None) -> list[dict[str, Any]]:
-        """Each device's last judged chunk of `model` against the other devices' (same version) merged: a device
-        whose inputs or outputs differ from its peers' shows here even when it drifted from its first day."""
+    def fleet(
+        self, model: str, devices: set[str] | None = None, classes: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Each device's last judged chunk of `model` against its peers' (the same version on the same hardware
+        class: `classes`, device -> class) merged, and per class the devices that differ (peers.py): a device whose
+        inputs or outputs differ from its peers' shows here even when it drifted from its first day."""
         with self._lock:
             chunks = [
                 (device, t.version, t.last_chunk)
                 for (device, name), t in self._tracks.items()
                 if name == model and t.last_chunk is not None and (devices is None or device in devices)
             ]
-        result = []
-        for device, version, chunk in sorted(chunks, key=lambda c: c[0]):
-            peers: Summary | None = None
-            for other, other_version, other_chunk in chunks:
-                if other != device and other_version == version:
-                    peers = peers.merged(other_chunk) if peers else other_chunk
-            entry: dict[str, Any] = {"device": device, "version": version, "rows": chunk.count}
-            if peers is None:
-                entry["reason"] = "no other device serves this version"
-            else:
-                entry.update(drift_verdict(peers, chunk, self.settings).to_json())
-                entry["peer_rows"] = peers.count
-            result.append(entry)
-        return result
+        return compare(chunks, classes or {}, self.settings)

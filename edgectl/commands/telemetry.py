@@ -191,15 +191,28 @@ def drift(
             return emit_json(data)
         if not data["devices"]:
             console.print(f"no device has judged windows of {target} yet", highlight=False)
-        for entry in data["devices"]:
-            console.print(_drift_line(f"{entry['device']} ({target}@{entry['version']}) vs peers", entry))
-        return None
+        return _fleet_drift(target, data)
     data = client._request("GET", f"/api/v1/devices/{target}/drift", params=params)
     if as_json:
         return emit_json(data)
     for name, status in data["models"].items():
         console.print(_drift_line(f"{name}@{status['version']}" if status else name, status or {}))
     return None
+
+
+def _fleet_drift(model: str, data: dict[str, Any]) -> None:
+    """Per hardware class (and version): the devices, which of them differ from their peers, then each device."""
+    entries = data["devices"]
+    for group in data.get("classes") or [{"hw_class": None, "version": None, "devices": None, "differs": []}]:
+        members = [e for e in entries if group["devices"] is None or e["device"] in group["devices"]]
+        if group["hw_class"] is not None:
+            head = f"[bold]{escape(group['hw_class'])}[/bold] ({escape(model)}@{escape(group['version'])}): "
+            head += plural(len(members), "device")
+            note = group.get("note") or "no device differs from its peers"
+            colour = "red" if group.get("differs") else "default"
+            console.print(f"{head}; [{colour}]{escape(note)}[/{colour}]", highlight=False)
+        for entry in members:
+            console.print("  " + _drift_line(f"{entry['device']} vs its class's peers", entry), highlight=False)
 
 
 def _drift_line(title: str, status: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from controller.api.views import device_view
 from controller.db.devices import find_device
 from controller.telemetry.ingest import HISTORY_PAGE
 from protocol.errors import EdgeError
+from protocol.labels import hardware_class, measured_labels
 
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -88,7 +89,9 @@ def router(state: AppState) -> APIRouter:
 
     @router.get("/api/v1/models/{name}/drift")
     def fleet_drift(name: str) -> dict[str, Any]:
-        """Each device's latest judged windows of the model against the other devices serving the same version."""
-        return {"model": name, "devices": telemetry.quality.fleet(name)}
+        """Each device's latest judged windows of the model against the other devices serving the same version on
+        the same hardware class (measured arch/accelerator/board/ram_gb), and per class the devices that differ."""
+        classes = {d["id"]: hardware_class(measured_labels(d.get("hardware"))) for d in db.list_devices()}
+        return {"model": name, **telemetry.quality.fleet(name, classes=classes)}
 
     return router
