@@ -29,6 +29,10 @@ RUN_FLAGS = {  # flag -> (config key, help)
     "--device-id": ("device_id", "This device's id (default: hostname)."),
     "--data-dir": ("data_dir", "Where models and state live."),
     "--api": ("api", "HOST:PORT of the local v2 inference API."),
+    "--grpc": (
+        "grpc",
+        "HOST:PORT of the v2 inference API over gRPC (KServe v2; needs the `grpc` extra); off by default.",
+    ),
     "--backend": ("backend", "Force a backend instead of choosing one."),
     "--mqtt-protocol": ("mqtt_protocol", "auto, 5 or 3.1.1."),
     "--topic-prefix": ("topic_prefix", "Topic prefix shared with the controller (default: edge)."),

@@ -62,6 +62,9 @@ class AgentConfig(BaseModel):
     key_file: str | None = None
     data_dir: Path = Path("/var/lib/edge-agent")
     api: str = "127.0.0.1:8080"
+    # HOST:PORT of the v2 API over gRPC (KServe v2, what tritonclient.grpc speaks): off unless set; needs grpcio
+    # (the `grpc` extra). Same token, limits and telemetry as the HTTP API.
+    grpc: str | None = None
     # The v2 API's bounds: connections served at once (more get 503), seconds a client may take to send a request
     # (or stay idle between keep-alive requests), and body sizes (JSON bodies parse to several times their size).
     api_max_connections: int = Field(default=64, ge=1, le=4096)
@@ -195,6 +198,11 @@ class AgentConfig(BaseModel):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
         return value
+
+    @field_validator("grpc")
+    @classmethod
+    def _grpc(cls, value: str | None) -> str | None:
+        return None if value is None else cls._api(value)
 
     def broker_address(self) -> BrokerAddress:
         """The broker's address with the credentials of `username` and `password` / `password_file` (ConfigError

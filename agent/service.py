@@ -69,6 +69,7 @@ class Agent:
         self.hardware = hardware if hardware is not None else probe()
         self.table = TrackedTable()
         self.api: InferenceServer | None = None
+        self.grpc_api: Any = None  # agent.api.grpc_server.GrpcServer with `grpc` set (grpcio imported only then)
         self.controller_online = threading.Event()  # the controller's retained presence says online
         self._stop = threading.Event()
         self._ready_lock = threading.Lock()
@@ -117,6 +118,8 @@ class Agent:
             token=self.config.api_token(), status=self.link_status,
         )  # fmt: skip
         self.api.start()
+        if self.config.grpc:
+            self.grpc_api = self._start_grpc(ready)
         self.deployer.restore()
         restored.set()
         self.deployer.thread.start()
@@ -135,6 +138,8 @@ class Agent:
         self.deployer.stop()
         if self.api:
             self.api.stop()
+        if self.grpc_api is not None:
+            self.grpc_api.stop()
         inflight = self.table.inflight.count
         if inflight:
             log.info("waiting up to %.0fs for %d in-flight inference(s)", drain_timeout, inflight)
@@ -210,6 +215,22 @@ class Agent:
 
     def _topic(self, kind: str) -> str:
         return self.topics.device(self.config.device_id, kind)
+
+    def _start_grpc(self, ready: Callable[[], bool]) -> Any:
+        """The v2 gRPC API on `grpc` (OSError, naming the fix, when grpcio is not installed or the port is taken)."""
+        try:
+            from agent.api.grpc_server import GrpcServer
+        except ImportError as exc:
+            raise OSError(
+                f"grpc = {self.config.grpc!r} needs grpcio and protobuf ({exc}): pip install 'edgefleet[grpc]'"
+            ) from None
+        host, _, port = (self.config.grpc or "").rpartition(":")
+        server = GrpcServer(
+            self.table, host.strip("[]"), int(port), ready=ready, limits=self.config.api_limits(),
+            token=self.config.api_token(),
+        )  # fmt: skip
+        server.start()
+        return server
 
     def _make_link(self) -> MqttLink:
         cfg = self.config
