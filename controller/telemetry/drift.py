@@ -34,6 +34,9 @@ class DriftSettings:
     baseline_rows: int = 400  # rows the baseline gathers from a version's first windows
     alpha: float = 1e-3  # the family-wise false-alarm rate of one verdict
     psi_min: float = 0.25  # the smallest move that is drift (PSI's "significant shift")
+    # the variance test allows rows this heavy-tailed (a normal's is 3): a detector's block outputs, a few scenes
+    # with an object among many without, are far from normal, and a normal-theory test flagged their spread
+    kurtosis: float = 9.0
     ks_min: float = 0.15  # the smallest KS distance (less the sketches' resolution) that is drift: about PSI 0.25
 
 
@@ -198,14 +201,18 @@ def _confidence(name: str, base: list[int], window: list[int]) -> Finding:
     return Finding("confidence", name, "output", value, p, text=text)
 
 
-def _element(mb: float, sb: float, nb: int, mw: float, sw: float, nw: int) -> tuple[float, float, float]:
-    """(divergence, p-value, shift in baseline std) of one element: normals' symmetric KL, mean and variance tests."""
+def _element(
+    mb: float, sb: float, nb: int, mw: float, sw: float, nw: int, kurtosis: float = 3.0
+) -> tuple[float, float, float]:
+    """(divergence, p-value, shift in baseline std) of one element: normals' symmetric KL, mean and variance tests
+    (the log variance ratio's spread is (kurtosis - 1) / n: 2 / n for normal rows, more for heavy-tailed ones)."""
     floor = 1e-9 * max(1.0, abs(mb))
     vb, vw = max(sb, floor) ** 2, max(sw, floor) ** 2
     d = mw - mb
     divergence = 0.5 * (vw / vb + vb / vw - 2) + 0.5 * d * d * (1 / vb + 1 / vw)
     p_mean = normal_sf2(d / math.sqrt(vb / nb + vw / nw)) if abs(d) > floor else 1.0
-    p_var = normal_sf2(math.log(vw / vb) / math.sqrt(2.0 / max(nb - 1, 1) + 2.0 / max(nw - 1, 1)))
+    spread = (kurtosis - 1.0) * (1.0 / max(nb - 1, 1) + 1.0 / max(nw - 1, 1))
+    p_var = normal_sf2(math.log(vw / vb) / math.sqrt(spread))
     return min(divergence, MAX_DIVERGENCE), min(1.0, 2 * min(p_mean, p_var)), d / math.sqrt(vb)
 
 
@@ -213,7 +220,7 @@ def _elements(side: str, name: str, base: Part, window: Part, settings: DriftSet
     """One finding per tensor (the element that moved most), and per element (divergence, p, shift, std ratio)."""
     per = []
     for i, (mb, sb, mw, sw) in enumerate(zip(base.mean, base.std, window.mean, window.std, strict=True)):
-        divergence, p, shift = _element(mb, sb, base.rows, mw, sw, window.rows)
+        divergence, p, shift = _element(mb, sb, base.rows, mw, sw, window.rows, settings.kurtosis)
         per.append((divergence, p, shift, (sw + EPS) / (sb + EPS), i))
     worst = max(per, key=lambda e: e[0])
     return Finding("elements", name, side, worst[0], min(e[1] for e in per), tests=len(per)), per
