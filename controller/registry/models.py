@@ -9,12 +9,13 @@ from collections.abc import AsyncIterable
 
 from controller.db.database import Database, ModelRow
 from controller.registry.artifacts import ArtifactStore
-from controller.registry.inspect import InvalidModel, inspect_model
+from controller.registry.inspect import InvalidModel
+from controller.registry.model_check import check_model
 from controller.registry.uploads import Received, receive_file
 from protocol import MODEL_NAME_PATTERN
 from protocol.errors import EdgeError
 
-MAX_UPLOAD_BYTES = 4 << 30
+MAX_UPLOAD_BYTES = 2 << 30  # protobuf's limit on one ONNX file (and a flatbuffer's): nothing larger is a model
 _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}$")
 
@@ -49,7 +50,7 @@ class Registry:
         """(the version, whether it is new): InvalidModel for a file that is no model, Conflict (version_exists) for
         other bytes under a version already registered. The temp file is consumed either way."""
         try:
-            model_format, info = inspect_model(upload.path, filename)
+            model_format, info = check_model(upload.path, filename)  # in a child with a memory limit
         except InvalidModel as exc:
             upload.path.unlink(missing_ok=True)
             raise InvalidModel(f"{filename}: {exc}") from None
