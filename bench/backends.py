@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgectl import sample_models  # noqa: E402
 from targets import selection  # noqa: E402
 from targets.base import BackendError  # noqa: E402
+from targets.inputs import synthesize  # noqa: E402
 from targets.probe import probe  # noqa: E402
-from targets.tensors import synthetic_inputs  # noqa: E402
 from targets.timing import pooled_ms, turn_about  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def measure(cands: list[selection.Candidate], path: Path, fmt: str, runs: int) -
     for cand in cands:
         try:
             backend = selection.load_candidate(cand, path, fmt)
-            x = synthetic_inputs(backend.inputs, dynamic_size=1)  # the sample models have no dims that cannot be 1
+            x = synthesize(backend.inputs, 1, batch=1)  # the sample models have no dims that cannot be 1
             for _ in range(5):
                 backend.infer(x)
             loaded[cand.name] = (backend, x)

@@ -69,8 +69,8 @@ def retime(files: dict[str, tuple[Path, str, str]], hardware: dict[str, Any]) ->
     """p50 of each artifact {variant: (path, format, backend label)} on the candidate the agent picked for it, all
     loaded at once and timed round-robin (ROUNDS rounds of ROUND_S each, best round kept): drifting load on the box
     then hits every variant alike, as it does in the agent's own turn-about comparison."""
+    from targets.inputs import synthesize
     from targets.selection import candidates, load_candidate
-    from targets.tensors import synthetic_inputs
     from targets.timing import best_block_ms, turn_about
 
     loaded = {}
@@ -78,7 +78,7 @@ def retime(files: dict[str, tuple[Path, str, str]], hardware: dict[str, Any]) ->
         found = {c.name: c for c in candidates(model_format, hardware)}
         if label in found:
             backend = load_candidate(found[label], path, model_format)
-            loaded[variant] = (backend, synthetic_inputs(backend.inputs))
+            loaded[variant] = (backend, synthesize(backend.inputs, 1, batch=1))
     best: dict[str, float | None] = {variant: None for variant in files}
     try:
         calls = [lambda b=backend, x=inputs: b.infer(x) for backend, inputs in loaded.values()]

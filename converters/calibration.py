@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocol.errors import EdgeError
-from targets.tensors import TensorSpec, synthetic_inputs
+from targets.inputs import Inputs, find_runnable
+from targets.tensors import TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,15 +89,18 @@ def _collect(path: Path, specs: list[TensorSpec]) -> dict[str, list[np.ndarray]]
     return parts
 
 
-def load_calibration(path: Path | str | None, specs: list[TensorSpec], synthetic_samples: int = 64) -> Calibration:
-    """Load and check calibration data against the model inputs; synthetic inputs (loudly) when `path` is None."""
+def load_calibration(
+    path: Path | str | None,
+    specs: list[TensorSpec],
+    synthetic_samples: int = 64,
+    run: Callable[[Inputs], Any] | None = None,
+) -> Calibration:
+    """Load and check calibration data against the model inputs; synthetic inputs (loudly) when `path` is None, of
+    a size the reference runtime `run` accepts."""
     import numpy as np
 
     if path is None:
-        log.warning(SYNTHETIC_WARNING)
-        batches = [synthetic_inputs(specs, dynamic_size=1, seed=i) for i in range(synthetic_samples)]
-        arrays = {s.name: np.concatenate([b[s.name] for b in batches]) for s in specs}
-        return Calibration(arrays, "synthetic", [SYNTHETIC_WARNING])
+        return synthetic_calibration(specs, synthetic_samples, run)
     path = Path(path)
     if not path.exists():
         raise CalibrationError(f"calibration data {path} does not exist")
@@ -133,3 +138,21 @@ def load_calibration(path: Path | str | None, specs: list[TensorSpec], synthetic
     if min(counts) == 0:
         raise CalibrationError(f"{path}: no samples")
     return Calibration(arrays, str(path), notes)
+
+
+def synthetic_calibration(
+    specs: list[TensorSpec], samples: int, run: Callable[[Inputs], Any] | None = None
+) -> Calibration:
+    """Samples from the generator devices decide and time on (targets.inputs): dynamic dimensions at the first size
+    of its ladder that `run` (the reference runtime; None: the first size) accepts, one sample per row of axis 0."""
+    import numpy as np
+
+    log.warning(SYNTHETIC_WARNING)
+    probe, _ = find_runnable(specs, run or (lambda inputs: None), count=samples, batch=1)
+    if not probe.sets:
+        raise CalibrationError(
+            f"no synthetic inputs run on the model ({probe.note}); pass --calibration with real samples"
+        )
+    log.info("synthetic calibration: %d sample(s), %s", len(probe.sets), probe.describe())
+    arrays = {s.name: np.concatenate([x[s.name] for x in probe.sets]) for s in specs}
+    return Calibration(arrays, "synthetic", [SYNTHETIC_WARNING])

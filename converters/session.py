@@ -17,7 +17,6 @@ from converters.measure import Loaded, load, load_onnx, p50_ms, paired_p50_ms
 from converters.report import Thresholds, agreement, zstd_size
 from converters.variants import Variant
 from protocol import worth_compressing
-from targets.tensors import TensorSpec
 
 log = logging.getLogger("converters")
 
@@ -27,8 +26,10 @@ JUDGE_SAMPLES = 64  # a builder's own search (the pruned sparsity) judges on at 
 Data = Calibration | Path | str | None
 
 
-def _data(data: Data, specs: list[TensorSpec]) -> Calibration:
-    return data if isinstance(data, Calibration) else load_calibration(data, specs)
+def _data(data: Data, reference: Loaded) -> Calibration:
+    """Calibration or validation data for the model; synthetic data of a size its reference runtime accepts."""
+    specs = reference.backend.inputs
+    return data if isinstance(data, Calibration) else load_calibration(data, specs, run=reference.run)
 
 
 def _float_original(job: Job, runtime: str) -> tuple[Path, str, str]:
@@ -72,10 +73,9 @@ class Session:
         except Exception as exc:
             raise ConversionError(f"the original model does not load in ONNX Runtime: {exc}") from exc
         try:
-            specs = reference.backend.inputs
-            self.calibration = _data(calibration, specs)
+            self.calibration = _data(calibration, reference)
             self.job = self._job(prepared, reference, options)
-            self.validation = (_data(validation, specs) if validation is not None else None) or self.calibration
+            self.validation = (_data(validation, reference) if validation is not None else None) or self.calibration
             self.eval_samples = self.validation.batches(self.job.batch, options.get("eval_samples", EVAL_SAMPLES))
             if not self.eval_samples:
                 batch = self.job.batch

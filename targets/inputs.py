@@ -203,9 +203,11 @@ def synthesize(
     hints: dict[str, list[int]] | None = None,
     seed: int = 0,
     image_size: int | None = None,
+    batch: int | None = None,
 ) -> Inputs:
     """Inputs for `specs` with every non-batch dynamic dimension `size` (the operator's shape hints win), equal
-    sizes for dimensions that share a name, and plausible values for integer inputs."""
+    sizes for dimensions that share a name, and plausible values for integer inputs. A batch dimension is 1; with
+    `batch`, every dynamic first axis is a batch of that size (a caller that stacks samples along it)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -222,6 +224,8 @@ def synthesize(
                     shape.append(dim)
                 elif name and name in named:
                     shape.append(named[name])
+                elif batch is not None and axis == 0:
+                    shape.append(batch)
                 elif _is_batch(spec, axis):
                     shape.append(1)
                 else:
@@ -258,9 +262,12 @@ def find_runnable(
     run: Callable[[Inputs], Any],
     hints: dict[str, list[int]] | None = None,
     deadline_s: float = 20.0,
+    count: int = 1,
+    batch: int | None = None,
 ) -> tuple[ProbeInputs, Any]:
     """Climb the ladder of sizes until `run` (the reference runtime) accepts the inputs; return them with its
-    outputs, or ProbeInputs(source="none") with what each size gave."""
+    outputs, or ProbeInputs(source="none") with what each size gave. With `count`, more sets of that size follow
+    the first (each its own seed), as many as fit in MAX_ELEMENTS together; `batch` as in synthesize."""
     import time
 
     started = time.monotonic()
@@ -268,7 +275,7 @@ def find_runnable(
     has_dynamic = any(d < 0 for s in specs for d in s.shape) and not hints
     rungs = [(TYPICAL_SIZE, IMAGE_SIZE)] + [(s, s) for s in LADDER] if has_dynamic else [(1, 1)]
     for size, image_size in rungs:
-        arrays = synthesize(specs, size, hints, image_size=image_size)
+        arrays = synthesize(specs, size, hints, image_size=image_size, batch=batch)
         if _elements(arrays) > MAX_ELEMENTS:
             break
 
@@ -280,7 +287,9 @@ def find_runnable(
                 break
             continue
         note = f"dynamic dimensions {size}" if has_dynamic else ("shape hints" if hints else "static shapes")
-        return ProbeInputs([arrays], "synthetic", note, tried), outputs
+        more = min(count, MAX_ELEMENTS // max(1, _elements(arrays))) - 1
+        sets = [arrays] + [synthesize(specs, size, hints, seed, image_size, batch) for seed in range(1, 1 + more)]
+        return ProbeInputs(sets, "synthetic", note, tried), outputs
     return ProbeInputs([], "none", tried[-1] if tried else "", tried), None
 
 

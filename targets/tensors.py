@@ -11,7 +11,7 @@ from protocol.tensors import V2_TO_NUMPY, InputError, v2_datatype
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["TensorSpec", "check_inputs", "synthetic_inputs"]
+__all__ = ["TensorSpec", "check_inputs"]
 
 
 @dataclass(frozen=True)
@@ -52,21 +52,3 @@ def check_inputs(specs: list[TensorSpec], arrays: dict[str, np.ndarray]) -> None
             raise InputError(f"input {name!r}: datatype {got}, expected {spec.datatype}")
         if not spec.shape_matches(tuple(array.shape)):
             raise InputError(f"input {name!r}: shape {list(array.shape)}, expected {list(spec.shape)} (-1 = any)")
-
-
-def synthetic_inputs(specs: list[TensorSpec], dynamic_size: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs shaped from the model (dynamic dims -> `dynamic_size`) for warm-up and trials."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in specs:
-        shape = tuple(dynamic_size if d < 0 else d for d in spec.shape)
-        dtype = np.dtype(spec.numpy_dtype)
-        if dtype.kind == "f":
-            arrays[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b":
-            arrays[spec.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            arrays[spec.name] = rng.integers(0, 2, shape).astype(dtype)
-    return arrays

@@ -312,6 +312,100 @@ def test_synthetic_calibration_warns_loudly(caplog):
     assert cal.synthetic and len(cal) > 0 and "UNPROVEN" in caplog.text
 
 
+# --- synthetic data of a size the reference runtime accepts (issue 28) -------------------------------------------
+
+
+def _late_pooling_model(path: Path) -> Path:
+    """An image classifier with dynamic height and width: two stride-2 convolutions, then a 7x7 MaxPool (stride 7).
+    On a tiny image that kernel is wider than the feature map: ONNX Runtime still answers, OpenVINO's CPU refuses."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (16, 8, 3, 3), "b2": (16,), "fc": (16, 4), "fcb": (4,)}
+    weights = [numpy_helper.from_array((0.2 * rng.standard_normal(s)).astype(np.float32), n) for n, s in shapes.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[7, 7], strides=[7, 7]),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "late_pooling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _answers(source: Path, artifact: Path, inputs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The first output of the ONNX source on ONNX Runtime and of the OpenVINO artifact, on each input, stacked."""
+    from converters.measure import load, load_onnx
+
+    reference = load_onnx(source)
+    names = list(reference.inputs), list(reference.outputs)
+    converted = load("openvino", artifact, "openvino", *names)
+    try:
+        want = [reference.run(x)[names[1][0]] for x in inputs]
+        got = [converted.run(x)[names[1][0]] for x in inputs]
+    finally:
+        reference.close()
+        converted.close()
+    return np.concatenate(want), np.concatenate(got)
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed")
+def test_openvino_without_calibration_data_runs_the_sizes_the_reference_accepts(tmp_path):
+    """The converters once drew synthetic data from a generator of their own that set every dynamic dimension to 1:
+    ONNX Runtime ran a 1x1 image through the 7x7 pooling, OpenVINO failed ("[CPU] MaxPool node ... Check
+    'cmp::le(kernel, dim.get_length())' failed"). They draw from targets' ladder now, as devices do."""
+    model = _late_pooling_model(tmp_path / "pool.onnx")
+    r = convert(model, "openvino", None, tmp_path, options=FAST)
+    check_report(r)
+    assert r.calibration == "synthetic" and SYNTHETIC_WARNING in r.warnings
+    rng = np.random.default_rng(3)
+    inputs = [{"x": rng.standard_normal(shape).astype(np.float32)} for shape in [(1, 3, 224, 224), (2, 3, 96, 160)]]
+    want, got = _answers(model, Path(r.path), inputs)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed")
+def test_cli_converts_the_real_ocr_classifier_to_openvino_without_calibration_data(tmp_path):
+    """Issue 28's command on the model it failed on, PaddleOCR's text-orientation classifier (x: [-1, 3, ?, ?]) from
+    the rapidocr wheel: `edgectl convert ocr_cls.onnx --to openvino` with no calibration data builds an IR that keeps
+    every threshold and answers like ONNX Runtime on rendered text lines (its FP16-stored weights move probabilities
+    by ~1e-2 at most)."""
+    from typer.testing import CliRunner
+    from zoo import lines
+    from zoo.catalog import by_name
+    from zoo.fetch import ZooUnavailable, model_path
+
+    from edgectl.cli import app
+
+    try:
+        source = model_path(by_name("ppocr_mobile_v2_cls"))
+    except ZooUnavailable as exc:
+        pytest.skip(str(exc))
+    model = tmp_path / "ocr_cls.onnx"
+    model.write_bytes(source.read_bytes())
+    result = CliRunner().invoke(app, ["convert", str(model), "--to", "openvino", "--out", str(tmp_path), "--json"])
+    (report,) = json.loads(result.stdout)
+    assert report["error"] is None and report["path"] and report["failed_metrics"] == [], report
+    assert report["calibration"] == "synthetic" and result.exit_code == (0 if report["passed"] else 1)
+    x, _ = lines.orientation_set(64, seed=9)
+    want, got = _answers(model, Path(report["path"]), [{"x": x[i : i + 1]} for i in range(len(x))])
+    assert np.array_equal(got.argmax(1), want.argmax(1))
+    np.testing.assert_allclose(got, want, atol=2e-2)
+
+
 def test_bad_model_is_an_error(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(ConversionError, match="not a valid ONNX model"):

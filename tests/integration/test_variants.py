@@ -168,12 +168,12 @@ def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
     from agent.deploy.variants import Artifact, Contest, Entrant
     from agent.serving.table import LoadedModel
     from targets import registry
-    from targets.tensors import synthetic_inputs
+    from targets.inputs import synthesize
 
     def entrant(label: str, extra: int, model_file: Path | None = None) -> Entrant:
         backend = registry.create("onnxruntime")
         backend.load(model_file or _padded(tmp_path / f"{label}.onnx", extra), "onnx")
-        probe = (synthetic_inputs(backend.inputs),)
+        probe = (synthesize(backend.inputs, 1, batch=1),)
         model = LoadedModel(label, "1", "0" * 64, backend, variant=None if label == "original" else label, probe=probe)
         return Entrant(model, {}, Artifact(label, "0" * 64, 0, "onnx"), {"variant": label, "backend": "onnxruntime"})
 

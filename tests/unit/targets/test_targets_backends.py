@@ -12,7 +12,7 @@ import pytest
 from edgectl import sample_models
 from targets import registry
 from targets.base import BackendError
-from targets.tensors import synthetic_inputs
+from targets.inputs import synthesize
 
 pytest.importorskip("onnx")
 
@@ -65,7 +65,7 @@ def test_openvino_runs_onnx(models, key):
     assert backend.label == "openvino:cpu"
     assert [(s.name, s.datatype, s.shape) for s in backend.inputs] == [("x", "FP32", (-1, 16))]
     assert [(s.name, s.shape) for s in backend.outputs] == [("probs", (-1, 4))]
-    x = synthetic_inputs(backend.inputs, dynamic_size=3)
+    x = synthesize(backend.inputs, 1, batch=3)
     out = backend.infer(x)["probs"]
     np.testing.assert_allclose(out, reference_mlp(models["mlp"], x["x"]), rtol=1e-4, atol=1e-5)
 
@@ -81,7 +81,7 @@ def test_openvino_reads_ir_artifact_tar_with_cache_dir(models, tmp_path):
         tar.add(tmp_path / "model.bin", "model.bin")
     backend = registry.create("openvino", {"cache_dir": str(tmp_path / "cache"), "num_streams": 1})
     backend.load(artifact, "openvino")
-    x = synthetic_inputs(backend.inputs, dynamic_size=2)
+    x = synthesize(backend.inputs, 1, batch=2)
     np.testing.assert_allclose(backend.infer(x)["probs"], reference_mlp(models["mlp"], x["x"]), rtol=1e-4, atol=1e-5)
     direct = registry.create("openvino")
     direct.load(tmp_path / "model.xml", "openvino")
@@ -107,7 +107,7 @@ def test_openvino_one_infer_request_per_thread(models):
     errors: list[str] = []
 
     def work(seed: int) -> None:
-        x = synthetic_inputs(backend.inputs, dynamic_size=1 + seed % 3, seed=seed)
+        x = synthesize(backend.inputs, 1, seed=seed, batch=1 + seed % 3)
         want = reference_mlp(models["mlp"], x["x"])
         for _ in range(30):
             got = backend.infer(x)["probs"]
@@ -132,7 +132,7 @@ def test_tflite_model_on_litert_and_openvino_agree_with_onnx_twin(models, backen
     assert [(s.name, s.shape) for s in tfl.inputs] == [("x", (-1, 32, 32, 3))]
     assert [(s.name, s.shape) for s in tfl.outputs] == [("probs", (-1, 10))]
     for batch in (1, 3, 2):  # dynamic batch: the interpreter is resized from the request
-        x = synthetic_inputs(tfl.inputs, dynamic_size=batch, seed=batch)["x"]
+        x = synthesize(tfl.inputs, 1, seed=batch, batch=batch)["x"]
         onnx_twin = registry.create("onnxruntime")
         onnx_twin.load(models["conv"], "onnx")
         want = onnx_twin.infer({"x": x.transpose(0, 3, 1, 2).copy()})["probs"]
@@ -149,7 +149,7 @@ def test_litert_serialises_calls_across_threads(models):
     results: dict[int, bool] = {}
 
     def work(batch: int) -> None:
-        x = synthetic_inputs(backend.inputs, dynamic_size=batch, seed=batch)
+        x = synthesize(backend.inputs, 1, seed=batch, batch=batch)
         first = backend.infer(x)["probs"]
         results[batch] = all(np.array_equal(backend.infer(x)["probs"], first) for _ in range(20))
 

@@ -239,6 +239,31 @@ def test_dynamic_dims_climb_the_ladder_and_share_names():
     assert [t.split(":")[0] for t in probe.tried] == ["size 32", "size 1", "size 32", "size 64"]
 
 
+def test_many_sets_at_the_size_that_ran_each_one_sample_along_axis_0():
+    """What the converters calibrate on without data: `count` sets of the size the reference accepted, each its own
+    draw, the first axis a batch of 1 (samples stack along it), and never more than MAX_ELEMENTS in all."""
+    import numpy as np
+
+    from targets.inputs import MAX_ELEMENTS, find_runnable
+    from targets.tensors import TensorSpec
+
+    image = TensorSpec("x", "FP32", (-1, 3, -1, -1))
+    rows = TensorSpec("x", "FP32", (-1, 4))  # an unnamed first axis is sized like the rest, unless `batch` says
+
+    def needs_256(x):
+        if min(x["x"].shape[2:]) < 256:
+            raise ValueError("[CPU] MaxPool node: kernel larger than the input")
+        return {}
+
+    probe, _ = find_runnable([image], needs_256, count=5, batch=1)
+    assert [s["x"].shape for s in probe.sets] == [(1, 3, 256, 256)] * 5
+    assert not np.array_equal(probe.sets[0]["x"], probe.sets[1]["x"])
+    assert find_runnable([rows], lambda x: {})[0].sets[0]["x"].shape == (32, 4)
+    assert find_runnable([rows], lambda x: {}, batch=1)[0].sets[0]["x"].shape == (1, 4)
+    big, _ = find_runnable([image], needs_256, count=1000, batch=1)
+    assert 1 < len(big.sets) < 1000 and sum(s["x"].size for s in big.sets) <= MAX_ELEMENTS
+
+
 def test_a_runtime_that_crashes_the_trial_fails_only_its_candidate(models, hardware, tmp_path, monkeypatch):
     """The isolated trial: a runtime that dies with SIGSEGV while loading is left out with the signal named, the
     trial runs again without it, and the caller (the agent) never loaded it."""
