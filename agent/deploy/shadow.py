@@ -12,17 +12,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from protocol.compat import zip_strict
 from targets.agreement import disagreement, nonfinite
 from targets.base import BackendError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy: imported by the first check, not by an idle agent
+    import numpy as np
+
     from agent.serving.live import Mirror
     from agent.serving.table import LoadedModel
 
-Inputs = dict[str, np.ndarray]
+Inputs = dict[str, "np.ndarray"]
 IDLE_S = 1.0  # no request at all within this long: the model is idle, the samples decide at once
 # Each pair is followed by a pause as long as it took: the check never takes more than half of one core from the
 # clients (on a loaded 2-core box, pairs back to back pushed the clients' p99 up during an update).

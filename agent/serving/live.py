@@ -5,12 +5,14 @@ from __future__ import annotations
 import queue
 import random
 import threading
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by the first request, not by an idle agent
+    import numpy as np
 
 from agent.serving.reservoir import Reservoir
 
-Inputs = dict[str, np.ndarray]
+Inputs = dict[str, "np.ndarray"]
 
 
 class Mirror:
@@ -31,7 +33,7 @@ class Mirror:
             self.dropped += 1
             return
         try:
-            self.queue.put_nowait({name: np.array(a, copy=True) for name, a in inputs.items()})
+            self.queue.put_nowait({name: a.copy() for name, a in inputs.items()})
         except queue.Full:
             self.dropped += 1
 

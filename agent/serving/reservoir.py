@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import random
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by the first request, not by an idle agent
+    import numpy as np
 
-Inputs = dict[str, np.ndarray]
+Inputs = dict[str, "np.ndarray"]
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
 
 
@@ -45,7 +46,7 @@ class Reservoir:
             slot = len(self._kept) if len(self._kept) < self.capacity else self._rng.randrange(self.seen)
             if slot >= self.capacity:
                 return
-            copied = {name: np.array(a, copy=True) for name, a in inputs.items()}
+            copied = {name: a.copy() for name, a in inputs.items()}
             if slot == len(self._kept):
                 if self._bytes + size > self.max_bytes:
                     return
