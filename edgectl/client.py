@@ -171,6 +171,9 @@ class ControllerClient:
     def set_input_shapes(self, name: str, version: str, shapes: list[str]) -> dict[str, Any]:
         return self._request("PUT", f"/api/v1/models/{name}/versions/{version}/input-shapes", json={"shapes": shapes})
 
+    def set_task(self, name: str, version: str, task: str | None) -> dict[str, Any]:
+        return self._request("PUT", f"/api/v1/models/{name}/versions/{version}/task", json={"task": task})
+
     def optimize(self, name: str, version: str, variants: list[str], devices: list[str], **options: Any) -> dict:
         """Build variants on the controller (synchronous: the call lasts as long as the conversions)."""
         body = {"variants": variants, "devices": devices} | {k: v for k, v in options.items() if v is not None}

@@ -125,6 +125,10 @@ class DesiredModel(BaseModel):
     # Before an HTTP download the agent waits a random 0..fetch_spread_s seconds, so a fleet push does not stampede
     # the HTTP server (the controller sizes it to the fleet).
     fetch_spread_s: float = Field(default=0.0, ge=0, le=3600)
+    # What the model's outputs are, declared at push (`edgectl push --task`): "classifier" (every float output's last
+    # axis is class scores, whatever its rank: the class mix is counted), "regression" (never), None: the agent
+    # detects it from the shape (2-D float outputs of 2..1000 columns). Only the quality statistics read it.
+    task: Literal["classifier", "regression"] | None = None
 
     def manifest(self) -> dict[str, Any]:
         """The signed fields (samples and shape hints only when given, so older signatures stay valid)."""

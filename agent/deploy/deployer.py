@@ -124,6 +124,7 @@ class Deployer:
         for target in desired.models:
             if self.cancel.is_set():
                 return
+            self.loader.recorder.declare(target.name, target.version, target.task)  # how its outputs are judged
             self._follow(target)
         self.store.collect_garbage(self.config.keep_versions, desired.artifacts())
         self.board.publish()

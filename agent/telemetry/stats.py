@@ -28,6 +28,22 @@ DEFAULT_MAX_ELEMENTS = 4096
 DEFAULT_BUDGET_US = 2.5  # amortized output-statistics cost per request
 SMALL = 256  # outputs up to this many elements are summarised in Python (cheaper than numpy calls)
 MAX_CLASSES = 1000  # a 2-D float output with 2..MAX_CLASSES columns is treated as class scores
+# What the operator declared at push (`edgectl push --task`, the desired model's `task`): None detects from the shape
+# (a 2-D float output of 2..MAX_CLASSES columns is class scores), "classifier" takes every float output's last axis
+# as class scores whatever its rank ([N, 1, 10], [N, 10, 1, 1] -> [N, 10]; [N, 1] sigmoid -> 2 columns: p and 1-p
+# are not made up, a 1-column output stays a regression), "regression" never counts classes.
+TASKS = ("classifier", "regression")
+
+
+def class_scores(array: Any, task: str | None) -> Any:
+    """The output as [rows, classes] scores where it is a classifier's (by `task`, else by its shape), else None."""
+    if task == "regression" or getattr(getattr(array, "dtype", None), "kind", "") != "f" or array.ndim == 0:
+        return None
+    if task == "classifier":
+        squeezed = array.reshape(array.shape[0], -1) if array.ndim > 2 else array
+        width = squeezed.shape[-1]
+        return squeezed.reshape(-1, width) if 2 <= width <= MAX_CLASSES else None
+    return array if array.ndim == 2 and 2 <= array.shape[1] <= MAX_CLASSES else None
 
 
 class _Running:
@@ -53,19 +69,19 @@ class _Running:
         self.elements = ElementStats()  # per element over rows (protocol/quality.py)
         self.top1_hist: list[int] | None = None
 
-    def add(self, array: Any, max_elements: int) -> None:
+    def add(self, array: Any, max_elements: int, task: str | None = None) -> None:
         self.sampled += 1
         kind = getattr(getattr(array, "dtype", None), "kind", "")
         if not kind or kind not in "fiub" or array.size == 0:
             return
-        classify = kind == "f" and array.ndim == 2 and 2 <= array.shape[1] <= MAX_CLASSES
+        scores = class_scores(array, task)
         found = rows_of(array, max_elements)
         if found is not None:
             self.elements.add(*found)
         if array.size <= SMALL:  # a few numpy calls cost more than Python on a short list
-            self._add_small(array, classify)
+            self._add_small(array, scores)
         else:
-            self._add_large(array, max_elements, classify)
+            self._add_large(array, max_elements, scores)
 
     def _merge(self, n: int, mean: float, m2: float, low: float, high: float) -> None:
         count = self.count + n
@@ -78,7 +94,7 @@ class _Running:
         if high > self.max:
             self.max = high
 
-    def _add_small(self, array: Any, classify: bool) -> None:
+    def _add_small(self, array: Any, scores: Any) -> None:
         values = array.reshape(-1).tolist()
         total = sum(values)
         if not math.isfinite(total):
@@ -86,22 +102,22 @@ class _Running:
             nan = sum(1 for v in values if v != v)
             self.nan += nan
             self.inf += len(values) - len(finite) - nan
-            values, total, classify = finite, sum(finite), False
+            values, total, scores = finite, sum(finite), None
             if not values:
                 return
         n = len(values)
         mean = total / n
         self._merge(n, mean, sum((v - mean) ** 2 for v in values), min(values), max(values))
-        if classify:
+        if scores is not None:
             exp = math.exp
-            for row in array.tolist():
+            for row in scores.tolist():
                 best = max(row)
                 top = row.index(best)
                 if min(row) < 0 or abs(sum(row) - 1.0) > 1e-3:  # logits: softmax of the top class
                     best = 1.0 / sum(exp(v - best) for v in row)
                 self._count_class(top, best)
 
-    def _add_large(self, array: Any, max_elements: int, classify: bool) -> None:
+    def _add_large(self, array: Any, max_elements: int, scores: Any) -> None:
         import numpy as np  # already loaded: a model is serving
 
         flat = array.reshape(-1)
@@ -118,16 +134,16 @@ class _Running:
             if values.size == 0:
                 return
             total = float(values.sum())
-            classify = False
+            scores = None
         n = int(values.size)
         mean = total / n
         m2 = max(0.0, float(np.dot(values, values)) - n * mean * mean)
         self._merge(n, mean, m2, float(values.min()), float(values.max()))
-        if classify and array.shape[0] <= max_elements // array.shape[1]:
-            top = array.argmax(axis=1)
-            best = array[np.arange(len(top)), top].astype(np.float64)
-            if array.min() < 0 or abs(array.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3:
-                best = 1.0 / np.exp(array - best[:, None]).sum(axis=1, dtype=np.float64)
+        if scores is not None and scores.shape[0] <= max_elements // scores.shape[1]:
+            top = scores.argmax(axis=1)
+            best = scores[np.arange(len(top)), top].astype(np.float64)
+            if scores.min() < 0 or abs(scores.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3:
+                best = 1.0 / np.exp(scores - best[:, None]).sum(axis=1, dtype=np.float64)
             if len(top) <= 16:
                 for cls, conf in zip_strict(top.tolist(), best.tolist()):
                     self._count_class(cls, conf)
@@ -187,7 +203,7 @@ class ModelStats:
 
     __slots__ = (
         "name", "version", "sample_every", "max_elements", "_lock", "requests", "errors", "latency",
-        "latency_sum", "latency_max", "outputs", "_tick", "budget_us", "period", "inputs",
+        "latency_sum", "latency_max", "outputs", "_tick", "budget_us", "period", "inputs", "task",
     )  # fmt: skip
 
     def __init__(
@@ -197,9 +213,11 @@ class ModelStats:
         sample_every: int = DEFAULT_SAMPLE_EVERY,
         max_elements: int = DEFAULT_MAX_ELEMENTS,
         budget_us: float | None = DEFAULT_BUDGET_US,
+        task: str | None = None,
     ) -> None:
         self.name = name
         self.version = version
+        self.task = task if task in TASKS else None  # declared at push; None: detected from the output's shape
         self.sample_every = max(1, sample_every)
         self.period = self.sample_every  # requests per sampled one: sample_every, raised to keep within budget_us
         self.budget_us = budget_us
@@ -254,7 +272,7 @@ class ModelStats:
                 running = self.outputs.setdefault(key, _Running())
             try:
                 with self._lock:
-                    running.add(value, self.max_elements)
+                    running.add(value, self.max_elements, self.task)
             except Exception:  # never let statistics fail a request
                 continue
 
@@ -308,16 +326,28 @@ class Recorder:
         self.max_elements = max_elements
         self.budget_us = budget_us
         self._models: dict[tuple[str, str], ModelStats] = {}
+        self._tasks: dict[tuple[str, str], str | None] = {}  # declared in the desired state (`declare`)
         self._lock = threading.Lock()
 
     def model(self, name: str, version: str) -> ModelStats:
         with self._lock:
             stats = self._models.get((name, version))
             if stats is None:
-                stats = self._models[(name, version)] = ModelStats(
-                    name, version, self.sample_every, self.max_elements, self.budget_us
-                )
+                task = self._tasks.get((name, version))
+                stats = ModelStats(name, version, self.sample_every, self.max_elements, self.budget_us, task)
+                self._models[(name, version)] = stats
             return stats
+
+    def declare(self, name: str, version: str, task: str | None) -> None:
+        """The task the desired state declares for a version (classifier, regression; None: detect from the
+        shape), for its statistics now and once it loads."""
+        with self._lock:
+            if len(self._tasks) > 256:  # versions come and go: keep the newest declarations
+                self._tasks.clear()
+            self._tasks[(name, version)] = task
+            stats = self._models.get((name, version))
+            if stats is not None:
+                stats.task = task if task in TASKS else None
 
     def take(self) -> list[ModelTelemetry]:
         with self._lock:

@@ -415,4 +415,5 @@ def _entry(model, backend: str | None, variant_rows=(), attempt: int = 0) -> Des
         samples=SampleRef(**{k: samples[k] for k in ("sha256", "size", "count")}) if samples else None,
         input_shapes=info.get("input_shapes") or {},
         attempt=attempt,
+        task=info.get("task"),
     )

@@ -111,3 +111,13 @@ def set_input_shapes(db: Database, name: str, version: str, texts: list[str]) ->
         raise EdgeError(f"unknown input(s) {unknown}; the model takes {sorted(declared)}", code="bad_shape")
     db.update_model_info(name, version, {"input_shapes": shapes})
     return shapes
+
+
+def set_task(db: Database, name: str, version: str, task: str | None) -> str | None:
+    """Record what the version's outputs are (classifier, regression; None: detected on the device from their shape),
+    carried to devices in the desired state's entry; bad_task names the choices."""
+    version_info(db, name, version)
+    if task not in (None, "classifier", "regression"):
+        raise EdgeError(f"task {task!r}: use classifier, regression or auto", code="bad_task")
+    db.update_model_info(name, version, {"task": task})
+    return task

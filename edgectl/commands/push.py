@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tarfile
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +52,21 @@ InputShapeOpt = Annotated[
 ]
 
 
+class Task(StrEnum):
+    auto = "auto"
+    classifier = "classifier"
+    regression = "regression"
+
+
+TaskOpt = Annotated[
+    Task,
+    typer.Option(
+        help="What the outputs are, for quality drift: classifier (the class mix is counted on every float output's "
+        "last axis), regression (never), or auto (detected from the output's shape).",
+    ),
+]
+
+
 def push(
     model: ModelArg,
     name: Annotated[str, typer.Option("--name", "-n", help="Model name in the registry.")],
@@ -67,6 +83,7 @@ def push(
     ] = False,
     sample: SampleOpt = None,
     input_shape: InputShapeOpt = None,
+    task: TaskOpt = Task.auto,
     retry: Annotated[
         bool, typer.Option("--retry", help="Deploy again a version that failed or was rolled back on a device.")
     ] = False,
@@ -88,6 +105,9 @@ def push(
         raise CommandFailed("--optimize auto picks variants by the target devices: add --to DEVICE")
     record = upload_with_progress(client, model, name, version, quiet=as_json)
     record = attach_inputs(client, record, sample or [], input_shape or [])
+    if task is not Task.auto or (record.get("info") or {}).get("task"):  # auto after a declared task: detect again
+        declared = client.set_task(name, record["version"], None if task is Task.auto else task.value)["task"]
+        record = {**record, "info": {**(record.get("info") or {}), "task": declared}}
     built = build_variants(client, record, wanted, devices, calibration, sparsity, as_json) if wanted else []
     if not devices:
         return emit_json({**record, "variants": built} if wanted else record) if as_json else show_upload(record)

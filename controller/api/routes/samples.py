@@ -18,6 +18,10 @@ class ShapesRequest(BaseModel):
     shapes: list[str] = Field(default_factory=list, max_length=64, description="NAME=DIMxDIM..., e.g. audio=1x16000")
 
 
+class TaskRequest(BaseModel):
+    task: str | None = Field(default=None, description="classifier, regression, or null: detected from the shape")
+
+
 def router(state: AppState) -> APIRouter:
     router = APIRouter()
 
@@ -43,5 +47,11 @@ def router(state: AppState) -> APIRouter:
         """Shapes for the synthetic inputs devices try when no samples are given (replaces earlier hints)."""
         shapes = samples.set_input_shapes(state.db, name, version, body.shapes)
         return {"model": name, "version": version, "input_shapes": shapes}
+
+    @router.put("/api/v1/models/{name}/versions/{version}/task")
+    def set_task(name: str, version: str, body: TaskRequest) -> dict[str, Any]:
+        """What the version's outputs are (`edgectl push --task`): carried to the devices, read by the quality
+        statistics (a classifier whose output shape is ambiguous is still counted as one)."""
+        return {"model": name, "version": version, "task": samples.set_task(state.db, name, version, body.task)}
 
     return router
