@@ -20,6 +20,7 @@ from controller.registry.artifacts import ArtifactStore
 from controller.registry.s3 import S3Artifacts
 from controller.rollouts.service import Rollouts
 from controller.telemetry.ingest import DEFAULT_DRIFT_THRESHOLD, DEFAULT_RETENTION_S, TelemetryIngest
+from protocol import Topics
 from protocol.link import BrokerAddress, MqttProtocol
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ class Controller:
         embedded_port = parse_embedded(settings.broker)
         protocol = settings.mqtt_protocol
         if embedded_port is not None:
-            self.broker = EmbeddedBroker("127.0.0.1", embedded_port, settings.broker_users_file)
+            root = Topics(settings.topic_prefix).root
+            self.broker = EmbeddedBroker("127.0.0.1", embedded_port, settings.broker_users_file, root)
             address = self.broker.address
             protocol = "3.1.1"
         else:

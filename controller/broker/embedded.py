@@ -50,10 +50,13 @@ class EmbeddedBroker:
 
     INTERNAL_USER = "edge-controller-internal"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 1883, password_file: Path | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 1883, password_file: Path | None = None, topic_root: str = "edge/v1"
+    ) -> None:
         self.host = host
         self.port = port
         self.password_file = password_file
+        self.topic_root = topic_root  # the devices' topics, for the ACL a password file brings
         self._internal_password = secrets.token_urlsafe(24) if password_file else ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -82,7 +85,11 @@ class EmbeddedBroker:
             "internal_user": self.INTERNAL_USER,
             "internal_password": self._internal_password,
         }
-        return {"controller.broker.passwords.PasswordFileAuth": config}
+        acl = {"topic_root": self.topic_root, "internal_user": self.INTERNAL_USER}
+        return {
+            "controller.broker.passwords.PasswordFileAuth": config,
+            "controller.broker.embedded_acl.DeviceTopics": acl,
+        }
 
     def start(self, timeout: float = 10.0) -> None:
         if not port_free(self.host, self.port):
@@ -106,7 +113,12 @@ class EmbeddedBroker:
             raise BrokerStartError("the embedded broker did not start in time")
         if errors:
             raise BrokerStartError(f"the embedded broker failed to start: {errors[0]}")
-        auth = f"password file {self.password_file}" if self.password_file else "anonymous clients allowed"
+        auth = (
+            f"password file {self.password_file}, each device confined to its own topics"
+            if self.password_file
+            else "anonymous clients allowed, no topic ACL: any local process can act as any device; "
+            "give --broker-users-file"
+        )
         log.info("embedded MQTT broker listening on %s (%s)", self.url, auth)
 
     def _run(self, ready: threading.Event, errors: list[BaseException]) -> None:
