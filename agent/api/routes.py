@@ -35,16 +35,7 @@ from protocol.tensors import InputError
 logger = logging.getLogger(__name__)
 
 SERVER_NAME = "edge-agent"
-_HTTPError = HTTPError  # the name tests/test_fuzz.py knows
 _EMPTY = Response(200, [], JSON)
-
-
-def _decode_inputs(inputs: Any, binary: memoryview | None) -> dict[str, Any]:
-    """The codec's decode_inputs, a bad request as the 400 answer it becomes."""
-    try:
-        return v2.decode_inputs(inputs, binary)
-    except InputError as exc:
-        raise HTTPError(400, str(exc)) from None
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -45,11 +45,6 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
-
-
 def upgrade(engine: Engine) -> str:
     """Upgrade the database to the newest revision (a no-op when it is there); the revision it is at afterwards."""
     head = head_revision()

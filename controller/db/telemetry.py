@@ -44,14 +44,6 @@ class TelemetryTables(QualityBaselineTables):
             return sqlite.insert(table).on_conflict_do_nothing()
         return table.insert()
 
-    def insert_telemetry(self, rows: list[dict[str, Any]], baselines: list[dict[str, Any]] | None = None) -> None:
-        """One transaction for a batch: rows {device_id, ts, received_at, payload}; duplicates are ignored."""
-        with self.engine.begin() as conn:
-            if rows:
-                conn.execute(self._insert_ignoring_duplicates(telemetry), rows)
-            if baselines:
-                conn.execute(self._insert_ignoring_duplicates(drift_baselines), baselines)
-
     def insert_each(self, table: str, rows: list[dict[str, Any]]) -> list[str | None]:
         """The rows in one transaction when the database takes them all; else one transaction per row. Per row: None
         when stored (or a duplicate), else the database's one-line reason."""

@@ -231,7 +231,7 @@ class TelemetryIngest:
             return
         self._last_prune = now
         try:
-            removed = self.db.prune_telemetry(now - self.retention_s)
+            removed = self.prune_now()
             if removed:
                 log.info("telemetry retention: removed %d sample(s) older than %.0fs", removed, self.retention_s)
         except Exception:
@@ -260,6 +260,7 @@ class TelemetryIngest:
             log.warning("could not read the drift baselines: %s", str(exc).splitlines()[0])
 
     def prune_now(self) -> int:
+        """Retention: delete the samples received more than retention_s ago; how many went."""
         return self.db.prune_telemetry(time.time() - self.retention_s)
 
     # -- the in-memory view ----------------------------------------------------------------------------------------

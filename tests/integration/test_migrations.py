@@ -18,10 +18,16 @@ from alembic.migration import MigrationContext
 from test_registry import POSTGRES_URL, postgres_available
 
 from controller.db.database import Database, make_engine
-from controller.db.migrate import current_revision, head_revision
+from controller.db.migrate import head_revision
 from controller.db.schema import metadata
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The schema revision alembic_version records (None: a database migrations never touched)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
 
 
 @contextlib.contextmanager
@@ -123,13 +129,14 @@ def test_a_database_made_before_migrations_is_upgraded_keeping_its_rows(empty_ur
 
 START = """
 import sys, time
+from alembic.migration import MigrationContext
 from controller.db.database import Database
-from controller.db.migrate import current_revision
 deadline = float(sys.argv[2])
 while time.time() < deadline:
     time.sleep(0.001)
 db = Database(sys.argv[1])
-print(current_revision(db.engine))
+with db.engine.connect() as conn:
+    print(MigrationContext.configure(conn).get_current_revision())
 db.close()
 """
 
