@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from edgectl.choice_view import format_ms
 from edgectl.errors import CommandFailed
 from edgectl.options import JsonOpt
 from edgectl.output import brief, console, emit_json, errors, size_text, split_fix, verdict
@@ -44,8 +45,8 @@ def _row(r: dict[str, Any]) -> tuple[str, ...]:
         _pct(r["size_ratio"]),
         _mb(r["transfer_bytes"]) + ("*" if r["transfer_compressed"] else ""),
         r["runtime"],
-        f"{r['latency_ms_p50']:.3f}" if r["latency_ms_p50"] else "-",
-        f"{r['source_latency_ms_p50']:.3f}" if r["source_latency_ms_p50"] else "-",
+        format_ms(r["latency_ms_p50"]) if r["latency_ms_p50"] else "-",  # ms as every command prints them
+        format_ms(r["source_latency_ms_p50"]) if r["source_latency_ms_p50"] else "-",
         f"{r['speedup']:.2f}x" if r["speedup"] else "-",
         _pct(a.get("top1")),
         f"{a['cosine']:.4f}" if a.get("cosine") is not None else "-",

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgectl.choice_view import say
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
 from edgectl.output import console, emit_json
 from protocol.tensors import InputError, decode_tensor, encode_tensor
@@ -38,9 +39,9 @@ def infer(
     console.print(
         f"{result['model_name']}@{result['model_version']} on {result['backend']}: {result['latency_ms']:.2f} ms"
     )
-    with np.printoptions(precision=4, threshold=20, edgeitems=3):
+    with np.printoptions(precision=4, threshold=20, edgeitems=3, linewidth=10**6):  # rich wraps it, under itself
         for key, value in outputs.items():
-            console.print(f"  {key} {value.dtype}{list(value.shape)} = {value}")
+            say(console, f"{key} {value.dtype}{list(value.shape)} = {' '.join(str(value).split())}")
 
 
 NPY_MAGIC = b"\x93NUMPY"
