@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from converters import fixes as fx
+from converters.evidence import unproven
 from converters.job import ConversionError
 from converters.report import ConversionResult, Thresholds, agreement, zstd_size
 from converters.session import Data, Session
@@ -21,6 +23,13 @@ from converters.variants import Variant, check_available
 from protocol import worth_compressing
 
 log = logging.getLogger("converters")
+
+SLOWER = 0.95  # a speedup under this, measured turn about with FP32 on the same runtime, is a slower variant
+SLOW_HINTS = {
+    "int8": "dynamic INT8 quantizes activations at run time; for a conv net use int8-static (QDQ) or openvino-int8",
+    "fp16": "this CPU runs FP16 through casts; FP16 pays on GPUs and NPUs",
+    "int4": "4-bit weights pay in memory, not in CPU speed, on a model this small",
+}
 
 Progress = Callable[[str, ConversionResult | None], None]
 
@@ -61,13 +70,18 @@ def _new_result(session: Session, name: str) -> ConversionResult:
     result.source_transfer_bytes = session.source_transfer
     result.calibration = session.calibration.source
     result.validation = session.validation.source
+    result.measured_on, result.held_out = session.measured_on, session.held_out
     result.warnings = list(dict.fromkeys(session.calibration.notes + session.validation.notes))
     result.fixes = list(session.fixes)
     return result
 
 
-def _build(session: Session, variant: Variant, out_dir: Path, fixes: list[str]) -> Path:
-    out = out_dir / f"{session.model_path.stem}.{variant.name}{variant.suffix}"
+def _build(session: Session, variant: Variant, fixes: list[str]) -> Path:
+    """The variant built in the session's work directory: it reaches the output directory only once it has loaded
+    and run (nothing half-built is left there)."""
+    scratch = session.work / "built"
+    scratch.mkdir(exist_ok=True)
+    out = scratch / f"{session.model_path.stem}.{variant.name}{variant.suffix}"
     try:
         return variant.build(session.job, out, fixes)
     except ConversionError:
@@ -104,7 +118,28 @@ def _run(session: Session, variant: Variant, built: Path, result: ConversionResu
     result.samples = len(session.eval_samples)
     result.agreement, result.failed_metrics = agreement(session.reference, outputs, thresholds)
     result.ok = True
-    result.passed = not result.failed_metrics
+    if not result.failed_metrics:
+        result.unproven = _unproven(session, result.agreement, thresholds)
+    result.passed = not result.failed_metrics and not result.unproven
+    result.verdict = "pass" if result.passed else "unproven" if not result.failed_metrics else "below"
+    if result.speedup is not None and result.speedup < SLOWER:
+        result.advice.append(
+            f"slower than FP32 on this machine ({result.speedup:.2f}x on {variant.runtime}): "
+            f"{SLOW_HINTS.get(variant.name, 'the float original serves faster here')}"
+        )
+
+
+def _unproven(session: Session, summary: dict[str, Any], thresholds: Thresholds) -> list[str]:
+    """Figures at the bar that the samples measured do not vouch for (their lower bound is below it). Synthetic
+    inputs only check that the variant computes like the original: their count is not evidence either way."""
+    if session.calibration.synthetic and session.validation.synthetic:
+        return []
+    kind = "validation" if session.held_out == 0 and not session.in_sample else "held-out"
+    found = unproven(summary.get("outputs", {}), thresholds, "calibration" if session.in_sample else kind)
+    if session.in_sample and not found:
+        found.append(f"measured on the calibration samples themselves ({len(session.calibration)}: too few to hold "
+                     "any out): give more samples or --validation")  # fmt: skip
+    return found
 
 
 def _measure(session: Session, name: str, out_dir: Path, thresholds: Thresholds) -> ConversionResult:
@@ -118,12 +153,15 @@ def _measure(session: Session, name: str, out_dir: Path, thresholds: Thresholds)
         session.job.thresholds = thresholds
         session.job.details = {}
         try:
-            built = _build(session, variant, out_dir, result.fixes)
+            built = _build(session, variant, result.fixes)
         finally:
             result.mixed_precision = session.job.details.get("mixed_precision")
         result.seconds = time.perf_counter() - start
         _size(result, built)
         _run(session, variant, built, result, thresholds)
+        final = out_dir / f"{session.model_path.stem}.{variant.name}{variant.suffix}"
+        shutil.move(built, final)
+        result.path = str(final)
     except ConversionError as exc:
         result.error = str(exc)
     except Exception as exc:  # never let one variant stop the others

@@ -97,6 +97,9 @@ def ort_preprocess(src: Path, dst: Path, fixes: list[str]) -> Path:
     inference), falling back step by step when one of them trips on the model (unusual Concat axes, custom ops)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from converters.scratch import keep_ort_out_of_cwd
+
+    keep_ort_out_of_cwd()  # its symbolic shape inference leaves a partial model in the current directory on failure
     attempts = [
         ({}, "ORT pre-processing (symbolic shape inference, graph optimization, shape inference)"),
         ({"skip_symbolic_shape": True}, "ORT pre-processing without symbolic shape inference (it failed: {err})"),

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from converters.evidence import mean_lower, wilson_lower
 from protocol import ZSTD_LEVEL
 from targets.agreement import nonfinite
 
@@ -29,7 +30,8 @@ class ConversionResult:
     variant: str
     model: str
     ok: bool = False  # built and measured
-    passed: bool = False  # ok and within the thresholds
+    passed: bool = False  # ok, within the thresholds, and the sample count vouches for it (not unproven)
+    verdict: str = "failed"  # pass | unproven (keeps the bar, too few samples to say so) | below | failed
     path: str | None = None
     format: str = ""
     runtime: str = ""
@@ -46,11 +48,15 @@ class ConversionResult:
     speedup: float | None = None
     agreement: dict[str, Any] = field(default_factory=dict)  # summary + per output metrics
     failed_metrics: list[str] = field(default_factory=list)
+    unproven: list[str] = field(default_factory=list)  # figures at the bar whose lower bound is not, and what settles
+    advice: list[str] = field(default_factory=list)  # measured reasons to prefer another variant (slower than FP32)
     fixes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     calibration: str = ""  # calibration data source, or "synthetic"
     validation: str = ""  # what agreement was measured on (the calibration data unless validation data was given)
     samples: int = 0
+    measured_on: str = ""  # in words: which samples every agreement figure was measured on, how many, never seen by
+    held_out: int = 0  # samples of the calibration data kept out of calibration and every search (0: --validation)
     # accuracy-driven mixed precision (converters.mixed): settings tried, agreement per step, the layers kept in
     # float and why, why the search stopped; None where the variant did not search
     mixed_precision: dict[str, Any] | None = None
@@ -91,9 +97,13 @@ def _metrics(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
         "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
         "cosine": float(cosine.mean()),
         "cosine_min": float(cosine.min()),
+        "cosine_lower": mean_lower(cosine),
+        "rows": len(ref),  # what each figure was measured on
     }
     if ref.ndim == 2 and ref.shape[1] >= 2:  # classifier-like
-        metrics["top1"] = float((ref.argmax(1) == got.argmax(1)).mean())
+        agree = int((ref.argmax(1) == got.argmax(1)).sum())
+        metrics["top1"] = agree / len(ref) if len(ref) else 0.0
+        metrics["top1_lower"] = wilson_lower(agree, len(ref))
     return metrics
 
 
@@ -128,9 +138,13 @@ def _summary(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"outputs": outputs}
     if outputs:
         tops = [m["top1"] for m in outputs.values() if "top1" in m]
+        lows = [m["top1_lower"] for m in outputs.values() if "top1_lower" in m]
         summary |= {
             "top1": min(tops) if tops else None,
+            "top1_lower": min(lows) if lows else None,
             "cosine": min(m["cosine"] for m in outputs.values()),
+            "cosine_lower": min(m["cosine_lower"] for m in outputs.values()),
+            "rows": min(m["rows"] for m in outputs.values()),
             "max_abs_error": max(m["max_abs_error"] for m in outputs.values()),
             "mean_abs_error": max(m["mean_abs_error"] for m in outputs.values()),
         }

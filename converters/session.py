@@ -12,15 +12,18 @@ from typing import Any
 from converters import fixes as fx
 from converters.builders.tflite import onnx2tf
 from converters.calibration import Calibration, load_calibration
+from converters.evidence import split
 from converters.job import ConversionError, Job
 from converters.measure import Loaded, load, load_onnx, p50_ms, paired_p50_ms
 from converters.report import Thresholds, agreement, zstd_size
 from converters.variants import Variant
 from protocol import worth_compressing
+from targets.tensors import TensorSpec
 
 log = logging.getLogger("converters")
 
-EVAL_SAMPLES = 200  # agreement is measured on at most this many calibration/validation batches
+EVAL_SAMPLES = 600  # agreement is measured on at most this many held-out/validation batches (600 all agreeing
+# vouch for 99.5%)
 JUDGE_SAMPLES = 64  # a builder's own search (the pruned sparsity) judges on at most this many calibration batches
 
 Data = Calibration | Path | str | None
@@ -30,6 +33,11 @@ def _data(data: Data, reference: Loaded) -> Calibration:
     """Calibration or validation data for the model; synthetic data of a size its reference runtime accepts."""
     specs = reference.backend.inputs
     return data if isinstance(data, Calibration) else load_calibration(data, specs, run=reference.run)
+
+
+def _batch(specs: list[TensorSpec]) -> int:
+    """The model's fixed batch size, 1 where its first axis is dynamic."""
+    return specs[0].shape[0] if specs and specs[0].shape and specs[0].shape[0] > 0 else 1
 
 
 def _float_original(job: Job, runtime: str) -> tuple[Path, str, str]:
@@ -56,6 +64,8 @@ class Session:
         self.work = Path(tempfile.mkdtemp(prefix="edgefleet-convert-"))
         self.fixes: list[str] = []
         self.baselines: dict[str, tuple[Loaded | None, str]] = {}
+        self.held_out = 0  # calibration samples kept out of calibration and every search
+        self.in_sample = False  # too few samples to hold any out: the figures are in-sample, never a pass
         try:
             self._prepare(calibration, options, validation)
         except BaseException:
@@ -74,15 +84,32 @@ class Session:
             raise ConversionError(f"the original model does not load in ONNX Runtime: {exc}") from exc
         try:
             self.calibration = _data(calibration, reference)
+            self.validation, self.measured_on = self._held_out(validation, reference)
             self.job = self._job(prepared, reference, options)
-            self.validation = (_data(validation, reference) if validation is not None else None) or self.calibration
             self.eval_samples = self.validation.batches(self.job.batch, options.get("eval_samples", EVAL_SAMPLES))
+            self.measured_on = self.measured_on.replace("{n}", str(len(self.eval_samples) * self.job.batch))
             if not self.eval_samples:
                 batch = self.job.batch
                 raise ConversionError(f"calibration data has fewer samples than the model's batch size {batch}")
             self.reference = [reference.run(s) for s in self.eval_samples]
         finally:
             reference.close()
+
+    def _held_out(self, validation: Data, reference: Loaded) -> tuple[Calibration, str]:
+        """The data every agreement figure is measured on, and that in words ({n}: the samples used): --validation
+        when given, else a share of the calibration data kept out of calibration and of every search (issue 28)."""
+        if validation is not None:
+            data = _data(validation, reference)
+            return data, f"{{n}} samples of the validation data {data.source}"
+        whole = self.calibration
+        parts = split(whole, _batch(reference.backend.inputs))
+        if parts is None:
+            self.in_sample = True
+            return whole, "the {n} calibration samples themselves (too few to hold any out)"
+        self.calibration, held = parts
+        self.held_out = len(held)
+        kind = "synthetic inputs" if whole.synthetic else f"samples of {whole.source}"
+        return held, f"{{n}} held-out {kind} ({len(held)} of {len(whole)}, never seen by calibration or any search)"
 
     def _fixed_copy(self) -> Path:
         """The source checked, with the fixes every builder needs, saved in the work directory."""
@@ -101,7 +128,7 @@ class Session:
 
     def _job(self, prepared: Path, reference: Loaded, options: dict[str, Any]) -> Job:
         specs = reference.backend.inputs
-        batch = specs[0].shape[0] if specs and specs[0].shape and specs[0].shape[0] > 0 else 1
+        batch = _batch(specs)
         return Job(
             source=prepared,
             input_names=[s.name for s in specs],

@@ -61,10 +61,13 @@ class VariantRow:
         return bool(self.sha256)
 
     def failure(self) -> str:
-        """Why it may not be deployed without --force: the failed metrics, or the build error."""
+        """Why it may not be deployed without --force: the failed metrics, the figures too few samples vouch for
+        (`unproven`, converters.evidence), or the build error."""
         if not self.ok:
             return f"could not be built: {self.report.get('error') or 'unknown error'}"
-        return "; ".join(self.report.get("failed_metrics") or []) or "below the accuracy threshold"
+        failed = self.report.get("failed_metrics") or []
+        unproven = [f"unproven: {line}" for line in self.report.get("unproven") or []]
+        return "; ".join(failed or unproven) or "below the accuracy threshold"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -52,8 +52,16 @@ def check_report(r: ConversionResult, thresholds: Thresholds = Thresholds()) -> 
     for name, m in a["outputs"].items():
         below = m["top1"] < thresholds.top1 if "top1" in m else m["cosine"] < thresholds.cosine
         assert below == any(f.startswith(f"{name}:") for f in r.failed_metrics), (name, m, r.failed_metrics)
-    assert r.passed == (not r.failed_metrics)
+    assert r.passed == (not r.failed_metrics and not r.unproven)
+    assert r.verdict == ("pass" if r.passed else "unproven" if r.unproven else "below")
+    assert "samples" in r.measured_on or "inputs" in r.measured_on  # what every figure was measured on, how many
     json.dumps(r.as_dict())  # storable as it is
+
+
+def keeps_bar(r: ConversionResult) -> bool:
+    """Measured at or above the bar: `pass`, or `unproven` where the held-out/validation samples are too few for
+    its 95% lower bound to clear it too (converters.evidence)."""
+    return r.ok and not r.failed_metrics and r.verdict in ("pass", "unproven")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +86,7 @@ def test_conv_int8_static_meets_the_issue_target(conv):
     r = conv["int8-static"]
     check_report(r)
     assert r.size_ratio <= 0.30
-    assert r.agreement["top1"] >= 0.99 and r.passed
+    assert r.agreement["top1"] >= 0.99 and keeps_bar(r)
     assert any("ORT pre-processing" in f for f in r.fixes)
     assert r.runtime == "onnxruntime" and r.validation.endswith("valid.npz")
 
@@ -88,7 +96,7 @@ def test_conv_pruned_auto_sparsity_keeps_agreement(conv):
     passes on the separate validation data, and travels zstd-compressed."""
     r = conv["pruned"]
     check_report(r)
-    assert r.passed, r.failed_metrics
+    assert keeps_bar(r), r.failed_metrics
     (chosen,) = [f for f in r.fixes if "chosen" in f]
     assert "did not" in chosen  # higher sparsities were tried and refused: this net loses accuracy fast
     assert r.transfer_compressed and r.transfer_bytes <= 0.8 * r.source_size_bytes
@@ -115,7 +123,7 @@ def test_conv_variants_load_and_report(conv, variant):
         return
     check_report(r)
     assert r.agreement["top1"] is not None  # a classifier: judged on top-1
-    assert r.passed, r.failed_metrics  # every variant meets the threshold on the validation images
+    assert keeps_bar(r), r.failed_metrics  # every variant meets the threshold on the validation images
     if variant in ("fp16", "openvino", "tflite"):  # float conversions keep every decision
         assert r.agreement["top1"] == 1.0
     if variant == "openvino-int8":  # real calibration data: the mixed-precision search says what it did
@@ -146,7 +154,7 @@ def test_transformer_variants(transformer, variant):
         pytest.skip("openvino/nncf not installed")
     check_report(r)
     assert r.agreement["top1"] is None  # not a classifier: judged on cosine similarity
-    assert r.passed, r.failed_metrics
+    assert keeps_bar(r), r.failed_metrics
     if variant == "int4":
         assert any("MatMulNBits" in f for f in r.fixes)
         assert r.size_ratio < 0.25
@@ -162,7 +170,7 @@ def test_transformer_tflite_builds_with_named_fallbacks(transformer, variant):
         assert "needs" in r.error and "onnx2tf" in r.error
         return
     check_report(r)
-    assert r.passed, r.failed_metrics
+    assert keeps_bar(r), r.failed_metrics
     assert any("kept in their ONNX shape" in f for f in r.fixes), r.fixes
     assert any("pseudo-Erf" in f for f in r.fixes), r.fixes
     assert flex_ops(Path(r.path)) == []
@@ -184,7 +192,7 @@ def test_mlp_variants(tmp_path):
     results = {r.variant: r for r in convert_many(model, names, tmp_path / "cal.npz", tmp_path, options=FAST)}
     for r in results.values():
         check_report(r)
-    assert results["fp16"].passed and results["int8"].passed
+    assert keeps_bar(results["fp16"]) and keeps_bar(results["int8"])
     assert results["int4"].size_ratio < 0.5
 
 
@@ -430,7 +438,8 @@ def test_cli_convert_json_and_table(tmp_path):
     assert result.exit_code == 1  # int9 does not exist
     reports = json.loads(result.stdout)
     assert [r["variant"] for r in reports] == ["fp16", "int9"]
-    assert reports[0]["passed"] and (tmp_path / "out" / "mlp.fp16.onnx").exists()
+    assert reports[0]["verdict"] in ("pass", "unproven") and not reports[0]["failed_metrics"]
+    assert (tmp_path / "out" / "mlp.fp16.onnx").exists()
     assert "unknown variant" in reports[1]["error"]
     result = runner.invoke(app, ["convert", str(model), "--to", "fp16", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
