@@ -1,13 +1,20 @@
 """Accuracy-driven mixed precision: when full INT8 misses the agreement bar, find the calibration setting and the
 fewest layers to keep in float that bring it back, within a time and size budget, and say what was tried.
 
-Runtime-agnostic: a toolchain gives `attempt(setting, float_layers) -> Trial` (build, size, judge on calibration
-data) and the layers it can keep in float, in graph order. The search:
-1. full INT8 with each calibration setting (method x per-channel); the best one is kept for what follows;
+Every choice is made on data the candidate was not fitted to: the calibration share is split (`inner_split`) into
+the samples the quantization ranges are fitted on and the samples each candidate is judged on (out of sample); the
+in-sample agreement is reported beside it, never decided on. (The conversion's own held-out share, which the
+report's verdict stands on, is never seen here: converters.evidence.)
+
+Runtime-agnostic: a toolchain gives `attempt(setting, float_layers) -> Trial` (build, size, judge in and out of
+sample) and the layers it can keep in float, in graph order. The search:
+1. full INT8 with each calibration setting (method x per-channel); the first (the toolchain's default) is kept
+   unless another beats it out of sample (higher or equal agreement and lower output error);
 2. sensitivity: the layers in contiguous groups, each group kept in float alone, ranked by how much output error
    that removes (groups, not single layers: one layer's effect is below the noise of a few hundred samples);
 3. greedy: keep the most sensitive group in float, then the next, until the variant reaches the aim;
-4. shrink: bisect the groups kept in float while the aim still holds, so only the layers that matter stay float.
+4. shrink: bisect the groups kept in float while the aim still holds, so only the layers that matter stay float;
+5. when no mix reaches the aim, full INT8 stays unless the best mix within the size budget beats it out of sample.
 """
 
 from __future__ import annotations
@@ -18,12 +25,43 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from converters.evidence import unproven
+from converters.report import Thresholds, agreement
+
 log = logging.getLogger("converters")
 
 DEFAULT_BUDGET_S = 240.0  # the whole search, a laptop's few minutes
 DEFAULT_MAX_SIZE_RATIO = 0.75  # of the float model's size: past this, keeping more in float is not worth it
 SENSITIVITY_GROUPS = 8
 KEEP_GAIN = 0.8  # shrinking the float set may give back at most a fifth of the output error it removed
+JUDGE_EVERY = 3  # every third calibration sample judges the candidates; the other two fit their ranges
+IN_SAMPLE_MAX = 64  # fitted samples the in-sample figure is measured on (reported only: a candidate costs less)
+
+
+def judge(
+    reference: list[dict[str, Any]], outputs: list[dict[str, Any]], bar: Thresholds
+) -> tuple[dict[str, Any], list[str]]:
+    """A candidate's agreement out of sample and what keeps it from reaching the aim: the aim itself (halfway from
+    the bar to perfect agreement) missed, or the bar not cleared by the figure's 95% lower bound (a lucky run of a
+    few dozen samples is not a pass)."""
+    summary, failed = agreement(reference, outputs, aim(bar))
+    return summary, failed + unproven(summary.get("outputs", {}), bar, "out-of-sample")
+
+
+def aim(thresholds: Thresholds) -> Thresholds:
+    """What a candidate must reach out of sample: halfway from the bar to perfect agreement, a margin for the
+    choices made on that same judge set (the report's verdict is measured on the held-out share it never saw)."""
+    return Thresholds(top1=(1 + thresholds.top1) / 2, cosine=(1 + thresholds.cosine) / 2)
+
+
+def inner_split(samples: list[Any]) -> tuple[list[Any], list[Any]]:
+    """(fit, judge): the samples the quantization ranges are fitted on, and every JUDGE_EVERY-th one, kept out to
+    judge candidates on (interleaved: ordered data lands on both sides)."""
+    if len(samples) < JUDGE_EVERY:
+        return samples, samples  # too few to split: judged in sample (the outer held-out verdict still stands)
+    judge = samples[JUDGE_EVERY - 1 :: JUDGE_EVERY]
+    fit = [s for i, s in enumerate(samples) if i % JUDGE_EVERY != JUDGE_EVERY - 1]
+    return fit, judge
 
 
 @dataclass(frozen=True)
@@ -37,25 +75,30 @@ class Setting:
 
 @dataclass
 class Trial:
-    """One built candidate judged on the calibration data."""
+    """One built candidate judged out of sample (the figures decided on) and in sample (reported beside them)."""
 
     step: str  # what was tried, in words
     setting: str
     float_layers: list[str]
-    top1: float | None  # worst top-1 agreement over classifier-like outputs (None: no such output)
-    cosine: float
-    error: float  # mean absolute output error: the ranking signal (continuous, unlike top-1)
+    top1: float | None  # out of sample: worst top-1 agreement over classifier-like outputs (None: no such output)
+    cosine: float  # out of sample
+    error: float  # out of sample mean absolute output error: the ranking signal (continuous, unlike top-1)
     size_bytes: int
-    passed: bool  # reaches the aim
+    passed: bool  # reaches the aim out of sample
     artifact: Any = field(default=None, repr=False)  # the toolchain's handle on the built candidate
+    in_top1: float | None = None  # the same on samples its ranges were fitted on
+    in_cosine: float | None = None
+    in_error: float | None = None
 
     @classmethod
     def judged(
         cls, step: str, setting: str, float_layers: list[str], agreement: tuple[dict[str, Any], list[str]],
-        size_bytes: int, artifact: Any,
+        size_bytes: int, artifact: Any, in_sample: dict[str, Any] | None = None,
     ) -> Trial:  # fmt: skip
-        """A candidate from converters.report.agreement's (summary, failed checks) against the float model."""
+        """A candidate from converters.report.agreement's (summary, failed checks) against the float model out of
+        sample, and its summary in sample."""
         summary, failed = agreement
+        inside = in_sample or {}
         return cls(
             step=step,
             setting=setting,
@@ -66,6 +109,9 @@ class Trial:
             size_bytes=size_bytes,
             passed=not failed,
             artifact=artifact,
+            in_top1=inside.get("top1"),
+            in_cosine=inside.get("cosine"),
+            in_error=inside.get("mean_abs_error"),
         )
 
     def better_than(self, other: Trial | None) -> bool:
@@ -74,8 +120,17 @@ class Trial:
             return True
         return self._key() > other._key()
 
-    def _key(self) -> tuple[bool, float, float, float]:
-        return self.passed, self.top1 if self.top1 is not None else 1.0, self.cosine, -self.error
+    def beats(self, other: Trial) -> bool:
+        """Clearly better out of sample: reaches the aim where `other` does not, or agrees at least as well and with
+        a lower output error (a flip or two of top-1 on a small judge set alone is noise)."""
+        if self.passed != other.passed:
+            return self.passed
+        mine, theirs = (t.top1 if t.top1 is not None else t.cosine for t in (self, other))
+        return mine >= theirs and self.error < other.error
+
+    def _key(self) -> tuple[bool, float]:
+        """Reaching the aim, then the output error (continuous: top-1 on a judge set of dozens moves by luck)."""
+        return self.passed, -self.error
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -87,17 +142,20 @@ class Trial:
 class MixedReport:
     """What the search did: every step's agreement, the layers kept in float and why, why it stopped."""
 
-    aim: str  # the agreement each candidate had to reach on the calibration data
+    aim: str  # the agreement each candidate had to reach out of sample
     budget_s: float
     max_size_ratio: float
     float_size_bytes: int
-    judged_on: int  # calibration batches each candidate was judged on
+    judged_on: int  # calibration samples each candidate was judged on, never fitted on (out of sample)
+    fitted_on: int = 0  # calibration samples the quantization ranges were fitted on
+    in_sample_on: int = 0  # of those, what the in-sample figures were measured on
     steps: list[dict[str, Any]] = field(default_factory=list)
     sensitivity: list[dict[str, Any]] = field(default_factory=list)  # groups, most sensitive first
     float_layers: list[str] = field(default_factory=list)
     why_float: dict[str, str] = field(default_factory=dict)
     setting: str = ""
     stopped: str = ""  # full-int8-passed | passed | budget | size | exhausted
+    kept_full_int8: str = ""  # why full INT8 was kept over the best mix (no mix beat it out of sample)
     best_top1: float | None = None
     best_cosine: float | None = None
     full_int8: dict[str, Any] = field(default_factory=dict)  # the best full-INT8 candidate's agreement
@@ -108,7 +166,7 @@ class MixedReport:
 
     @classmethod
     def for_job(
-        cls, aim: Any, options: dict[str, Any], float_size_bytes: int, judged_on: int, **how: Any
+        cls, aim: Any, options: dict[str, Any], float_size_bytes: int, judged_on: int, fitted_on: int, **how: Any
     ) -> MixedReport:
         """The report a toolchain starts its search with: `aim` (Thresholds) in words, the budgets from the job's
         options; `how` says what size_bytes and the sensitivity measure where a toolchain differs."""
@@ -118,6 +176,8 @@ class MixedReport:
             max_size_ratio=float(options.get("max_size_ratio", DEFAULT_MAX_SIZE_RATIO)),
             float_size_bytes=float_size_bytes,
             judged_on=judged_on,
+            fitted_on=fitted_on,
+            in_sample_on=min(fitted_on, IN_SAMPLE_MAX),
             **how,
         )
 
@@ -126,18 +186,22 @@ class MixedReport:
         first = self.steps[0] if self.steps else {}
         start = _fmt(first.get("top1"), first.get("cosine"))
         end = _fmt(self.best_top1, self.best_cosine)
+        where = f"out of sample ({self.judged_on} calibration samples not fitted on)"
         if self.stopped == "full-int8-passed":  # its figures as the report table prints them, then the bar
             reached = ", ".join(
                 f for f in (f"top-1 {self.best_top1:.1%}" if self.best_top1 is not None else "",
                             f"cosine {self.best_cosine:.4f}" if self.best_cosine is not None else "") if f
             )  # fmt: skip
             return (
-                f"mixed precision not needed: full INT8 ({self.setting}) has {reached} on calibration data, "
+                f"mixed precision not needed: full INT8 ({self.setting}) has {reached} {where}, "
                 f"which meets the aim ({self.aim})"
             )
+        if self.kept_full_int8:
+            return (f"mixed precision ({self.setting}): full INT8 kept, {self.kept_full_int8}; agreement {where} "
+                    f"{end}; search stopped ({self.stopped}), {len(self.layers_tried)} layer(s) tried")  # fmt: skip
         kept = f"{len(self.float_layers)} layer(s) kept in float ({', '.join(self.float_layers[:6])}"
         kept += ", ..." if len(self.float_layers) > 6 else ""
-        head = f"mixed precision ({self.setting}): {kept}); agreement on calibration data {start} -> {end}"
+        head = f"mixed precision ({self.setting}): {kept}); agreement {where} {start} -> {end}"
         if self.stopped == "passed":
             return f"{head} after {len(self.steps)} step(s)"
         return f"{head}; search stopped ({self.stopped}) short of {self.aim}, {len(self.layers_tried)} layer(s) tried"
@@ -148,7 +212,7 @@ class MixedReport:
 
 def _fmt(top1: float | None, cosine: float | None) -> str:
     if top1 is not None:
-        return f"top-1 {top1:.2%}"
+        return f"top-1 {top1:.1%}"  # as the report table prints it
     return f"cosine {cosine:.4f}" if cosine is not None else "-"
 
 
@@ -176,7 +240,7 @@ class Search:
         trial = self.attempt(setting, layers, step)
         if record:
             self.report.steps.append(trial.as_dict() | {"seconds": round(time.perf_counter() - self.start, 1)})
-        log.info("mixed precision: %s: top1=%s error=%.4g", step, trial.top1, trial.error)
+        log.info("mixed precision: %s: top1=%s (in sample %s) error=%.4g", step, trial.top1, trial.in_top1, trial.error)
         self.report.layers_tried = list(dict.fromkeys(self.report.layers_tried + layers))
         if not self.too_big(trial) and trial.better_than(self.best):
             self.best = trial  # the fallback to refuse honestly: never one past the size budget
@@ -193,7 +257,7 @@ class Search:
             self.report.stopped = "exhausted"
         else:
             self._mix(setting, full, layers)
-        chosen = self.chosen or self.best or full
+        chosen = self.chosen or self._fallback(full)
         self.report.setting = chosen.setting
         self.report.float_layers = list(chosen.float_layers)
         self.report.why_float = {k: v for k, v in self.report.why_float.items() if k in chosen.float_layers}
@@ -201,14 +265,23 @@ class Search:
         self.report.seconds = round(time.perf_counter() - self.start, 1)
         return chosen
 
+    def _fallback(self, full: Trial) -> Trial:
+        """No mix reached the aim: the best one within the size budget only where it beats full INT8 out of sample."""
+        if self.best is not None and self.best.float_layers and self.best.beats(full):
+            return self.best
+        if any(step["float_layers"] for step in self.report.steps):
+            self.report.kept_full_int8 = "no mix beat it out of sample"
+        return full
+
     def _settings(self, settings: list[Setting]) -> tuple[Setting, Trial]:
-        """Full INT8 with each calibration setting; the best (or the first that passes)."""
+        """Full INT8 with each calibration setting: the first (the toolchain's default) unless another beats it out
+        of sample (or the first that passes)."""
         best: tuple[Setting, Trial] | None = None
         for setting in settings:
             if best is not None and self.out_of_time():
                 break
             trial = self._try(setting, [], f"full INT8, {setting}")
-            if best is None or trial.better_than(best[1]):
+            if best is None or trial.beats(best[1]):
                 best = (setting, trial)
             if trial.passed:
                 break

@@ -58,12 +58,13 @@ def build_int8_static(job: Job, out: Path, fixes: list[str]) -> Path:
     from converters.builders.ort_mixed import Reader, build_mixed
 
     src = _preprocessed(job, fixes, fx.MIN_QDQ_OPSET)
-    samples = job.samples(limit=job.options.get("calibration_samples", 256))
+    limit = job.options.get("calibration_samples", 256)
+    samples = job.samples(limit=limit)
     reduce_range = _reduce_range(fixes)
     origin = "synthetic" if job.calibration.synthetic else "given"
-    fixes.append(f"calibrated on {fx.samples_text(len(samples))} ({origin})")
     if job.options.get("mixed_precision", True) and not job.calibration.synthetic:
-        return build_mixed(job, src, out, samples, reduce_range, fixes)
+        return build_mixed(job, src, out, limit, reduce_range, fixes)
+    fixes.append(f"calibrated on {fx.samples_text(len(samples) * job.batch)} ({origin})")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantize_static(

@@ -1,6 +1,7 @@
 """Static INT8 for ONNX Runtime with accuracy-driven mixed precision: calibration settings and nodes kept in float
-(`nodes_to_exclude`) searched by converters.mixed, each candidate judged against the float model on calibration
-data through the same runtime layer and agreement measure as the report."""
+(`nodes_to_exclude`) searched by converters.mixed, each candidate's ranges fitted on two thirds of the calibration
+share and judged against the float model on the other third (out of sample) through the same runtime layer and
+agreement measure as the report."""
 
 from __future__ import annotations
 
@@ -12,19 +13,14 @@ from typing import Any
 from converters import fixes as fx
 from converters.job import Job
 from converters.measure import load_onnx
-from converters.mixed import (
-    MixedReport,
-    Search,
-    Setting,
-    Trial,
-)
+from converters.mixed import IN_SAMPLE_MAX, MixedReport, Search, Setting, Trial, aim, inner_split, judge
 from converters.report import Thresholds, agreement
 
 METHODS = ("MinMax", "Entropy", "Percentile")
 # ops that move or reshape values without computing: keeping them in float changes nothing worth reporting
 LAYOUT_OPS = frozenset({"Shape", "Constant", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity",
                         "Cast", "Concat", "Slice", "Gather"})  # fmt: skip
-JUDGE_SAMPLES = 256  # calibration batches each candidate is judged on
+JUDGE_SAMPLES = 256  # calibration batches each candidate is judged on (out of sample), at most
 
 
 class Reader:
@@ -39,12 +35,6 @@ class Reader:
 
     def rewind(self) -> None:
         self._it = iter(self._samples)
-
-
-def aim(thresholds: Thresholds) -> Thresholds:
-    """What a candidate must reach on calibration data: halfway from the bar to perfect agreement, so that what
-    passes on the data it was tuned on still passes on data it never saw."""
-    return Thresholds(top1=(1 + thresholds.top1) / 2, cosine=(1 + thresholds.cosine) / 2)
 
 
 def settings(options: dict[str, Any]) -> list[Setting]:
@@ -85,14 +75,19 @@ def _has_cache() -> bool:
 class OrtMixed:
     """Builds and judges static INT8 candidates of one prepared model."""
 
-    def __init__(self, job: Job, src: Path, samples: list[dict], reduce_range: bool) -> None:
-        self.job, self.src, self.samples, self.reduce_range = job, src, samples, reduce_range
+    def __init__(self, job: Job, src: Path, limit: int, reduce_range: bool) -> None:
+        self.job, self.src, self.reduce_range = job, src, reduce_range
         self.folder = job.work / "mixed"
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir()
-        self.judge_samples = job.calibration.batches(job.batch, job.options.get("judge_samples", JUDGE_SAMPLES))
+        fit, judge = inner_split(job.samples())
+        self.samples = fit[:limit]  # what the ranges are fitted on
+        self.judge_samples = judge[: job.options.get("judge_samples", JUDGE_SAMPLES)]
+        self.in_samples = self.samples[:IN_SAMPLE_MAX]
         self.reference = _outputs(job.source, self.judge_samples)
-        self.aim = aim(job.thresholds or Thresholds())
+        self.in_reference = _outputs(job.source, self.in_samples)
+        self.bar = job.thresholds or Thresholds()
+        self.aim = aim(self.bar)
         self.cached = _has_cache()
         self.count = 0
 
@@ -121,12 +116,16 @@ class OrtMixed:
     def attempt(self, setting: Setting, float_layers: list[str], step: str) -> Trial:
         self.count += 1
         out = self.quantize(setting, float_layers, self.folder / f"candidate-{self.count}.onnx")
-        judged = agreement(self.reference, _outputs(out, self.judge_samples), self.aim)
-        return Trial.judged(step, str(setting), float_layers, judged, out.stat().st_size, out)
+        judged = judge(self.reference, _outputs(out, self.judge_samples), self.bar)
+        inside, _ = agreement(self.in_reference, _outputs(out, self.in_samples), self.aim)
+        return Trial.judged(step, str(setting), float_layers, judged, out.stat().st_size, out, inside)
 
     def report(self) -> MixedReport:
         source_size = self.job.source.stat().st_size
-        return MixedReport.for_job(self.aim, self.job.options, source_size, len(self.judge_samples))
+        rows = self.job.batch
+        return MixedReport.for_job(
+            self.aim, self.job.options, source_size, rows * len(self.judge_samples), rows * len(self.samples)
+        )
 
 
 def _outputs(path: Path, samples: list[dict]) -> list[dict]:
@@ -137,11 +136,13 @@ def _outputs(path: Path, samples: list[dict]) -> list[dict]:
         model.close()
 
 
-def build_mixed(job: Job, src: Path, out: Path, samples: list[dict], reduce_range: bool, fixes: list[str]) -> Path:
-    """Static INT8: the best calibration setting, with the fewest nodes in float that reach the aim on calibration
-    data; the search's report goes to job.details["mixed_precision"]."""
-    mixed = OrtMixed(job, named_copy(src, job.work), samples, reduce_range)
+def build_mixed(job: Job, src: Path, out: Path, limit: int, reduce_range: bool, fixes: list[str]) -> Path:
+    """Static INT8: the best calibration setting, with the fewest nodes in float that reach the aim out of sample
+    (ranges fitted on at most `limit` samples); the search's report goes to job.details["mixed_precision"]."""
+    mixed = OrtMixed(job, named_copy(src, job.work), limit, reduce_range)
     report = mixed.report()
+    fixes.append(f"calibrated on {fx.samples_text(report.fitted_on)} (given); each candidate judged on "
+                 f"{fx.samples_text(report.judged_on)} of the calibration share it was not calibrated on")  # fmt: skip
     try:
         chosen = Search(mixed.attempt, report).run(settings(job.options), float_candidates(mixed.src))
         shutil.copyfile(chosen.artifact, out)

@@ -1,7 +1,8 @@
 """OpenVINO INT8 (NNCF) with accuracy-driven mixed precision: NNCF calibration settings (range estimator, preset,
 weights per channel or per tensor, bias correction, subset size) and the operations kept in float
-(`nncf.IgnoredScope` by IR node name) searched by converters.mixed; each candidate packed as the agent loads it and
-judged against the float model on calibration data through the same runtime layer and agreement as the report."""
+(`nncf.IgnoredScope` by IR node name) searched by converters.mixed; each candidate calibrated on two thirds of the
+calibration share, packed as the agent loads it and judged against the float model on the other third (out of
+sample) through the same runtime layer and agreement as the report."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from converters import fixes as fx
-from converters.builders.ort_mixed import JUDGE_SAMPLES, aim
+from converters.builders.ort_mixed import JUDGE_SAMPLES
 from converters.builders.ov_ir import ov_model, pack_ir, save_ir
 from converters.job import Job
 from converters.measure import load, load_onnx
-from converters.mixed import MixedReport, Search, Setting, Trial
+from converters.mixed import IN_SAMPLE_MAX, MixedReport, Search, Setting, Trial, aim, inner_split, judge
 from converters.report import Thresholds, agreement
 
 log = logging.getLogger("converters")
@@ -94,16 +95,20 @@ class OvMixed:
     def __init__(self, job: Job, samples: list[dict], kwargs: dict[str, Any]) -> None:
         import nncf
 
-        self.job, self.samples, self.kwargs = job, samples, kwargs
+        fit, judge = inner_split(samples)
+        self.job, self.samples, self.kwargs = job, fit, kwargs
         self.folder = job.work / "ov-mixed"
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir()
         self.base = ov_model(job)
         self.float_ops = {op.get_friendly_name(): op for op in self.base.get_ordered_ops()}
-        self.dataset = nncf.Dataset(samples)
-        self.judge_samples = job.calibration.batches(job.batch, job.options.get("judge_samples", JUDGE_SAMPLES))
+        self.dataset = nncf.Dataset(fit)
+        self.judge_samples = judge[: job.options.get("judge_samples", JUDGE_SAMPLES)]
+        self.in_samples = fit[:IN_SAMPLE_MAX]
         self.reference = _onnx_outputs(job.source, self.judge_samples)
-        self.aim = aim(job.thresholds or Thresholds())
+        self.in_reference = _onnx_outputs(job.source, self.in_samples)
+        self.bar = job.thresholds or Thresholds()
+        self.aim = aim(self.bar)
         self.full: dict[Setting, Any] = {}  # full-INT8 models by setting: what the probe bypasses quantizers in
         self.count = 0
         self.seven_bit = fx.needs_reduce_range()  # x86 without VNNI: int8 kernels can saturate, as for ONNX Runtime
@@ -135,7 +140,7 @@ class OvMixed:
         model = self.quantize(setting, float_layers)
         if not float_layers:
             self.full[setting] = model
-        return self._judge(model, setting, float_layers, step)
+        return self._judge(model, setting, float_layers, step, in_sample=True)
 
     def probe(self, setting: Setting, float_layers: list[str], step: str) -> Trial:
         """For ranking only: the full-INT8 model of `setting` with the quantizers of `float_layers` bypassed (their
@@ -156,16 +161,22 @@ class OvMixed:
         model.validate_nodes_and_infer_types()
         return self._judge(model, setting, float_layers, step)
 
-    def _judge(self, model: Any, setting: OvSetting, float_layers: list[str], step: str) -> Trial:
+    def _judge(
+        self, model: Any, setting: OvSetting, float_layers: list[str], step: str, in_sample: bool = False
+    ) -> Trial:
+        """Out of sample; in sample too for a real candidate (a probe only ranks)."""
         self.count += 1
         out = pack_ir(model, self.folder / f"candidate-{self.count}.tar", self.folder, compress_to_fp16=False)
-        judged = agreement(self.reference, self._outputs(out), self.aim)
-        return Trial.judged(step, str(setting), float_layers, judged, _weights_size(out), out)
+        ours, inside = self._outputs(out, in_sample)
+        judged = judge(self.reference, ours, self.bar)
+        summary = agreement(self.in_reference, inside, self.aim)[0] if in_sample else None
+        return Trial.judged(step, str(setting), float_layers, judged, _weights_size(out), out, summary)
 
-    def _outputs(self, tar: Path) -> list[dict]:
+    def _outputs(self, tar: Path, in_sample: bool) -> tuple[list[dict], list[dict]]:
         model = load("openvino", tar, "openvino", self.job.input_names, self.job.output_names)
         try:
-            return [model.run(s) for s in self.judge_samples]
+            out = [model.run(s) for s in self.judge_samples]
+            return out, [model.run(s) for s in self.in_samples] if in_sample else []
         finally:
             model.close()
 
@@ -175,7 +186,8 @@ class OvMixed:
             self.aim,
             self.job.options,
             float_bin.stat().st_size,
-            len(self.judge_samples),
+            self.job.batch * len(self.judge_samples),
+            self.job.batch * len(self.samples),
             size_of="the IR's weights (model.bin; FP32 IR for the float model): the XML graph does not shrink",
             ranked_by="the full-INT8 model with the group's quantizers bypassed (no NNCF run)",
         )
@@ -210,7 +222,7 @@ def build_mixed(job: Job, out: Path, samples: list[dict], kwargs: dict[str, Any]
         fixes.append("NNCF overflow fix: 7-bit weights (x86 without VNNI, where int8 kernels can saturate)")
     try:
         report = mixed.report()
-        found = settings(job.options, len(samples))
+        found = settings(job.options, len(mixed.samples))
         cached: dict[Setting, Trial] = {}
 
         def attempt(setting: Setting, float_layers: list[str], step: str) -> Trial:
