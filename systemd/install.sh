@@ -4,14 +4,15 @@
 # Running it again changes nothing that is already right. `--uninstall` removes the service and the venv (the config
 # and /var/lib/edge-agent stay). `--root DIR` installs into a scratch root: no user is created and systemctl is not
 # run, the script prints what it would do; `--no-pip` skips creating the venv and installing packages.
-# `--from DIR` installs from a wheelhouse made by `edgectl bundle` with no network (pip --no-index); its extras
-# are the bundle's unless --extras is given. EDGE_PYTHON names the interpreter for the venv (default python3).
+# `--from DIR` installs from a wheelhouse made by `edgectl bundle` with no network: exactly the wheels its
+# SHA256SUMS and requirements.txt pin (pip --no-index --require-hashes --no-deps); a wheel changed, missing or
+# added after bundling is refused by name. EDGE_PYTHON names the interpreter for the venv (default python3).
 # `--password-file FILE` copies the device's broker password to /etc/edge-agent/broker-password (kept out of the
 # command line, the process list and agent.toml); the username defaults to the device id, as the broker's ACL wants.
 set -euo pipefail
 
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     echo "usage: $0 [--broker URL] [--device-id ID] [--username U] [--password-file FILE] [--package SPEC]"
     echo "          [--extras LIST] [--from BUNDLE_DIR] [--root DIR] [--no-pip] [--uninstall]"
     echo "       (--password P works too, but leaves the password in the shell history and the process list)"
@@ -128,6 +129,20 @@ fi
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 bundle_value() { sed -n "s/^$1=//p" "$FROM/bundle.env" | head -1; }
+verify_bundle() {  # every file as bundled, no wheel beside them, the package pinned at the bundle's version
+    local sums="$FROM/SHA256SUMS" bad whl
+    [ -f "$sums" ] && [ -f "$FROM/requirements.txt" ] ||
+        die "--from $FROM: no SHA256SUMS or requirements.txt (a bundle made before they were); make it again with 'edgectl bundle'"
+    bad="$(cd "$FROM" && sha256sum -c "$sums" 2>/dev/null | sed -n 's/: FAILED.*$//p' | head -1)" || true
+    [ -z "$bad" ] || die "--from $FROM: $bad is not the file that was bundled (its sha256 differs from SHA256SUMS); make the bundle again"
+    for whl in "$FROM"/*.whl; do
+        [ -e "$whl" ] || continue
+        awk -v name="$(basename "$whl")" '$2 == name { found = 1 } END { exit !found }' "$sums" ||
+            die "--from $FROM: $(basename "$whl") was not in the bundle (not in SHA256SUMS); remove it or make the bundle again"
+    done
+    grep -q "^$PACKAGE==$(bundle_value VERSION) " "$FROM/requirements.txt" ||
+        die "--from $FROM: requirements.txt does not pin $PACKAGE==$(bundle_value VERSION) (bundle.env); make the bundle again"
+}
 
 PIP_SOURCE=()
 if [ -n "$FROM" ]; then  # an offline wheelhouse from `edgectl bundle`: check it suits this box before touching it
@@ -142,8 +157,13 @@ if [ -n "$FROM" ]; then  # an offline wheelhouse from `edgectl bundle`: check it
         die "EDGE_PYTHON=$PY does not run; install Python $want_py or point EDGE_PYTHON at it"
     [ "$have_py" = "$want_py" ] ||
         die "--from $FROM: the bundle is for Python $want_py but $PY is $have_py; make it with 'edgectl bundle --python $have_py' or set EDGE_PYTHON"
-    PIP_SOURCE=(--no-index --find-links "$FROM")
-    say "installing from the bundle $FROM (no network): extras $EXTRAS"
+    bundled="$(bundle_value EXTRAS)"
+    [ "$EXTRAS" = "$bundled" ] ||
+        die "--from $FROM: the bundle holds extras $bundled, not $EXTRAS; make one with 'edgectl bundle --extras $EXTRAS'"
+    verify_bundle
+    PIP_SOURCE=(--no-index --find-links "$FROM" --require-hashes --no-deps -r "$FROM/requirements.txt")
+    say "installing from the bundle $FROM (no network): $PACKAGE $(bundle_value VERSION), extras $EXTRAS," \
+        "every wheel as SHA256SUMS and requirements.txt pin it"
 else
     [ -n "$EXTRAS" ] || EXTRAS="$(detect_extras)"
     say "extras for this hardware: $EXTRAS"
@@ -156,10 +176,15 @@ fi
 
 # 1. the venv and the packages
 if [ "$NO_PIP" = 1 ]; then
-    would "$PY -m venv $PREFIX/venv && $PREFIX/venv/bin/pip install ${PIP_SOURCE[*]+${PIP_SOURCE[*]} }'$PACKAGE[$EXTRAS]'"
+    if [ -n "$FROM" ]; then what="${PIP_SOURCE[*]}"; else what="'$PACKAGE[$EXTRAS]'"; fi
+    would "$PY -m venv $PREFIX/venv && $PREFIX/venv/bin/pip install $what"
 else
     [ -x "$PREFIX/venv/bin/python" ] || "$PY" -m venv "$PREFIX/venv"
-    "$PREFIX/venv/bin/pip" install -q --upgrade ${PIP_SOURCE[@]+"${PIP_SOURCE[@]}"} "$PACKAGE[$EXTRAS]"
+    if [ -n "$FROM" ]; then  # exactly the pinned, hashed wheels; nothing resolved, nothing newer picked up
+        "$PREFIX/venv/bin/pip" install -q "${PIP_SOURCE[@]}"
+    else
+        "$PREFIX/venv/bin/pip" install -q --upgrade "$PACKAGE[$EXTRAS]"
+    fi
     say "installed $PACKAGE[$EXTRAS] into $PREFIX/venv"
 fi
 
