@@ -43,6 +43,8 @@ RUN_FLAGS = {  # flag -> (config key, help)
 def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM/SIGINT. Serves models already on disk before the broker answers."""
     overrides = {key: getattr(args, key) for key, _ in RUN_FLAGS.values()}
+    if args.insecure:
+        overrides["insecure"] = True
     try:
         if args.labels:
             overrides["labels"] = dict(parse_label(item) for item in args.labels)
@@ -53,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EX_CONFIG
+    exposed = cfg.exposure_problem()
+    if exposed:
+        print(f"edge-agent: {exposed}", file=sys.stderr)
+        return EX_CONFIG
     setup_logging(cfg.log_level)
+    if cfg.insecure and cfg.api_token_file is None:
+        log.warning("INSECURE: the inference API on %s has no token (--insecure)", cfg.api)
     problem = data_dir_problem(Path(cfg.data_dir))
     if problem:
         print(f"edge-agent: {problem}", file=sys.stderr)
@@ -169,6 +177,10 @@ def parser() -> argparse.ArgumentParser:
     run_cmd.add_argument(
         "--label", dest="labels", action="append", metavar="KEY=VALUE",
         help="A label of this device (repeatable; added to `labels` in the config file).",
+    )  # fmt: skip
+    run_cmd.add_argument(
+        "--insecure", action="store_true",
+        help="Serve the inference API off loopback without api_token_file (anyone who reaches it may use it).",
     )  # fmt: skip
     run_cmd.set_defaults(handler=run)
     doctor_cmd = commands.add_parser("doctor", help=doctor.__doc__, description=doctor.__doc__)

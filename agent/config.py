@@ -38,6 +38,12 @@ def absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(path)))
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only ("" and 0.0.0.0 reach every interface)."""
+    host = host.strip("[]").lower()
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 class ConfigError(ValueError):
     """An invalid configuration; the message names the key, the value and what is allowed."""
 
@@ -74,6 +80,9 @@ class AgentConfig(BaseModel):
     # A file holding the token clients must send (Authorization: Bearer ...) to every route but /v2/health/*; set it
     # whenever `api` is reachable from other machines.
     api_token_file: Path | None = None
+    # Serve `api`/`grpc` on an address other machines reach without api_token_file: refused unless this is set (then
+    # anyone who reaches it may run every model, capture its inputs and read the device's status).
+    insecure: bool = False
     keep_versions: int = Field(default=3, ge=2, le=100)
     chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=16 << 10, le=MAX_CHUNK_BYTES)
     download_window: int = Field(default=16, ge=1, le=64)
@@ -225,6 +234,19 @@ class AgentConfig(BaseModel):
             self.api_max_connections, self.api_read_timeout_s, int(self.api_max_body_mb * mib),
             int(self.api_max_json_mb * mib),
         )  # fmt: skip
+
+    def exposure_problem(self) -> str | None:
+        """Why the inference APIs may not serve as configured (an address off loopback, no token), or None."""
+        if self.api_token_file is not None or self.insecure:
+            return None
+        for key, bind in (("api", self.api), ("grpc", self.grpc)):
+            if bind and not is_loopback(bind.rpartition(":")[0]):
+                return (
+                    f"refusing to serve the inference API on {bind} ({key}) without a token: anyone who reaches it "
+                    "could run the models and read their inputs; set api_token_file, bind 127.0.0.1, or pass "
+                    "--insecure"
+                )
+        return None
 
     def api_token(self) -> str | None:
         """The v2 API's token (api_token_file), or None: ConfigError when the file cannot be read or is empty."""
