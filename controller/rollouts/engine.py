@@ -64,7 +64,7 @@ def summary(verdict: Mapping[str, Any]) -> str:
             elif gate == "activation":
                 figures.append(f"activation failed on {sorted(g['failed'])[:3]}" if g["failed"] else "no activation")
             elif gate == "harm":
-                figures.append(f"harm on {sorted(g['devices'])[:3]}")
+                figures.append("harm on " + ", ".join(f"{d} ({why})" for d, why in sorted(g["devices"].items())[:3]))
         parts.append(f"{hw_class}: " + "; ".join(figures or gates))
     return " | ".join(parts)
 
@@ -202,9 +202,11 @@ class RolloutEngine:
             if r["state"] == "waiting" and len(peers.setdefault(r["hw_class"], [])) < MAX_PEERS:
                 peers[r["hw_class"]].append(r["device_id"])
         since = rollout["waves"][index].get("activated_at") or rollout["waves"][index].get("started_at") or now
-        by_class, pooled = collect(self.db, rollout, wave_rows, peers, states, since, now)
-        verdict = judge_wave(by_class, pooled, thresholds(rollout["spec"]))
-        data = {**verdict, "cpu_s": round(time.thread_time() - started, 4), "devices": len(wave_rows)}
+        clock = time.monotonic()
+        by_class, pooled, restarts = collect(self.db, rollout, wave_rows, peers, states, since, now)
+        verdict = judge_wave(by_class, pooled, thresholds(rollout["spec"]), restarts)
+        data = {**verdict, "cpu_s": round(time.thread_time() - started, 4), "devices": len(wave_rows),
+                "wall_s": round(time.monotonic() - clock, 4)}  # fmt: skip
         if verdict["verdict"] == "fail":
             return self._fail(rollout, rows, data, now)
         if early:

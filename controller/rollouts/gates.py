@@ -54,6 +54,18 @@ class DeviceEvidence:
     harm: str | None = None
     agreement: float | None = None
     agreement_pairs: int = 0
+    restart: str | None = None  # the agent restarted while serving the new version (telemetry seq went backwards)
+
+
+@dataclass
+class PeerRestarts:
+    """The not-yet-updated devices of a class in the same period: how many sent telemetry, which restarted (why)."""
+
+    seen: int = 0
+    restarted: dict[str, str] = field(default_factory=dict)
+
+    def share(self) -> float:
+        return len(self.restarted) / self.seen if self.seen else 0.0
 
 
 @dataclass(frozen=True)
@@ -194,20 +206,44 @@ def agreement_gate(devices: list[DeviceEvidence], th: Thresholds) -> dict[str, A
     return {**figures, "agreement": _r(pooled), "lowest": _r(lowest), "verdict": verdict}
 
 
-def judge_class(devices: list[DeviceEvidence], peers: Window | None, th: Thresholds) -> dict[str, Any]:
+def harm_gate(judged: list[DeviceEvidence], peers: PeerRestarts | None) -> dict[str, Any]:
+    """Harm: a device that rolled back or reported the version failed; and restarts while serving the new version,
+    attributed to it only when they are more frequent on the wave's devices than on the class's not-yet-updated
+    devices in the same period (a power cut or an agent upgrade restarts those too). Unattributed restarts are kept
+    in the figures with their evidence; without peers that sent telemetry, a restart counts as harm."""
+    harmed = {d.device_id: d.harm for d in judged if d.harm}
+    serving = [d for d in judged if d.activation == "ok"]
+    restarts = {d.device_id: d.restart for d in serving if d.restart}
+    peers = peers or PeerRestarts()
+    share = len(restarts) / len(serving) if serving else 0.0
+    attributed = bool(restarts) and (peers.seen == 0 or share > peers.share())
+    if attributed:
+        for device_id, why in restarts.items():
+            harmed.setdefault(device_id, why)
+    return {
+        "devices": harmed, "restarts": restarts, "restart_share": _r(share), "peers_seen": peers.seen,
+        "peer_restarts": dict(sorted(peers.restarted.items())[:10]), "peer_restart_share": _r(peers.share()),
+        "restarts_attributed": attributed, "verdict": "fail" if harmed else "pass",
+    }  # fmt: skip
+
+
+def judge_class(
+    devices: list[DeviceEvidence], peers: Window | None, th: Thresholds, peer_restarts: PeerRestarts | None = None
+) -> dict[str, Any]:
     """One class of one wave: each gate's figures and verdict, and the class's: fail when any gate fails (on the
     evidence there is), else inconclusive while evidence is short, else pass. Devices whose activation is still
     pending are left out (they are judged with the next decision)."""
     judged = [d for d in devices if d.activation is not None]
     failed = {d.device_id: d.activation for d in judged if d.activation != "ok"}
-    harmed = {d.device_id: d.harm for d in judged if d.harm}
-    active = [d for d in judged if d.activation == "ok" and not d.harm]
+    harm = harm_gate(judged, peer_restarts)
+    harmed = harm["devices"]
+    active = [d for d in judged if d.activation == "ok" and d.device_id not in harmed]
     enough = [d for d in active if d.new.requests >= th.min_requests]
     needed = math.ceil(th.min_share * len(judged)) if judged else 1
     gates: dict[str, Any] = {
         "activation": {"devices": len(judged), "failed": failed, "pending": len(devices) - len(judged),
                        "verdict": "fail" if failed else ("pass" if judged else "inconclusive")},
-        "harm": {"devices": harmed, "verdict": "fail" if harmed else "pass"},
+        "harm": harm,
         "evidence": {"devices_with_min_requests": len(enough), "needed": needed, "min_requests": th.min_requests,
                      "requests": {d.device_id: d.new.requests for d in active},
                      "verdict": "pass" if len(enough) >= needed and enough else "inconclusive"},
@@ -228,9 +264,13 @@ def judge_class(devices: list[DeviceEvidence], peers: Window | None, th: Thresho
     return {"verdict": verdict, "failed_gates": failing, "devices": len(devices), **gates}
 
 
-def judge_wave(by_class: Mapping[str, list[DeviceEvidence]], peers: Mapping[str, Window], th: Thresholds) -> dict:
+def judge_wave(
+    by_class: Mapping[str, list[DeviceEvidence]], peers: Mapping[str, Window], th: Thresholds,
+    peer_restarts: Mapping[str, PeerRestarts] | None = None,
+) -> dict:  # fmt: skip
     """Every class of a wave judged; the wave's verdict is the worst of its classes'."""
-    classes = {c: judge_class(devs, peers.get(c), th) for c, devs in sorted(by_class.items())}
+    restarts = peer_restarts or {}
+    classes = {c: judge_class(devs, peers.get(c), th, restarts.get(c)) for c, devs in sorted(by_class.items())}
     verdicts = {c["verdict"] for c in classes.values()}
     verdict = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts or not classes else "pass"
     return {"verdict": verdict, "classes": classes}

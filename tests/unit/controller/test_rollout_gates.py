@@ -9,6 +9,7 @@ import pytest
 
 from controller.rollouts.gates import (
     DeviceEvidence,
+    PeerRestarts,
     Thresholds,
     Window,
     judge_class,
@@ -106,3 +107,23 @@ def test_a_device_without_a_previous_version_is_judged_against_zero_errors():
     result = judge_class([fresh], None, th)
     assert result["errors"]["verdict"] == "fail" and result["errors"]["baseline"] == "none (0%)"
     assert result["latency"]["verdict"] == "pass"  # no previous version, no peers: nothing to be slower than
+
+
+def test_a_restart_counts_as_harm_only_when_the_not_yet_updated_peers_did_not_restart_as_often():
+    th = Thresholds(min_requests=100)
+    wave = [device("a", 10, 10, restart="restarted (telemetry seq 41 -> 1 at 5.0)"), device("b", 10, 10),
+            device("c", 10, 10)]  # fmt: skip
+    peers = window(10, 5000)
+    quiet = PeerRestarts(seen=200, restarted={"p7": "restarted (telemetry seq 9 -> 1 at 4.0)"})
+    result = judge_class(wave, peers, th, quiet)  # 1 of 3 against 1 of 200: the version's
+    assert result["verdict"] == "fail" and result["failed_gates"] == ["harm"]
+    assert result["harm"]["restarts_attributed"] and "seq 41 -> 1" in result["harm"]["devices"]["a"]
+    assert result["harm"]["peer_restarts"] == quiet.restarted
+    fleetwide = PeerRestarts(seen=200, restarted={f"p{i}": "restarted" for i in range(80)})
+    result = judge_class(wave, peers, th, fleetwide)  # 1 of 3 against 80 of 200: the fleet's, recorded
+    assert result["verdict"] == "pass" and not result["harm"]["restarts_attributed"]
+    assert result["harm"]["devices"] == {} and "seq 41 -> 1" in result["harm"]["restarts"]["a"]
+    assert result["evidence"]["devices_with_min_requests"] == 3  # the restarted device's evidence still counts
+    assert judge_class(wave, peers, th, None)["harm"]["restarts_attributed"]  # no peers to compare: harm
+    assert judge_class(wave, peers, th, PeerRestarts(seen=0))["verdict"] == "fail"
+    assert judge_wave({"x": wave}, {"x": peers}, th, {"x": fleetwide})["verdict"] == "pass"
