@@ -132,6 +132,18 @@ class RolloutStore:
                 conn.execute(rollout_claims.delete().where(rollout_claims.c.rollout_id == rollout["id"]))
         return {**rollout, **values}
 
+    def mark_applied(self, rollout_id: str, device_ids: Sequence[str], details: dict[str, str]) -> int:
+        """The effects on these devices are done (with why, where one could not be): one transaction."""
+        done = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(device_ids)):
+                where = (rollout_devices.c.rollout_id == rollout_id) & rollout_devices.c.device_id.in_(chunk)
+                done += conn.execute(rollout_devices.update().where(where).values(applied=True)).rowcount
+            for device_id, detail in details.items():
+                where = (rollout_devices.c.rollout_id == rollout_id) & (rollout_devices.c.device_id == device_id)
+                conn.execute(rollout_devices.update().where(where).values(detail=detail))
+        return done
+
     def observe(self, rollout_id: str, device_id: str, only_state: str | None, **values: Any) -> bool:
         """Record what a device was seen doing (activated, failed, effect applied): not a decision, idempotent; with
         `only_state`, only while the device row is still in that state. False when nothing changed."""
