@@ -127,16 +127,19 @@ def test_the_readme_install_line_carries_credentials_an_agent_logs_in_with(tmp_p
     `broker-config` and `acl --users` made (anonymous clients refused)."""
     install_lines = readme_commands("install.sh --from")
     assert len(install_lines) == 2 and all("--password-file" in c for c in install_lines), install_lines
-    by_hand = readme_commands("edge-agent run --broker mqtt")
+    # the deployment's agent (not the first hour's, on its local embedded broker) logs in too
+    by_hand = [c for c in readme_commands("edge-agent run") if "broker:8883" in c]
     assert by_hand and all("--broker-password-file" in c and "://cam-01@" in c for c in by_hand), by_hand
 
     work = tmp_path / "work"
     bundle = work / "agent-bundle"
     shutil.copytree(REPO / "systemd", bundle / "systemd")
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    (bundle / "bundle.env").write_text(
-        f"PACKAGE=edgefleet\nEXTRAS=agent\nARCH={os.uname().machine}\nPYTHON={version}\n"
-    )
+    manifest = f"PACKAGE=edgefleet\nVERSION=0.1.0\nEXTRAS=agent\nARCH={os.uname().machine}\nPYTHON={version}\n"
+    (bundle / "bundle.env").write_text(manifest)  # a bundle for this machine as `edgectl bundle` writes one, no wheels
+    (bundle / "requirements.txt").write_text("edgefleet==0.1.0 --hash=sha256:" + "0" * 64 + "\n")
+    sums = subprocess.run(["sha256sum", "bundle.env", "requirements.txt"], cwd=bundle, capture_output=True, text=True)
+    (bundle / "SHA256SUMS").write_text(sums.stdout)
     secret = "s3cret-" + os.urandom(4).hex()
     (work / "cam-01.password").write_text(secret + "\n")
     command = install_lines[0].removeprefix("ssh cam-01 sudo ").split()
