@@ -7,6 +7,7 @@ never serves."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from agent.serving.table import LoadedModel
     from protocol import DesiredModel, Transfer
 
+log = logging.getLogger(__name__)
+
 MIN_COSINE = 0.99
 TIMED_RUNS = 20
 SETTLE_S = 0.005  # pause before each timed block (see targets.timing.turn_about)
@@ -29,6 +32,7 @@ MAX_FINALISTS = 5  # the original and the four best variants at most: finalists 
 RUNOFF_BLOCK_S, RUNOFF_BUDGET_S = 0.05, 2.0  # a timed block per finalist per round; the run-off's time in all
 H2H_BLOCK_S = 0.025  # a timed block in a variant's head-to-head with the original
 MAX_BLOCK_RUNS = 500  # runs in one timed block, at most (sub-millisecond models)
+MIN_LIVE = 16  # live inputs this device's reservoir must hold before agreement is judged on them over given samples
 
 
 @dataclass
@@ -97,10 +101,11 @@ class Contest:
     against it; the original and the variants at most RUNOFF_MARGIN slower than it stay loaded, and a round-robin
     run-off among them picks the one that serves."""
 
-    def __init__(self, original: Entrant) -> None:
+    def __init__(self, original: Entrant, inputs: list[dict[str, Any]] | None = None) -> None:
         self.original = original
         self.results = [original.result]
         self.finalists = [original]
+        self.inputs = inputs  # what agreement is judged on (None: the original's representative inputs)
 
     def passed_over(self, variant: str | None, error: str) -> None:
         self.results.append({"variant": variant, "error": error})
@@ -111,7 +116,7 @@ class Contest:
         self.results.append(result)
         result["backend"] = model.backend.label
         try:  # a variant that loads but fails to run here is left out; the original and the others still compete
-            similarity = agreement(self.original.model, model)
+            similarity = agreement(self.original.model, model, self.inputs)
             result["cosine"] = similarity
             if similarity is not None and similarity < MIN_COSINE:
                 result["error"] = f"disagrees with the original here (cosine {similarity:.4f} < {MIN_COSINE})"
@@ -167,13 +172,16 @@ def cosine(a: Any, b: Any) -> float:
     return float(x @ y / denominator) if denominator else float(np.allclose(x, y))
 
 
-def agreement(original: LoadedModel, candidate: LoadedModel) -> float | None:
-    """The worst cosine similarity of the first output over the original's representative inputs; None when the
-    signatures differ (e.g. a TFLite variant taking NHWC: agreement was measured on the controller)."""
+def agreement(
+    original: LoadedModel, candidate: LoadedModel, judged_on: list[dict[str, Any]] | None = None
+) -> float | None:
+    """The worst cosine similarity of the first output over `judged_on` (default: the original's representative
+    inputs); None when the signatures differ (e.g. a TFLite variant taking NHWC: agreement was measured on the
+    controller)."""
     if [(s.name, s.shape) for s in original.backend.inputs] != [(s.name, s.shape) for s in candidate.backend.inputs]:
         return None
     worst = 1.0
-    for inputs in original.probe:
+    for inputs in judged_on or original.probe:
         want = next(iter(original.backend.infer(inputs).values()))
         got = next(iter(candidate.backend.infer(inputs).values()))
         worst = min(worst, cosine(want, got))
@@ -201,6 +209,26 @@ def describe(results: list[dict[str, Any]], winner: dict[str, Any]) -> str:
 Load = Callable[["Artifact"], tuple["LoadedModel", dict[str, Any]]]  # an artifact of the target, loaded and warm
 
 
+def judging_inputs(original: LoadedModel, described: str) -> tuple[list[dict[str, Any]], str]:
+    """What variants' agreement is judged on, and that in words for the status: this device's live inputs once its
+    reservoir holds MIN_LIVE that run on the original, else the samples given with the version, else whatever live
+    inputs there are, synthetic inputs only where no real one exists. `described`: the trial's word for its inputs."""
+    reservoir = original.tap.reservoir if original.tap is not None else None
+    live = reservoir.snapshot() if reservoir is not None else []
+    if live:
+        try:
+            original.backend.infer(live[0])  # kept under this name by an older version: it may not fit this one
+        except Exception as exc:
+            log.info("live inputs do not fit %s %s: %s", original.name, original.version, exc)
+            live = []
+    synthetic = described.startswith("synthetic") or not original.probe
+    if len(live) >= MIN_LIVE or (live and synthetic):
+        return live, f"{len(live)} live input(s) kept by this device's reservoir"
+    if synthetic and reservoir is not None:
+        return list(original.probe), f"{described}: no real input yet (the reservoir holds none that fit)"
+    return list(original.probe), described
+
+
 def choose(
     target: DesiredModel, artifacts: list[Artifact], left_out: dict[str, str], load: Load
 ) -> tuple[LoadedModel, dict[str, Any], Artifact]:
@@ -215,7 +243,8 @@ def choose(
     for _ in range(3):
         original.backend.infer(inputs)  # warm-up: the first runs are not the model's speed
     first = {"variant": "original", "backend": original.backend.label, "p50_ms": p50_ms(original, TIMED_RUNS)}
-    contest = Contest(Entrant(original, selection, original_artifact, first))
+    judged_on, on = judging_inputs(original, str(selection.get("inputs", "")))
+    contest = Contest(Entrant(original, selection, original_artifact, first), judged_on)
     for variant, error in left_out.items():
         contest.passed_over(variant, error)
     for artifact in artifacts[1:]:
@@ -227,6 +256,7 @@ def choose(
         model = replace(model, sha256=target.sha256, artifact_sha256=artifact.sha256, variant=artifact.variant)
         contest.enter(Entrant(model, trial, artifact, {"variant": artifact.variant}))
     winner = contest.decide()
-    chosen = {**winner.selection, "variants": contest.results, "reason": describe(contest.results, winner.result)}
+    reason = f"{describe(contest.results, winner.result)}; agreement judged on {on}"
+    chosen = {**winner.selection, "variants": contest.results, "reason": reason, "agreement_on": on}
     chosen["variants_trial_s"] = round(time.monotonic() - started, 2)  # loading, checking and timing them all
     return winner.model, chosen, winner.artifact
