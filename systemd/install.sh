@@ -15,7 +15,6 @@ usage() {
     sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     echo "usage: $0 [--broker URL] [--device-id ID] [--username U] [--password-file FILE] [--package SPEC]"
     echo "          [--extras LIST] [--from BUNDLE_DIR] [--root DIR] [--no-pip] [--uninstall]"
-    echo "       (--password P works too, but leaves the password in the shell history and the process list)"
 }
 
 ROOT=/ BROKER="" DEVICE_ID="" USERNAME="" PASSWORD="" PASSWORD_FILE="" PACKAGE="edgefleet" EXTRAS="" NO_PIP=0
@@ -26,7 +25,7 @@ while [ $# -gt 0 ]; do
         --broker) BROKER="$2"; shift 2 ;;
         --device-id) DEVICE_ID="$2"; shift 2 ;;
         --username) USERNAME="$2"; shift 2 ;;
-        --password) PASSWORD="$2"; shift 2 ;;
+        --password) echo "install.sh: --password would show the password in the process list and the shell history: write it to a file (first line) and pass --password-file FILE" >&2; exit 1 ;;
         --password-file) PASSWORD_FILE="$2"; shift 2 ;;
         --package) PACKAGE="$2"; shift 2 ;;
         --extras) EXTRAS="$2"; shift 2 ;;

@@ -310,14 +310,14 @@ def test_agent_unit_settings():
 # -- install.sh in a scratch root ---------------------------------------------------------------------------------
 
 
-def install(root: Path, *args: str) -> subprocess.CompletedProcess:
+def install(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
         ["bash", str(REPO / "systemd" / "install.sh"), "--root", str(root), "--no-pip", *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0 or not check, result.stdout + result.stderr
     return result
 
 
@@ -340,8 +340,10 @@ def test_install_picks_extras_by_hardware(tmp_path, setup, extras):
 
 
 def test_install_writes_config_and_unit_is_idempotent_and_uninstalls(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text('p"w\n')
     first = install(tmp_path, "--broker", "mqtts://broker.example:8883", "--device-id", "cam-01", "--username", "cam",
-                    "--password", 'p"w')  # fmt: skip
+                    "--password-file", str(secret))  # fmt: skip
     config = tmp_path / "etc/edge-agent/agent.toml"
     unit = tmp_path / "etc/systemd/system/edge-agent.service"
     assert f"wrote {config}" in first.stdout and f"wrote {unit}" in first.stdout
@@ -353,12 +355,15 @@ def test_install_writes_config_and_unit_is_idempotent_and_uninstalls(tmp_path):
     from agent.config import load_config
 
     cfg = load_config(config, {}, environ={})
-    assert (cfg.broker, cfg.device_id, cfg.username, cfg.password) == (
+    assert (cfg.broker, cfg.device_id, cfg.username, str(cfg.password_file)) == (
         "mqtts://broker.example:8883",
         "cam-01",
         "cam",
-        'p"w',
+        "/etc/edge-agent/broker-password",
     )
+    stored = tmp_path / "etc/edge-agent/broker-password"
+    assert stored.read_text() == 'p"w' and oct(stored.stat().st_mode & 0o777) == "0o640"
+    assert 'p"w' not in config.read_text()
 
     before = {p: p.stat().st_mtime_ns for p in (config, unit)}
     second = install(tmp_path)  # no flags: keeps what the config says
@@ -368,3 +373,11 @@ def test_install_writes_config_and_unit_is_idempotent_and_uninstalls(tmp_path):
     removed = install(tmp_path, "--uninstall")
     assert "would run: systemctl disable --now edge-agent.service" in removed.stdout
     assert not unit.exists() and config.exists()
+
+
+def test_install_refuses_a_password_on_the_command_line(tmp_path):
+    """A password in argv is readable by every user through ps and stays in the shell history (issue 26.12)."""
+    result = install(tmp_path, "--device-id", "cam-01", "--password", "secret", check=False)
+    assert result.returncode == 1 and "secret" not in result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("install.sh: --password would show the password") and "--password-file FILE" in line
