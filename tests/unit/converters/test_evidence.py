@@ -125,3 +125,30 @@ def test_the_simplest_mix_that_holds_out_of_sample_is_chosen():
     report = _report()
     chosen = Search(attempt, report).run([Setting("MinMax", True)], [f"n{i}" for i in range(16)])
     assert chosen.float_layers == ["n3"] and report.stopped == "passed"
+
+
+def test_a_setting_that_reaches_the_aim_by_luck_does_not_replace_the_default():
+    """Per-tensor shows 64/64 on the judge set but a higher output error: the default stays and the search goes on."""
+
+    def attempt(setting: Setting, layers: list[str], step: str) -> Trial:
+        if setting.per_channel:
+            return _trial(step, setting, layers, 0.984 if not layers else 0.99, 0.010 - 0.0001 * len(layers), 0.98)
+        return _trial(step, setting, layers, 1.0, 0.013, 0.97)
+
+    report = _report()
+    chosen = Search(attempt, report).run([Setting("MinMax", True), Setting("MinMax", False)], ["a", "b", "c"])
+    assert chosen.setting == "MinMax, per-channel" and report.stopped != "full-int8-passed"
+
+
+def test_without_a_pass_the_simplest_mix_that_beats_full_int8_is_kept():
+    """No candidate reaches the aim; of the mixes within the size budget that beat full INT8 out of sample, the one
+    with the fewest layers in float is kept (not the lowest-error one, which agrees worse)."""
+    figures = {1: (0.992, 0.008), 2: (0.992, 0.007), 3: (0.984, 0.004)}  # groups kept: (top-1, error) out of sample
+
+    def attempt(setting: Setting, layers: list[str], step: str) -> Trial:
+        top1, error = figures.get(len(layers) // 2, (0.984, 0.010)) if layers else (0.984, 0.010)
+        return _trial(step, setting, layers, top1, error, 1.0)
+
+    report = _report()
+    chosen = Search(attempt, report).run([Setting("MinMax", True)], [f"n{i}" for i in range(6)])
+    assert len(chosen.float_layers) == 2 and chosen.top1 == 0.992 and not report.kept_full_int8
