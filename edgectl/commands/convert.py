@@ -21,7 +21,10 @@ from edgectl.tables import Col, FitTable
 if TYPE_CHECKING:
     from converters import ConversionResult
 
-CAPTION = "* zstd-compressed transfer; FP32 p50 = the float original on the same runtime, timed in turn"
+CAPTION = (
+    "* zstd-compressed transfer; FP32 p50 = the float original on the same runtime, timed in turn (! slower "
+    "than FP32 here); top-1 / cosine on held-out samples, never calibrated or searched on"
+)
 COLUMNS = (Col("variant", 0), Col("result", 0), Col("size", 1, justify="right"), Col("vs FP32", 3, justify="right"),
            Col("transfer", 4, justify="right"), Col("runtime", 3), Col("p50 ms", 2, justify="right"),
            Col("FP32 p50", 4, justify="right"), Col("speedup", 1, justify="right"), Col("top-1", 2, justify="right"),
@@ -36,18 +39,29 @@ def _pct(x: float | None) -> str:
     return f"{x:.1%}" if x is not None else "-"
 
 
+def _verdict(r: dict[str, Any]) -> str:
+    """pass / unproven (at the bar, too few samples to vouch for it) / below / failed."""
+    return "[yellow]unproven[/yellow]" if r.get("verdict") == "unproven" else verdict(r)
+
+
+def _speedup(r: dict[str, Any]) -> str:
+    if not r["speedup"]:
+        return "-"
+    return f"{r['speedup']:.2f}x" + ("!" if r.get("advice") and "slower than FP32" in r["advice"][0] else "")
+
+
 def _row(r: dict[str, Any]) -> tuple[str, ...]:
     a = r["agreement"]
     return (
         r["variant"],
-        verdict(r),
+        _verdict(r),
         _mb(r["size_bytes"]),
         _pct(r["size_ratio"]),
         _mb(r["transfer_bytes"]) + ("*" if r["transfer_compressed"] else ""),
         r["runtime"],
         format_ms(r["latency_ms_p50"]) if r["latency_ms_p50"] else "-",  # ms as every command prints them
         format_ms(r["source_latency_ms_p50"]) if r["source_latency_ms_p50"] else "-",
-        f"{r['speedup']:.2f}x" if r["speedup"] else "-",
+        _speedup(r),
         _pct(a.get("top1")),
         f"{a['cosine']:.4f}" if a.get("cosine") is not None else "-",
         f"{a['max_abs_error']:.3g}" if a.get("max_abs_error") is not None else "-",
@@ -87,23 +101,53 @@ def show_results(results: list[ConversionResult], model: Path) -> None:
                 console.print(f"  {escape(fix)}", highlight=False, soft_wrap=True)
         for line in r.failed_metrics:
             console.print(f"[yellow]{r.variant}[/yellow] below threshold: {line}", highlight=False)
+        for line in r.unproven:
+            console.print(f"[yellow]{r.variant}[/yellow] unproven: {escape(line)}", highlight=False)
+        for line in r.advice:
+            console.print(f"[yellow]{r.variant}[/yellow] {escape(line)}", highlight=False)
+        if r.ok and r.measured_on:
+            console.print(f"[dim]{r.variant} measured on {escape(r.measured_on)}[/dim]", highlight=False)
         if r.ok and r.fixes:
             console.print(f"[dim]{r.variant} fixes: {'; '.join(r.fixes)}[/dim]", highlight=False)
         if r.path:
             console.print(f"[dim]{r.variant} -> {r.path}[/dim]", highlight=False)
 
 
+def _suggested(model: Path, calibrated: bool) -> list[str]:
+    """The variants that suit the model, printed with a one-line reason for each one left out."""
+    from converters.advice import suggest
+
+    try:
+        picked, skipped = suggest(model, calibrated)
+    except Exception as exc:  # not an ONNX model: say so in one line
+        raise CommandFailed(f"cannot read {model} as an ONNX model: {str(exc).splitlines()[0]}") from None
+    errors.print(f"building {', '.join(picked) or 'nothing'} (suits the model; --to names others)", highlight=False)
+    for name, why in skipped.items():
+        errors.print(f"[dim]  {name} left out: {escape(why)}[/dim]", highlight=False)
+    return picked
+
+
 def convert(
     model: Annotated[Path | None, typer.Argument(help="Float ONNX model to optimize (not needed with --list).")] = None,
     to: Annotated[
-        str, typer.Option("--to", metavar="VARIANTS", help="Variant(s), comma-separated, or 'all'. See --list.")
+        str,
+        typer.Option(
+            "--to",
+            metavar="VARIANTS",
+            help="Variant(s), comma-separated, or 'all'. See --list. Default: those that suit the model (each "
+            "left out named with why).",
+        ),
     ] = "",
     calibration: Annotated[
         Path | None,
         typer.Option(help="Calibration data: .npz/.npy or a directory of them, keyed by input name."),
     ] = None,
     validation: Annotated[
-        Path | None, typer.Option(help="Data to measure agreement on (default: the calibration data).")
+        Path | None,
+        typer.Option(
+            help="Data to measure agreement on (default: a held-out share of the calibration data, never "
+            "calibrated or searched on)."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Directory for the variants.")] = Path("."),
     sparsity: Annotated[
@@ -124,7 +168,8 @@ def convert(
 ) -> None:
     """Build optimized variants (int8, fp16, OpenVINO, TFLite, pruned...) and report size, speed and agreement.
 
-    Exits 0 when every variant was built and passes the thresholds, 1 otherwise (the report says which and why).
+    Exits 0 when every variant was built and passes the thresholds on samples it never saw, 1 otherwise (the report
+    says which and why: below the bar, unproven by too few samples, or failed).
     """
     from converters import VARIANTS, Thresholds, convert_many, parse_variants
     from converters.calibration import SYNTHETIC_WARNING
@@ -133,11 +178,11 @@ def convert(
         return list_variants(as_json)
     if model is None:
         raise CommandFailed("give the model file to convert (or --list to see the variants)")
-    names = parse_variants(to)
-    if not names:
-        raise CommandFailed(f"--to is required: one or more of {', '.join(VARIANTS)} (comma-separated), or 'all'")
     if not model.is_file():
         raise CommandFailed(f"cannot read model file {model}")
+    names = parse_variants(to) or _suggested(model, calibration is not None)
+    if not names:
+        raise CommandFailed(f"no variant suits {model} here: name one or more with --to ({', '.join(VARIANTS)})")
     if calibration is None:
         errors.print(f"[bold yellow]WARNING:[/bold yellow] {SYNTHETIC_WARNING}", highlight=False)
     logging.getLogger("converters").setLevel(logging.ERROR)  # the warning above is the loud one
