@@ -98,6 +98,14 @@ class AgentConfig(BaseModel):
     # The trial runs in a short-lived worker process: runtimes that lose never enter the agent's memory, and a
     # runtime that crashes natively fails its candidate instead of the agent.
     trial_isolated: bool = True
+    # The memory the agent may use (MiB): unset, the limit of its memory cgroup (systemd MemoryMax, a container's), else
+    # MemTotal less memory_reserve_mb. A version is loaded only if its measured footprint fits; least recently used
+    # unpinned models are unloaded to make room and load again on their next request, which waits up to
+    # memory_wait_s (then 503 with Retry-After). pinned_models stay loaded (agent/serving/eviction.py).
+    memory_budget_mb: float | None = Field(default=None, ge=16, le=1 << 24)
+    memory_reserve_mb: float = Field(default=256.0, ge=0, le=1 << 24)
+    memory_wait_s: float = Field(default=30.0, gt=0, le=3600)
+    pinned_models: list[str] = Field(default_factory=list)
 
     trusted_keys: list[str] = Field(default_factory=list)
     health_window_s: float = Field(default=30.0, ge=0, le=86400)

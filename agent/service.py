@@ -22,13 +22,16 @@ from agent.deploy.deployer import Deployer
 from agent.deploy.desired_gate import DesiredGate
 from agent.deploy.downloads import Downloads
 from agent.deploy.loader import Loader
+from agent.deploy.reload import reloader
 from agent.deploy.reselect import Reselector
 from agent.deploy.rollback import Rollback
 from agent.fetch.fetcher import ArtifactFetcher
 from agent.fetch.over_http import HttpSettings
 from agent.fetch.store import ModelStore
+from agent.serving.eviction import Residency
 from agent.serving.inflight import TrackedTable
 from agent.serving.live import LiveTaps
+from agent.serving.memory import find_budget
 from agent.status_board import StatusBoard
 from agent.telemetry.publisher import TelemetryPublisher
 from agent.telemetry.stats import Recorder
@@ -84,10 +87,16 @@ class Agent:
         self.guard = CrashGuard(Path(config.data_dir))
         self.rollback = Rollback(config, self.table, self.store, self.board, self.guard)
         self.taps = LiveTaps(config.capture_inputs, int(config.capture_max_mb * (1 << 20)))
-        self.loader = Loader(config, self.hardware, self.store, self.recorder, self._on_failover, self.taps)
+        budget = find_budget(config.memory_budget_mb, config.memory_reserve_mb)
+        log.info("memory budget %s", budget.describe())
+        self.memory = Residency(budget, self.table, set(config.pinned_models), wait_s=config.memory_wait_s)
+        self.loader = Loader(
+            config, self.hardware, self.store, self.recorder, self._on_failover, self.taps, self.memory
+        )
         verifier = Verifier(config.trusted_keys) if config.trusted_keys else None
         self.gate = DesiredGate(config.device_id, verifier, Path(config.data_dir))
         downloads = Downloads(self.fetcher, self.store, self.board, verifier, threading.Event())
+        self.memory.reload = reloader(self.loader, self.store, downloads)  # an unloaded model, on its next request
         self.deployer = Deployer(
             config, table=self.table, store=self.store, board=self.board, loader=self.loader,
             downloads=downloads, rollback=self.rollback, verifier=verifier, guard=self.guard,

@@ -30,6 +30,8 @@ class CandidateResult(Reported):
     runs: int | None = None
     agreed: bool | None = None
     deviation: float | None = None  # worst error against the reference, in units of the tolerance (<= 1 agrees)
+    rss_mb: float | None = None  # resident memory its load and a run added in the trial worker (steady)
+    peak_mb: float | None = None  # and at its highest while loading and running
     error: str | None = None
 
 
@@ -61,6 +63,16 @@ class Shadow(Reported):
     verdict: str | None = None  # "passed", or why the serving version stays
 
 
+class Memory(Reported):
+    """A serving version's memory (MiB): what the trial predicted, what loading it here added, and the budget."""
+
+    predicted_mb: float | None = None  # the chosen candidate's steady resident memory in the trial worker
+    peak_mb: float | None = None  # its high-water mark there
+    measured_mb: float | None = None  # what the agent's own memory grew by as it loaded and warmed the version
+    budget_mb: float | None = None  # the agent's memory budget, and where it comes from
+    budget_source: str | None = None
+
+
 class Selection(Reported):
     """The backend choice for a model: the winner, why, every candidate tried, and the variants contest."""
 
@@ -76,6 +88,7 @@ class Selection(Reported):
     variants_trial_s: float | None = None
     live: str | None = None  # re-selection on the shapes of live requests: what it decided and its figures
     retrial: str | None = None  # the trial run again after a restart found other hardware or runtimes
+    memory: Memory | None = None  # the version's footprint: predicted by the trial, measured as the agent loaded it
 
 
 class Failover(Reported):

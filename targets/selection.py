@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ from targets.inputs import Inputs, ProbeInputs, find_runnable, pack_samples, unp
 from targets.trial import NOT_TRIED, CandidateResult, TrialOutcome, load, run_trial
 
 log = logging.getLogger(__name__)
+
+# Called with the chosen candidate's trial result (its measured memory) right before it is loaded in the caller's
+# process; raises (BackendError) to keep it out. agent/serving/memory.py admits a version this way.
+Admit = Callable[[CandidateResult], None]
 
 CACHE_FILE = "backend-selection.json"
 CACHE_VERSION = 2  # entries of an older trial (judged without a trusted reference) are tried again
@@ -124,6 +129,7 @@ def select_backend(
     hints: dict[str, list[int]] | None = None,
     isolated: bool = False,
     defer_trial: bool = False,
+    admit: Admit | None = None,
 ) -> Selection:
     """Choose and load the backend for one model; raise BackendError (the cause, in one line) if none can run it.
 
@@ -134,7 +140,8 @@ def select_backend(
     `isolated` runs the trial in a short-lived worker process: runtimes that do not win never enter this process,
     and a runtime that crashes natively fails its candidate instead of the caller. `defer_trial` (a restart) takes a
     choice cached for this model on other hardware or runtimes when there is one (`stale`: the caller re-tries in
-    the background) rather than holding the model back for a trial."""
+    the background) rather than holding the model back for a trial. `admit` hears the chosen candidate's trial
+    result before it is loaded here (a cached choice's too), and may refuse it."""
     path = Path(path)
     cands = candidates(model_format, hardware, cache_dir)
     if override:  # no trial, but a new version's load is still checked in a worker first (a restart's is not)
@@ -148,17 +155,25 @@ def select_backend(
     )
     key = cache_key(path, model_format, hardware, sha256, extra) if cache_dir is not None else None
     if key is not None and cache_dir is not None:
-        cached = _from_cache(Path(cache_dir), key, cands, path, model_format)
+        cached = _from_cache(Path(cache_dir), key, cands, path, model_format, admit)
         if cached is None and defer_trial:
-            cached = _from_stale(Path(cache_dir), key, cands, path, model_format)
+            cached = _from_stale(Path(cache_dir), key, cands, path, model_format, admit)
         if cached is not None:
             return cached
     if isolated:
         from targets.trial_worker import run_isolated
 
-        outcome = run_isolated(path, model_format, hardware, cands, budget_s, samples, hints)
+        outcome = run_isolated(path, model_format, hardware, cands, budget_s, samples, hints, admit)
     else:
         outcome = run_trial(path, model_format, cands, budget_s, samples, hints)
+        chosen = next((r for r in outcome.results if outcome.chosen and r.name == outcome.chosen.name), None)
+        if admit is not None and chosen is not None:
+            try:
+                admit(chosen)  # loaded here already: refused, it is closed again
+            except BackendError:
+                if outcome.backend is not None:
+                    outcome.backend.close()
+                raise
     selection = _selection(outcome)
     if key is not None and cache_dir is not None and selection.timed:
         _remember(Path(cache_dir), key, selection)
@@ -212,7 +227,9 @@ def _remember(cache_dir: Path, key: str, selection: Selection) -> None:
     _cache_update(cache_dir, key, entry)
 
 
-def _from_cache(cache_dir: Path, key: str, cands: list[Candidate], path: Path, fmt: str) -> Selection | None:
+def _from_cache(
+    cache_dir: Path, key: str, cands: list[Candidate], path: Path, fmt: str, admit: Admit | None = None
+) -> Selection | None:
     entry = _cache_read(cache_dir).get(key)
     if not entry:
         return None
@@ -220,9 +237,17 @@ def _from_cache(cache_dir: Path, key: str, cands: list[Candidate], path: Path, f
     if cand is None:
         return None
     try:
-        backend = load(cand, path, fmt, entry.get("options") or {})
         results = [CandidateResult(**r) for r in entry.get("candidates", [])]
+        chosen = next((r for r in results if r.name == cand.name), None)
+        if admit is not None and chosen is not None:
+            try:
+                admit(chosen)
+            except BackendError as exc:
+                raise _Refused(exc) from exc
+        backend = load(cand, path, fmt, entry.get("options") or {})
         sets = unpack_samples(_inputs_file(cache_dir, key)) if _inputs_file(cache_dir, key).exists() else []
+    except _Refused as refused:
+        raise refused.exc from None  # the choice stands: the version does not fit now
     except (BackendError, TypeError, ValueError) as exc:
         log.warning("cached backend choice %s no longer loads (%s): trying again", entry.get("choice"), exc)
         _cache_update(cache_dir, key, None)
@@ -235,14 +260,21 @@ def _from_cache(cache_dir: Path, key: str, cands: list[Candidate], path: Path, f
     )  # fmt: skip
 
 
-def _from_stale(cache_dir: Path, key: str, cands: list[Candidate], path: Path, fmt: str) -> Selection | None:
+class _Refused(Exception):
+    def __init__(self, exc: BackendError) -> None:
+        self.exc = exc
+
+
+def _from_stale(
+    cache_dir: Path, key: str, cands: list[Candidate], path: Path, fmt: str, admit: Admit | None = None
+) -> Selection | None:
     """The newest cached choice for the same model and inputs on other hardware or runtimes (fingerprint aside)."""
     version, sha256, model_format, rest = key.split("/", 3)
     extra = rest[rest.index("/") :] if "/" in rest else ""
     prefix = f"{version}/{sha256}/{model_format}/"
     stale = [k for k in _cache_read(cache_dir) if k.startswith(prefix) and k.endswith(extra) and k != key]
     for other in reversed(stale):
-        found = _from_cache(cache_dir, other, cands, path, fmt)
+        found = _from_cache(cache_dir, other, cands, path, fmt, admit)
         if found is not None:
             found.stale = True
             found.reason = f"{found.reason} (chosen before the hardware or runtimes changed; a new trial runs)"

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,11 @@ def run_isolated(
     budget_s: float,
     samples: list[Inputs] | None,
     hints: dict[str, list[int]] | None,
+    admit: Callable[[CandidateResult], None] | None = None,
 ) -> TrialOutcome:
     """run_trial in a child process; a candidate whose runtime crashes the child is left out with the signal named,
-    and the trial runs again without it. The winner is then loaded here, with the options the trial found."""
+    and the trial runs again without it. The winner is then loaded here, with the options the trial found, once
+    `admit` (if given) has heard its trial result and not refused it."""
     crashed: list[CandidateResult] = []
     remaining = list(cands)
     for _ in range(MAX_CRASHES + 1):
@@ -57,7 +60,7 @@ def run_isolated(
                 capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, cwd=str(Path(__file__).resolve().parents[1]),
             )  # fmt: skip
             if proc.returncode == 0 or (Path(tmp) / "outcome.json").exists():  # a crash after the answer is harmless
-                return _outcome(Path(tmp), remaining, path, model_format, crashed)
+                return _outcome(Path(tmp), remaining, path, model_format, crashed, admit)
 
             refused = [ln[len(REFUSED) :] for ln in proc.stderr.splitlines() if ln.startswith(REFUSED)]
             if refused:  # the trial's own one-line verdict: nothing can run the model
@@ -144,7 +147,12 @@ def _signal_name(number: int) -> str:
 
 
 def _outcome(
-    tmp: Path, cands: list[Candidate], path: Path, model_format: str, crashed: list[CandidateResult]
+    tmp: Path,
+    cands: list[Candidate],
+    path: Path,
+    model_format: str,
+    crashed: list[CandidateResult],
+    admit: Callable[[CandidateResult], None] | None = None,
 ) -> TrialOutcome:
     answer = json.loads((tmp / "outcome.json").read_text())
     results = crashed + [CandidateResult(**r) for r in answer["results"]]
@@ -154,6 +162,8 @@ def _outcome(
     chosen = next((c for c in cands if c.name == answer.get("chosen")), None)
     if answer.get("error") or chosen is None:
         return TrialOutcome(None, None, {}, results, answer["reference"], answer["note"], probe, timed=False)
+    if admit is not None:
+        admit(next(r for r in results if r.name == chosen.name))
     backend = load(chosen, path, model_format, answer["options"])
     return TrialOutcome(
         backend, chosen, answer["options"], results, answer["reference"], answer["note"], probe, answer["timed"]

@@ -28,6 +28,7 @@ from urllib.parse import unquote
 import agent
 from agent.api import v2_codec as v2
 from agent.api.http_server import BINARY, JSON, HTTPError, HttpServer, Limits, Request, Response, error_response
+from agent.serving.eviction import ModelUnavailable
 from agent.serving.table import LoadedModel, ModelTable
 from protocol.errors import EdgeError
 from protocol.tensors import InputError
@@ -149,6 +150,8 @@ class V2Routes:
             )
         except InputError as exc:
             raise HTTPError(400, str(exc)) from None
+        except ModelUnavailable as exc:  # unloaded to save memory, and it cannot come back now
+            raise HTTPError(503, str(exc), [("Retry-After", str(exc.retry_after_s))]) from None
         except EdgeError as exc:  # BackendError, an output the protocol cannot carry
             raise HTTPError(500, str(exc)) from None
         except HTTPError as exc:

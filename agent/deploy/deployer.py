@@ -20,6 +20,7 @@ from agent.deploy.rollback import Rollback
 from agent.deploy.variants import Artifact, choose
 from agent.fetch.fetcher import FetchCancelled
 from agent.fetch.store import Installed, ModelRecord, ModelStore, Refusal
+from agent.serving.eviction import MemoryRefused
 from agent.serving.table import LoadedModel, ModelTable
 from agent.status_board import StatusBoard
 from protocol import Desired, DesiredModel, Problem, Shadow
@@ -31,9 +32,10 @@ from targets.inputs import SampleError
 log = logging.getLogger(__name__)
 
 # The codes a failed deployment reports that are not the exception's own: a backend that cannot load the version.
-REPORTED_AS: dict[type[Exception], str] = {BackendError: "load_failed"}
-# Failures that say nothing about the version (the network, the disk): the next desired state tries it again.
-TRANSIENT = ("fetch_failed", "hash_mismatch", "deploy_failed")
+REPORTED_AS: dict[type[Exception], str] = {MemoryRefused: "out_of_memory", BackendError: "load_failed"}
+# Failures that say nothing about the version (the network, the disk, memory others use): the next desired state
+# tries it again.
+TRANSIENT = ("fetch_failed", "hash_mismatch", "deploy_failed", "out_of_memory")
 
 
 def failure_code(exc: Exception) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.fetch.store import ModelStore
+from agent.serving.eviction import Admission, Residency
 from agent.serving.live import LiveTaps
 from agent.serving.table import LoadedModel
 from agent.telemetry.stats import Recorder
@@ -17,7 +19,7 @@ from targets.base import Backend
 from targets.failover import FailoverBackend
 from targets.inputs import Inputs
 from targets.onnx_external import refuse_external_data
-from targets.selection import Selection, candidates, load_candidate, select_backend
+from targets.selection import Admit, Selection, candidates, load_candidate, select_backend
 
 WARM_UP_RUNS = 3  # a dynamic OpenVINO model compiles a static copy for its shapes once it has seen them three times
 
@@ -39,6 +41,7 @@ class Loader:
     recorder: Recorder
     on_failover: FailoverChanged
     taps: LiveTaps | None = None  # each loaded model's requests feed its name's reservoir and shadow mirror
+    memory: Residency | None = None  # the memory budget: admits each load on its trial's footprint (or refuses)
 
     def load(
         self,
@@ -59,23 +62,29 @@ class Loader:
         if model_format == "onnx":
             refuse_external_data(path)  # whatever the installed runtime would check
         override = backend or self.config.backend
-        selection = self._select(path, model_format, sha256, override, samples, hints, defer_trial)
-        probe = tuple(selection.probe.sets)
-        instance = selection.backend
-        fallbacks = [] if override else self._fallbacks(selection, path, model_format)
-        if fallbacks:
-            instance = FailoverBackend(
-                instance,
-                fallbacks,
-                on_change=partial(self.on_failover, name),
-                probe=probe[0] if probe else None,
-            )
-        for inputs in probe[:1] * WARM_UP_RUNS:
-            instance.infer(inputs)
+        memory = self.memory.loading(name, path.stat().st_size, not defer_trial) if self.memory else nullcontext()
+        with memory as admission:  # the memory lock, room made, the footprint measured (agent/serving/eviction.py)
+            admit = admission.admit if isinstance(admission, Admission) else None
+            selection = self._select(path, model_format, sha256, override, samples, hints, defer_trial, admit)
+            probe = tuple(selection.probe.sets)
+            instance = selection.backend
+            fallbacks = [] if override else self._fallbacks(selection, path, model_format)
+            if fallbacks:
+                instance = FailoverBackend(
+                    instance,
+                    fallbacks,
+                    on_change=partial(self.on_failover, name),
+                    probe=probe[0] if probe else None,
+                )
+            for inputs in probe[:1] * WARM_UP_RUNS:
+                instance.infer(inputs)
         tap = self.taps.get(name) if self.taps is not None else None
         stats = self.recorder.model(name, version)
         model = LoadedModel(name, version, sha256, instance, stats=stats, probe=probe, tap=tap)
-        return model, selection.as_dict() | ({"stale": True} if selection.stale else {})
+        summary = selection.as_dict() | ({"stale": True} if selection.stale else {})
+        if isinstance(admission, Admission):
+            summary["memory"] = admission.report()
+        return model, summary
 
     def _select(
         self,
@@ -86,6 +95,7 @@ class Loader:
         samples: list[Inputs] | None,
         hints: dict[str, list[int]] | None,
         defer_trial: bool = False,
+        admit: Admit | None = None,
     ) -> Selection:
         cfg = self.config
         return select_backend(
@@ -102,6 +112,7 @@ class Loader:
             hints=hints,
             isolated=cfg.trial_isolated,
             defer_trial=defer_trial,
+            admit=admit,
         )
 
     def _fallbacks(

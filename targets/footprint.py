@@ -1,0 +1,91 @@
+"""A loaded model's memory, measured where it is loaded: the process' resident set before the load and after the
+load and a run (steady), and its high-water mark in between (peak). Linux /proc; elsewhere nothing is measured.
+
+The trial worker measures every candidate this way (targets/trial.py) and the agent admits a version on the chosen
+one's figure (agent/serving/memory.py); the runtime is imported before the first reading, so a model's footprint is
+its own and not the import of ONNX Runtime or OpenVINO that the agent pays once."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+MIB = 1 << 20
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+PRELOAD_EXTRA = {"ai_edge_litert": ("ai_edge_litert.interpreter",)}  # what a backend's load() imports beyond it
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (0 where /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def peak_bytes() -> int:
+    """This process' resident high-water mark (VmHWM) since it started or since reset_peak()."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def reset_peak() -> None:
+    """Start VmHWM again from the current resident set (Linux 4.0+; a no-op where refused)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def import_runtime(module: str | None) -> None:
+    """Import a runtime (and what its load imports) so its own memory is not counted as the model's."""
+    for name in [module, *PRELOAD_EXTRA.get(module, ())] if module else []:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the load that follows says why it cannot
+            return
+
+
+def volunteer_for_oom() -> None:
+    """Make this process the kernel OOM killer's first choice (a trial worker, not the agent, dies when memory runs
+    out). Raising one's own score needs no privilege."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+@dataclass
+class Footprint:
+    """Resident memory a load added: `rss_mb` once loaded and run (steady), `peak_mb` at its highest on the way."""
+
+    rss_mb: float | None = None
+    peak_mb: float | None = None
+
+
+class Meter:
+    """Measures one load: `start()` before it, `stop()` after the load and a run."""
+
+    def __init__(self) -> None:
+        self.before = 0
+
+    def start(self) -> None:
+        reset_peak()
+        self.before = rss_bytes()
+
+    def stop(self) -> Footprint:
+        after = rss_bytes()
+        if not self.before or not after:
+            return Footprint()
+        peak = max(peak_bytes(), after)
+        return Footprint(round(max(after - self.before, 0) / MIB, 1), round(max(peak - self.before, 0) / MIB, 1))
