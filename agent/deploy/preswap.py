@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.deploy.shadow import Pairs, run_pair, shadow
+from agent.deploy.shadow import IDLE_S, Pairs, run_pair, shadow
 from agent.serving.live import Mirror
 from protocol import Shadow
 from protocol.errors import EdgeError
@@ -70,8 +70,9 @@ def check_before_swap(
 def _pairs(
     model: LoadedModel, serving: LoadedModel, plan: ShadowPlan, tap: LiveTap | None, stop: threading.Event
 ) -> tuple[Pairs, str]:
-    """Pairs from live requests when enough arrive within the window, else from the new version's samples."""
-    if tap is not None and plan.window_s > 0:
+    """Pairs from live requests when enough arrive within the window, else from the new version's samples (at once
+    when the model answered no request in the last IDLE_S: no waiting for traffic that is not there)."""
+    if tap is not None and plan.window_s > 0 and not tap.idle_for(IDLE_S):
         tap.mirror = Mirror(plan.share)
         try:
             live = shadow(model, serving, tap.mirror, window_s=plan.window_s, max_pairs=plan.max_pairs, stop=stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import random
 import threading
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # numpy is imported by the first request, not by an idle agent
@@ -44,9 +45,15 @@ class LiveTap:
     def __init__(self, reservoir: Reservoir | None) -> None:
         self.reservoir = reservoir
         self.mirror: Mirror | None = None  # set while a new version is shadow-checked
+        self.last_request = float("-inf")  # time.monotonic() of the last answered request
+
+    def idle_for(self, seconds: float) -> bool:
+        """No request was answered in the last `seconds`: a shadow check would wait for traffic in vain."""
+        return time.monotonic() - self.last_request > seconds
 
     def offer(self, inputs: dict[str, np.ndarray]) -> None:
         """One request's inputs, answered: costs a counter unless kept or mirrored (both copy)."""
+        self.last_request = time.monotonic()
         if self.reservoir is not None:
             self.reservoir.offer(inputs)
         mirror = self.mirror
