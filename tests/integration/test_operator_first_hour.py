@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +62,8 @@ def test_the_readme_first_hour_works_as_written(tmp_path):
                     f" --http 127.0.0.1:{http}" if command.startswith("edge-controller") else f" --api 127.0.0.1:{api}"
                 )
                 log = (tmp_path / f"{command.split()[0]}.log").open("wb")
-                daemons.append(subprocess.Popen(command + extra, shell=True, cwd=tmp_path, env=env, stdout=log,
-                                                stderr=subprocess.STDOUT))  # fmt: skip
+                argv = shlex.split(command + extra)  # no shell between: terminate() reaches the daemon itself
+                daemons.append(subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
                 if command.startswith("edge-agent"):
                     wait_until(lambda: any(d["online"] for d in httpx.get(f"{url}/api/v1/devices").json()), 30,
                                "the README's agent to come online")  # fmt: skip
@@ -84,7 +85,10 @@ def test_the_readme_first_hour_works_as_written(tmp_path):
         term.close()
         for daemon in reversed(daemons):
             daemon.terminate()
-            daemon.wait(20)
+            try:
+                daemon.wait(20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
 
 
 def _answers(url: str) -> bool:
