@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.compat import zip_strict
-from targets import registry
+from targets import registry, tensorrt
 from targets.agreement import disagreement, worst_deviation
 from targets.base import Backend, BackendError
 from targets.candidates import Candidate, reference
@@ -117,7 +117,7 @@ def run_trial(
             # off on a real page); it competes only on the operator's samples
             result.error = f"{NOT_TRIED}: reduced precision competes only on samples given with the model"
             continue
-        options = _name_options(cand, ref_cand, ref)
+        options = _name_options(cand, ref_cand, ref) | tensorrt.trial_options(cand, path, ref.inputs, probe.sets, hints)
         meter = ref_meter if cand is ref_cand else Meter()
         try:
             started = time.perf_counter()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from protocol.compat import zip_strict
+from protocol.files import sha256_file
 from targets.base import Backend, BackendConfig, BackendError
 from targets.tensors import TensorSpec
 
@@ -42,7 +43,11 @@ class OnnxRuntimeConfig(BackendConfig):
     spinning: bool = False
     fallback: bool = True  # append CPU after the listed providers; each listed one that fails passes to the next
     tensorrt_fp16: bool = False
-    tensorrt_cache_dir: str | None = None  # engine cache: later loads skip the (minutes-long) TensorRT build
+    # Engine and timing caches: later loads skip the (minutes-long) TensorRT build. Engines are keyed by the model's
+    # sha256, precision, shape profile, runtime versions and GPU (targets/tensorrt.py), never by the file's name.
+    tensorrt_cache_dir: str | None = None
+    model_sha256: str | None = None  # set by the trial (hashed at load when not)
+    tensorrt_profile: dict[str, str] = {}  # trt_profile_{min,opt,max}_shapes from the samples (set by the trial)
     cuda_device_id: int = 0
 
 
@@ -53,12 +58,18 @@ def short_name(provider: str) -> str:
     return provider.removesuffix("ExecutionProvider").lower()
 
 
-def _provider_entry(provider: str, config: OnnxRuntimeConfig) -> str | tuple[str, dict[str, Any]]:
+def _provider_entry(provider: str, config: OnnxRuntimeConfig, path: Path) -> str | tuple[str, dict[str, Any]]:
     if provider == "TensorrtExecutionProvider":
+        from targets.tensorrt import provider_options
+
         options: dict[str, Any] = {"device_id": config.cuda_device_id, "trt_fp16_enable": config.tensorrt_fp16}
         if config.tensorrt_cache_dir:
-            Path(config.tensorrt_cache_dir).mkdir(parents=True, exist_ok=True)
-            options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": config.tensorrt_cache_dir}
+            sha256 = config.model_sha256 or sha256_file(path)
+            options |= provider_options(
+                config.tensorrt_cache_dir, sha256, config.tensorrt_fp16, dict(config.tensorrt_profile)
+            )
+        else:
+            options |= dict(config.tensorrt_profile)
         return (provider, options)
     if provider == "CUDAExecutionProvider":
         return (provider, {"device_id": config.cuda_device_id})
@@ -113,7 +124,7 @@ class OnnxRuntimeBackend(Backend):
                 last_error = f"{provider} is not available in this onnxruntime build"
                 continue
             try:  # a lone provider per try: ONNX Runtime would otherwise fall back silently, hiding the reason
-                session = ort.InferenceSession(str(path), options, providers=[_provider_entry(provider, config)])
+                session = ort.InferenceSession(str(path), options, providers=[_provider_entry(provider, config, path)])
             except Exception as exc:  # onnxruntime raises several unrelated exception types
                 last_error = _first_line(exc)
                 self.provider_notes[provider] = f"failed: {last_error}"
