@@ -94,8 +94,9 @@ class Admission:
     def admit(self, result: CandidateResult) -> None:
         """Called with the chosen candidate's trial result right before it loads here: make room, or refuse."""
         self.predicted_mb, self.peak_mb = result.rss_mb, result.peak_mb
-        if result.rss_mb is not None:
-            self.residency.make_room(result.rss_mb, self.name)
+        need = max(result.peak_mb or 0.0, result.rss_mb or 0.0)  # a load passes its peak on the way to steady
+        if need:
+            self.residency.make_room(need, self.name)
         import_runtime(_runtime_of(result.name))
         self.before = rss_bytes()
 
@@ -190,7 +191,14 @@ class Residency:
     def _victims(self, name: str) -> list[str]:
         """Resident, unpinned models serving no request now, least recently used first."""
         names = [n for n in self.table.names() if n != name and n not in self.pinned and self._resident(n)]
-        return sorted((n for n in names if not self._busy(n)), key=lambda n: self.table.last_used.get(n, 0.0))
+        return sorted(
+            (n for n in names if not self._busy(n)), key=lambda n: (self._watched(n), self.table.last_used.get(n, 0.0))
+        )
+
+    def _watched(self, name: str) -> bool:
+        """In its health window the rollback still holds the version: unloading it frees memory only after that."""
+        model = self.table.current(name)
+        return model is not None and model.watch is not None and model.watch.active
 
     def evict(self, name: str) -> bool:
         """Unload one model (its files stay); requests already running on it finish on the old backend."""
