@@ -14,6 +14,7 @@ STATUS: dict[str, int] = {
     "bad_since": 400,
     "bad_calibration": 400,
     "bad_sample": 400,
+    "bad_task": 400,
     "bad_shape": 400,
     "invalid_model": 400,
     "not_onnx": 400,
