@@ -1,0 +1,180 @@
+"""The memory budget (agent/serving/memory.py) from cgroup files, and eviction (agent/serving/eviction.py): LRU order,
+pins, models mid-request, the one-line refusal, and the reload on an unloaded model's next request."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.serving import memory
+from agent.serving.eviction import MemoryRefused, ModelUnavailable, Residency, Unloaded
+from agent.serving.inflight import TrackedTable
+from agent.serving.memory import MIB, Budget, Cgroup, find_budget, own_cgroup
+from agent.serving.table import LoadedModel
+from targets.base import Backend, BackendConfig
+from targets.tensors import TensorSpec
+from targets.trial import CandidateResult
+
+
+def test_v1_group_limit_is_the_lowest_up_the_tree(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path)
+    group = tmp_path / "memory" / "system.slice" / "edge-agent.service"
+    group.mkdir(parents=True)
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (group.parent / "memory.limit_in_bytes").write_text(str(300 * MIB))
+    (group / "memory.limit_in_bytes").write_text(str(350 * MIB))
+    (group / "memory.usage_in_bytes").write_text(str(200 * MIB))
+    (group / "memory.stat").write_text(f"cache 1\ntotal_inactive_file {30 * MIB}\ntotal_active_file {20 * MIB}\n")
+    (group / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("12:pids:/x\n4:memory:/system.slice/edge-agent.service\n0::/system.slice/edge-agent.service\n")
+    found = own_cgroup(str(proc))
+    assert found == Cgroup(group, 1)
+    assert found.limit(1 << 40) == 300 * MIB  # the slice's limit binds
+    assert found.used() == 150 * MIB  # the file cache is reclaimable
+    assert found.oom_kills() == 2
+
+
+def test_v2_group(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path)
+    group = tmp_path / "system.slice" / "edge-agent.service"
+    group.mkdir(parents=True)
+    (group / "memory.max").write_text(f"{350 * MIB}\n")
+    (group.parent / "memory.max").write_text("max\n")
+    (group / "memory.current").write_text(str(100 * MIB))
+    (group / "memory.stat").write_text(f"anon {80 * MIB}\ninactive_file {10 * MIB}\nactive_file 0\n")
+    (group / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/edge-agent.service\n")
+    found = own_cgroup(str(proc))
+    assert found == Cgroup(group, 2)
+    assert (found.limit(1 << 40), found.used(), found.oom_kills()) == (350 * MIB, 90 * MIB, 1)
+
+
+def test_configured_budget_wins():
+    budget = find_budget(200)
+    assert (budget.limit, budget.source) == (200 * MIB, "memory_budget_mb")
+
+
+class FakeBudget(Budget):
+    """Used memory is the sum of the footprints of the models whose backends are alive."""
+
+    def __init__(self, limit_mb: float, base_mb: float = 100) -> None:
+        super().__init__(int(limit_mb * MIB), "test")
+        self.base_mb = base_mb
+        self.alive: dict[int, float] = {}
+
+    def used(self) -> int:
+        return int((self.base_mb + sum(self.alive.values())) * MIB)
+
+
+class Weighty(Backend):
+    type_key = "weighty"
+    runtime_module = "numpy"
+
+    def __init__(self, budget: FakeBudget, mb: float) -> None:
+        super().__init__(BackendConfig(type="weighty"))
+        self.inputs = [TensorSpec("x", "FP32", (1,), (None,))]
+        self.outputs = [TensorSpec("y", "FP32", (1,), (None,))]
+        self.budget, self.mb = budget, mb
+        budget.alive[id(self)] = mb
+
+    def load(self, path, model_format):  # pragma: no cover
+        pass
+
+    def infer(self, inputs):
+        return {"y": inputs["x"] * 2}
+
+    def __del__(self) -> None:
+        self.budget.alive.pop(id(self), None)
+
+
+def _setup(limit_mb: float, pinned: set[str] | None = None):
+    budget = FakeBudget(limit_mb)
+    table = TrackedTable()
+    residency = Residency(budget, table, pinned or set(), headroom_mb=0, wait_s=1)
+    for name in ("a", "b", "c"):
+        table.swap(LoadedModel(name, "1", name, Weighty(budget, 64)))
+        residency.note(name, 64)
+
+    def reload(name: str) -> LoadedModel:  # as the loader does: admitted on the trial's figure, then loaded
+        with residency.loading(name, 0, trial=False) as admission:
+            admission.admit(CandidateResult("onnxruntime:cpu", rss_mb=64, peak_mb=64))
+            return LoadedModel(name, "1", name, Weighty(budget, 64))
+
+    residency.reload = reload
+    return budget, table, residency
+
+
+def _use(table: TrackedTable, *names: str) -> None:
+    for name in names:
+        model = table.get(name)
+        assert model is not None
+        model.infer({"x": np.ones(1, np.float32)})
+
+
+def test_least_recently_used_unpinned_idle_model_is_unloaded(monkeypatch):
+    budget, table, residency = _setup(350, pinned={"a"})
+    _use(table, "a", "b", "c", "a")  # b is the least recently used unpinned one
+    residency.make_room(60, "d")  # 350 - 292 = 58 free: one model must go
+    assert isinstance(table.current("b").backend, Unloaded)
+    assert not isinstance(table.current("c").backend, Unloaded)
+    assert budget.free_mb() == pytest.approx(122)
+    assert table.get("b").infer({"x": np.ones(1, np.float32)})["y"][0] == 2  # loads again on its request
+    assert not isinstance(table.current("b").backend, Unloaded)
+    assert budget.free_mb() == pytest.approx(58)  # it fitted in what the unload freed
+    _use(table, "c", "a")
+    residency.make_room(130, "d")  # now b is the least recently used again, then c
+    assert [n for n in "abc" if isinstance(table.current(n).backend, Unloaded)] == ["b", "c"]
+    assert residency.status()["reloads"] == 1
+
+
+def test_refusal_names_memory_and_the_pins():
+    _, table, residency = _setup(300, pinned={"a", "b"})
+    _use(table, "c")
+    with pytest.raises(MemoryRefused) as refused:
+        residency.make_room(220, "d")
+    assert str(refused.value) == "needs ~220 MiB, 72 MiB free of a 300 MiB budget; pinned: a, b"
+    assert [n for n in "abc" if isinstance(table.current(n).backend, Unloaded)] == ["c"]
+
+
+def test_a_model_mid_request_is_not_unloaded():
+    _, table, residency = _setup(300)
+    table.inflight.enter("a")
+    try:
+        with pytest.raises(MemoryRefused, match="busy: a"):
+            residency.make_room(250, "d")
+    finally:
+        table.inflight.leave("a")
+    assert not isinstance(table.current("a").backend, Unloaded)
+
+
+def test_a_reload_that_cannot_fit_is_a_503_with_retry_after():
+    _, table, residency = _setup(300, pinned={"a", "b"})
+    residency.evict("c")
+    residency.reload = lambda name: (_ for _ in ()).throw(MemoryRefused("needs ~64 MiB, 0 MiB free"))
+    with pytest.raises(ModelUnavailable) as unavailable:
+        table.get("c").infer({"x": np.ones(1, np.float32)})
+    assert "needs ~64 MiB" in str(unavailable.value) and unavailable.value.retry_after_s == 1
+
+
+def test_a_reload_waits_for_the_lock_with_a_bound():
+    _, table, residency = _setup(300)
+    residency.evict("c")
+    holder = threading.Thread(target=lambda: (residency.lock.acquire(), threading.Event().wait(3)), daemon=True)
+    holder.start()
+    holder.join(0.2)
+    with pytest.raises(ModelUnavailable, match="still waiting"):
+        table.get("c").infer({"x": np.ones(1, np.float32)})
+
+
+def test_admission_makes_room_for_the_peak(tmp_path: Path):
+    budget, table, residency = _setup(350)
+    _use(table, "a", "b", "c")
+    with residency.loading("d", 0, trial=False) as admission:
+        admission.admit(CandidateResult("onnxruntime:cpu", rss_mb=70, peak_mb=130))
+    assert [n for n in "abc" if isinstance(table.current(n).backend, Unloaded)] == ["a", "b"]
+    assert admission.report()["predicted_mb"] == 70
