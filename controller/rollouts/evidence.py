@@ -88,7 +88,7 @@ _PEER_ROWS = {
     "postgresql": """
 SELECT t.device_id, t.ts, CAST(NULL AS VARCHAR) AS previous, CAST(:now AS DOUBLE PRECISION) AS pushed,
        CAST(:since AS DOUBLE PRECISION) AS activated_at, t.payload::jsonb AS j
-FROM telemetry t WHERE t.device_id IN :peers AND t.ts >= :since""",
+FROM unnest(CAST(:peers AS VARCHAR[])) AS p(id) JOIN telemetry t ON t.device_id = p.id AND t.ts >= :since""",
     "sqlite": """
 SELECT t.device_id, t.ts, NULL AS previous, :now AS pushed, :since AS activated_at, t.payload AS j
 FROM telemetry t WHERE t.device_id IN :peers AND t.ts >= :since""",
@@ -175,10 +175,12 @@ def _aggregate(db: Database, which: str, params: dict[str, Any]) -> dict[str, Me
     rows = (_WAVE_ROWS if which == "wave" else _PEER_ROWS)[dialect]
     part = _PART[which].format(version=_VERSION[dialect])
     query = sa.text(_AGGREGATE[dialect].format(rows=rows, part=part))
-    if which == "peer":
+    if which == "peer" and dialect == "sqlite":
         query = query.bindparams(sa.bindparam("peers", expanding=True))
     found: dict[str, Measured] = {}
     with db.engine.connect() as conn:
+        if dialect == "postgresql":  # the set-returning functions' row estimates (100 each) make the plan look costly
+            conn.execute(sa.text("SET LOCAL jit = off"))  # enough to JIT-compile it: 0.6 s for a 0.1 s query
         for device_id, kind, bucket, a, b, c in conn.execute(query, params):
             measured = found.setdefault(device_id, Measured())
             if kind == "restart":
