@@ -40,6 +40,7 @@ from protocol import QOS, ControllerPresence, Desired, DeviceState, Presence, Pr
 from protocol.errors import EdgeError
 from protocol.link import MqttLink, TlsFiles, Will
 from protocol.signing import SignatureError, Verifier
+from targets import trial_spare
 from targets.probe import probe
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Agent:
         budget = find_budget(config.memory_budget_mb, config.memory_reserve_mb)
         log.info("memory budget %s", budget.describe())
         self.memory = Residency(budget, self.table, set(config.pinned_models), wait_s=config.memory_wait_s)
+        self.telemetry.memory = self.memory.telemetry  # the budget's figures in each telemetry message
         self.loader = Loader(
             config, self.hardware, self.store, self.recorder, self._on_failover, self.taps, self.memory
         )
@@ -127,6 +129,8 @@ class Agent:
             token=self.config.api_token(), status=self.link_status,
         )  # fmt: skip
         self.api.start()
+        if self.config.backend_trial and self.config.trial_isolated and self.config.trial_spare_max_mb > 0:
+            trial_spare.enable(self.config.trial_spare_max_mb)  # the first deployment's trial need not wait for imports
         if self.config.grpc:
             self.grpc_api = self._start_grpc(ready)
         self.deployer.restore()
@@ -149,6 +153,7 @@ class Agent:
             self.api.stop()
         if self.grpc_api is not None:
             self.grpc_api.stop()
+        trial_spare.disable()
         inflight = self.table.inflight.count
         if inflight:
             log.info("waiting up to %.0fs for %d in-flight inference(s)", drain_timeout, inflight)

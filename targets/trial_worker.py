@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from targets import trial_spare
 from targets.base import BackendError
 from targets.candidates import Candidate
 from targets.inputs import Inputs, ProbeInputs, pack_samples, unpack_samples
@@ -55,10 +56,7 @@ def run_isolated(
             }))  # fmt: skip
             if samples:
                 (Path(tmp) / "samples.npz").write_bytes(pack_samples(samples))
-            proc = subprocess.run(
-                [sys.executable, "-m", "targets.trial_worker", str(request)],
-                capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, cwd=str(Path(__file__).resolve().parents[1]),
-            )  # fmt: skip
+            proc = trial_spare.run(request, WORKER_TIMEOUT_S)  # a spare worker with the runtimes imported, if any
             if proc.returncode == 0 or (Path(tmp) / "outcome.json").exists():  # a crash after the answer is harmless
                 return _outcome(Path(tmp), remaining, path, model_format, crashed, admit)
 
@@ -95,10 +93,7 @@ def check_isolated(
         }))  # fmt: skip
         if samples:
             (Path(tmp) / "samples.npz").write_bytes(pack_samples(samples))
-        proc = subprocess.run(
-            [sys.executable, "-m", "targets.trial_worker", str(request)],
-            capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, cwd=str(Path(__file__).resolve().parents[1]),
-        )  # fmt: skip
+        proc = trial_spare.run(request, WORKER_TIMEOUT_S)
     if proc.returncode == 0:
         return
     refused = [ln[len(REFUSED) :] for ln in proc.stderr.splitlines() if ln.startswith(REFUSED)]
@@ -196,6 +191,11 @@ def main(argv: list[str]) -> int:
     sys._edge_trial_worker = True  # type: ignore[attr-defined]
     os.nice(TRIAL_NICE)
     logging.basicConfig(level=logging.WARNING)
+    if argv[:1] == [trial_spare.SPARE]:  # started ahead: import the runtimes, then wait for the job
+        request = trial_spare.wait_for_request()
+        if request is None:
+            return 0
+        argv = [request]
     try:
         return _work(Path(argv[0]))
     except BackendError as exc:
