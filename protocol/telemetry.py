@@ -65,6 +65,8 @@ class ModelTelemetry(BaseModel):
     latency_max_ms: float = 0.0
     outputs: dict[Key, OutputStats] = Field(default_factory=dict, max_length=MAX_TELEMETRY_OUTPUTS)
     inputs: dict[Key, InputStats] = Field(default_factory=dict, max_length=MAX_TELEMETRY_INPUTS)  # protocol/quality.py
+    memory_mb: float | None = None  # the memory the version took when it loaded (agent/serving/eviction.py)
+    resident: bool | None = None  # False: unloaded to save memory, loads again on its next request
 
 
 class Resources(BaseModel):
@@ -84,6 +86,14 @@ class Resources(BaseModel):
     net_tx_bytes: Count | None = None
     gpu_load_percent: float | None = None  # Jetson (sysfs)
     gpu_power_w: float | None = None
+    # the agent's memory budget (agent/serving/memory.py): its size, what it uses now, models unloaded to keep within
+    # it and loaded again on request (with the p95 of those reloads), and the OOM kills its cgroup counted
+    budget_mb: float | None = None
+    budget_used_mb: float | None = None
+    unloads: Count | None = None
+    reloads: Count | None = None
+    reload_p95_ms: float | None = None
+    oom_kills: Count | None = None
 
 
 class Telemetry(Message):

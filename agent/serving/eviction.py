@@ -246,6 +246,19 @@ class Residency:
         finally:
             self.lock.release()
 
+    def telemetry(self) -> dict[str, Any]:
+        """The budget's figures for each telemetry message (agent/telemetry/publisher.py)."""
+        figures = self.status()
+        resources = {
+            "budget_mb": figures["budget_mb"], "budget_used_mb": figures["used_mb"], "unloads": self.evictions,
+            "reloads": figures["reloads"], "reload_p95_ms": figures["reload_p95_ms"], "oom_kills": figures["oom_kills"],
+        }  # fmt: skip
+        models = {
+            name: {"memory_mb": mb, "resident": name not in figures["unloaded"]}
+            for name, mb in figures["models_mb"].items()
+        }
+        return {"resources": {k: v for k, v in resources.items() if v is not None}, "models": models}
+
     def status(self) -> dict[str, Any]:
         """For telemetry and the status: the budget, what is used, each model's footprint and residency."""
         reloads = sorted(self.reloads_ms)

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.telemetry.resources import ResourceSampler
 from agent.telemetry.stats import Recorder
@@ -134,6 +135,8 @@ class TelemetryPublisher:
         self.replay_rate = replay_rate
         self.queue = DiskQueue(queue_dir, queue_bytes)
         self.resources = ResourceSampler(data_dir or queue_dir)
+        # {"resources": {...}, "models": {name: {...}}} merged into each message (the memory budget's figures)
+        self.memory: Callable[[], dict[str, Any]] | None = None
         self.clock = clock
         self.ready = ready or (lambda: True)  # e.g. "the controller is online": else samples wait on disk
         self.seq = 0
@@ -197,6 +200,11 @@ class TelemetryPublisher:
         with self._lock:
             end = self.clock()
             models = self.recorder.take()
+            resources = self.resources.sample()
+            if self.memory is not None:  # the budget's figures, and each model's footprint and residency
+                figures = self.memory()
+                resources = resources.model_copy(update=figures["resources"])
+                models = [m.model_copy(update=figures["models"].get(m.name, {})) for m in models]
             self.seq += 1
             message = Telemetry(
                 device_id=self.device_id,
@@ -205,7 +213,7 @@ class TelemetryPublisher:
                 start=self.window_start,
                 interval_s=self.interval_s,
                 models=models,
-                resources=self.resources.sample(),
+                resources=resources,
                 dropped=self.queue.dropped,
             )
             self.window_start = end

@@ -178,3 +178,16 @@ def test_admission_makes_room_for_the_peak(tmp_path: Path):
         admission.admit(CandidateResult("onnxruntime:cpu", rss_mb=70, peak_mb=130))
     assert [n for n in "abc" if isinstance(table.current(n).backend, Unloaded)] == ["a", "b"]
     assert admission.report()["predicted_mb"] == 70
+
+
+def test_telemetry_carries_the_budget_and_each_footprint():
+    from protocol.telemetry import ModelTelemetry, Resources
+
+    _, table, residency = _setup(350)
+    residency.evict("b")
+    figures = residency.telemetry()
+    resources = Resources.model_validate(figures["resources"])
+    assert (resources.budget_mb, resources.budget_used_mb, resources.unloads) == (350, 228.0, 1)
+    model = ModelTelemetry.model_validate({"name": "b", "version": "1", **figures["models"]["b"]})
+    assert (model.memory_mb, model.resident) == (64, False)
+    assert figures["models"]["a"] == {"memory_mb": 64, "resident": True}
