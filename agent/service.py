@@ -92,7 +92,6 @@ class Agent:
         log.info("memory budget %s", budget.describe())
         self.memory = Residency(budget, self.table, set(config.pinned_models), wait_s=config.memory_wait_s)
         self.telemetry.memory = self.memory.telemetry  # the budget's figures in each telemetry message
-        self.telemetry.memory = self.memory.telemetry  # the budget's figures in each telemetry message
         self.loader = Loader(
             config, self.hardware, self.store, self.recorder, self._on_failover, self.taps, self.memory
         )
