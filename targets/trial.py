@@ -150,7 +150,7 @@ def _fastest_then_smallest(
     entrants: list[tuple[Candidate, Backend, dict[str, Any], CandidateResult]],
 ) -> tuple[Candidate, Backend, dict[str, Any], CandidateResult]:
     """The fastest; among those within MEMORY_TIE of it, the one whose load added the least memory (measured: a
-    64 MiB MatMul took 77 MiB on ONNX Runtime, 175 MiB on OpenVINO, at 18.9 vs 18.4 ms)."""
+    64 MiB MatMul took 68 MiB on ONNX Runtime, 175 MiB on OpenVINO, at 18.9 vs 18.4 ms)."""
     p50 = {id(e): e[3].p50_ms if e[3].p50_ms is not None else float("inf") for e in entrants}
     fastest = min(p50.values())
     near = [e for e in entrants if p50[id(e)] <= fastest * (1 + MEMORY_TIE)]
