@@ -173,15 +173,23 @@ class RolloutEngine:
     ) -> list[dict[str, Any]]:
         """Devices seen serving the new version (or reporting it failed, or past their deadline): not decisions."""
         timeout = rollout["spec"]["activate_timeout_s"]
-        for row in rows:
-            if row["state"] != "pushed" or row["pushed_at"] is None:
+        serving = {"state": "serving", "activated_at": now}
+        pushed = [row for row in rows if row["state"] == "pushed" and row["pushed_at"] is not None]
+        seen = {row["device_id"]: activation(model_entry(states.get(row["device_id"]), rollout["model"]),
+                                             rollout["version"]) for row in pushed}  # fmt: skip
+        now_serving = [d for d, s in seen.items() if s is not None and s[0] == "serving"]
+        if now_serving:  # a wave's devices mostly activate together: one transaction for them
+            changed = self.store.observe_many(rollout["id"], now_serving, "pushed", **serving)
+            for row in pushed:
+                if row["device_id"] in changed:
+                    row.update(serving)
+        for row in pushed:
+            if row["state"] != "pushed" or (seen[row["device_id"]] or ("",))[0] == "serving":
                 continue
-            seen = activation(model_entry(states.get(row["device_id"]), rollout["model"]), rollout["version"])
+            failed = seen[row["device_id"]]
             values: dict[str, Any] = {}
-            if seen is not None and seen[0] == "serving":
-                values = {"state": "serving", "activated_at": now}
-            elif seen is not None:
-                values = {"state": "failed", "detail": seen[1]}
+            if failed is not None:
+                values = {"state": "failed", "detail": failed[1]}
             elif now - row["pushed_at"] >= timeout:
                 values = {"state": "failed", "detail": f"did not report serving {rollout['version']} within "
                                                        f"{timeout:g} s"}  # fmt: skip

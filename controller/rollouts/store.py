@@ -144,6 +144,16 @@ class RolloutStore:
                 conn.execute(rollout_devices.update().where(where).values(detail=detail))
         return done
 
+    def observe_many(self, rollout_id: str, device_ids: Sequence[str], only_state: str, **values: Any) -> set[str]:
+        """`observe` for many devices seen doing the same thing (one transaction); the ids whose row changed."""
+        changed: set[str] = set()
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(device_ids)):
+                where = (rollout_devices.c.rollout_id == rollout_id) & rollout_devices.c.device_id.in_(chunk)
+                query = rollout_devices.update().where(where & (rollout_devices.c.state == only_state)).values(**values)
+                changed.update(conn.execute(query.returning(rollout_devices.c.device_id)).scalars())
+        return changed
+
     def observe(self, rollout_id: str, device_id: str, only_state: str | None, **values: Any) -> bool:
         """Record what a device was seen doing (activated, failed, effect applied): not a decision, idempotent; with
         `only_state`, only while the device row is still in that state. False when nothing changed."""
