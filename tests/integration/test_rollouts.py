@@ -185,3 +185,67 @@ def test_a_device_killed_in_its_wave_fails_activation_by_the_deadline(controller
 def _fast_join(monkeypatch):
     """Late joiners looked for every second (the default 5 s would only slow these tests)."""
     monkeypatch.setattr("controller.rollouts.engine.JOIN_EVERY_S", 1.0)
+
+
+def test_an_agent_restarted_while_serving_the_new_version_is_harm_with_its_evidence(
+    controller, start_agent, mlp_model, tmp_path
+):
+    """SIGKILL and restart the wave-1 agent while it bakes: its telemetry `seq` starts again while it serves the new
+    version, the not-yet-updated agents of its class did not restart in that period, so the restart is the
+    version's: the wave fails on harm, the event carries the restart's evidence, the device goes back."""
+    agents = fleet(controller, start_agent, mlp_model, n=3)
+    good = same_answers(mlp_model, tmp_path / "m2.onnx")
+    traffic = Traffic(agents)
+    try:
+        rollout = edgectl(controller, "rollout", "start", str(good), "--name", "m", "--version", "2",
+                          "--waves", "1,100%", *FAST[2:], "--bake", "15")  # fmt: skip
+        baking = wait_until(lambda: (r := controller.client.rollout(rollout["id"]))["phase"] == "baking" and r, 60,
+                            "wave 1 baking")  # fmt: skip
+        (first,) = baking["waves"][0]["devices"]
+        agent = next(a for a in agents if a.device_id == first)
+        time.sleep(3.0)  # a few telemetry windows on version 2 first
+        agent.kill()
+        agent.start()
+        done = wait_state(controller, rollout["id"], {"halted", "completed", "paused"}, timeout=90)
+        assert done["state"] == "halted", done["reason"]
+        (gates,) = done["waves"][0]["classes"].values()
+        assert gates["failed_gates"] == ["harm"], gates
+        harm = gates["harm"]
+        assert harm["restarts_attributed"] and harm["peers_seen"] == 2 and harm["peer_restarts"] == {}
+        assert "restarted (telemetry seq" in harm["devices"][first] and first in harm["restarts"]
+        assert f"harm on {first} (restarted (telemetry seq" in done["reason"]
+        failed = events_are_contiguous(controller, rollout["id"])[-1]
+        assert failed["kind"] == "wave_failed" and failed["data"]["reverted"] == [first]
+        wait_until(lambda: serving(controller, first) == "1", 30, "the restarted device back on version 1")
+        assert all(serving(controller, a.device_id) == "1" for a in agents if a.device_id != first)
+    finally:
+        traffic.close()
+
+
+def test_a_restart_the_not_yet_updated_agents_share_is_recorded_not_blamed_on_the_version(
+    controller, start_agent, mlp_model, tmp_path
+):
+    """The wave-1 agent and both not-yet-updated agents SIGKILLed and restarted in the same period (a power cut):
+    the restart is recorded in the wave's harm figures with its evidence but not attributed; the rollout completes."""
+    agents = fleet(controller, start_agent, mlp_model, n=3)
+    good = same_answers(mlp_model, tmp_path / "m2.onnx")
+    traffic = Traffic(agents)
+    try:
+        rollout = edgectl(controller, "rollout", "start", str(good), "--name", "m", "--version", "2",
+                          "--waves", "1,100%", *FAST[2:], "--bake", "15")  # fmt: skip
+        wait_until(lambda: controller.client.rollout(rollout["id"])["phase"] == "baking", 60, "wave 1 baking")
+        time.sleep(3.0)
+        for agent in agents:
+            agent.kill()
+        for agent in agents:
+            agent.start()
+        done = wait_state(controller, rollout["id"], {"halted", "completed", "paused"}, timeout=120)
+        assert done["state"] == "completed", done["reason"]
+        (first,) = done["waves"][0]["devices"]
+        (gates,) = done["waves"][0]["classes"].values()
+        harm = gates["harm"]
+        assert harm["verdict"] == "pass" and not harm["restarts_attributed"], harm
+        assert "restarted (telemetry seq" in harm["restarts"][first] and len(harm["peer_restarts"]) == 2
+        assert harm["peer_restart_share"] == 1.0 and harm["restart_share"] == 1.0
+    finally:
+        traffic.close()
