@@ -6,7 +6,9 @@ with a state that serves it at once, the shadow check's agreement, telemetry fro
 
 Two rollouts with --waves 1%,10%,50%,100%: version 2 is 30% slower on the Jetson class only and must stop in wave 1
 with exposure limited to that wave; version 3 is healthy and must complete. Reports the time to each decision, the
-devices exposed, the time to revert after the decision, and the controller CPU each decision took.
+devices exposed, the time to revert after the decision, the controller CPU each decision took (and its wall time, the
+database's work included), and the issue's checks: stopped in wave 1, exposure per class within wave 1's share,
+reverted within one bake, no promotion without evidence, events contiguous with one decision per wave.
 """
 
 from __future__ import annotations
@@ -128,10 +130,28 @@ async def run_rollout(api: httpx.AsyncClient, devices: list[RolloutDevice], vers
             reverted_s = round(time.time() - failed[-1]["ts"], 1)
     first_wave = set(status["waves"][0]["devices"])
     decisions = [e for e in events if e["kind"] in ("wave_passed", "wave_failed", "bake_extended", "paused")]
+    wave_1_share = {c: sum(d.hw_class == c for d in devices if d.device_id in first_wave) for c in CLASSES}
+    exposed_by_class = {c: sum(d.hw_class == c for d in exposed) for c in CLASSES}
+    unproven = [  # promotions whose wave lacked the evidence in some class
+        e["wave"] for e in events if e["kind"] == "wave_passed"
+        and any(g["evidence"]["verdict"] != "pass" for g in e["data"]["classes"].values())
+    ]  # fmt: skip
+    checks = {
+        "events_contiguous": [e["seq"] for e in events] == list(range(1, len(events) + 1)),
+        "one_decision_per_wave": all(sum(e["kind"] in ("wave_passed", "wave_failed") and e["wave"] == w
+                                         for e in events) <= 1 for w in range(len(status["waves"]))),
+        "promotions_without_evidence": len(unproven),
+    }  # fmt: skip
+    if failed:
+        checks |= {
+            "stopped_in_wave_1": failed[-1]["wave"] == 0 and status["state"] == "halted",
+            "exposure_within_wave_1_share": all(exposed_by_class[c] <= wave_1_share[c] for c in CLASSES),
+            "reverted_within_one_bake": reverted_s is not None and reverted_s <= bake,
+        }
     return {
         "version": version, "state": status["state"], "reason": status["reason"],
         "seconds": round(decided - started, 1), "devices_exposed": len(exposed),
-        "exposed_by_class": {c: sum(d.hw_class == c for d in exposed) for c in CLASSES},
+        "exposed_by_class": exposed_by_class, "wave_1_by_class": wave_1_share,
         "exposed_outside_wave_1": len([d for d in exposed if d.device_id not in first_wave]),
         "wave_1_devices": len(first_wave),
         "decision_after_wave_start_s": [
@@ -139,6 +159,13 @@ async def run_rollout(api: httpx.AsyncClient, devices: list[RolloutDevice], vers
             for e in decisions
         ],
         "decision_cpu_s": [e["data"].get("cpu_s") for e in decisions],
+        "decision_wall_s": [e["data"].get("wall_s") for e in decisions],
+        "wave_devices": [e["data"].get("devices") for e in decisions],
+        "wave_started_to_activated_s": [
+            round(a["ts"] - next(s["ts"] for s in events if s["kind"] == "wave_started" and s["wave"] == a["wave"]), 1)
+            for a in events if a["kind"] == "activated"
+        ],
+        "checks": checks,
         "reverted_after_decision_s": reverted_s,
     }  # fmt: skip
 
@@ -203,8 +230,10 @@ def main(argv: list[str] | None = None) -> None:
         r = results[key]
         print(f"version {r['version']}: {r['state']} after {r['seconds']} s, {r['devices_exposed']} exposed "
               f"{r['exposed_by_class']} (outside wave 1: {r['exposed_outside_wave_1']}), decisions "
-              f"{r['decision_after_wave_start_s']} s after their wave started, CPU {r['decision_cpu_s']} s, "
-              f"reverted {r['reverted_after_decision_s']} s after the decision; {r['reason']}")  # fmt: skip
+              f"{r['decision_after_wave_start_s']} s after their wave started (activated after "
+              f"{r['wave_started_to_activated_s']} s), CPU {r['decision_cpu_s']} s (wall {r['decision_wall_s']} s) "
+              f"for {r['wave_devices']} devices, reverted {r['reverted_after_decision_s']} s after the decision; "
+              f"{r['reason']}; checks {r['checks']}")  # fmt: skip
 
 
 if __name__ == "__main__":
