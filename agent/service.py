@@ -36,7 +36,7 @@ from agent.status_board import StatusBoard
 from agent.telemetry.publisher import TelemetryPublisher
 from agent.telemetry.stats import Recorder
 from daemon.systemd_notify import Notifier
-from protocol import QOS, ControllerPresence, Desired, DeviceState, Presence, ProtocolError, Topics, decode
+from protocol import QOS, ControllerPresence, Desired, DeviceState, Failover, Presence, ProtocolError, Topics, decode
 from protocol.errors import EdgeError
 from protocol.link import MqttLink, TlsFiles, Will
 from protocol.signing import SignatureError, Verifier
@@ -350,7 +350,7 @@ class Agent:
         elif not online:
             self.controller_online.clear()
 
-    def _on_failover(self, name: str, status: dict[str, Any]) -> None:
+    def _on_failover(self, name: str, status: Failover) -> None:
         self.board.update(name, failover=status)
 
     def _send_state(self, state: DeviceState) -> None:

@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from agent.fetch.store import ModelStore
 from agent.serving.table import ModelTable
-from protocol import DeviceState, ModelState, ModelStatus, ServingInfo
+from protocol import DeviceState, Failover, ModelState, ModelStatus, Problem, Selection, ServingInfo, Shadow
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class Fields(TypedDict, total=False):
+    """The fields of a model's entry its writer sets, typed as the wire has them: an entry is changed with
+    `model_copy(update=...)`, which does not validate, so a value here is dumped as it is given."""
+
+    progress: float
+    reason: Problem | None
+    backend: str | None
+    selection: Selection | None
+    failover: Failover | None
+    shadow: Shadow | None
+    attempt: int
+
+
+class Changes(Fields, total=False):
+    state: ModelState
 
 
 class StatusBoard:
@@ -47,7 +67,7 @@ class StatusBoard:
 
     # -- writing -----------------------------------------------------------------------------------------------------
 
-    def open(self, name: str, version: str, sha256: str, state: ModelState, **fields: Any) -> None:
+    def open(self, name: str, version: str, sha256: str, state: ModelState, **fields: Unpack[Fields]) -> None:
         """Show a model's target version afresh (replacing its entry), with what serves the model now; no publish."""
         serving, previous = self.serving_info(name)
         entry = ModelStatus(
@@ -56,19 +76,22 @@ class StatusBoard:
         with self.lock:
             self._models[name] = entry
 
-    def update(self, name: str, **changes: Any) -> None:
+    def update(self, name: str, **changes: Unpack[Changes]) -> None:
         """Change fields of a model's entry (none: nothing happens) and publish."""
+        self._change(name, dict(changes))
+
+    def update_serving(self, name: str, **changes: Unpack[Changes]) -> None:
+        """update(), with `serving` and `previous` read again (after a swap or a rollback)."""
+        serving, previous = self.serving_info(name)
+        self._change(name, {**changes, "serving": serving, "previous": previous})
+
+    def _change(self, name: str, changes: dict[str, object]) -> None:
         with self.lock:
             current = self._models.get(name)
             if current is None:
                 return
             self._models[name] = current.model_copy(update=changes)
         self.publish()
-
-    def update_serving(self, name: str, **changes: Any) -> None:
-        """update(), with `serving` and `previous` read again (after a swap or a rollback)."""
-        serving, previous = self.serving_info(name)
-        self.update(name, serving=serving, previous=previous, **changes)
 
     def remove(self, name: str) -> None:
         with self.lock:

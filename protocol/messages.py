@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.identifiers import DeviceId, ModelName, Sha256
 from protocol.limits import MAX_CHUNK_BYTES, MAX_SAMPLES, MAX_SAMPLES_BYTES, SCHEMA_VERSION
@@ -201,11 +201,6 @@ class ModelStatus(BaseModel):
     failover: Failover | None = None  # run-time failover: what serves instead of the preferred backend, and why
     shadow: Shadow | None = None  # the pre-swap check beside the serving version
     attempt: int = 0  # the desired model's attempt this entry reports on (see DesiredModel.attempt)
-
-    @field_serializer("selection", "failover", "shadow", mode="wrap")
-    def _reported(self, value: Any, handler: SerializerFunctionWrapHandler) -> Any:
-        """`model_copy(update=...)` does not validate: a report given there as a dict is dumped as it is."""
-        return value if isinstance(value, dict) else handler(value)
 
 
 class DeviceState(Message):

@@ -85,6 +85,7 @@ class Selection(Reported):
     timed: bool | None = None
     candidates: list[CandidateResult] = Field(default_factory=list)
     variants: list[VariantTrial] = Field(default_factory=list)
+    agreement_on: str | None = None  # the inputs the variants' agreement with the original was judged on
     variants_trial_s: float | None = None
     live: str | None = None  # re-selection on the shapes of live requests: what it decided and its figures
     retrial: str | None = None  # the trial run again after a restart found other hardware or runtimes

@@ -14,16 +14,16 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.deploy.crashguard import CrashGuard
 from agent.deploy.downloads import Downloads
-from agent.deploy.loader import Loader, failover_status
+from agent.deploy.loader import Loaded, Loader, failover_status
 from agent.deploy.preswap import ShadowPlan, Unhealthy, check_before_swap
 from agent.deploy.rollback import Rollback
-from agent.deploy.variants import Artifact, choose
+from agent.deploy.variants import Artifact, Chosen, choose
 from agent.fetch.fetcher import FetchCancelled
 from agent.fetch.store import Installed, ModelRecord, ModelStore, Refusal
 from agent.serving.eviction import MemoryRefused
 from agent.serving.table import LoadedModel, ModelTable
 from agent.status_board import StatusBoard
-from protocol import Desired, DesiredModel, Problem, Shadow
+from protocol import Desired, DesiredModel, Problem, Selection, Shadow
 from protocol.errors import EdgeError, error_code
 from protocol.signing import Verifier
 from targets.base import BackendError
@@ -163,7 +163,7 @@ class Deployer:
     def _deploy(self, target: DesiredModel) -> None:
         self.board.open(target.name, target.version, target.sha256, "pending", attempt=target.attempt)
         try:
-            model, selection, artifact, shadow = self._prepare(target)
+            chosen, shadow = self._prepare(target)
         except FetchCancelled:
             self.guard.end(target.name)
             log.info("deployment of %s %s superseded", target.name, target.version)
@@ -174,9 +174,9 @@ class Deployer:
         except (EdgeError, OSError, KeyError) as exc:
             self._fail(target, exc)
             return
-        self._swap_in(target, replace(model, attempt=target.attempt), selection, artifact, shadow)
+        self._swap_in(target, replace(chosen.model, attempt=target.attempt), chosen.selection, chosen.artifact, shadow)
 
-    def _prepare(self, target: DesiredModel) -> tuple[LoadedModel, dict[str, Any], Artifact, Shadow | None]:
+    def _prepare(self, target: DesiredModel) -> tuple[Chosen, Shadow | None]:
         """Verify the signature, fetch, load the original and its variants, choose, and check the winner."""
         if self.verifier is not None:
             self.verifier.verify(target.manifest(), target.signature)
@@ -186,20 +186,20 @@ class Deployer:
         self.guard.begin(target.name, target.sha256, target.version, target.attempt, "loading")
         hints = dict(target.input_shapes) or None
 
-        def load(artifact: Artifact) -> tuple[LoadedModel, dict[str, Any]]:
+        def load(artifact: Artifact) -> Loaded:
             return self.loader.load(
                 target.name, target.version, artifact.sha256, artifact.format,
                 backend=target.backend, samples=samples, hints=hints,
             )  # fmt: skip
 
-        model, selection, artifact = choose(target, artifacts, left_out, load)
+        chosen = choose(target, artifacts, left_out, load)
         serving = self.table.current(target.name)
         if serving is not None:
             self.board.update(target.name, state="checking")
-        shadow = check_before_swap(model, serving, self.shadow_plan(), model.tap, self.cancel)
+        shadow = check_before_swap(chosen.model, serving, self.shadow_plan(), chosen.model.tap, self.cancel)
         if self.cancel.is_set():
             raise FetchCancelled("superseded during the shadow check")
-        return model, selection, artifact, shadow
+        return chosen, shadow
 
     def shadow_plan(self) -> ShadowPlan:
         cfg = self.config
@@ -209,7 +209,7 @@ class Deployer:
         self,
         target: DesiredModel,
         model: LoadedModel,
-        selection: dict[str, Any],
+        selection: Selection,
         artifact: Artifact,
         shadow: Shadow | None,
     ) -> None:
@@ -233,7 +233,7 @@ class Deployer:
             failover=failover_status(model.backend),
             shadow=shadow,
         )
-        log.info("now serving %s %s on %s (%s)", target.name, target.version, model.backend.label, selection["reason"])
+        log.info("now serving %s %s on %s (%s)", target.name, target.version, model.backend.label, selection.reason)
 
     def _fail(self, target: DesiredModel, exc: Exception) -> None:
         """Report the failure; one that is the version's own is not tried again at this attempt."""
@@ -277,7 +277,7 @@ class Deployer:
         on_trial = self.guard.mark(name)
         self.guard.begin(name, candidate.identity, candidate.version, 0, "restoring")
         try:
-            model, selection = self.loader.load(
+            loaded = self.loader.load(
                 name, candidate.version, candidate.sha256, candidate.format,
                 samples=self.downloads.stored_samples(candidate.samples), hints=candidate.input_shapes,
                 defer_trial=True,
@@ -287,15 +287,18 @@ class Deployer:
             log.error("stored %s %s does not load: %s", name, candidate.version, exc)
             return False
         self.guard.resume(name, on_trial if on_trial and on_trial.sha256 == candidate.identity else None)
-        if selection.pop("stale", False):
+        if loaded.stale:
             self.stale.add(name)  # served now on the choice made before; agent.deploy.reselect runs the trial anew
-        model = replace(model, sha256=candidate.identity, artifact_sha256=candidate.sha256, variant=candidate.variant)
+        model = replace(
+            loaded.model, sha256=candidate.identity, artifact_sha256=candidate.sha256, variant=candidate.variant
+        )
         self.table.swap(model)
         if candidate is not record.serving:
             self.store.mark_serving(name, candidate)
         self.board.open(
             name, candidate.version, candidate.identity, "serving",
-            progress=1.0, backend=model.backend.label, selection=selection, failover=failover_status(model.backend),
+            progress=1.0, backend=model.backend.label, selection=loaded.selection,
+            failover=failover_status(model.backend),
         )  # fmt: skip
         log.info("serving %s %s from disk on %s", name, candidate.version, model.backend.label)
         return True

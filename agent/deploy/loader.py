@@ -15,20 +15,38 @@ from agent.serving.eviction import Admission, Residency
 from agent.serving.live import LiveTaps
 from agent.serving.table import LoadedModel
 from agent.telemetry.stats import Recorder
+from protocol import Failover, Selection
+from protocol.status import Memory
 from targets.base import Backend
 from targets.failover import FailoverBackend
 from targets.inputs import Inputs
 from targets.onnx_external import refuse_external_data
-from targets.selection import Admit, Selection, candidates, load_candidate, select_backend
+from targets.selection import Admit, candidates, load_candidate, select_backend
+from targets.selection import Selection as Trial
 
 WARM_UP_RUNS = 3  # a dynamic OpenVINO model compiles a static copy for its shapes once it has seen them three times
 
-FailoverChanged = Callable[[str, dict[str, Any]], None]  # (model name, failover status)
+FailoverChanged = Callable[[str, Failover], None]  # (model name, failover status)
 
 
-def failover_status(backend: Backend) -> dict[str, Any] | None:
+def failover_status(backend: Backend) -> Failover | None:
     """What serves instead of the preferred backend and why (the status' `failover`); None without failover."""
-    return backend.status() if isinstance(backend, FailoverBackend) else None
+    return Failover.model_validate(backend.status()) if isinstance(backend, FailoverBackend) else None
+
+
+def reported(trial: Trial) -> Selection:
+    """The trial's summary as the status reports it: the one conversion, the agent carries it typed from here."""
+    return Selection.model_validate(trial.as_dict())
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A version loaded and warm, with the trial's summary for the status; `stale`: served on a choice made on other
+    hardware or runtimes (`defer_trial`), which agent.deploy.reselect replaces by a trial here."""
+
+    model: LoadedModel
+    selection: Selection
+    stale: bool = False
 
 
 @dataclass
@@ -54,10 +72,9 @@ class Loader:
         samples: list[Inputs] | None = None,
         hints: dict[str, list[int]] | None = None,
         defer_trial: bool = False,
-    ) -> tuple[LoadedModel, dict[str, Any]]:
+    ) -> Loaded:
         """The model loaded on the backend its trial chose (cached per model and hardware) on representative inputs,
-        with the trial's summary for the status (`stale: True` in it when `defer_trial` took a choice made on other
-        hardware or runtimes); BackendError or SampleError when it cannot serve here."""
+        with the trial's summary for the status; BackendError or SampleError when it cannot serve here."""
         path = self.store.path(sha256)
         if model_format == "onnx":
             refuse_external_data(path)  # whatever the installed runtime would check
@@ -73,7 +90,7 @@ class Loader:
                 instance = FailoverBackend(
                     instance,
                     fallbacks,
-                    on_change=partial(self.on_failover, name),
+                    on_change=partial(self._failed_over, name),
                     probe=probe[0] if probe else None,
                 )
             for inputs in probe[:1] * WARM_UP_RUNS:
@@ -81,10 +98,13 @@ class Loader:
         tap = self.taps.get(name) if self.taps is not None else None
         stats = self.recorder.model(name, version)
         model = LoadedModel(name, version, sha256, instance, stats=stats, probe=probe, tap=tap)
-        summary = selection.as_dict() | ({"stale": True} if selection.stale else {})
+        summary = reported(selection)
         if isinstance(admission, Admission):
-            summary["memory"] = admission.report()
-        return model, summary
+            summary.memory = Memory.model_validate(admission.report())
+        return Loaded(model, summary, selection.stale)
+
+    def _failed_over(self, name: str, status: dict[str, Any]) -> None:
+        self.on_failover(name, Failover.model_validate(status))
 
     def _select(
         self,
@@ -96,7 +116,7 @@ class Loader:
         hints: dict[str, list[int]] | None,
         defer_trial: bool = False,
         admit: Admit | None = None,
-    ) -> Selection:
+    ) -> Trial:
         cfg = self.config
         return select_backend(
             path,
@@ -115,9 +135,7 @@ class Loader:
             admit=admit,
         )
 
-    def _fallbacks(
-        self, selection: Selection, path: Path, model_format: str
-    ) -> list[tuple[str, Callable[[], Backend]]]:
+    def _fallbacks(self, selection: Trial, path: Path, model_format: str) -> list[tuple[str, Callable[[], Backend]]]:
         """The other candidates that agreed in the trial, fastest first, loaded only if the chosen one fails."""
         working = sorted(
             (r for r in selection.candidates if r.agreed and r.name != selection.choice and r.p50_ms is not None),

@@ -19,10 +19,10 @@ def reloader(loader: Loader, store: ModelStore, downloads: Downloads) -> Callabl
         installed = record.serving if record is not None else None
         if installed is None or not store.path(installed.sha256).exists():
             return None
-        model, _ = loader.load(
+        loaded = loader.load(
             name, installed.version, installed.sha256, installed.format,
             samples=downloads.stored_samples(installed.samples), hints=installed.input_shapes, defer_trial=True,
         )  # fmt: skip
-        return model
+        return loaded.model
 
     return reload

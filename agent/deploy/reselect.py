@@ -18,6 +18,7 @@ from agent.fetch.store import ModelStore
 from agent.serving.reservoir import Signature, signature
 from agent.serving.table import LoadedModel, ModelTable
 from agent.status_board import StatusBoard
+from protocol import Selection
 from protocol.errors import EdgeError
 from targets.inputs import SampleError
 
@@ -115,13 +116,13 @@ class Reselector:
         assert installed is not None
         what = "on live shapes" if field == "live" else "on this hardware and runtimes"
         try:
-            fresh, selection = self.loader.load(
+            loaded = self.loader.load(
                 model.name, model.version, installed.sha256, installed.format, samples=samples,
                 hints=installed.input_shapes,
             )  # fmt: skip
         except (EdgeError, SampleError, OSError) as exc:
             return self._note(model, field, f"the trial {what} failed: {exc}")
-        pairs = Pairs()
+        fresh, pairs = loaded.model, Pairs()
         for i in range(COMPARE_ROUNDS * len(compare_on)):
             run_pair(fresh, model, compare_on[i % len(compare_on)], new_first=i % 2 == 0, pairs=pairs)
         if pairs.problem or not len(pairs) or pairs.agreed < len(pairs):
@@ -132,9 +133,9 @@ class Reselector:
         if fresh.backend.label == model.backend.label or ratio > 1 - FASTER_BY:
             return self._note(model, field, f"kept {model.backend.label} {what} ({fresh.backend.label}: {figures})")
         outcome = f"switched to {fresh.backend.label} {what} ({figures})"
-        return self._swap(model, fresh, selection | {field: outcome}, outcome)
+        return self._swap(model, fresh, loaded.selection.model_copy(update={field: outcome}), outcome)
 
-    def _swap(self, model: LoadedModel, fresh: LoadedModel, selection: dict[str, Any], outcome: str) -> str:
+    def _swap(self, model: LoadedModel, fresh: LoadedModel, selection: Selection, outcome: str) -> str:
         """Serve `fresh` as the same version (same identity, variant and attempt), unless something replaced
         `model` meanwhile."""
         same = replace(
@@ -157,6 +158,5 @@ class Reselector:
         """Show a kept choice in the status' selection."""
         entry = self.board.get(model.name)
         if entry is not None and entry.selection is not None:
-            current = entry.selection if isinstance(entry.selection, dict) else entry.selection.model_dump()
-            self.board.update(model.name, selection={**current, field: outcome})
+            self.board.update(model.name, selection=entry.selection.model_copy(update={field: outcome}))
         return outcome

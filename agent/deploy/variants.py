@@ -14,11 +14,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from agent.deploy.timing import best_ms, p50_ms, runner
+from protocol import Selection, VariantTrial
 from protocol.compat import zip_strict
 from targets.base import BackendError
 from targets.inputs import SampleError
 
 if TYPE_CHECKING:
+    from agent.deploy.loader import Loaded
     from agent.serving.table import LoadedModel
     from protocol import DesiredModel, Transfer
 
@@ -90,9 +92,9 @@ class Entrant:
     """A loaded model in the contest, with what it is measured by."""
 
     model: LoadedModel
-    selection: dict[str, Any]  # its backend trial
+    selection: Selection  # its backend trial
     artifact: Artifact
-    result: dict[str, Any]  # what the device status shows for it
+    result: VariantTrial  # what the device status shows for it
     ratio: float = 1.0  # head-to-head p50 relative to the original
 
 
@@ -108,28 +110,28 @@ class Contest:
         self.inputs = inputs  # what agreement is judged on (None: the original's representative inputs)
 
     def passed_over(self, variant: str | None, error: str) -> None:
-        self.results.append({"variant": variant, "error": error})
+        self.results.append(VariantTrial(variant=variant, error=error))
 
     def enter(self, entrant: Entrant) -> None:
         """Check a loaded variant against the original, time it, and keep it loaded only if it can still win."""
         model, result = entrant.model, entrant.result
         self.results.append(result)
-        result["backend"] = model.backend.label
+        result.backend = model.backend.label
         try:  # a variant that loads but fails to run here is left out; the original and the others still compete
             similarity = agreement(self.original.model, model, self.inputs)
-            result["cosine"] = similarity
+            result.cosine = similarity
             if similarity is not None and similarity < MIN_COSINE:
-                result["error"] = f"disagrees with the original here (cosine {similarity:.4f} < {MIN_COSINE})"
+                result.error = f"disagrees with the original here (cosine {similarity:.4f} < {MIN_COSINE})"
             else:
                 mine, theirs = head_to_head(model, self.original.model)
         except Exception as exc:
-            result["error"] = f"fails to run here: {str(exc)[:200]}"
-        if "error" in result:
+            result.error = f"fails to run here: {str(exc)[:200]}"
+        if result.error is not None:
             model.backend.close()
             return
         entrant.ratio = mine / theirs
-        result["vs_original"] = round(entrant.ratio, 4)
-        result["p50_ms"] = self.original.result["p50_ms"] * entrant.ratio
+        result.vs_original = round(entrant.ratio, 4)
+        result.p50_ms = _p50(self.original.result) * entrant.ratio
         self.finalists.append(entrant)
         self._cut()
 
@@ -149,13 +151,13 @@ class Contest:
         if len(self.finalists) > 1:
             times = [round(p50, 4) for p50 in runoff([f.model for f in self.finalists])]
             for finalist, p50 in zip_strict(self.finalists, times):
-                finalist.result["runoff_p50_ms"] = p50
+                finalist.result.runoff_p50_ms = p50
             scale = times[0]
             for result in self.results[1:]:
-                if "vs_original" in result:
-                    result["p50_ms"] = result.get("runoff_p50_ms") or scale * result["vs_original"]
-            self.original.result["p50_ms"] = scale
-        winner = min(self.finalists, key=lambda f: f.result["p50_ms"])
+                if result.vs_original is not None:
+                    result.p50_ms = result.runoff_p50_ms or scale * result.vs_original
+            self.original.result.p50_ms = scale
+        winner = min(self.finalists, key=lambda f: _p50(f.result))
         for loser in self.finalists:
             if loser is not winner:
                 loser.model.backend.close()
@@ -188,17 +190,23 @@ def agreement(
     return worst
 
 
-def describe(results: list[dict[str, Any]], winner: dict[str, Any]) -> str:
-    original = next((r for r in results if r["variant"] == "original" and r.get("p50_ms") is not None), None)
-    head = f"{winner['variant']} on {winner['backend']}: p50 {winner['p50_ms']:.3f} ms"
+def _p50(result: VariantTrial) -> float:
+    """A timed entrant's p50 (every finalist has one)."""
+    assert result.p50_ms is not None, result
+    return result.p50_ms
+
+
+def describe(results: list[VariantTrial], winner: VariantTrial) -> str:
+    original = next((r for r in results if r.variant == "original" and r.p50_ms is not None), None)
+    head = f"{winner.variant} on {winner.backend}: p50 {_p50(winner):.3f} ms"
     if original is not None and winner is not original:
-        head += f" vs original {original['p50_ms']:.3f} ms"
-    finalists = [r["variant"] for r in results if r.get("runoff_p50_ms") is not None]
+        head += f" vs original {_p50(original):.3f} ms"
+    finalists = [str(r.variant) for r in results if r.runoff_p50_ms is not None]
     if len(finalists) > 1:
         head += f" (run-off among {', '.join(finalists)})"
     others = [r for r in results if r is not winner]
-    failed = [f"{r['variant']} ({r['error']})" for r in others if r.get("error")]
-    slower = [r["variant"] for r in others if not r.get("error")]
+    failed = [f"{r.variant} ({r.error})" for r in others if r.error]
+    slower = [str(r.variant) for r in others if not r.error]
     if slower:
         head += f"; slower here: {', '.join(slower)}"
     if failed:
@@ -206,7 +214,7 @@ def describe(results: list[dict[str, Any]], winner: dict[str, Any]) -> str:
     return head
 
 
-Load = Callable[["Artifact"], tuple["LoadedModel", dict[str, Any]]]  # an artifact of the target, loaded and warm
+Load = Callable[["Artifact"], "Loaded"]  # an artifact of the target, loaded and warm
 
 
 def judging_inputs(original: LoadedModel, described: str) -> tuple[list[dict[str, Any]], str]:
@@ -229,34 +237,47 @@ def judging_inputs(original: LoadedModel, described: str) -> tuple[list[dict[str
     return list(original.probe), described
 
 
-def choose(
-    target: DesiredModel, artifacts: list[Artifact], left_out: dict[str, str], load: Load
-) -> tuple[LoadedModel, dict[str, Any], Artifact]:
+@dataclass(frozen=True)
+class Chosen:
+    """What serves the target: the winner loaded, its selection for the status, and the file it was loaded from."""
+
+    model: LoadedModel
+    selection: Selection
+    artifact: Artifact
+
+
+def choose(target: DesiredModel, artifacts: list[Artifact], left_out: dict[str, str], load: Load) -> Chosen:
     """The original alone, or the fastest of original and variants that agree with it on this device; `left_out`:
     variants that could not be fetched or verified, with why. The selection gains `variants` and the contest's time."""
     original_artifact = artifacts[0]
-    original, selection = load(original_artifact)
+    first_load = load(original_artifact)
+    original, selection = first_load.model, first_load.selection
     inputs = original.sample()
     if (len(artifacts) == 1 and not target.variants) or inputs is None:  # nothing to compare or time variants on
-        return original, selection, original_artifact
+        return Chosen(original, selection, original_artifact)
     started = time.monotonic()
     for _ in range(3):
         original.backend.infer(inputs)  # warm-up: the first runs are not the model's speed
-    first = {"variant": "original", "backend": original.backend.label, "p50_ms": p50_ms(original, TIMED_RUNS)}
-    judged_on, on = judging_inputs(original, str(selection.get("inputs", "")))
+    first = VariantTrial(variant="original", backend=original.backend.label, p50_ms=p50_ms(original, TIMED_RUNS))
+    judged_on, on = judging_inputs(original, selection.inputs or "")
     contest = Contest(Entrant(original, selection, original_artifact, first), judged_on)
     for variant, error in left_out.items():
         contest.passed_over(variant, error)
     for artifact in artifacts[1:]:
         try:
-            model, trial = load(artifact)
+            loaded = load(artifact)
         except (BackendError, SampleError) as exc:
             contest.passed_over(artifact.variant, f"does not load: {str(exc)[:200]}")
             continue
-        model = replace(model, sha256=target.sha256, artifact_sha256=artifact.sha256, variant=artifact.variant)
-        contest.enter(Entrant(model, trial, artifact, {"variant": artifact.variant}))
+        model = replace(loaded.model, sha256=target.sha256, artifact_sha256=artifact.sha256, variant=artifact.variant)
+        contest.enter(Entrant(model, loaded.selection, artifact, VariantTrial(variant=artifact.variant)))
     winner = contest.decide()
-    reason = f"{describe(contest.results, winner.result)}; agreement judged on {on}"
-    chosen = {**winner.selection, "variants": contest.results, "reason": reason, "agreement_on": on}
-    chosen["variants_trial_s"] = round(time.monotonic() - started, 2)  # loading, checking and timing them all
-    return winner.model, chosen, winner.artifact
+    chosen = winner.selection.model_copy(
+        update={
+            "variants": contest.results,
+            "reason": f"{describe(contest.results, winner.result)}; agreement judged on {on}",
+            "agreement_on": on,
+            "variants_trial_s": round(time.monotonic() - started, 2),  # loading, checking and timing them all
+        }
+    )
+    return Chosen(winner.model, chosen, winner.artifact)

@@ -167,6 +167,7 @@ def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
     other finalist is closed."""
     from agent.deploy.variants import Artifact, Contest, Entrant
     from agent.serving.table import LoadedModel
+    from protocol import Selection, VariantTrial
     from targets import registry
     from targets.inputs import synthesize
 
@@ -175,10 +176,11 @@ def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
         backend.load(model_file or _padded(tmp_path / f"{label}.onnx", extra), "onnx")
         probe = (synthesize(backend.inputs, 1, batch=1),)
         model = LoadedModel(label, "1", "0" * 64, backend, variant=None if label == "original" else label, probe=probe)
-        return Entrant(model, {}, Artifact(label, "0" * 64, 0, "onnx"), {"variant": label, "backend": "onnxruntime"})
+        result = VariantTrial(variant=label, backend="onnxruntime")
+        return Entrant(model, Selection(), Artifact(label, "0" * 64, 0, "onnx"), result)
 
     original = entrant("original", 20_000)
-    original.result["p50_ms"] = 1.0  # the standalone measure; the run-off replaces it
+    original.result.p50_ms = 1.0  # the standalone measure; the run-off replaces it
     contest = Contest(original)
     lean, heavy, trimmed = entrant("lean", 0), entrant("heavy", 200_000), entrant("trimmed", 12_000)
     contest.enter(heavy)
@@ -188,15 +190,15 @@ def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
     contest.enter(broken)  # loads, but fails at its first inference: left out, the contest goes on
     winner = contest.decide()
 
-    results = {r["variant"]: r for r in contest.results}
+    results = {r.variant: r.model_dump() for r in contest.results}  # as the device status shows them
     assert winner is lean, contest.results
-    assert heavy.result["vs_original"] > 2 and lean.result["vs_original"] < 0.5
+    assert heavy.result.vs_original > 2 and lean.result.vs_original < 0.5
     assert "runoff_p50_ms" not in results["heavy"]  # clearly slower than the original: closed at once
     assert results["original"]["runoff_p50_ms"] > results["lean"]["runoff_p50_ms"] > 0
     assert results["trimmed"]["runoff_p50_ms"] > 0  # far behind lean, but not slower than the original: it ran
     assert results["broken"]["error"].startswith("fails to run here") and "runoff_p50_ms" not in results["broken"]
     assert results["original"]["p50_ms"] == results["original"]["runoff_p50_ms"]  # every p50 on the run-off's scale
-    assert results["heavy"]["p50_ms"] == pytest.approx(results["original"]["p50_ms"] * heavy.result["vs_original"])
+    assert results["heavy"]["p50_ms"] == pytest.approx(results["original"]["p50_ms"] * heavy.result.vs_original)
     inputs = {"x": np.ones((4, 64), np.float32)}
     for loser in (original, heavy, trimmed):
         with pytest.raises(Exception):  # noqa: B017 - closed: its session is gone

@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.deploy.loader import Loaded
 from agent.deploy.variants import MIN_COSINE, MIN_LIVE, Artifact, agreement, choose, judging_inputs
 from agent.serving.live import LiveTap
 from agent.serving.reservoir import Reservoir
 from agent.serving.table import LoadedModel
+from protocol import Selection
 from targets.tensors import TensorSpec
 
 
@@ -92,13 +94,14 @@ def test_contest_refuses_a_variant_that_only_agrees_on_synthetic_inputs():
 
     loaded = {"original": original, "int8-static": variant}
 
-    def load(artifact: Artifact) -> tuple[LoadedModel, dict[str, Any]]:
-        return loaded[artifact.label], {"backend": "ort", "inputs": "synthetic inputs (static shapes)"}
+    def load(artifact: Artifact) -> Loaded:
+        return Loaded(loaded[artifact.label], Selection(backend="ort", inputs="synthetic inputs (static shapes)"))
 
     target = SimpleNamespace(variants=[object()], sha256="a" * 64)
     artifacts = [Artifact(None, "a" * 64, 1, "onnx"), Artifact("int8-static", "b" * 64, 1, "onnx")]
-    winner, selection, _ = choose(target, artifacts, {}, load)  # type: ignore[arg-type]
-    assert winner is original
+    chosen = choose(target, artifacts, {}, load)  # type: ignore[arg-type]
+    assert chosen.model is original
+    selection = chosen.selection.model_dump()  # as the device status shows it
     (_, judged) = selection["variants"]
     assert judged["variant"] == "int8-static" and "disagrees with the original here" in judged["error"]
     assert selection["agreement_on"] == f"{MIN_LIVE} live input(s) kept by this device's reservoir"
