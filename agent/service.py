@@ -86,7 +86,7 @@ class Agent:
         self.telemetry = self._make_telemetry()
         self.fetcher = self._make_fetcher()
         self.guard = CrashGuard(Path(config.data_dir))
-        self.rollback = Rollback(config, self.table, self.store, self.board, self.guard)
+        self.rollback = Rollback(config, self.table, self.store, self.guard)
         self.taps = LiveTaps(config.capture_inputs, int(config.capture_max_mb * (1 << 20)))
         budget = find_budget(config.memory_budget_mb, config.memory_reserve_mb)
         log.info("memory budget %s", budget.describe())
@@ -97,20 +97,20 @@ class Agent:
         )
         verifier = Verifier(config.trusted_keys) if config.trusted_keys else None
         self.gate = DesiredGate(config.device_id, verifier, Path(config.data_dir))
-        downloads = Downloads(self.fetcher, self.store, self.board, verifier, threading.Event())
+        downloads = Downloads(self.fetcher, self.store, verifier, threading.Event())
         self.memory.reload = reloader(self.loader, self.store, downloads)  # an unloaded model, on its next request
         self.deployer = Deployer(
             config, table=self.table, store=self.store, board=self.board, loader=self.loader,
             downloads=downloads, rollback=self.rollback, verifier=verifier, guard=self.guard,
         )  # fmt: skip
         captures = Captures(self.taps, self.table)
-        self.remote = RemoteCalls(self.topics, self.table, self.board, self.link.publish, self._stop, captures.call)
+        state = self.board.state
+        self.remote = RemoteCalls(self.topics, self.table, state, self.link.publish, self._stop, captures.call)
         self._handlers = self._attach(self.link)
-        self._monitor = threading.Thread(target=self.rollback.run, args=(self._stop,), name="health", daemon=True)
+        self._monitor = threading.Thread(target=self.deployer.watch, args=(self._stop,), name="health", daemon=True)
         self.reselector = Reselector(
-            self.loader, self.table, self.store, self.board, self.rollback, config.reselect_interval_s,
-            downloads.stored_samples,
-        )  # fmt: skip
+            self.loader, self.table, self.store, self.rollback, config.reselect_interval_s, downloads.stored_samples
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -137,7 +137,10 @@ class Agent:
         restored.set()
         self.deployer.thread.start()
         self._monitor.start()
-        threading.Thread(target=self.reselector.run, args=(self._stop,), name="reselect", daemon=True).start()
+        reselect = threading.Thread(
+            target=self.reselector.run, args=(self._stop, self.deployer.reselected), name="reselect", daemon=True
+        )
+        reselect.start()
         self.reselector.retrial(self.deployer.stale)
         if len(self.table):
             self.mark_ready()  # serving from disk: ready before the broker answers
@@ -351,7 +354,7 @@ class Agent:
             self.controller_online.clear()
 
     def _on_failover(self, name: str, status: Failover) -> None:
-        self.board.update(name, failover=status)
+        self.deployer.failed_over(name, status)
 
     def _send_state(self, state: DeviceState) -> None:
         if self.link.connected.is_set():

@@ -1,4 +1,9 @@
-"""The device status in one place: the only builder of ModelStatus/ServingInfo, and the DeviceState publisher."""
+"""The device status in one place: the only builder of ModelStatus/ServingInfo, and the DeviceState publisher.
+
+Written from one module, agent.deploy.deployer: a deployment's steps return their results to the deployer, which
+shows them, and what changes a serving version outside a deployment (a rollback in the health window, a re-selection,
+a run-time failover) is told to the deployer, which shows it too. Everyone else reads: agent.service (systemd
+status, the watchdog's lock check, the state published again on each reconnect) and the RPC `status` call."""
 
 from __future__ import annotations
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from agent.api import v2_codec as v2
 from agent.serving.table import ModelTable
-from agent.status_board import StatusBoard
-from protocol import QOS, Problem, RpcRequest, RpcResponse, Topics, decode
+from protocol import QOS, DeviceState, Problem, RpcRequest, RpcResponse, Topics, decode
 from protocol.errors import EdgeError, error_code
 from protocol.tensors import InputError
 
@@ -35,20 +34,20 @@ class RemoteCalls:
         self,
         topics: Topics,
         table: ModelTable,
-        board: StatusBoard,
+        state: Callable[[], DeviceState],
         publish: Publish,
         stopping: threading.Event,
         capture: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.topics = topics
         self.table = table
-        self.board = board
+        self.state = state  # the device status now (agent.status_board)
         self.publish = publish
         self.stopping = stopping
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rpc")
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "infer": self.infer,
-            "status": lambda params: self.board.state().model_dump(),
+            "status": lambda params: self.state().model_dump(),
         }
         if capture is not None:
             self._methods["capture"] = capture

@@ -1,7 +1,10 @@
 """Follows the desired state: deploys each new version beside the serving one, and serves from disk at start.
 
 One worker reconciles the newest desired state; a version is swapped in only when it is verified, loaded, warm and
-checked (agent.deploy.preswap)."""
+checked (agent.deploy.preswap). The deployer is the status board's one writer: each step of a deployment (downloads,
+loader, variants, preswap, rollback) returns its result here and the deployer shows it; what changes a serving
+version outside a deployment (a rollback in the health window, a re-selection, a run-time failover) is told to it
+(`watch`, `reselected`, `failed_over`)."""
 
 from __future__ import annotations
 
@@ -9,21 +12,23 @@ import logging
 import queue
 import threading
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from agent.config import AgentConfig
 from agent.deploy.crashguard import CrashGuard
-from agent.deploy.downloads import Downloads
-from agent.deploy.loader import Loaded, Loader, failover_status
+from agent.deploy.downloads import Downloads, Stage
+from agent.deploy.loader import Loader, failover_status
 from agent.deploy.preswap import ShadowPlan, Unhealthy, check_before_swap
-from agent.deploy.rollback import Rollback
+from agent.deploy.reselect import Reselected
+from agent.deploy.rollback import CHECK_INTERVAL_S, Rollback, RolledBack
 from agent.deploy.variants import Artifact, Chosen, choose
 from agent.fetch.fetcher import FetchCancelled
 from agent.fetch.store import Installed, ModelRecord, ModelStore, Refusal
 from agent.serving.eviction import MemoryRefused
 from agent.serving.table import LoadedModel, ModelTable
 from agent.status_board import StatusBoard
-from protocol import Desired, DesiredModel, Problem, Selection, Shadow
+from protocol import Desired, DesiredModel, Failover, Problem, Selection, Shadow
 from protocol.errors import EdgeError, error_code
 from protocol.signing import Verifier
 from targets.base import BackendError
@@ -180,19 +185,11 @@ class Deployer:
         """Verify the signature, fetch, load the original and its variants, choose, and check the winner."""
         if self.verifier is not None:
             self.verifier.verify(target.manifest(), target.signature)
-        artifacts, left_out = self.downloads.fetch_all(target)
-        samples = self.downloads.fetch_samples(target)
+        fetched = self.downloads.fetch_all(target, partial(self._show_download, target.name))
         self.board.update(target.name, state="loading")
         self.guard.begin(target.name, target.sha256, target.version, target.attempt, "loading")
-        hints = dict(target.input_shapes) or None
-
-        def load(artifact: Artifact) -> Loaded:
-            return self.loader.load(
-                target.name, target.version, artifact.sha256, artifact.format,
-                backend=target.backend, samples=samples, hints=hints,
-            )  # fmt: skip
-
-        chosen = choose(target, artifacts, left_out, load)
+        load = partial(self.loader.load_target, target, fetched.samples)
+        chosen = choose(target, fetched.artifacts, fetched.left_out, load)
         serving = self.table.current(target.name)
         if serving is not None:
             self.board.update(target.name, state="checking")
@@ -200,6 +197,9 @@ class Deployer:
         if self.cancel.is_set():
             raise FetchCancelled("superseded during the shadow check")
         return chosen, shadow
+
+    def _show_download(self, name: str, stage: Stage) -> None:
+        self.board.update(name, state=stage.state, progress=stage.progress)
 
     def shadow_plan(self) -> ShadowPlan:
         cfg = self.config
@@ -258,6 +258,35 @@ class Deployer:
             backend = self.board.serving_backend(target.name)
             self.board.open(target.name, target.version, target.sha256, "failed", reason=problem, backend=backend)
         self.board.publish()
+
+    # -- a serving version changed outside a deployment: told here, the board's one writer ----------------------------
+
+    def watch(self, stop: threading.Event) -> None:
+        """The health thread, until `stop`: rolls back each fresh version its health window found unhealthy."""
+        while not stop.wait(CHECK_INTERVAL_S):
+            for rolled in self.rollback.check_all():
+                self.rolled_back(rolled)
+
+    def rolled_back(self, rolled: RolledBack) -> None:
+        self.board.update_serving(rolled.name, state="failed", reason=rolled.problem, backend=rolled.backend)
+
+    def reselected(self, decided: Reselected) -> None:
+        """A re-selection's decision in the status' selection (agent.deploy.reselect); a new choice that serves now
+        brings its own selection, backend and failover."""
+        if decided.serving is not None:
+            model = decided.serving.model
+            selection = decided.serving.selection.model_copy(update={decided.field: decided.outcome})
+            failover = failover_status(model.backend)
+            self.board.update_serving(decided.name, backend=model.backend.label, selection=selection, failover=failover)
+            return
+        entry = self.board.get(decided.name)
+        if entry is not None and entry.selection is not None:
+            noted = entry.selection.model_copy(update={decided.field: decided.outcome})
+            self.board.update(decided.name, selection=noted)
+
+    def failed_over(self, name: str, status: Failover) -> None:
+        """A run-time failover of a serving model (heard from its backend, on the request's thread)."""
+        self.board.update(name, failover=status)
 
     # -- from disk ---------------------------------------------------------------------------------------------------
 

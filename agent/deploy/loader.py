@@ -7,7 +7,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig
 from agent.fetch.store import ModelStore
@@ -23,6 +23,10 @@ from targets.inputs import Inputs
 from targets.onnx_external import refuse_external_data
 from targets.selection import Admit, candidates, load_candidate, select_backend
 from targets.selection import Selection as Trial
+
+if TYPE_CHECKING:
+    from agent.deploy.variants import Artifact
+    from protocol import DesiredModel
 
 WARM_UP_RUNS = 3  # a dynamic OpenVINO model compiles a static copy for its shapes once it has seen them three times
 
@@ -102,6 +106,13 @@ class Loader:
         if isinstance(admission, Admission):
             summary.memory = Memory.model_validate(admission.report())
         return Loaded(model, summary, selection.stale)
+
+    def load_target(self, target: DesiredModel, samples: list[Inputs] | None, artifact: Artifact) -> Loaded:
+        """One artifact of a desired version (the original or a variant), loaded as `load` does."""
+        return self.load(
+            target.name, target.version, artifact.sha256, artifact.format,
+            backend=target.backend, samples=samples, hints=dict(target.input_shapes) or None,
+        )  # fmt: skip
 
     def _failed_over(self, name: str, status: dict[str, Any]) -> None:
         self.on_failover(name, Failover.model_validate(status))

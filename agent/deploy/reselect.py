@@ -1,7 +1,8 @@
 """Re-selection in the background: when most requests a model answers have shapes its trial never timed (the trial
 runs again on those requests), and after a restart that found other hardware or runtimes (the model serves at once
 on its earlier choice; the trial runs again on its own inputs). The new choice replaces the serving backend only
-when it agrees with the serving one and is faster, timed beside it on the same inputs (agent.deploy.shadow)."""
+when it agrees with the serving one and is faster, timed beside it on the same inputs (agent.deploy.shadow). What
+was decided is returned (Reselected) to the caller of `run`, agent.deploy.deployer, which shows it."""
 
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.deploy.loader import Loader, failover_status
+from agent.deploy.loader import Loaded, Loader
 from agent.deploy.rollback import Rollback
 from agent.deploy.shadow import Pairs, run_pair
 from agent.fetch.store import ModelStore
 from agent.serving.reservoir import Signature, signature
 from agent.serving.table import LoadedModel, ModelTable
-from agent.status_board import StatusBoard
-from protocol import Selection
 from protocol.errors import EdgeError
 from targets.inputs import SampleError
 
@@ -29,6 +28,20 @@ MIN_SHARE = 0.5  # ... and at least this share of the kept requests
 MAX_SAMPLES = 8  # live inputs the new trial runs on
 COMPARE_ROUNDS = 4  # pairs per sample when the new choice is timed beside the serving one
 FASTER_BY = 0.10  # the new choice must be at least this much faster (median of paired ratios)
+
+
+@dataclass(frozen=True)
+class Reselected:
+    """What a re-selection of `name` decided, in one line (`outcome`), for the status' selection under `field`
+    ("live" or "retrial"); `serving`: the new choice, when it serves now (its selection replaces the one shown)."""
+
+    name: str
+    field: str
+    outcome: str
+    serving: Loaded | None = None
+
+
+Report = Callable[[Reselected], None]
 
 
 def untimed(model: LoadedModel, kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -45,7 +58,6 @@ class Reselector:
     loader: Loader
     table: ModelTable
     store: ModelStore
-    board: StatusBoard
     rollback: Rollback
     interval_s: float
     stored_samples: Callable[[str | None], list[dict[str, Any]] | None] = lambda sha256: None
@@ -58,35 +70,36 @@ class Reselector:
         self._retrials |= names
         self._wake.set()
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, report: Report) -> None:
+        """Until `stop`: each re-selection's decision goes to `report`."""
         while not stop.is_set():
             self._wake.wait(self.interval_s or None)
             self._wake.clear()
             for name in sorted(self._retrials):
                 self._retrials.discard(name)
-                self._guarded(self.retry_trial, name)
+                self._guarded(self.retry_trial, name, report)
             if self.interval_s:
                 for name in self.table.names():
-                    self._guarded(self.check, name)
+                    self._guarded(self.check, name, report)
 
-    def _guarded(self, step: Callable[[str], object], name: str) -> None:
+    def _guarded(self, step: Callable[[str], Reselected | None], name: str, report: Report) -> None:
         try:
-            step(name)
+            decided = step(name)
+            if decided is not None:
+                report(decided)
         except Exception:
             log.exception("re-selection of %s failed", name)
 
-    def retry_trial(self, name: str) -> str | None:
+    def retry_trial(self, name: str) -> Reselected | None:
         """The trial on this hardware and runtimes, for a model restored on an earlier choice."""
         model = self.table.current(name)
         record = self.store.records.get(name)
         if model is None or record is None or record.serving is None:
             return None
         samples = self.stored_samples(record.serving.samples)
-        outcome = self._reselect(model, samples, list(model.probe), "retrial")
-        log.info("%s %s: %s", name, model.version, outcome)
-        return outcome
+        return self._reselect(model, samples, list(model.probe), "retrial")
 
-    def check(self, name: str) -> str | None:
+    def check(self, name: str) -> Reselected | None:
         """Re-select `name` if live shapes call for it; what was decided, in one line (None: nothing to do)."""
         model = self.table.current(name)
         record = self.store.records.get(name)
@@ -103,15 +116,22 @@ class Reselector:
             return None
         self._tried.add((model.sha256, shapes))
         live = live[:MAX_SAMPLES]
-        outcome = self._reselect(model, live, live, "live")
-        log.info("%s %s: %s", name, model.version, outcome)
-        return outcome
+        return self._reselect(model, live, live, "live")
 
     def _reselect(
         self, model: LoadedModel, samples: list[dict[str, Any]] | None, compare_on: list[dict[str, Any]], field: str
-    ) -> str:
+    ) -> Reselected | None:
         """Trial on `samples`; the new choice serves if it agrees with and beats the serving one on `compare_on`.
-        What was decided goes to the status' selection under `field` ("live" or "retrial")."""
+        What was decided, for the status' selection under `field` ("live" or "retrial"); None when something
+        replaced the model meanwhile."""
+        decided = self._decide(model, samples, compare_on, field)
+        outcome = decided.outcome if decided is not None else "superseded while re-selecting"
+        log.info("%s %s: %s", model.name, model.version, outcome)
+        return decided
+
+    def _decide(
+        self, model: LoadedModel, samples: list[dict[str, Any]] | None, compare_on: list[dict[str, Any]], field: str
+    ) -> Reselected | None:
         installed = self.store.records[model.name].serving
         assert installed is not None
         what = "on live shapes" if field == "live" else "on this hardware and runtimes"
@@ -121,21 +141,23 @@ class Reselector:
                 hints=installed.input_shapes,
             )  # fmt: skip
         except (EdgeError, SampleError, OSError) as exc:
-            return self._note(model, field, f"the trial {what} failed: {exc}")
+            return Reselected(model.name, field, f"the trial {what} failed: {exc}")
         fresh, pairs = loaded.model, Pairs()
         for i in range(COMPARE_ROUNDS * len(compare_on)):
             run_pair(fresh, model, compare_on[i % len(compare_on)], new_first=i % 2 == 0, pairs=pairs)
         if pairs.problem or not len(pairs) or pairs.agreed < len(pairs):
             why = pairs.problem or pairs.difference or "no input ran on both"
-            return self._note(model, field, f"kept {model.backend.label}: {fresh.backend.label} {what}: {why}")
+            return Reselected(model.name, field, f"kept {model.backend.label}: {fresh.backend.label} {what}: {why}")
         ratio, (new_p50, old_p50) = pairs.ratio(), pairs.medians()
         figures = f"p50 {new_p50:.3g} vs {old_p50:.3g} ms"
         if fresh.backend.label == model.backend.label or ratio > 1 - FASTER_BY:
-            return self._note(model, field, f"kept {model.backend.label} {what} ({fresh.backend.label}: {figures})")
-        outcome = f"switched to {fresh.backend.label} {what} ({figures})"
-        return self._swap(model, fresh, loaded.selection.model_copy(update={field: outcome}), outcome)
+            kept = f"kept {model.backend.label} {what} ({fresh.backend.label}: {figures})"
+            return Reselected(model.name, field, kept)
+        if not self._swap(model, fresh):
+            return None
+        return Reselected(model.name, field, f"switched to {fresh.backend.label} {what} ({figures})", loaded)
 
-    def _swap(self, model: LoadedModel, fresh: LoadedModel, selection: Selection, outcome: str) -> str:
+    def _swap(self, model: LoadedModel, fresh: LoadedModel) -> bool:
         """Serve `fresh` as the same version (same identity, variant and attempt), unless something replaced
         `model` meanwhile."""
         same = replace(
@@ -144,19 +166,9 @@ class Reselector:
         )  # fmt: skip
         with self.rollback.lock:
             if self.table.current(model.name) is not model:
-                return "superseded while re-selecting"
+                return False
             self.table.swap(same)
             record = self.store.records[model.name]
             assert record.serving is not None
             self.store.mark_serving(model.name, replace(record.serving, backend=fresh.backend.label))
-        self.board.update_serving(
-            model.name, backend=fresh.backend.label, selection=selection, failover=failover_status(fresh.backend)
-        )
-        return outcome
-
-    def _note(self, model: LoadedModel, field: str, outcome: str) -> str:
-        """Show a kept choice in the status' selection."""
-        entry = self.board.get(model.name)
-        if entry is not None and entry.selection is not None:
-            self.board.update(model.name, selection=entry.selection.model_copy(update={field: outcome}))
-        return outcome
+        return True

@@ -1,19 +1,19 @@
 """Puts the previous version back at once when a fresh one misbehaves in its health window; never retries it.
 
-The replaced version stays loaded (standby) through the window; agent.serving.health's watch says what went wrong."""
+The replaced version stays loaded (standby) through the window; agent.serving.health's watch says what went wrong.
+A rollback is returned (RolledBack) to the health thread's owner, agent.deploy.deployer, which shows it."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from agent.config import AgentConfig
 from agent.deploy.crashguard import CrashGuard
 from agent.fetch.store import Installed, ModelStore, Refusal
 from agent.serving.health import HealthWatch
 from agent.serving.table import LoadedModel, ModelTable
-from agent.status_board import StatusBoard
 from protocol import Problem
 
 log = logging.getLogger(__name__)
@@ -21,17 +21,23 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 0.25
 
 
+@dataclass(frozen=True)
+class RolledBack:
+    """`name` serves its previous version again (on `backend`); `problem` says why the fresh one went."""
+
+    name: str
+    problem: Problem
+    backend: str
+
+
 class Rollback:
     """Swaps versions in under watch, and rolls them back; the deploy worker and the health thread both swap."""
 
-    def __init__(
-        self, config: AgentConfig, table: ModelTable, store: ModelStore, board: StatusBoard, guard: CrashGuard
-    ) -> None:
+    def __init__(self, config: AgentConfig, table: ModelTable, store: ModelStore, guard: CrashGuard) -> None:
         self.config = config
         self.guard = guard
         self.table = table
         self.store = store
-        self.board = board
         self.lock = threading.RLock()
         self._standby: dict[str, LoadedModel] = {}  # the version a fresh swap replaced, kept for instant rollback
 
@@ -59,44 +65,43 @@ class Rollback:
 
     # -- the health window -------------------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Check every serving model's health window until `stop`."""
-        while not stop.wait(CHECK_INTERVAL_S):
-            for name in self.table.names():
-                self.check(name)
-            self.guard.expire()
+    def check_all(self) -> list[RolledBack]:
+        """One round of the health thread (every CHECK_INTERVAL_S): check every serving model's health window, and
+        let crash-guard marks past their window go; the rollbacks it made."""
+        done = [rolled for name in self.table.names() if (rolled := self.check(name)) is not None]
+        self.guard.expire()
+        return done
 
-    def check(self, name: str) -> None:
+    def check(self, name: str) -> RolledBack | None:
         """Roll `name` back if its watch found a problem; free its standby once the window passed cleanly."""
         model = self.table.current(name)
         watch = model.watch if model is not None else None
         if model is None or watch is None:
-            return
+            return None
         if watch.problem:
-            self.rollback(name, model, watch.problem)
-        elif watch.passed and name in self._standby:
+            return self.rollback(name, model, watch.problem)
+        if watch.passed and name in self._standby:
             self.forget(name)  # healthy: the replaced version may be freed
             self.guard.end(name)
             log.info("%s %s passed its health window (%d requests)", name, model.version, watch.requests)
+        return None
 
-    def rollback(self, name: str, bad: LoadedModel, reason: str) -> bool:
+    def rollback(self, name: str, bad: LoadedModel, reason: str) -> RolledBack | None:
         """Put the version that served before back (kept loaded during the window), and never retry this one."""
         with self.lock:
             if self.table.current(name) is not bad:
-                return False
+                return None
             old = self._standby.pop(name, None)
             if old is None:
                 log.error("cannot roll back %s %s (%s): the previous version is not loaded", name, bad.version, reason)
-                return False
+                return None
             self.table.swap(old)
             self.store.mark_serving(name, self._installed(name, old))
             message = f"rolled back to version {old.version}: {reason}"
             self.store.reject(name, bad.sha256, Refusal(message, "rolled_back", bad.attempt))
             self.guard.end(name)
         log.error("%s %s %s", name, bad.version, message)
-        problem = Problem(code="rolled_back", message=message)
-        self.board.update_serving(name, state="failed", reason=problem, backend=old.backend.label)
-        return True
+        return RolledBack(name, Problem(code="rolled_back", message=message), old.backend.label)
 
     def _installed(self, name: str, model: LoadedModel) -> Installed:
         """The store's record of a loaded version (a fresh one if the history no longer holds it)."""

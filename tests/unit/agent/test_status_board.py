@@ -1,8 +1,9 @@
-"""The device status the agent keeps: the backend selection (and failover) typed from the loader to the wire, so a
-report dumps as the contest and the trial made it, with no dict in between."""
+"""The device status the agent keeps: written from one module (the deployer), and the backend selection (and
+failover) typed from the loader to the wire, so a report dumps as the trial and the contest made it."""
 
 from __future__ import annotations
 
+import ast
 import json
 import warnings
 from pathlib import Path
@@ -17,6 +18,30 @@ from edgectl.sample_models import mlp
 from protocol import DeviceState, Failover, Selection, VariantTrial
 from targets.probe import probe
 from targets.selection import select_backend
+
+AGENT = Path(__file__).resolve().parents[3] / "agent"
+WRITES = {"open", "update", "update_serving", "remove"}
+
+
+def board_writes(path: Path) -> list[int]:
+    """Lines of `path` that change a status board: a call of one of its write methods, or `board.generation = ...`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in WRITES:
+            owner = node.func.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name.endswith("board"):
+                found.append(node.lineno)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute) and ast.unparse(target.value).endswith("board"):
+                    found.append(node.lineno)
+    return found
+
+
+def test_the_deployer_alone_writes_the_status_board():
+    writers = {str(p.relative_to(AGENT.parent)) for p in AGENT.rglob("*.py") if board_writes(p)}
+    assert writers == {"agent/deploy/deployer.py"}
 
 
 @pytest.fixture(scope="module")
