@@ -11,7 +11,8 @@ from targets.agreement import nonfinite
 
 
 class HealthWatch:
-    """Counts what real requests to the new version show during `window_s`; `problem` says why it is unhealthy."""
+    """Counts what real requests to the new version show during `window_s`; `problem` says why it is unhealthy.
+    LoadedModel.infer tells it each answer and each failure that is the model's own (never a client's bad request)."""
 
     def __init__(self, window_s: float, max_errors: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock

@@ -46,41 +46,26 @@ class LoadedModel:
 
     def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check the inputs against the model's signature (InputError says what was expected), then run.
-        The one place every inference passes (v2 HTTP API and MQTT RPC): latency, errors and sampled output
-        statistics are recorded here when the model has `stats`."""
-        stats, watch = self.stats, self.watch
-        if watch is not None and watch.active:
-            return self._infer_watched(arrays, watch)
-        if stats is None:
-            check_inputs(self.backend.inputs, arrays)
-            outputs = self.backend.infer(arrays)
-        else:
-            started = perf_counter()
-            try:
-                check_inputs(self.backend.inputs, arrays)
-                outputs = self.backend.infer(arrays)
-            except Exception:
-                stats.error()
-                raise
-            stats.record((perf_counter() - started) * 1000.0, outputs, arrays)
-        if self.tap is not None:
-            self.tap.offer(arrays)
-        return outputs
-
-    def _infer_watched(self, arrays: dict[str, np.ndarray], watch: HealthWatch) -> dict[str, np.ndarray]:
-        """During the health window: also count backend errors and NaN/Inf outputs (bad requests do not count)."""
-        check_inputs(self.backend.inputs, arrays)
+        The one place every inference passes (v2 HTTP API and MQTT RPC), inside a fresh version's health window and
+        out of it alike: latency, errors (a request that does not fit the model too) and sampled output statistics
+        go to `stats` when the model has them; in the window the watch also sees each answer (NaN/Inf) and each
+        failure of the model's own, a BackendError: a client's bad request never counts toward a rollback."""
+        stats = self.stats
+        watch = self.watch if self.watch is not None and self.watch.active else None  # in the health window
         started = perf_counter()
         try:
+            check_inputs(self.backend.inputs, arrays)
             outputs = self.backend.infer(arrays)
-        except BackendError as exc:
-            watch.error(exc)
-            if self.stats is not None:
-                self.stats.error()
+        except Exception as exc:
+            if stats is not None:
+                stats.error()
+            if watch is not None and isinstance(exc, BackendError):
+                watch.error(exc)
             raise
-        if self.stats is not None:
-            self.stats.record((perf_counter() - started) * 1000.0, outputs, arrays)
-        watch.observe(outputs, arrays)
+        if stats is not None:
+            stats.record((perf_counter() - started) * 1000.0, outputs, arrays)
+        if watch is not None:
+            watch.observe(outputs, arrays)
         if self.tap is not None:
             self.tap.offer(arrays)
         return outputs
