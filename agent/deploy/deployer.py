@@ -17,12 +17,12 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.deploy.crashguard import CrashGuard
-from agent.deploy.downloads import Downloads, Stage
+from agent.deploy.downloads import Artifact, Downloads, Stage
 from agent.deploy.loader import Loader, failover_status
 from agent.deploy.preswap import ShadowPlan, Unhealthy, check_before_swap
 from agent.deploy.reselect import Reselected
 from agent.deploy.rollback import CHECK_INTERVAL_S, Rollback, RolledBack
-from agent.deploy.variants import Artifact, Chosen, choose
+from agent.deploy.variants import Chosen, choose
 from agent.fetch.fetcher import FetchCancelled
 from agent.fetch.store import Installed, ModelRecord, ModelStore, Refusal
 from agent.serving.eviction import MemoryRefused

@@ -10,16 +10,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.deploy.variants import Artifact
 from agent.fetch.fetcher import ArtifactFetcher, FetchError, Progress
 from agent.fetch.store import ModelStore, VerifyError
-from protocol import DesiredModel
+from protocol import DesiredModel, Transfer
 from protocol.signing import VARIANT_CONTEXT, SignatureError, Verifier
 from targets.inputs import Inputs, unpack_samples
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25
+
+
+@dataclass
+class Artifact:
+    """One file that can serve a desired model: the original (variant None) or an optimized variant."""
+
+    variant: str | None
+    sha256: str
+    size: int
+    format: str
+    offer: Transfer | None = None  # a compressed encoding the controller holds
+
+    @property
+    def label(self) -> str:
+        return self.variant or "original"
 
 
 @dataclass(frozen=True)

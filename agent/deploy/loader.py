@@ -25,7 +25,7 @@ from targets.selection import Admit, candidates, load_candidate, select_backend
 from targets.selection import Selection as Trial
 
 if TYPE_CHECKING:
-    from agent.deploy.variants import Artifact
+    from agent.deploy.downloads import Artifact
     from protocol import DesiredModel
 
 WARM_UP_RUNS = 3  # a dynamic OpenVINO model compiles a static copy for its shapes once it has seen them three times

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from agent.deploy.downloads import Artifact
 from agent.deploy.timing import best_ms, p50_ms, runner
 from protocol import Selection, VariantTrial
 from protocol.compat import zip_strict
@@ -22,7 +23,7 @@ from targets.inputs import SampleError
 if TYPE_CHECKING:
     from agent.deploy.loader import Loaded
     from agent.serving.table import LoadedModel
-    from protocol import DesiredModel, Transfer
+    from protocol import DesiredModel
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,6 @@ RUNOFF_BLOCK_S, RUNOFF_BUDGET_S = 0.05, 2.0  # a timed block per finalist per ro
 H2H_BLOCK_S = 0.025  # a timed block in a variant's head-to-head with the original
 MAX_BLOCK_RUNS = 500  # runs in one timed block, at most (sub-millisecond models)
 MIN_LIVE = 16  # live inputs this device's reservoir must hold before agreement is judged on them over given samples
-
-
-@dataclass
-class Artifact:
-    """One file that can serve a desired model: the original (variant None) or an optimized variant."""
-
-    variant: str | None
-    sha256: str
-    size: int
-    format: str
-    offer: Transfer | None = None  # a compressed encoding the controller holds
-
-    @property
-    def label(self) -> str:
-        return self.variant or "original"
 
 
 def head_to_head(a: LoadedModel, b: LoadedModel) -> tuple[float, float]:

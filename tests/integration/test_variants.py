@@ -165,7 +165,8 @@ def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
     """A variant clearly slower than the original never reaches the run-off (it is closed at once); the original and
     every variant not slower than it do, however far behind the best; the winner is the run-off's fastest, and every
     other finalist is closed."""
-    from agent.deploy.variants import Artifact, Contest, Entrant
+    from agent.deploy.downloads import Artifact
+    from agent.deploy.variants import Contest, Entrant
     from agent.serving.table import LoadedModel
     from protocol import Selection, VariantTrial
     from targets import registry

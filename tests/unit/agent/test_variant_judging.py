@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.deploy.downloads import Artifact
 from agent.deploy.loader import Loaded
-from agent.deploy.variants import MIN_COSINE, MIN_LIVE, Artifact, agreement, choose, judging_inputs
+from agent.deploy.variants import MIN_COSINE, MIN_LIVE, agreement, choose, judging_inputs
 from agent.serving.live import LiveTap
 from agent.serving.reservoir import Reservoir
 from agent.serving.table import LoadedModel
