@@ -174,6 +174,9 @@ class ControllerClient:
     def set_task(self, name: str, version: str, task: str | None) -> dict[str, Any]:
         return self._request("PUT", f"/api/v1/models/{name}/versions/{version}/task", json={"task": task})
 
+    def set_pinned(self, name: str, version: str, pinned: bool) -> dict[str, Any]:
+        return self._request("PUT", f"/api/v1/models/{name}/versions/{version}/pin", json={"pinned": pinned})
+
     def optimize(self, name: str, version: str, variants: list[str], devices: list[str], **options: Any) -> dict:
         """Build variants on the controller (synchronous: the call lasts as long as the conversions)."""
         body = {"variants": variants, "devices": devices} | {k: v for k, v in options.items() if v is not None}

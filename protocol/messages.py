@@ -129,6 +129,9 @@ class DesiredModel(BaseModel):
     # axis is class scores, whatever its rank: the class mix is counted), "regression" (never), None: the agent
     # detects it from the shape (2-D float outputs of 2..1000 columns). Only the quality statistics read it.
     task: Literal["classifier", "regression"] | None = None
+    # Kept in memory whatever the budget (`edgectl push --pin`): the agent's eviction never unloads a pinned model,
+    # as with its config's pinned_models. Not signed; older agents ignore it.
+    pinned: bool = False
 
     def manifest(self) -> dict[str, Any]:
         """The signed fields (samples and shape hints only when given, so older signatures stay valid)."""

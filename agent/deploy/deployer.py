@@ -125,6 +125,8 @@ class Deployer:
     def reconcile(self, desired: Desired) -> None:
         self.board.generation = desired.generation
         wanted = {m.name for m in desired.models}
+        if self.loader.memory is not None:  # `edgectl push --pin`: never unloaded to make room
+            self.loader.memory.pin({m.name for m in desired.models if m.pinned})
         for name in self.board.names():
             if name not in wanted:
                 self._remove(name)

@@ -128,7 +128,8 @@ class Residency:
 
     budget: Budget
     table: TrackedTable
-    pinned: set[str] = field(default_factory=set)
+    pinned: set[str] = field(default_factory=set)  # the agent config's pinned_models
+    pinned_desired: set[str] = field(default_factory=set)  # pinned in the desired state (`edgectl push --pin`)
     headroom_mb: float = 16.0  # kept free for requests' own tensors
     wait_s: float = 30.0  # a request for an unloaded model waits this long for the memory lock
     reload: Callable[[str], LoadedModel | None] | None = None  # the deploy side: a model's serving version, loaded
@@ -173,13 +174,21 @@ class Residency:
                 free = self.budget.free_mb() - self.headroom_mb
             if need_mb <= free:
                 return
-            pinned = sorted(n for n in self.pinned if self._resident(n))
+            pinned = sorted(n for n in self.pins() if self._resident(n))
             busy = sorted(n for n in self.table.names() if n != name and self._busy(n))
             held = f"; pinned: {', '.join(pinned) or 'none'}" + (f"; busy: {', '.join(busy)}" if busy else "")
             raise MemoryRefused(
                 f"needs ~{need_mb:.0f} MiB{' ' + why if why else ''}, {max(free, 0):.0f} MiB free of a "
                 f"{self.budget.limit_mb:.0f} MiB budget{held}"
             )
+
+    def pin(self, names: set[str]) -> None:
+        """The models the desired state pins (replacing those it pinned before); the config's pins stay."""
+        with self.lock:
+            self.pinned_desired = set(names)
+
+    def pins(self) -> set[str]:
+        return self.pinned | self.pinned_desired
 
     def _resident(self, name: str) -> bool:
         model = self.table.current(name)
@@ -190,7 +199,8 @@ class Residency:
 
     def _victims(self, name: str) -> list[str]:
         """Resident, unpinned models serving no request now, least recently used first."""
-        names = [n for n in self.table.names() if n != name and n not in self.pinned and self._resident(n)]
+        pins = self.pins()
+        names = [n for n in self.table.names() if n != name and n not in pins and self._resident(n)]
         return sorted(
             (n for n in names if not self._busy(n)), key=lambda n: (self._watched(n), self.table.last_used.get(n, 0.0))
         )

@@ -416,4 +416,5 @@ def _entry(model, backend: str | None, variant_rows=(), attempt: int = 0) -> Des
         input_shapes=info.get("input_shapes") or {},
         attempt=attempt,
         task=info.get("task"),
+        pinned=bool(info.get("pinned")),
     )

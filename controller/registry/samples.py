@@ -121,3 +121,11 @@ def set_task(db: Database, name: str, version: str, task: str | None) -> str | N
         raise EdgeError(f"task {task!r}: use classifier, regression or auto", code="bad_task")
     db.update_model_info(name, version, {"task": task})
     return task
+
+
+def set_pinned(db: Database, name: str, version: str, pinned: bool) -> bool:
+    """Keep the version loaded on the devices whatever their memory budget (`edgectl push --pin`), carried in the
+    desired state's entry (`pinned`)."""
+    version_info(db, name, version)
+    db.update_model_info(name, version, {"pinned": bool(pinned)})
+    return bool(pinned)

@@ -84,6 +84,10 @@ def push(
     sample: SampleOpt = None,
     input_shape: InputShapeOpt = None,
     task: TaskOpt = Task.auto,
+    pin: Annotated[
+        bool,
+        typer.Option("--pin", help="Keep the model loaded on the devices: their memory budget never unloads it."),
+    ] = False,
     retry: Annotated[
         bool, typer.Option("--retry", help="Deploy again a version that failed or was rolled back on a device.")
     ] = False,
@@ -108,6 +112,9 @@ def push(
     if task is not Task.auto or (record.get("info") or {}).get("task"):  # auto after a declared task: detect again
         declared = client.set_task(name, record["version"], None if task is Task.auto else task.value)["task"]
         record = {**record, "info": {**(record.get("info") or {}), "task": declared}}
+    if pin or (record.get("info") or {}).get("pinned"):  # a push without --pin unpins a version pinned before
+        pinned = client.set_pinned(name, record["version"], pin)["pinned"]
+        record = {**record, "info": {**(record.get("info") or {}), "pinned": pinned}}
     built = build_variants(client, record, wanted, devices, calibration, sparsity, as_json) if wanted else []
     if not devices:
         return emit_json({**record, "variants": built} if wanted else record) if as_json else show_upload(record)

@@ -22,6 +22,10 @@ class TaskRequest(BaseModel):
     task: str | None = Field(default=None, description="classifier, regression, or null: detected from the shape")
 
 
+class PinRequest(BaseModel):
+    pinned: bool = Field(description="true: the devices never unload the version to make room for others")
+
+
 def router(state: AppState) -> APIRouter:
     router = APIRouter()
 
@@ -53,5 +57,11 @@ def router(state: AppState) -> APIRouter:
         """What the version's outputs are (`edgectl push --task`): carried to the devices, read by the quality
         statistics (a classifier whose output shape is ambiguous is still counted as one)."""
         return {"model": name, "version": version, "task": samples.set_task(state.db, name, version, body.task)}
+
+    @router.put("/api/v1/models/{name}/versions/{version}/pin")
+    def set_pinned(name: str, version: str, body: PinRequest) -> dict[str, Any]:
+        """Pin the version in the devices' memory (`edgectl push --pin`): carried to them in the desired state's
+        entry; their memory budget never unloads it."""
+        return {"model": name, "version": version, "pinned": samples.set_pinned(state.db, name, version, body.pinned)}
 
     return router

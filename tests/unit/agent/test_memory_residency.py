@@ -3,6 +3,7 @@ pins, models mid-request, the one-line refusal, and the reload on an unloaded mo
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -130,6 +131,46 @@ def test_least_recently_used_unpinned_idle_model_is_unloaded(monkeypatch):
     residency.make_room(130, "d")  # now b is the least recently used again, then c
     assert [n for n in "abc" if isinstance(table.current(n).backend, Unloaded)] == ["b", "c"]
     assert residency.status()["reloads"] == 1
+
+
+def _reconcile(residency: Residency, desired_json: str) -> None:
+    """The deployer's reconcile on a desired state as it arrives on the wire, up to where it pins (then cancelled)."""
+    from types import SimpleNamespace
+
+    from agent.deploy.deployer import Deployer
+    from protocol import Desired
+
+    deployer = Deployer.__new__(Deployer)  # only the parts reconcile reads before the first model
+    deployer.board = SimpleNamespace(generation=0, names=lambda: ["a", "b", "c"])  # type: ignore[assignment]
+    deployer.loader = SimpleNamespace(memory=residency)  # type: ignore[assignment]
+    deployer.cancel = threading.Event()
+    deployer.cancel.set()
+    deployer.reconcile(Desired.model_validate_json(desired_json))
+
+
+def _desired(pinned: dict[str, bool]) -> str:
+    entries = [
+        {"name": n, "version": "1", "sha256": "a" * 64, "size": 1} | ({"pinned": True} if pinned.get(n) else {})
+        for n in "abc"
+    ]
+    return json.dumps({"kind": "desired", "device_id": "d", "models": entries})
+
+
+def test_a_pin_from_the_desired_state_is_never_unloaded():
+    budget, table, residency = _setup(350)  # no pins in the config
+    _reconcile(residency, _desired({"b": True}))  # `edgectl push --pin` on b
+    assert residency.pins() == {"b"}
+    _use(table, "a", "b", "c", "a")  # b is the least recently used: pinned, c goes instead
+    residency.make_room(60, "d")
+    assert [n for n in "abc" if isinstance(table.current(n).backend, Unloaded)] == ["c"]
+    with pytest.raises(MemoryRefused) as refused:  # only pins are left resident
+        residency.make_room(200, "d")
+    assert "pinned: b" in str(refused.value)
+    assert not isinstance(table.current("b").backend, Unloaded)
+    _reconcile(residency, _desired({}))  # pushed again without --pin: b may go now
+    assert residency.pins() == set()
+    residency.make_room(200, "d")
+    assert isinstance(table.current("b").backend, Unloaded)
 
 
 def test_refusal_names_memory_and_the_pins():
