@@ -57,9 +57,9 @@ from converters import (  # noqa: E402
     convert_many,
     load_calibration,
 )
-from converters.evidence import split  # noqa: E402
+from converters.evidence import Thresholds, split  # noqa: E402
 from converters.measure import load, load_onnx  # noqa: E402
-from converters.report import Thresholds, agreement  # noqa: E402
+from converters.report import agreement  # noqa: E402
 from edgectl import sample_models  # noqa: E402
 from edgectl.commands.convert import report_table  # noqa: E402
 

@@ -6,8 +6,9 @@ variants sharing one prepared model, and `VARIANTS`, the registry of what can be
 
 from converters.calibration import Calibration, CalibrationError, load_calibration
 from converters.core import convert, convert_many
+from converters.evidence import Thresholds
 from converters.job import ConversionError
-from converters.report import ConversionResult, Thresholds
+from converters.report import ConversionResult
 from converters.variants import VARIANTS, Variant, parse_variants
 
 __all__ = [

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from converters import fixes as fx
-from converters.evidence import unproven
+from converters.evidence import Thresholds, unproven
 from converters.job import ConversionError
-from converters.report import ConversionResult, Thresholds, agreement, zstd_size
+from converters.report import ConversionResult, agreement, zstd_size
 from converters.session import Data, Session
 from converters.variants import Variant, check_available
 from protocol import worth_compressing

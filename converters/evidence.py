@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
 
     from converters.calibration import Calibration
-    from converters.report import Thresholds
 
 log = logging.getLogger("converters")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A variant passes when every classifier-like output keeps `top1` agreement and every other output `cosine`."""
+
+    top1: float = 0.99
+    cosine: float = 0.99
+
 
 HOLDOUT_SHARE = 0.25  # of the given samples, never seen by calibration nor by any search
 HOLDOUT_MIN = 20  # held out at least this many samples (at most half of them when fewer than twice as many are given)

@@ -12,7 +12,7 @@ from protocol.errors import EdgeError
 
 if TYPE_CHECKING:
     from converters.calibration import Calibration
-    from converters.report import Thresholds
+    from converters.evidence import Thresholds
 
 
 class ConversionError(EdgeError, RuntimeError):

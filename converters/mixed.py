@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from converters.report import Thresholds, agreement
+from converters.evidence import Thresholds
+from converters.report import agreement
 
 log = logging.getLogger("converters")
 

@@ -7,20 +7,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from converters.evidence import mean_lower, wilson_lower
+from converters.evidence import Thresholds, mean_lower, wilson_lower
 from protocol import ZSTD_LEVEL
 from targets.agreement import nonfinite
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """A variant passes when every classifier-like output keeps `top1` agreement and every other output `cosine`."""
-
-    top1: float = 0.99
-    cosine: float = 0.99
 
 
 @dataclass

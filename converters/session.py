@@ -12,10 +12,10 @@ from typing import Any
 from converters import fixes as fx
 from converters.builders.tflite import onnx2tf
 from converters.calibration import Calibration, load_calibration
-from converters.evidence import split
+from converters.evidence import Thresholds, split
 from converters.job import ConversionError, Job
 from converters.measure import Loaded, load, load_onnx, p50_ms, paired_p50_ms
-from converters.report import Thresholds, agreement, zstd_size
+from converters.report import agreement, zstd_size
 from converters.variants import Variant
 from protocol import worth_compressing
 from targets.tensors import TensorSpec

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from converters.builders import onnxruntime as ort
 from converters.builders import openvino as ov
 from converters.builders import tflite as tfl
+from converters.evidence import Thresholds
 from converters.job import Builder, ConversionError
-from converters.report import Thresholds
 
 TFLITE_MODULES = ("onnx2tf", "tensorflow", "ai_edge_litert")
 TFLITE_PACKAGES = "onnx2tf, tensorflow, tf-keras, onnx-graphsurgeon, sng4onnx and ai-edge-litert"

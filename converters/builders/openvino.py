@@ -10,8 +10,9 @@ from typing import Any
 from converters import fixes as fx
 from converters.builders.ov_ir import ov_model as _ov_model
 from converters.builders.ov_ir import pack_ir as _pack_ir
+from converters.evidence import Thresholds
 from converters.job import Job
-from converters.report import Thresholds, agreement
+from converters.report import agreement
 
 OV_MAX_DROP = 0.005  # agreement (top-1, or cosine) the accuracy-controlled INT8 model may lose on calibration data
 

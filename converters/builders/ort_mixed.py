@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from converters import fixes as fx
+from converters.evidence import Thresholds
 from converters.job import Job
 from converters.measure import load_onnx
 from converters.mixed import IN_SAMPLE_MAX, MixedReport, Search, Setting, Trial, aim, inner_split, judge
-from converters.report import Thresholds, agreement
+from converters.report import agreement
 
 METHODS = ("MinMax", "Entropy", "Percentile")
 # ops that move or reshape values without computing: keeping them in float changes nothing worth reporting

@@ -16,10 +16,11 @@ from typing import Any
 from converters import fixes as fx
 from converters.builders.ort_mixed import JUDGE_SAMPLES
 from converters.builders.ov_ir import ov_model, pack_ir, save_ir
+from converters.evidence import Thresholds
 from converters.job import Job
 from converters.measure import load, load_onnx
 from converters.mixed import IN_SAMPLE_MAX, MixedReport, Search, Setting, Trial, aim, inner_split, judge
-from converters.report import Thresholds, agreement
+from converters.report import agreement
 
 log = logging.getLogger("converters")
 
