@@ -249,3 +249,31 @@ def test_a_restart_the_not_yet_updated_agents_share_is_recorded_not_blamed_on_th
         assert harm["peer_restart_share"] == 1.0 and harm["restart_share"] == 1.0
     finally:
         traffic.close()
+
+
+def test_a_device_killed_after_its_wave_started_fails_activation_by_the_deadline(
+    controller, start_agent, mlp_model, tmp_path
+):
+    """SIGKILL one agent as soon as its wave has started (the new version pushed; the shadow check holds the swap for
+    shadow_window_s = 2 s of live traffic, so it cannot be serving yet): it never reports serving the new version,
+    fails activation by the deadline and the rollout halts; the other device is reverted."""
+    agents = fleet(controller, start_agent, mlp_model, n=2)
+    good = same_answers(mlp_model, tmp_path / "m2.onnx")
+    traffic = Traffic(agents)
+    try:
+        rollout = edgectl(controller, "rollout", "start", str(good), "--name", "m", "--version", "2", "--waves",
+                          "100%", "--bake", "2", "--min-requests", "1", "--activate-timeout", "8",
+                          "--max-p95-ratio", "5")  # fmt: skip
+        wait_until(lambda: controller.client.rollout(rollout["id"])["phase"] == "activating", 30, "the wave started",
+                   poll=0.02)  # fmt: skip
+        agents[1].kill()
+        started = time.monotonic()
+        done = wait_state(controller, rollout["id"], {"halted", "completed", "paused"}, timeout=60)
+        assert done["state"] == "halted" and time.monotonic() - started < 30, done["reason"]
+        (gates,) = done["waves"][0]["classes"].values()
+        assert "activation" in gates["failed_gates"], gates
+        assert list(gates["activation"]["failed"]) == [agents[1].device_id]
+        assert "within 8 s" in gates["activation"]["failed"][agents[1].device_id]
+        wait_until(lambda: serving(controller, agents[0].device_id) == "1", 30, "the live device back on version 1")
+    finally:
+        traffic.close()
