@@ -22,6 +22,7 @@ from agent.deploy.deployer import Deployer
 from agent.deploy.desired_gate import DesiredGate
 from agent.deploy.downloads import Downloads
 from agent.deploy.loader import Loader
+from agent.deploy.oomguard import OomGuard, OomRestart
 from agent.deploy.reload import reloader
 from agent.deploy.reselect import Reselector
 from agent.deploy.rollback import Rollback
@@ -31,7 +32,7 @@ from agent.fetch.store import ModelStore
 from agent.serving.eviction import Residency
 from agent.serving.inflight import TrackedTable
 from agent.serving.live import LiveTaps
-from agent.serving.memory import find_budget
+from agent.serving.memory import find_budget, own_cgroup
 from agent.status_board import StatusBoard
 from agent.telemetry.publisher import TelemetryPublisher
 from agent.telemetry.stats import Recorder
@@ -92,6 +93,9 @@ class Agent:
         log.info("memory budget %s", budget.describe())
         self.memory = Residency(budget, self.table, set(config.pinned_models), wait_s=config.memory_wait_s)
         self.telemetry.memory = self.memory.telemetry  # the budget's figures in each telemetry message
+        self.oom = OomGuard(Path(config.data_dir), _cgroup_oom_kills)  # a kernel OOM kill seen at the next start
+        self.oom_restart: OomRestart | None = None
+        self.memory.on_change = self._note_memory
         self.loader = Loader(
             config, self.hardware, self.store, self.recorder, self._on_failover, self.taps, self.memory
         )
@@ -119,6 +123,7 @@ class Agent:
         choice (a choice made on other hardware or runtimes serves too, while the trial runs again in the background),
         then connect. A version that killed the last run is refused first (agent.deploy.crashguard)."""
         self.guard.arm()
+        self.oom_restart = self.oom.check(self.guard.left(), self.store)  # before recover() ends the dead run's marks
         for death in self.guard.recover(self.store, self.config.health_window_s):
             log.error("the agent died while %s %s was on trial (%s): %s", death.name, death.mark.version,
                       death.mark.phase, death.cause)  # fmt: skip
@@ -133,7 +138,8 @@ class Agent:
             trial_spare.enable(self.config.trial_spare_max_mb)  # the first deployment's trial need not wait for imports
         if self.config.grpc:
             self.grpc_api = self._start_grpc(ready)
-        self.deployer.restore()
+        self.deployer.restore(self.oom_restart)
+        self._note_memory()
         restored.set()
         self.deployer.thread.start()
         self._monitor.start()
@@ -169,6 +175,7 @@ class Agent:
         if self.deployer.thread.ident is not None:
             self.deployer.thread.join(timeout=5)
         self.guard.stopped_cleanly()
+        self.oom.stopped_cleanly()
         log.info("agent %s stopped", self.config.device_id)
 
     # -- supervision (systemd readiness, status and watchdog) ----------------------------------------------------
@@ -202,6 +209,11 @@ class Agent:
             return "inference API thread died"
         return None
 
+    def _note_memory(self) -> None:
+        """The models' order of use and footprints, for an OOM-aware restore after a kernel OOM kill."""
+        footprints = {n: mb for n, mb in self.memory.footprints.items() if mb is not None}
+        self.oom.note(self.table.names(), dict(self.table.last_used), footprints)
+
     def link_status(self) -> dict[str, Any]:
         """This agent and its broker connection, for `edge-agent doctor` on a live device: it reports these instead
         of connecting as the device beside it (a broker that makes the user name the client id would drop us)."""
@@ -214,6 +226,8 @@ class Agent:
         """What the agent is doing, for systemd's STATUS= (shown by `systemctl status`)."""
         n = len(self.table)
         parts = [f"serving {n} model{'' if n == 1 else 's'}"]
+        if self.oom_restart is not None:
+            parts.append(f"restarted after an OOM kill, left out: {', '.join(self.oom_restart.left_out) or 'none'}")
         if self.link.connected.is_set():
             parts.append(f"connected to {self.link.address}")
         else:
@@ -359,3 +373,9 @@ class Agent:
     def _send_state(self, state: DeviceState) -> None:
         if self.link.connected.is_set():
             self.link.publish(self._topic("state"), state.encode(), QOS["state"], retain=True)
+
+
+def _cgroup_oom_kills() -> int | None:
+    """The oom_kill count of the memory cgroup the agent is in now (None outside one)."""
+    group = own_cgroup()
+    return group.oom_kills() if group is not None else None

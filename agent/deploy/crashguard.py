@@ -110,6 +110,10 @@ class CrashGuard:
 
     # -- at start ----------------------------------------------------------------------------------------------------
 
+    def left(self) -> dict[str, Mark]:
+        """The marks the last run left on disk (read before recover(), which ends a killed run's loading marks)."""
+        return self._load()
+
     def recover(self, store: ModelStore, window_s: float) -> list[Death]:
         """Count a death for every mark left by the last run when it died of a native crash (faulthandler recorded a
         fatal error) and refuse the versions that earned it; a serving mark below MAX_DEATHS stays, with a fresh

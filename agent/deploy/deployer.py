@@ -19,6 +19,7 @@ from agent.config import AgentConfig
 from agent.deploy.crashguard import CrashGuard
 from agent.deploy.downloads import Artifact, Downloads, Stage
 from agent.deploy.loader import Loader, failover_status
+from agent.deploy.oomguard import OomRestart
 from agent.deploy.preswap import ShadowPlan, Unhealthy, check_before_swap
 from agent.deploy.reselect import Reselected
 from agent.deploy.rollback import CHECK_INTERVAL_S, Rollback, RolledBack
@@ -292,12 +293,37 @@ class Deployer:
 
     # -- from disk ---------------------------------------------------------------------------------------------------
 
-    def restore(self) -> None:
-        """Serve each model's last good version from the store; fall back to older verified versions."""
-        for name, record in list(self.store.records.items()):
+    def restore(self, after_oom: OomRestart | None = None) -> None:
+        """Serve each model's last good version from the store; fall back to older verified versions. After an OOM
+        kill (agent.deploy.oomguard): most recently used first, one at a time, only what fits the budget now."""
+        names = list(self.store.records)
+        for name in after_oom.order(names) if after_oom else names:
+            record = self.store.records[name]
+            if after_oom is not None:
+                memory = self.loader.memory
+                free = memory.budget.free_mb() - memory.headroom_mb if memory is not None else float("inf")
+                if not after_oom.fits(name, free):
+                    self._left_out(name, record, after_oom)
+                    continue
             for candidate in ([record.serving] if record.serving else []) + record.history:
                 if self._restore(name, record, candidate):
+                    if after_oom is not None:
+                        after_oom.restored.append(name)
                     break
+        if after_oom is not None:
+            for name in after_oom.left_out:
+                if name in self.store.records and name not in after_oom.skip:  # its version before serves
+                    self._left_out(name, self.store.records[name], after_oom)
+            log.warning("%s", after_oom.summary())
+
+    def _left_out(self, name: str, record: ModelRecord, after_oom: OomRestart) -> None:
+        """The status of a model an OOM-aware restore left out: failed, with the one-line reason (what serves, if
+        anything, stays shown as serving)."""
+        installed = record.serving or (record.history[0] if record.history else None)
+        default = (installed.version, installed.identity) if installed is not None else ("?", "")
+        version, sha = after_oom.loading.get(name, default)
+        problem = Problem(code="oom_killed", message=after_oom.left_out[name])
+        self.board.open(name, version, sha, "failed", reason=problem)
 
     def _restore(self, name: str, record: ModelRecord, candidate: Installed) -> bool:
         if not self.store.verify(candidate.sha256):

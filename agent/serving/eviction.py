@@ -137,6 +137,7 @@ class Residency:
     evictions: int = 0
     reloads_ms: list[float] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    on_change: Callable[[], None] | None = None  # after each load and unload (the OOM guard's record: oomguard.py)
 
     # -- loading -----------------------------------------------------------------------------------------------------
 
@@ -153,6 +154,14 @@ class Residency:
             admission.loaded()
         finally:
             self.lock.release()
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:  # a record for the next start never fails a load
+                log.exception("noting the memory state failed")
 
     def note(self, name: str, mb: float | None) -> None:
         if mb is not None:
