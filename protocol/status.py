@@ -71,6 +71,9 @@ class Memory(Reported):
     measured_mb: float | None = None  # what the agent's own memory grew by as it loaded and warmed the version
     budget_mb: float | None = None  # the agent's memory budget, and where it comes from
     budget_source: str | None = None
+    # ONNX Runtime's CPU memory arena as the serving backend runs it ("on", "off"; None: another runtime); on unless
+    # backend_options turn it off: off saved <= 0.3 MiB and cost up to 22 MiB and 45% p50 (bench/arena.py)
+    arena: str | None = None
 
 
 class Selection(Reported):

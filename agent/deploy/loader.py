@@ -104,7 +104,7 @@ class Loader:
         model = LoadedModel(name, version, sha256, instance, stats=stats, probe=probe, tap=tap)
         summary = reported(selection)
         if isinstance(admission, Admission):
-            summary.memory = Memory.model_validate(admission.report())
+            summary.memory = Memory.model_validate(admission.report() | arena_of(selection.backend))
         return Loaded(model, summary, selection.stale)
 
     def load_target(self, target: DesiredModel, samples: list[Inputs] | None, artifact: Artifact) -> Loaded:
@@ -162,3 +162,9 @@ class Loader:
             for r in working
             if (c := by_name.get(r.name)) is not None
         ]
+
+
+def arena_of(backend: Any) -> dict[str, str]:
+    """ONNX Runtime's CPU memory arena as `backend` runs it, for the status' selection.memory (other runtimes: none)."""
+    enabled = getattr(getattr(backend, "config", None), "cpu_mem_arena", None)
+    return {"arena": "on" if enabled else "off"} if isinstance(enabled, bool) else {}

@@ -49,6 +49,11 @@ class OnnxRuntimeConfig(BackendConfig):
     model_sha256: str | None = None  # set by the trial (hashed at load when not)
     tensorrt_profile: dict[str, str] = {}  # trt_profile_{min,opt,max}_shapes from the samples (set by the trial)
     cuda_device_id: int = 0
+    # ONNX Runtime's CPU memory arena (grows in chunks and keeps what it took) and memory pattern (plans buffers from
+    # the first run's shapes). On by measurement (bench/arena.py, docs/memory.md): off saved <= 0.3 MiB on the models
+    # measured and cost ppocr_v4_det ~20 MiB more (the heap keeps malloc'd fragments) and up to 45% of its p50.
+    cpu_mem_arena: bool = True
+    mem_pattern: bool = True
 
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -109,6 +114,8 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
+        options.enable_cpu_mem_arena = config.cpu_mem_arena
+        options.enable_mem_pattern = config.mem_pattern
         options.log_severity_level = 4  # failures come back as exceptions with the message; no stderr noise
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "1" if config.spinning else "0")
