@@ -48,7 +48,8 @@ def reset_peak() -> None:
 
 # y = Identity(x): a first ONNX Runtime session sets up the runtime's environment and thread pools (~12 MiB) that every
 # later session shares; opened before the first measurement, in the trial worker and in the agent alike, so that
-# cost is counted as neither model's (measured: 77 MiB predicted vs 65 MiB loaded in the agent without it)
+# cost is counted as neither model's (measured: 77 MiB predicted vs 65 MiB loaded in the agent without it); run once,
+# so its first run's setup is not the first model's either (bench/footprint.py, docs/memory.md)
 _IDENTITY_ONNX = bytes.fromhex(
     "08073a370a100a017812017922084964656e746974791201695a0f0a0178120a0a08080112040a020801620f0a0179120a0a0808"
     "0112040a02080142040a00100d"
@@ -68,7 +69,9 @@ def import_runtime(module: str | None) -> None:
         try:
             import onnxruntime
 
-            _warm[module] = onnxruntime.InferenceSession(_IDENTITY_ONNX, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(_IDENTITY_ONNX, providers=["CPUExecutionProvider"])
+            session.run(None, {"x": __import__("numpy").zeros((1,), "float32")})
+            _warm[module] = session
         except Exception:  # noqa: BLE001 - a runtime that cannot open it measures as before
             _warm[module] = None
 
