@@ -74,17 +74,17 @@ def test_controller_cli_reports_port_in_use(tmp_path):
     assert "already in use" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_runs_the_whole_path_and_cleans_up():
+def test_demo_runs_the_whole_path_and_cleans_up(tmp_path):
+    scratch = tmp_path / "tmp"  # the demo's scratch directory is made here (TMPDIR), and must be gone after
+    scratch.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "edgectl.cli", "demo", "--requests", "50"],
         capture_output=True,
         text=True,
         timeout=180,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "TMPDIR": str(scratch)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "serving" in result.stdout and "demo finished cleanly" in result.stdout
-    demo_dir = result.stdout.split("edgefleet demo in ")[1].split()[0]
-    from pathlib import Path
-
-    assert not Path(demo_dir).exists()
+    assert "edgefleet-demo-" not in result.stdout  # no directory named that is then deleted (issue 24.16)
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("edgefleet-demo-")] == []
