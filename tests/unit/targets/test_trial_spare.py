@@ -5,6 +5,7 @@ traffic on an idle model."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -32,6 +33,13 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def spares():
     yield trial_spare
     trial_spare.disable()
+
+
+def _capture_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """The module's warnings captured in this test's call phase, whatever an earlier test in this process did to
+    logging (a root level raised, the logger disabled by a logging configuration)."""
+    logging.getLogger(trial_spare.__name__).disabled = False
+    caplog.set_level(logging.WARNING, logger=trial_spare.__name__)
 
 
 def _trial(model: Path):
@@ -67,6 +75,7 @@ def test_a_spare_runs_the_trial_and_the_next_one_starts(spares, model: Path):
 
 
 def test_a_spare_that_died_is_replaced_by_a_fresh_worker(spares, model: Path, caplog):
+    _capture_warnings(caplog)
     spares.enable(1024)
     _waiting().kill()
     time.sleep(0.2)
@@ -77,6 +86,7 @@ def test_a_spare_that_died_is_replaced_by_a_fresh_worker(spares, model: Path, ca
 
 
 def test_over_the_memory_cap_spares_stop(spares, model: Path, caplog):
+    _capture_warnings(caplog)
     spares.enable(1)  # 1 MiB: any Python is over it
     proc = _waiting()
     outcome = _trial(model)
