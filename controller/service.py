@@ -183,7 +183,7 @@ class Controller:
         )
         self.rollouts = Rollouts(
             self.db, Deployments(self.db, self.fleet), owner=self.fleet.replication.replica_id,
-            disk_free_mb=self._disk_free_mb,
+            disk_free_mb=self._disk_free_mb, quality=self.telemetry.quality,
         )  # fmt: skip
         if s3 is not None:
             log.info(s3.describe(settings.artifact_base))

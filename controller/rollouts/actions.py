@@ -35,6 +35,7 @@ class RolloutRequest:
     max_p95_ratio: float = 1.10
     max_error_delta: float = 0.5
     min_agreement: float | None = None
+    no_new_drift: bool = False
     min_requests: int = 200
     on_fail: OnFail = "revert-wave"
     seed: int | None = None
@@ -117,7 +118,8 @@ class RolloutActions:
             "selector": req.selector, "waves": req.waves, "bake_s": req.bake_s, "seed": plan["seed"],
             "activate_timeout_s": req.activate_timeout_s, "max_p95_ratio": req.max_p95_ratio,
             "max_error_delta": req.max_error_delta, "min_agreement": req.min_agreement,
-            "min_requests": req.min_requests, "on_fail": req.on_fail, "baseline_s": max(req.bake_s, 60.0),
+            "no_new_drift": req.no_new_drift, "min_requests": req.min_requests, "on_fail": req.on_fail,
+            "baseline_s": max(req.bake_s, 60.0),
         }  # fmt: skip
         waves = [{"index": w["index"], "step": w["step"], "state": "pending", "classes": {}, "started_at": None,
                   "decided_at": None} for w in plan["waves"]]  # fmt: skip

@@ -21,9 +21,10 @@ from controller.db.schema import rollout_devices
 from controller.fleet.deployments import Deployments
 from controller.rollouts import labels
 from controller.rollouts.effects import apply_pending, revert_target
-from controller.rollouts.evidence import activation, collect, harm, model_entry
+from controller.rollouts.evidence import activation, add_drift, collect, harm, model_entry
 from controller.rollouts.gates import Thresholds, judge_wave
 from controller.rollouts.store import ACTIVE, Change, RolloutStore, Stale
+from controller.telemetry.tracker import QualityTracker
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def thresholds(spec: Mapping[str, Any]) -> Thresholds:
     return Thresholds(
         max_p95_ratio=spec["max_p95_ratio"], max_error_delta=spec["max_error_delta"],
         min_agreement=spec.get("min_agreement"), min_requests=spec["min_requests"],
+        no_new_drift=bool(spec.get("no_new_drift", False)),
     )  # fmt: skip
 
 
@@ -58,6 +60,10 @@ def summary(verdict: Mapping[str, Any]) -> str:
                                f"{g.get('requests_new')} requests")  # fmt: skip
             elif gate == "agreement":
                 figures.append(f"agreement {g.get('agreement')} < {g.get('min_agreement')} ({g.get('pairs')} pairs)")
+            elif gate == "drift":
+                moved = sorted(g.get("drifted", {}).items())[:3]
+                figures.append("drift on " + ", ".join(f"{d} ({what})" for d, what in moved) if moved else
+                               f"no drift verdict on {g.get('devices_missing')} device(s)")  # fmt: skip
             elif gate == "evidence":
                 figures.append(f"{g['devices_with_min_requests']}/{g['needed']} device(s) with {g['min_requests']} "
                                "requests")  # fmt: skip
@@ -70,10 +76,13 @@ def summary(verdict: Mapping[str, Any]) -> str:
 
 
 class RolloutEngine:
-    def __init__(self, db: Database, store: RolloutStore, deployments: Deployments) -> None:
+    def __init__(
+        self, db: Database, store: RolloutStore, deployments: Deployments, quality: QualityTracker | None = None
+    ) -> None:
         self.db = db
         self.store = store
         self.deployments = deployments
+        self.quality = quality  # the ingest's quality tracker: the drift gate (--no-new-drift) reads its tracks
         self._joined: dict[str, float] = {}  # rollout -> when it last looked for late joiners
 
     # -- the tick ----------------------------------------------------------------------------------------------------
@@ -212,6 +221,8 @@ class RolloutEngine:
         since = rollout["waves"][index].get("activated_at") or rollout["waves"][index].get("started_at") or now
         clock = time.monotonic()
         by_class, pooled, restarts = collect(self.db, rollout, wave_rows, peers, states, since, now)
+        if rollout["spec"].get("no_new_drift"):
+            add_drift(self.quality, rollout["model"], rollout["version"], by_class)
         verdict = judge_wave(by_class, pooled, thresholds(rollout["spec"]), restarts)
         data = {**verdict, "cpu_s": round(time.thread_time() - started, 4), "devices": len(wave_rows),
                 "wall_s": round(time.monotonic() - clock, 4)}  # fmt: skip

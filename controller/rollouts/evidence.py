@@ -15,6 +15,8 @@ import sqlalchemy as sa
 
 from controller.db.database import Database
 from controller.rollouts.gates import DeviceEvidence, PeerRestarts, Window
+from controller.telemetry.drift import drift_verdict
+from controller.telemetry.tracker import QualityTracker
 
 log = logging.getLogger(__name__)
 CHUNK = 500
@@ -269,3 +271,25 @@ def collect(
         pooled[hw_class] = window
         restarts[hw_class] = counted
     return by_class, pooled, restarts
+
+
+def add_drift(
+    quality: QualityTracker | None, model: str, version: str, by_class: Mapping[str, list[DeviceEvidence]]
+) -> None:
+    """With --no-new-drift: each serving device's quality window of `version` (its track's last judged chunk, or its
+    own baseline once built) against the previous version's baseline on the same device (drift.drift_verdict, the
+    tracker's settings); why not, when the tracker lacks either."""
+    for devices in by_class.values():
+        for d in devices:
+            if d.activation != "ok":
+                continue
+            track = quality.track(d.device_id, model) if quality is not None else None
+            if quality is None or track is None or track.version != version:
+                d.drift_missing = f"no quality summary of {version} yet"
+            elif track.previous is None:
+                d.drift_missing = "no baseline of the previous version on this device"
+            elif (window := track.last_chunk or (track.baseline if track.frozen else None)) is None:
+                rows = track.baseline.count if track.baseline else 0
+                d.drift_missing = f"building the baseline of {version}: {rows}/{quality.settings.baseline_rows} rows"
+            else:
+                d.drift = drift_verdict(track.previous[1], window, quality.settings)

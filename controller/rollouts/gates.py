@@ -1,6 +1,7 @@
 """The gates a rollout wave passes, per hardware class, as pure statistics over what the devices measured: activation,
 latency (median over devices of p95(new)/p95(old)), errors (a one-sided confidence bound on the error-rate
-increase), answers (the shadow check's agreement on live inputs) and harm (rolled back, crashed or restarted), with
+increase), answers (the shadow check's agreement on live inputs), optionally drift (no device's quality moved from
+its previous version's baseline) and harm (rolled back, crashed or restarted), with
 the minimum evidence below which a class is *inconclusive*. Every figure carries its sample counts."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from controller.telemetry.drift import Verdict as DriftVerdict
 from protocol.histograms import LATENCY_BOUNDS_MS
 
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -55,6 +57,10 @@ class DeviceEvidence:
     agreement: float | None = None
     agreement_pairs: int = 0
     restart: str | None = None  # the agent restarted while serving the new version (telemetry seq went backwards)
+    # with --no-new-drift: the new version's quality window against the previous version's baseline on this device
+    # (drift.drift_verdict), or None with why not in `drift_missing` (no track, no baseline of either version yet)
+    drift: DriftVerdict | None = None
+    drift_missing: str | None = None
 
 
 @dataclass
@@ -75,6 +81,7 @@ class Thresholds:
     min_agreement: float | None = None
     min_requests: int = 200  # per device, on the new version
     min_share: float = 0.8  # of the wave's devices (of a class) with min_requests
+    no_new_drift: bool = False  # the drift gate: no device's quality drifted from its previous version's baseline
 
 
 def quantile(counts: Mapping[int, int], q: float, max_ms: float | None = None) -> float | None:
@@ -206,6 +213,42 @@ def agreement_gate(devices: list[DeviceEvidence], th: Thresholds) -> dict[str, A
     return {**figures, "agreement": _r(pooled), "lowest": _r(lowest), "verdict": verdict}
 
 
+def drift_gate(devices: list[DeviceEvidence], th: Thresholds) -> dict[str, Any] | None:
+    """With --no-new-drift: each device's new-version quality window against its previous version's baseline (the
+    drift verdict's tests); fails when any device drifted (naming it and what moved), passes when every device with
+    a previous version has a verdict and none drifted, else inconclusive. None without the option."""
+    if not th.no_new_drift:
+        return None
+    drifted: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    compared = 0
+    scores: dict[str, float] = {}
+    for d in devices:
+        if not d.had_previous:
+            continue
+        verdict = d.drift
+        if verdict is None or not verdict.judged:
+            missing[d.device_id] = (verdict.reason if verdict is not None else d.drift_missing) or "no verdict"
+            continue
+        compared += 1
+        scores[d.device_id] = round(verdict.score, 4)
+        if verdict.flagged:
+            drifted[d.device_id] = "; ".join(verdict.moved[:3]) or "drifted"
+    figures: dict[str, Any] = {
+        "devices_compared": compared, "drifted": drifted, "missing": dict(sorted(missing.items())[:10]),
+        "devices_missing": len(missing), "scores": dict(sorted(scores.items())[:20]),
+    }  # fmt: skip
+    if drifted:
+        return {**figures, "verdict": "fail"}
+    if missing:
+        return {**figures, "verdict": "inconclusive"}
+    if not compared:
+        if devices and not any(d.had_previous for d in devices):
+            return {**figures, "verdict": "pass", "note": "no previous version on these devices"}
+        return {**figures, "verdict": "inconclusive"}
+    return {**figures, "verdict": "pass"}
+
+
 def harm_gate(judged: list[DeviceEvidence], peers: PeerRestarts | None) -> dict[str, Any]:
     """Harm: a device that rolled back or reported the version failed; and restarts while serving the new version,
     attributed to it only when they are more frequent on the wave's devices than on the class's not-yet-updated
@@ -253,6 +296,9 @@ def judge_class(
     agreement = agreement_gate(active, th)
     if agreement is not None:
         gates["agreement"] = agreement
+    drift = drift_gate(active, th)
+    if drift is not None:
+        gates["drift"] = drift
     verdicts = {g["verdict"] for g in gates.values()}
     if "fail" in verdicts:
         verdict: Verdict = "fail"

@@ -19,6 +19,7 @@ from controller.replicas.leases import Leases
 from controller.rollouts.actions import RolloutActions
 from controller.rollouts.engine import RolloutEngine
 from controller.rollouts.store import RolloutStore
+from controller.telemetry.tracker import QualityTracker
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,11 @@ class Rollouts:
     def __init__(
         self, db: Database, deployments: Deployments, owner: str | None = None,
         disk_free_mb: Callable[[str], float | None] = lambda _: None, tick_s: float = TICK_S,
+        quality: QualityTracker | None = None,
     ) -> None:  # fmt: skip
         self.db = db
         self.store = RolloutStore(db)
-        self.engine = RolloutEngine(db, self.store, deployments)
+        self.engine = RolloutEngine(db, self.store, deployments, quality)
         self.actions = RolloutActions(db, self.store, deployments, disk_free_mb)
         self.leases = Leases(db.writer, owner or f"rollouts-{uuid.uuid4().hex[:8]}", LEASE_TTL_S)
         self.tick_s = tick_s

@@ -33,6 +33,9 @@ def start(
     max_p95_ratio: Annotated[float, typer.Option(help="Median over devices of p95 new/old, at most.")] = 1.10,
     max_error_delta: Annotated[float, typer.Option(help="Error-rate increase (points, 95% bound), at most.")] = 0.5,
     min_agreement: Annotated[float | None, typer.Option(help="Shadow-check agreement (live), at least.")] = None,
+    no_new_drift: Annotated[
+        bool, typer.Option("--no-new-drift", help="Gate: no quality drift from the last version.")
+    ] = False,
     min_requests: Annotated[int, typer.Option(help="Inferences per device before a wave can pass.")] = 200,
     on_fail: Annotated[str, typer.Option(help="halt, revert-wave or revert-all.")] = "revert-wave",
     seed: Annotated[int | None, typer.Option(help="Seed of the device order (default: random).")] = None,
@@ -54,7 +57,7 @@ def start(
         "model": name, "version": version, "name": rollout_name, "select": [f"{k}={v}" for k, v in selector.items()],
         "waves": waves, "bake_s": bake, "activate_timeout_s": activate_timeout, "max_p95_ratio": max_p95_ratio,
         "max_error_delta": max_error_delta, "min_agreement": min_agreement, "min_requests": min_requests,
-        "on_fail": on_fail, "seed": seed, "dry_run": dry_run,
+        "no_new_drift": no_new_drift, "on_fail": on_fail, "seed": seed, "dry_run": dry_run,
     }  # fmt: skip
     if dry_run:
         registered = [m for m in client.models() if m["name"] == name and m["version"] == version]

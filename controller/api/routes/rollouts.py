@@ -28,6 +28,7 @@ class StartRequest(BaseModel):
     max_p95_ratio: float = Field(default=1.10, gt=0)
     max_error_delta: float = Field(default=0.5, ge=0, le=100, description="percentage points")
     min_agreement: float | None = Field(default=None, ge=0, le=1)
+    no_new_drift: bool = Field(default=False, description="gate: no device's quality drifted from its previous version")
     min_requests: int = Field(default=200, ge=1)
     on_fail: Literal["halt", "revert-wave", "revert-all"] = "revert-wave"
     seed: int | None = None
