@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from targets.footprint import MIB, PRELOAD_EXTRA, rss_bytes
+
 log = logging.getLogger(__name__)
 
 SPARE = "--spare"  # trial_worker's argument: import the runtimes, then wait for a request path on stdin
 ROOT = str(Path(__file__).resolve().parents[1])
-PRELOAD_EXTRA = {"ai_edge_litert": ("ai_edge_litert.interpreter",)}  # what a backend's load() imports beyond it
 
 
 @dataclass
@@ -169,13 +170,8 @@ def _end(proc: subprocess.Popen[bytes] | None, output: Any) -> None:
 
 
 def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
+    """A process' resident memory in MiB (None where /proc cannot tell)."""
+    return rss_bytes(pid) / MIB or None
 
 
 def preload() -> None:
