@@ -109,7 +109,7 @@ class RolloutEngine:
         if apply_pending(self.store, self.deployments, rollout, rows):
             rows = self.store.devices(rollout["id"])
         if rollout["state"] == "planned":
-            rollout = self.store.transition(rollout, "started", "", {}, Change({"state": "running"}))
+            rollout = self.store.transition(rollout, "started", "", {}, Change({"state": "running"}), now)
         if rollout["state"] != "running":
             return rollout
         if now - self._joined.get(rollout["id"], 0.0) >= JOIN_EVERY_S:
@@ -134,7 +134,7 @@ class RolloutEngine:
             data = {"serving": len(serving), "failed": failed, "pending": pending}
             change = Change({"phase": "baking", "phase_until": now + rollout["spec"]["bake_s"]})
             change.rollout["waves"] = self._wave(rollout, state="baking", activated_at=now)
-            rollout = self.store.transition(rollout, "activated", "", data, change)
+            rollout = self.store.transition(rollout, "activated", "", data, change, now)
             return self._decide(rollout, rows, states, now) if failed else rollout
         if rollout["phase"] == "baking" and (hurt or now >= (rollout["phase_until"] or 0)):
             return self._decide(rollout, rows, states, now, early=hurt and now < (rollout["phase_until"] or 0))
@@ -163,7 +163,7 @@ class RolloutEngine:
                                          "pushed_at": now}))  # fmt: skip
         data = {"devices": joining, "classes": by_class}
         rollout = self.store.transition(rollout, "wave_started", f"wave {index + 1}: {len(joining)} device(s)", data,
-                                        change)  # fmt: skip
+                                        change, now)  # fmt: skip
         apply_pending(self.store, self.deployments, rollout, self.store.devices(rollout["id"]))
         return rollout
 
@@ -236,10 +236,10 @@ class RolloutEngine:
         if not rollout["extended"]:
             change = Change({"phase_until": now + rollout["spec"]["bake_s"], "extended": True})
             change.rollout["waves"] = self._wave(rollout, state="extended", classes=verdict["classes"])
-            return self.store.transition(rollout, "bake_extended", why, data, change)
+            return self.store.transition(rollout, "bake_extended", why, data, change, now)
         change = Change({"state": "paused", "reason": f"{why}; evidence too thin: resume to bake again, or next"})
         change.rollout["waves"] = self._wave(rollout, state="inconclusive", classes=verdict["classes"])
-        return self.store.transition(rollout, "paused", change.rollout["reason"], data, change)
+        return self.store.transition(rollout, "paused", change.rollout["reason"], data, change, now)
 
     def _advance(
         self, rollout: dict[str, Any], kind: str, reason: str, data: dict[str, Any], now: float, state: str
@@ -252,7 +252,7 @@ class RolloutEngine:
             change.release = True
         else:
             change.rollout["wave"] = index + 1
-        return self.store.transition(rollout, kind, reason, data, change)
+        return self.store.transition(rollout, kind, reason, data, change, now)
 
     def _fail(self, rollout: dict[str, Any], rows: Sequence[Mapping[str, Any]], data: dict[str, Any], now: float):
         index, on_fail = rollout["wave"], rollout["spec"]["on_fail"]
@@ -268,7 +268,7 @@ class RolloutEngine:
             change.devices.append(([r["device_id"]], {"state": "reverted", "target": revert_target(r),
                                                       "applied": False}))  # fmt: skip
         data = {**data, "reverted": [r["device_id"] for r in scope]}
-        rollout = self.store.transition(rollout, "wave_failed", reason, data, change)
+        rollout = self.store.transition(rollout, "wave_failed", reason, data, change, now)
         apply_pending(self.store, self.deployments, rollout, self.store.devices(rollout["id"]))
         return rollout
 
@@ -296,4 +296,4 @@ class RolloutEngine:
             })  # fmt: skip
         ids = [a["device_id"] for a in added]
         reason = f"{len(ids)} device(s) joined wave {rollout['wave'] + 1}"
-        return self.store.transition(rollout, "devices_joined", reason, {"devices": ids}, Change(added=added))
+        return self.store.transition(rollout, "devices_joined", reason, {"devices": ids}, Change(added=added), now)

@@ -110,11 +110,13 @@ class RolloutStore:
         conn.execute(rollout_devices.insert(), [{"rollout_id": rollout_id, **d} for d in devices])
 
     def transition(
-        self, rollout: dict[str, Any], kind: str, reason: str, data: dict[str, Any], change: Change
-    ) -> dict[str, Any]:
+        self, rollout: dict[str, Any], kind: str, reason: str, data: dict[str, Any], change: Change,
+        ts: float | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """Commit one transition made from `rollout` as read (its seq); Stale when another came first. Returns the
-        rollout's new fields merged into it."""
-        now = time.time()
+        rollout's new fields merged into it. ts: the clock the decision was made on (the engine's step), so an
+        event's time and the deadlines computed from it agree (a bake is never shorter than its events show)."""
+        now = time.time() if ts is None else ts
         seq = int(rollout["seq"]) + 1
         values = {**change.rollout, "seq": seq, "updated_at": now}
         with self.engine.begin() as conn:
