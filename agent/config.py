@@ -96,8 +96,9 @@ class AgentConfig(BaseModel):
     backend_trial: bool = True
     trial_budget_s: float = Field(default=3.0, gt=0, le=60)
     # A spare trial worker waits with the runtimes imported (deploys start at once); over this many MiB no more
-    # spares are kept (targets/trial_spare.py). 0: none.
-    trial_spare_max_mb: float = Field(default=384.0, ge=0, le=65536)
+    # spares are kept (targets/trial_spare.py). 0: none. Unset: the agent decides from its memory budget (a spare,
+    # up to 384 MiB, only where ~96 MiB is at most 1/8 of the budget and free: agent/serving/spare.py).
+    trial_spare_max_mb: float | None = Field(default=None, ge=0, le=65536)
     # The trial runs in a short-lived worker process: runtimes that lose never enter the agent's memory, and a
     # runtime that crashes natively fails its candidate instead of the agent.
     trial_isolated: bool = True

@@ -159,11 +159,10 @@ def running_agent(cfg: AgentConfig, timeout: float) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
-def check_running_agent(cfg: AgentConfig, timeout: float) -> Check | None:
-    """The broker check of a live device, from its running agent: connecting as the device beside it would take its
-    session (Mosquitto's use_username_as_clientid gives every client of the device's user the device's id). None
-    when no agent of this device runs (the doctor then connects itself)."""
-    status = running_agent(cfg, timeout)
+def check_running_agent(cfg: AgentConfig, status: dict[str, Any] | None) -> Check | None:
+    """The broker check of a live device, from its running agent's `status` (running_agent): connecting as the
+    device beside it would take its session (Mosquitto's use_username_as_clientid gives every client of the device's
+    user the device's id). None when no agent of this device runs (the doctor then connects itself)."""
     if status is None or (status and status.get("device_id") != cfg.device_id):
         return None
     beside = f"not connecting as {cfg.device_id} beside it, which would take its broker session"
@@ -183,6 +182,18 @@ def check_running_agent(cfg: AgentConfig, timeout: float) -> Check | None:
         else "check the broker URL, that the broker runs, and the network between; journalctl -u edge-agent"
     )
     return Check("broker mqtt", "fail", f"{who} cannot use the broker: {error}", fix)
+
+
+def check_spare(status: dict[str, Any] | None) -> Check | None:
+    """Whether the running agent keeps a spare trial worker and why (its memory budget decides, or the config)."""
+    spare = (status or {}).get("trial_spare")
+    if not isinstance(spare, dict):
+        return None
+    reason = str(spare.get("reason"))
+    if spare.get("kept") and not spare.get("enabled"):
+        return Check("trial spare", "warn", f"{reason}; stopped since: it grew over its cap "
+                     f"({spare.get('last_mib')} MiB)", "raise trial_spare_max_mb, or set it to 0")  # fmt: skip
+    return Check("trial spare", "ok", reason)
 
 
 def check_data_dir(data_dir: Path) -> list[Check]:
@@ -304,9 +315,11 @@ def run_checks(
         address = cfg.broker_address()
         tcp = check_tcp(address, timeout)
         checks.append(tcp)
-        running = check_running_agent(cfg, timeout)
+        status = running_agent(cfg, timeout)
+        running = check_running_agent(cfg, status)
         if running is not None:
             checks.append(running)
+            checks.extend(c for c in [check_spare(status)] if c is not None)
         elif tcp.outcome == "ok":
             checks.append(check_mqtt(cfg, address, timeout))
         else:

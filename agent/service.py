@@ -33,6 +33,7 @@ from agent.serving.eviction import Residency
 from agent.serving.inflight import TrackedTable
 from agent.serving.live import LiveTaps
 from agent.serving.memory import find_budget, own_cgroup
+from agent.serving.spare import choose_spare
 from agent.status_board import StatusBoard
 from agent.telemetry.publisher import TelemetryPublisher
 from agent.telemetry.stats import Recorder
@@ -91,6 +92,9 @@ class Agent:
         self.taps = LiveTaps(config.capture_inputs, int(config.capture_max_mb * (1 << 20)))
         budget = find_budget(config.memory_budget_mb, config.memory_reserve_mb)
         log.info("memory budget %s", budget.describe())
+        isolated = config.backend_trial and config.trial_isolated
+        self.spare = choose_spare(config.trial_spare_max_mb, isolated, budget.limit_mb, budget.free_mb())
+        log.info("%s", self.spare.reason)
         self.memory = Residency(budget, self.table, set(config.pinned_models), wait_s=config.memory_wait_s)
         self.telemetry.memory = self.memory.telemetry  # the budget's figures in each telemetry message
         self.oom = OomGuard(Path(config.data_dir), _cgroup_oom_kills)  # a kernel OOM kill seen at the next start
@@ -134,8 +138,8 @@ class Agent:
             token=self.config.api_token(), status=self.link_status,
         )  # fmt: skip
         self.api.start()
-        if self.config.backend_trial and self.config.trial_isolated and self.config.trial_spare_max_mb > 0:
-            trial_spare.enable(self.config.trial_spare_max_mb)  # the first deployment's trial need not wait for imports
+        if self.spare.kept:
+            trial_spare.enable(self.spare.max_mb)  # the first deployment's trial need not wait for imports
         if self.config.grpc:
             self.grpc_api = self._start_grpc(ready)
         self.deployer.restore(self.oom_restart)
@@ -220,6 +224,7 @@ class Agent:
         return {
             "device_id": self.config.device_id, "pid": os.getpid(), "broker": str(self.link.address),
             "connected": self.link.connected.is_set(), "last_error": self.link.last_error,
+            "trial_spare": self.spare.report() | trial_spare.status(),  # the choice; whether it still runs
         }  # fmt: skip
 
     def status_line(self) -> str:

@@ -79,6 +79,8 @@ def test_doctor_uses_the_password_file_and_leaves_a_running_agent_connected(tmp_
         checks = doctor(tmp_path, "--config", "agent.toml", "--broker-password-file", "pw")
         detail = checks["broker mqtt"]["detail"]
         assert checks["broker mqtt"]["outcome"] == "ok" and "running agent" in detail and "connected" in detail, detail
+        spare = checks["trial spare"]  # the running agent's own choice of a spare trial worker, and why
+        assert spare["outcome"] == "ok" and "spare trial worker" in spare["detail"], spare
         time.sleep(2)  # a takeover's will and the agent's reconnect would be here by now
         assert watch.seen == [True], watch.seen
         assert "lost connection" not in (tmp_path / "agent.log").read_text()
