@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from stats.proportion import wilson_lower
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -59,16 +61,6 @@ def split(data: Calibration, batch: int = 1, seed: int = SPLIT_SEED) -> tuple[Ca
     out = Calibration({k: a[held_rows] for k, a in data.arrays.items()}, data.source, list(data.notes))
     log.info("held out %d of %d samples of %s", held, total, data.source)
     return kept, out
-
-
-def wilson_lower(agree: int, total: int, z: float = Z) -> float:
-    """Wilson score lower bound of a proportion (`agree` of `total`); 0 for no samples."""
-    if total <= 0:
-        return 0.0
-    p = agree / total
-    centre = p + z * z / (2 * total)
-    spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return max(0.0, (centre - spread) / (1 + z * z / total))
 
 
 def samples_to_settle(rate: float, bar: float, z: float = Z) -> int | None:

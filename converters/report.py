@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from converters.evidence import Thresholds, mean_lower, wilson_lower
+from converters.evidence import Thresholds, Z, mean_lower
 from protocol import ZSTD_LEVEL
+from stats.proportion import wilson_lower
 from targets.agreement import nonfinite
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def _metrics(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     if ref.ndim == 2 and ref.shape[1] >= 2:  # classifier-like
         agree = int((ref.argmax(1) == got.argmax(1)).sum())
         metrics["top1"] = agree / len(ref) if len(ref) else 0.0
-        metrics["top1_lower"] = wilson_lower(agree, len(ref))
+        metrics["top1_lower"] = wilson_lower(agree, len(ref), Z)
     return metrics
 
 

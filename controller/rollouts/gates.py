@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from controller.telemetry.drift import Verdict as DriftVerdict
 from protocol.histograms import LATENCY_BOUNDS_MS
+from stats.proportion import wilson_interval
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 Z_95 = 1.6448536269514722  # one-sided 95%
@@ -107,17 +108,6 @@ def quantile(counts: Mapping[int, int], q: float, max_ms: float | None = None) -
     return max_ms
 
 
-def wilson(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (one-sided bounds at `z`); (0, 1) without samples."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def rate_increase_bounds(
     errors_new: int, n_new: int, errors_old: int, n_old: int, z: float = Z_95
 ) -> tuple[float, float, float]:
@@ -125,8 +115,8 @@ def rate_increase_bounds(
     lower bound exceeds a margin only when the new version is worse by more than it with 95% confidence."""
     p1 = errors_new / n_new if n_new else 0.0
     p2 = errors_old / n_old if n_old else 0.0
-    l1, u1 = wilson(errors_new, n_new, z)
-    l2, u2 = wilson(errors_old, n_old, z)
+    l1, u1 = wilson_interval(errors_new, n_new, z)
+    l2, u2 = wilson_interval(errors_old, n_old, z)
     point = p1 - p2
     lower = point - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
     upper = point + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
@@ -183,7 +173,7 @@ def error_gate(devices: list[DeviceEvidence], peers: Window | None, th: Threshol
         point, lower, upper = rate_increase_bounds(e_new, n_new, e_old, n_old)
     else:  # nothing to compare with: against a flawless 0%, so a fresh install that errs still fails
         baseline = "none (0%)"
-        (lower, upper), point = wilson(e_new, n_new), (e_new / n_new if n_new else 0.0)
+        (lower, upper), point = wilson_interval(e_new, n_new, Z_95), (e_new / n_new if n_new else 0.0)
     figures = {
         "new_rate_pct": _r(100 * e_new / n_new if n_new else None, 3), "old_rate_pct":
         _r(100 * e_old / n_old if n_old else None, 3), "increase_pct": _r(100 * point, 3),

@@ -22,9 +22,10 @@ from zoo.fetch import ZooUnavailable, model_path  # noqa: E402
 
 from converters import convert, convert_many  # noqa: E402
 from converters.advice import suggest  # noqa: E402
-from converters.evidence import wilson_lower  # noqa: E402
+from converters.evidence import Z  # noqa: E402
 from converters.measure import load_onnx  # noqa: E402
 from edgectl import sample_models  # noqa: E402
+from stats.proportion import wilson_lower  # noqa: E402
 
 FAST = {"latency_budget_s": 0.2}
 INDEPENDENT = 300  # lines of the same renderer, another seed: never given to the converter
@@ -74,7 +75,7 @@ def test_held_out_figure_is_honest_against_independent_lines(classifier, tmp_pat
     assert r.measured_on.startswith("64 held-out samples of") and "never seen by calibration" in r.measured_on
     assert any("calibrated on 192 samples" in f for f in r.fixes), r.fixes
     reported, floor = r.agreement["top1"], r.agreement["top1_lower"]
-    assert floor == pytest.approx(wilson_lower(round(reported * 64), 64))
+    assert floor == pytest.approx(wilson_lower(round(reported * 64), 64, Z))
     truth = _top1(src, Path(r.path), independent)
     assert abs(reported - truth) <= TOLERANCE, (reported, truth)
     assert truth >= floor, (truth, floor)

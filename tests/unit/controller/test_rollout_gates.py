@@ -8,6 +8,7 @@ import math
 import pytest
 
 from controller.rollouts.gates import (
+    Z_95,
     DeviceEvidence,
     PeerRestarts,
     Thresholds,
@@ -16,9 +17,9 @@ from controller.rollouts.gates import (
     judge_wave,
     quantile,
     rate_increase_bounds,
-    wilson,
 )
 from protocol.histograms import latency_bucket
+from stats.proportion import wilson_interval
 
 
 def window(latency_ms: float, requests: int, errors: int = 0, spread: float = 0.2) -> Window:
@@ -42,9 +43,9 @@ def test_the_interpolated_quantile_is_close_to_the_true_one():
 
 
 def test_wilson_bounds_hold_the_rate_and_tighten_with_samples():
-    low, high = wilson(0, 200)
+    low, high = wilson_interval(0, 200, Z_95)
     assert low == 0 and 0.012 < high < 0.014
-    low, high = wilson(50, 1000)
+    low, high = wilson_interval(50, 1000, Z_95)
     assert low < 0.05 < high and high - low < 0.03
     point, lower, upper = rate_increase_bounds(0, 200, 0, 1000)
     assert point == 0 and lower < 0 < upper

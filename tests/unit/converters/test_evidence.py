@@ -9,22 +9,23 @@ import pytest
 
 from converters import Thresholds
 from converters.calibration import Calibration
-from converters.evidence import holdout_count, samples_to_settle, split, unproven, wilson_lower
+from converters.evidence import Z, holdout_count, samples_to_settle, split, unproven
 from converters.mixed import MixedReport, Search, Setting, Trial, inner_split
+from stats.proportion import wilson_lower
 
 
 def test_wilson_lower_bound_is_the_textbook_value():
     # one-sided 95% (z = 1.6449): 20/20 is no proof of 99%, 300/300 is; one miss in 300 is not
-    assert wilson_lower(20, 20) == pytest.approx(20 / (20 + 1.6449**2), abs=1e-9)
-    assert wilson_lower(20, 20) < 0.90
-    assert wilson_lower(300, 300) > 0.99 > wilson_lower(299, 300)
-    assert wilson_lower(0, 0) == 0.0 and wilson_lower(0, 10) == 0.0
+    assert wilson_lower(20, 20, Z) == pytest.approx(20 / (20 + 1.6449**2), abs=1e-9)
+    assert wilson_lower(20, 20, Z) < 0.90
+    assert wilson_lower(300, 300, Z) > 0.99 > wilson_lower(299, 300, Z)
+    assert wilson_lower(0, 0, Z) == 0.0 and wilson_lower(0, 10, Z) == 0.0
 
 
 def test_samples_to_settle_is_where_the_bound_reaches_the_bar():
     need = samples_to_settle(1.0, 0.99)
     assert need == 268  # z^2 * 0.99 / 0.01 rounded up
-    assert wilson_lower(need, need) >= 0.99 > wilson_lower(need - 1, need - 1)
+    assert wilson_lower(need, need, Z) >= 0.99 > wilson_lower(need - 1, need - 1, Z)
     assert (samples_to_settle(0.995, 0.99) or 0) > 800
     assert samples_to_settle(0.99, 0.99) is None and samples_to_settle(0.95, 0.99) is None
 
@@ -57,8 +58,8 @@ def test_split_keeps_whole_batches():
 def test_unproven_names_the_count_the_bound_and_what_settles_it():
     bar = Thresholds()
     outputs = {
-        "small": {"top1": 1.0, "top1_lower": wilson_lower(20, 20), "rows": 20, "cosine": 1.0},
-        "big": {"top1": 1.0, "top1_lower": wilson_lower(400, 400), "rows": 400, "cosine": 1.0},
+        "small": {"top1": 1.0, "top1_lower": wilson_lower(20, 20, Z), "rows": 20, "cosine": 1.0},
+        "big": {"top1": 1.0, "top1_lower": wilson_lower(400, 400, Z), "rows": 400, "cosine": 1.0},
         "below": {"top1": 0.9, "top1_lower": 0.85, "rows": 400, "cosine": 0.9},  # below: a failure, not unproven
         "dense": {"cosine": 0.995, "cosine_lower": 0.98, "rows": 12},
     }
