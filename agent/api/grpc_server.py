@@ -12,7 +12,6 @@ model failed), RESOURCE_EXHAUSTED (over api_max_connections calls at once, or a 
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ import grpc  # the `grpc` extra: this module is imported only when the agent's `
 
 import agent
 from agent.api import v2_codec as v2
+from agent.api.bearer import admits, expected
 from agent.api.grpc_messages import SERVICE, Messages
 from agent.api.http_server import Limits
 from agent.serving.table import LoadedModel, ModelTable
@@ -67,7 +67,7 @@ class GrpcServer:
         self._port = port
         self.ready = ready if ready is not None else (lambda: len(table) > 0)
         self.limits = limits or Limits()
-        self._bearer = f"Bearer {token}".encode() if token else None
+        self._bearer = expected(token)
         self.messages = Messages()
         self._server: Any = None
         self._bound = 0
@@ -137,7 +137,7 @@ class GrpcServer:
         bearer = None if name in OPEN_METHODS else self._bearer
 
         def call(request: Any, context: Any) -> Any:
-            if bearer is not None and not self._authorized(context, bearer):
+            if bearer is not None and not admits(self._authorization(context), bearer):  # open: no metadata read
                 context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
                     "this API needs its token: metadata authorization: Bearer <api_token_file's content>",
@@ -153,12 +153,12 @@ class GrpcServer:
         return call
 
     @staticmethod
-    def _authorized(context: Any, bearer: bytes) -> bool:
+    def _authorization(context: Any) -> str | bytes | None:
+        """The call's first `authorization` metadata value; None when it has none."""
         for key, value in context.invocation_metadata():
             if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                return hmac.compare_digest(given, bearer)
-        return False
+                return value
+        return None
 
     # -- methods -------------------------------------------------------------------------------------------------
 

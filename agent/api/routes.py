@@ -19,7 +19,6 @@ Errors are `{"error": "..."}` with 400 (the request does not match the model), 4
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ from urllib.parse import unquote
 
 import agent
 from agent.api import v2_codec as v2
+from agent.api.bearer import admits, expected
 from agent.api.http_server import BINARY, JSON, HTTPError, HttpServer, Limits, Request, Response, error_response
 from agent.serving.eviction import ModelUnavailable
 from agent.serving.table import LoadedModel, ModelTable
@@ -65,7 +65,7 @@ class V2Routes:
         self.limits = limits or Limits()
         self._plans: dict[bytes, v2.RequestPlan] = {}  # binary request headers seen (agent.api.v2_codec)
         self.status = status or (lambda: {})
-        self._bearer = f"Bearer {token}" if token else None  # required on every route but /v2/health/*
+        self._bearer = expected(token)  # required on every route but /v2/health/*
         self.metadata = v2.dumps(
             {"name": SERVER_NAME, "version": agent.__version__, "extensions": ["binary_tensor_data"]}
         )
@@ -87,10 +87,9 @@ class V2Routes:
         if query >= 0:
             path = path[:query]
         parts = path.strip("/").split("/")
-        if self._bearer is not None and parts[:2] != ["v2", "health"]:
-            given = request.headers.get("Authorization") or ""
-            if not hmac.compare_digest(given.encode(), self._bearer.encode()):
-                raise HTTPError(401, "this API needs its token: Authorization: Bearer <api_token_file's content>")
+        guarded = self._bearer is not None and parts[:2] != ["v2", "health"]  # the open API skips the check's cost
+        if guarded and not admits(request.headers.get("Authorization"), self._bearer):
+            raise HTTPError(401, "this API needs its token: Authorization: Bearer <api_token_file's content>")
         fixed = self._fixed.get("/".join(parts))
         if fixed is not None:
             _allow(request.method, "GET")
