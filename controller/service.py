@@ -16,6 +16,7 @@ from controller.db.database import Database
 from controller.fleet.artifact_urls import url_key
 from controller.fleet.deployments import Deployments
 from controller.fleet.link import Fleet
+from controller.registry import model_check
 from controller.registry.artifacts import ArtifactStore
 from controller.registry.s3 import S3Artifacts
 from controller.rollouts.service import Rollouts
@@ -240,8 +241,10 @@ class Controller:
             self.broker.start()
         self.fleet.start()
         self.rollouts.start()
+        model_check.enable_spare()  # uploads are checked without waiting for a fresh Python to import onnx
 
     def stop(self) -> None:
+        model_check.disable_spare()
         self.rollouts.stop()
         self.fleet.stop()
         if self.broker:
