@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         return EX_CONFIG
     from agent.service import Agent
     from daemon.systemd_notify import Notifier
+    from targets.footprint import pin_allocator
+
+    pin_allocator()  # before the first load: the trial worker's footprints are taken with the same allocator setting
 
     notifier = Notifier()
     try:

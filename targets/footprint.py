@@ -7,6 +7,8 @@ its own and not the import of ONNX Runtime or OpenVINO that the agent pays once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 import os
 from dataclasses import dataclass
@@ -57,9 +59,35 @@ _IDENTITY_ONNX = bytes.fromhex(
 _warm: dict[str, object] = {}
 
 
+# glibc's malloc serves a request of at least its mmap threshold with its own mmap, returned to the system on free,
+# and a smaller one from the heap, whose freed holes stay resident until reused. The threshold starts at 128 KiB and
+# rises to the size of each larger block freed (up to 32 MiB), so the same load lands differently in a fresh trial
+# worker and in an agent that has freed big buffers before: the memory pattern's block of nudenet_320n (8 MiB) went to
+# a fresh mmap in the worker and into the holes its own load had freed in the agent (44.8 vs 37.4 MiB added). Fixed
+# at glibc's own starting value in both processes (mallopt turns the rise off), a load adds the same in both and the
+# load's freed buffers go back to the system (bench/footprint.py, bench/README.md).
+MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def pin_allocator() -> bool:
+    """Fix glibc malloc's mmap threshold at MMAP_THRESHOLD for this process (see above); False where there is no
+    glibc mallopt (another C library, macOS) and nothing changes."""
+    if "allocator" in _warm:
+        return bool(_warm["allocator"])
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        pinned = bool(os.confstr("CS_GNU_LIBC_VERSION")) and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    except (OSError, AttributeError, ValueError):
+        pinned = False
+    _warm["allocator"] = pinned
+    return pinned
+
+
 def import_runtime(module: str | None) -> None:
     """Import a runtime (and what its load imports, and for ONNX Runtime its environment) so its own memory is not
-    counted as the model's."""
+    counted as the model's; the allocator is pinned first (pin_allocator), in the trial worker and the agent alike."""
+    pin_allocator()
     for name in [module, *PRELOAD_EXTRA.get(module, ())] if module else []:
         try:
             importlib.import_module(name)

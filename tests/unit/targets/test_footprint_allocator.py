@@ -1,0 +1,47 @@
+"""pin_allocator (targets/footprint.py): with glibc's mmap threshold pinned, a block freed does not move where the next
+one goes, so a load lands alike in a fresh trial worker and in an agent that has freed big buffers before."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+# In a fresh process: free a 4 MiB block (unpinned glibc raises its threshold to 4 MiB), then say whether a 1 MiB
+# block is served by its own mmap (mallinfo2's hblkhd grows) and what a 4 MiB load's transient 4 MiB left resident.
+_PROBE = """
+import ctypes, json, sys
+sys.path.insert(0, {root!r})
+from targets.footprint import pin_allocator, rss_bytes
+pinned = pin_allocator() if {pin} else False
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in "arena ordblks smblks hblks hblkhd usm fsm uord ford keep".split()]
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+libc.free(libc.malloc(4 << 20))
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(1 << 20)
+print(json.dumps({{"pinned": pinned, "mmapped": libc.mallinfo2().hblkhd > before}}))
+"""
+
+
+def _probe(pin: bool) -> dict[str, bool]:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(root=str(ROOT), pin=pin)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(not hasattr(os, "confstr") or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""),
+                    reason="glibc's malloc only")  # fmt: skip
+def test_pinned_threshold_does_not_rise_after_a_big_free():
+    unpinned, pinned = _probe(pin=False), _probe(pin=True)
+    assert unpinned == {"pinned": False, "mmapped": False}  # the free raised glibc's threshold above 1 MiB
+    assert pinned == {"pinned": True, "mmapped": True}  # pinned at 128 KiB: 1 MiB still gets its own mmap
