@@ -17,7 +17,7 @@ from targets.base import Backend, BackendError
 from targets.candidates import Candidate, reference
 from targets.footprint import Footprint, Meter, import_runtime, volunteer_for_oom
 from targets.inputs import Inputs, ProbeInputs, SampleError, find_runnable, fit_samples
-from targets.timing import pooled_ms, turn_about
+from targets.timing import pooled_ms, turn_about_pruned
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,12 @@ def _name_options(cand: Candidate, ref_cand: Candidate, ref: Backend) -> dict[st
 def _time_turn_about(
     entrants: list[tuple[Candidate, Backend, dict[str, Any], CandidateResult]], inputs: Inputs, budget_s: float
 ) -> None:
-    """p50/p95 of each agreeing candidate from blocks taken in turn (targets.timing)."""
+    """p50/p95 of each agreeing candidate from blocks taken in turn (targets.timing); one clearly beaten after a round
+    sits out the rest (its p50 and runs from the rounds it ran)."""
     runners = [lambda b=backend: b.infer(inputs) for _, backend, _, _ in entrants]
     block_s = max(budget_s, 0.05) / (ROUNDS * max(len(entrants), 1))
-    measured = turn_about(runners, rounds=ROUNDS, block_s=block_s, min_runs=MIN_RUNS, max_runs=MAX_RUNS // ROUNDS)
+    per_block = MAX_RUNS // ROUNDS
+    measured = turn_about_pruned(runners, rounds=ROUNDS, block_s=block_s, min_runs=MIN_RUNS, max_runs=per_block)
     for (_, _, _, result), rounds in zip_strict(entrants, measured):
         result.runs = sum(len(r) for r in rounds)
         result.p50_ms = round(pooled_ms(rounds, 50), 4)
