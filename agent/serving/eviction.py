@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from agent.serving.memory import MIB, Budget
 from protocol.errors import EdgeError
 from targets.base import Backend, BackendError
-from targets.footprint import import_runtime, rss_bytes
+from targets.footprint import import_runtime, release_free, rss_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,10 +98,12 @@ class Admission:
         if need:
             self.residency.make_room(need, self.name)
         import_runtime(_runtime_of(result.name))
+        release_free()  # measured from and to a trimmed heap, as the trial worker's Meter does
         self.before = rss_bytes()
 
     def loaded(self) -> None:
         """After the load and warm-up: what the agent's own resident memory grew by."""
+        release_free()
         if self.before:
             self.measured_mb = round(max(rss_bytes() - self.before, 0) / MIB, 1)
         self.residency.note(self.name, self.measured_mb or self.predicted_mb)
@@ -228,6 +230,7 @@ class Residency:
             self.table.swap(replace(model, backend=Unloaded(name, model.backend, self)))
             del model
             gc.collect()
+            release_free()  # what the unload freed goes back to the system, not only to the heap
             self.evictions += 1
             log.info("unloaded %s to free memory (~%s MiB); it loads again on its next request", name,
                      self.footprints.get(name, "?"))  # fmt: skip

@@ -45,3 +45,32 @@ def test_pinned_threshold_does_not_rise_after_a_big_free():
     unpinned, pinned = _probe(pin=False), _probe(pin=True)
     assert unpinned == {"pinned": False, "mmapped": False}  # the free raised glibc's threshold above 1 MiB
     assert pinned == {"pinned": True, "mmapped": True}  # pinned at 128 KiB: 1 MiB still gets its own mmap
+
+
+_HOLES = """
+import ctypes, json, sys
+sys.path.insert(0, {root!r})
+from targets.footprint import pin_allocator, release_free, rss_bytes
+pin_allocator()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+blocks = [libc.malloc(64 << 10) for _ in range(640)]  # 40 MiB of heap blocks (under the threshold), touched
+for b in blocks:
+    ctypes.memset(b, 1, 64 << 10)
+keep = libc.malloc(64 << 10)  # the heap's top stays in use: what is freed below it is a hole, not trimmed on free
+for b in blocks:
+    libc.free(b)
+held = rss_bytes()
+release_free()
+print(json.dumps({{"held_mb": held / 2**20, "after_mb": rss_bytes() / 2**20}}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "confstr") or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""),
+                    reason="glibc's malloc only")  # fmt: skip
+def test_release_free_gives_holes_back():
+    out = subprocess.run(
+        [sys.executable, "-c", _HOLES.format(root=str(ROOT))], capture_output=True, text=True, check=True
+    )
+    figures = json.loads(out.stdout)
+    assert figures["held_mb"] - figures["after_mb"] > 30, figures  # of the 40 MiB freed below the top
