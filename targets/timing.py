@@ -64,21 +64,24 @@ def pooled_ms(rounds: list[list[float]], q: float) -> float:
 
 
 BEATEN = 1.5  # a contender whose fastest call took this many times the leader's median will not win: it stops early
+BEATEN_TWICE = 1.2  # the same from its second round on: every call of two separate rounds this much slower
 
 
 def turn_about_pruned(
     runs: Sequence[Run], *, rounds: int, block_s: float, min_runs: int, max_runs: int
 ) -> list[list[list[float]]]:
     """turn_about, where a contender clearly beaten after a round (its fastest call so far slower than BEATEN times
-    the leader's median) sits out the rounds left; what it ran stands for it. A 10 MB MLP's trial spent 0.3 s of
-    0.55 s timing OpenVINO at 3.1 ms a call beside ONNX Runtime's 0.6 ms (issue 29)."""
+    the leader's median, BEATEN_TWICE from the second round) sits out the rounds left; what it ran stands for it.
+    A 10 MB MLP's trial spent 0.3 s of 0.55 s timing OpenVINO at 3.1 ms a call beside ONNX Runtime's 0.6 ms, a
+    50 MB one ~1 s of its ~2 s at 21 ms beside 15 ms (issue 29)."""
     measured: list[list[list[float]]] = [[] for _ in runs]
     running = list(range(len(runs)))
-    for _ in range(rounds):
+    for done in range(1, rounds + 1):
         timed = turn_about([runs[i] for i in running], rounds=1, block_s=block_s, min_runs=min_runs, max_runs=max_runs)
         for i, one in zip(running, timed):
             measured[i] += one
         pooled = {i: sorted(t for r in measured[i] for t in r) for i in running}
         leader = min(times[len(times) // 2] for times in pooled.values())
-        running = [i for i in running if pooled[i][0] <= BEATEN * leader]
+        beaten = BEATEN if done == 1 else BEATEN_TWICE
+        running = [i for i in running if pooled[i][0] <= beaten * leader]
     return measured

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from targets.timing import BEATEN, turn_about_pruned
+from targets.timing import BEATEN, BEATEN_TWICE, turn_about_pruned
 
 
 def sleeper(seconds: float):
@@ -25,3 +25,10 @@ def test_close_contenders_run_every_round():
         [sleeper(0.002), sleeper(0.0022), sleeper(0.002)], rounds=3, block_s=0.03, min_runs=5, max_runs=10
     )
     assert [len(rounds) for rounds in measured] == [3, 3, 3]
+
+
+def test_a_contender_a_third_slower_stops_after_its_second_round():
+    measured = turn_about_pruned(
+        [sleeper(0.01), sleeper(0.01 * (BEATEN_TWICE + BEATEN) / 2)], rounds=4, block_s=0.05, min_runs=5, max_runs=6
+    )
+    assert len(measured[0]) == 4 and len(measured[1]) == 2
