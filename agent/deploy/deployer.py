@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -186,17 +187,25 @@ class Deployer:
 
     def _prepare(self, target: DesiredModel) -> tuple[Chosen, Shadow | None]:
         """Verify the signature, fetch, load the original and its variants, choose, and check the winner."""
+        started = time.perf_counter()
         if self.verifier is not None:
             self.verifier.verify(target.manifest(), target.signature)
         fetched = self.downloads.fetch_all(target, partial(self._show_download, target.name))
+        fetched_at = time.perf_counter()
         self.board.update(target.name, state="loading")
         self.guard.begin(target.name, target.sha256, target.version, target.attempt, "loading")
         load = partial(self.loader.load_target, target, fetched.samples)
         chosen = choose(target, fetched.artifacts, fetched.left_out, load)
+        loaded_at = time.perf_counter()
         serving = self.table.current(target.name)
         if serving is not None:
             self.board.update(target.name, state="checking")
         shadow = check_before_swap(chosen.model, serving, self.shadow_plan(), chosen.model.tap, self.cancel)
+        log.info(
+            "%s %s ready in %.3f s: fetch and verify %.3f s, trial and load %.3f s, pre-swap check %.3f s",
+            target.name, target.version, time.perf_counter() - started, fetched_at - started,
+            loaded_at - fetched_at, time.perf_counter() - loaded_at,
+        )  # fmt: skip
         if self.cancel.is_set():
             raise FetchCancelled("superseded during the shadow check")
         return chosen, shadow
