@@ -5,7 +5,8 @@ Admission: runtime and its environment imported first, resident memory before th
 
 Each model runs in a fresh process that first loads the tests' MLP (an agent already serving a model).
 
-    .venv/bin/python bench/footprint.py [--backend onnxruntime:cpu] [--models all|name,...] [--json]
+    .venv/bin/python bench/footprint.py [--backend onnxruntime:cpu] [--agent-runtimes all|onnxruntime]
+        [--models all|name,...] [--json]
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(path: str, zoo: str | None, backend: str, work: str) -> dict[str, Any]:
-    """In this (fresh) process: the agent's admission around a real isolated trial and the winner's load here."""
+def measure(path: str, zoo: str | None, backend: str, work: str, agent_runtimes: str = "all") -> dict[str, Any]:
+    """In this (fresh) process: the agent's admission around a real isolated trial and the winner's load here; where
+    the trial chose another, `backend` is loaded too, under its own admission (as a pinned backend would be)."""
     sys.path.insert(0, str(ROOT / "tests"))
     import numpy as np
 
@@ -39,7 +41,10 @@ def measure(path: str, zoo: str | None, backend: str, work: str) -> dict[str, An
     hardware = probe()
     cands = [c for c in candidates("onnx", hardware) if c.name in (backend, "onnxruntime:cpu")]
     mlp = sample_models.mlp(Path(work) / "serving.onnx")
-    serving = load_candidate(cands[0], mlp, "onnx")  # the model the agent already serves
+    # the model the agent already serves, on every runtime in play ("all": their one-time setup paid before) or on
+    # ONNX Runtime alone ("onnxruntime": `backend`'s runtime is new to the agent)
+    served = [c for c in cands if agent_runtimes == "all" or c.name == "onnxruntime:cpu"]
+    servings = [load_candidate(c, mlp, "onnx") for c in served]
     samples = None
     if zoo:
         from zoo import catalog
@@ -56,16 +61,30 @@ def measure(path: str, zoo: str | None, backend: str, work: str) -> dict[str, An
         for _ in range(WARM_UP_RUNS if inputs is not None else 0):
             outcome.backend.infer(inputs)
     chosen = next(r for r in outcome.results if outcome.chosen and r.name == outcome.chosen.name)
-    assert serving.infer({s.name: np.ones([1, *s.shape[1:]], np.float32) for s in serving.inputs})
+    figures = admission.report()
+    asked = next((r for r in outcome.results if r.name == backend), None)
+    if chosen.name != backend and asked is not None and asked.rss_mb is not None and inputs is not None:
+        names = {"input_names": [s.name for s in outcome.backend.inputs]}
+        names["output_names"] = [s.name for s in outcome.backend.outputs]
+        cand = next(c for c in cands if c.name == backend)
+        with residency.loading("asked", Path(path).stat().st_size, trial=False) as forced:
+            forced.admit(asked)
+            loaded = load_candidate(cand, Path(path), "onnx", names)
+            for _ in range(WARM_UP_RUNS):
+                loaded.infer(inputs)
+        figures = forced.report() | {"winner": admission.report()}
+    for serving in servings:
+        assert serving.infer({s.name: np.ones([1, *s.shape[1:]], np.float32) for s in serving.inputs})
     del MIB
     results = {r.name: [r.rss_mb, r.peak_mb] for r in outcome.results}
-    return {"chosen": chosen.name, "sets": len(outcome.probe.sets), **admission.report(), "results": results}
+    return {"chosen": chosen.name, "sets": len(outcome.probe.sets), **figures, "results": results}
 
 
-def run_fresh(path: Path, zoo: str | None, backend: str, work: Path) -> dict[str, Any]:
-    code = (
-        f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(1, {str(ROOT / 'bench')!r}); "
-        f"from footprint import measure; print(json.dumps(measure({str(path)!r}, {zoo!r}, {backend!r}, {str(work)!r})))"
+def run_fresh(path: Path, zoo: str | None, backend: str, work: Path, agent_runtimes: str = "all") -> dict[str, Any]:
+    args = f"{str(path)!r}, {zoo!r}, {backend!r}, {str(work)!r}, {agent_runtimes!r}"
+    code = (  # os._exit: OpenVINO's threads torn down at exit can abort the process after the answer
+        f"import sys, os, json; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(1, {str(ROOT / 'bench')!r}); "
+        f"from footprint import measure; print(json.dumps(measure({args})), flush=True); os._exit(0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
@@ -75,7 +94,13 @@ def run_fresh(path: Path, zoo: str | None, backend: str, work: Path) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="onnxruntime:cpu")
+    parser.add_argument("--backend", default="onnxruntime:cpu", help="measured even where the trial chose another")
+    parser.add_argument(
+        "--agent-runtimes",
+        choices=["all", "onnxruntime"],
+        default="all",
+        help="runtimes the agent already serves a model on (onnxruntime: --backend's is new to it)",
+    )
     parser.add_argument("--models", default="all")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -92,7 +117,7 @@ def main() -> None:
             if zm.format == "onnx" and (args.models == "all" or zm.name in args.models.split(",")):
                 models.append((zm.name, fetch.model_path(zm), zm.name))
         for name, path, zoo in models:
-            figures = run_fresh(path, zoo, args.backend, Path(tmp))
+            figures = run_fresh(path, zoo, args.backend, Path(tmp), args.agent_runtimes)
             predicted, measured = figures.get("predicted_mb"), figures.get("measured_mb")
             off = round(100 * (predicted - measured) / measured, 1) if predicted and measured else None
             rows.append({"model": name, **figures, "off_pct": off})
@@ -100,10 +125,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| model | chosen | predicted MiB | peak MiB | measured MiB | off |\n|---|---|---|---|---|---|")
+    print("| model | runtime | trial chose | predicted MiB | peak MiB | measured MiB | off |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r.get('chosen', r.get('error'))} | {r.get('predicted_mb')} | {r.get('peak_mb')} | "
-              f"{r.get('measured_mb')} | {r['off_pct']}% |")  # fmt: skip
+        print(f"| {r['model']} | {args.backend} | {r.get('chosen', r.get('error'))} | {r.get('predicted_mb')} | "
+              f"{r.get('peak_mb')} | {r.get('measured_mb')} | {r['off_pct']}% |")  # fmt: skip
 
 
 if __name__ == "__main__":
