@@ -19,6 +19,26 @@ class Reported(BaseModel):
         return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
 
 
+class ArenaSetting(Reported):
+    """One ONNX Runtime CPU arena setting as the trial measured it (MiB, ms; `runs` timed)."""
+
+    rss_mb: float | None = None
+    peak_mb: float | None = None
+    p50_ms: float | None = None
+    cpu_ms: float | None = None  # the CPU time of a run (median)
+    runs: int | None = None
+
+
+class ArenaTrial(Reported):
+    """The trial's arena choice for an onnxruntime:cpu winner: both settings' figures and the rule's verdict."""
+
+    chosen: str | None = None  # "on" or "off"
+    why: str | None = None  # e.g. "on: off saves 57.0 MiB (87%) of 65.5 at p50 x1.88, CPU x1.64, over x1.1"
+    on: ArenaSetting | None = None
+    off: ArenaSetting | None = None
+    trial_s: float | None = None  # what measuring it added to the trial
+
+
 class CandidateResult(Reported):
     """How one backend candidate fared in the trial: its timing, or why it was passed over."""
 
@@ -32,6 +52,7 @@ class CandidateResult(Reported):
     deviation: float | None = None  # worst error against the reference, in units of the tolerance (<= 1 agrees)
     rss_mb: float | None = None  # resident memory its load and a run added in the trial worker (steady)
     peak_mb: float | None = None  # and at its highest while loading and running
+    arena: ArenaTrial | None = None  # an onnxruntime:cpu winner's CPU arena measured both ways (selection.memory too)
     error: str | None = None
 
 
@@ -71,9 +92,10 @@ class Memory(Reported):
     measured_mb: float | None = None  # what the agent's own memory grew by as it loaded and warmed the version
     budget_mb: float | None = None  # the agent's memory budget, and where it comes from
     budget_source: str | None = None
-    # ONNX Runtime's CPU memory arena as the serving backend runs it ("on", "off"; None: another runtime); on unless
-    # backend_options turn it off: off saved <= 0.3 MiB and cost up to 22 MiB and 45% p50 (bench/arena.py)
+    # ONNX Runtime's CPU memory arena as the serving backend runs it ("on", "off"; None: another runtime), and for
+    # an onnxruntime:cpu trial winner the trial's measurement of both settings that chose it (targets/trial_arena.py)
     arena: str | None = None
+    arena_trial: ArenaTrial | None = None
 
 
 class Selection(Reported):

@@ -42,6 +42,7 @@ class CandidateResult:
     deviation: float | None = None  # worst error against the reference, in units of the tolerance (<= 1 agrees)
     rss_mb: float | None = None  # resident memory its load and a run added (steady), targets/footprint.py
     peak_mb: float | None = None  # and at its highest while loading and running
+    arena: dict[str, Any] | None = None  # ONNX Runtime's CPU arena measured on and off (targets/trial_arena.py)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from targets import trial_spare
+from targets import trial_arena, trial_spare
 from targets.base import BackendError
 from targets.candidates import Candidate
 from targets.inputs import Inputs, ProbeInputs, pack_samples, unpack_samples
@@ -58,7 +58,7 @@ def run_isolated(
                 (Path(tmp) / "samples.npz").write_bytes(pack_samples(samples))
             proc = trial_spare.run(request, WORKER_TIMEOUT_S)  # a spare worker with the runtimes imported, if any
             if proc.returncode == 0 or (Path(tmp) / "outcome.json").exists():  # a crash after the answer is harmless
-                return _outcome(Path(tmp), remaining, path, model_format, crashed, admit)
+                return _outcome(Path(tmp), remaining, path, model_format, crashed, admit, budget_s)
 
             refused = [ln[len(REFUSED) :] for ln in proc.stderr.splitlines() if ln.startswith(REFUSED)]
             if refused:  # the trial's own one-line verdict: nothing can run the model
@@ -148,6 +148,7 @@ def _outcome(
     model_format: str,
     crashed: list[CandidateResult],
     admit: Callable[[CandidateResult], None] | None = None,
+    budget_s: float = 0.0,
 ) -> TrialOutcome:
     answer = json.loads((tmp / "outcome.json").read_text())
     results = crashed + [CandidateResult(**r) for r in answer["results"]]
@@ -157,16 +158,23 @@ def _outcome(
     chosen = next((c for c in cands if c.name == answer.get("chosen")), None)
     if answer.get("error") or chosen is None:
         return TrialOutcome(None, None, {}, results, answer["reference"], answer["note"], probe, timed=False)
+    result, options = next(r for r in results if r.name == chosen.name), answer["options"]
+    if sets and trial_arena.applies(chosen, options):  # ONNX Runtime's CPU arena on or off, measured in a fresh worker
+        result.arena = trial_arena.measure_isolated(chosen, path, model_format, options, sets, asdict(result), budget_s)
+        if result.arena["chosen"] == "off":
+            options = options | {trial_arena.OPTION: False}
+            result.rss_mb, result.peak_mb = result.arena["off"]["rss_mb"], result.arena["off"]["peak_mb"]
     if admit is not None:
-        admit(next(r for r in results if r.name == chosen.name))
-    backend = load(chosen, path, model_format, answer["options"])
-    return TrialOutcome(
-        backend, chosen, answer["options"], results, answer["reference"], answer["note"], probe, answer["timed"]
-    )
+        admit(result)
+    backend = load(chosen, path, model_format, options)
+    return TrialOutcome(backend, chosen, options, results, answer["reference"], answer["note"], probe, answer["timed"])
 
 
 def _work(request_path: Path) -> int:
     request = json.loads(request_path.read_text())
+    if request.get("arena"):
+        trial_arena.work(request, request_path.parent / "arena.json")
+        return 0
     if request.get("check"):
         _check(request)
         return 0

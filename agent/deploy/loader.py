@@ -104,7 +104,7 @@ class Loader:
         model = LoadedModel(name, version, sha256, instance, stats=stats, probe=probe, tap=tap)
         summary = reported(selection)
         if isinstance(admission, Admission):
-            summary.memory = Memory.model_validate(admission.report() | arena_of(selection.backend))
+            summary.memory = Memory.model_validate(admission.report() | arena_of(selection))
         return Loaded(model, summary, selection.stale)
 
     def load_target(self, target: DesiredModel, samples: list[Inputs] | None, artifact: Artifact) -> Loaded:
@@ -164,7 +164,11 @@ class Loader:
         ]
 
 
-def arena_of(backend: Any) -> dict[str, str]:
-    """ONNX Runtime's CPU memory arena as `backend` runs it, for the status' selection.memory (other runtimes: none)."""
-    enabled = getattr(getattr(backend, "config", None), "cpu_mem_arena", None)
-    return {"arena": "on" if enabled else "off"} if isinstance(enabled, bool) else {}
+def arena_of(selection: Trial) -> dict[str, Any]:
+    """ONNX Runtime's CPU memory arena as the selected backend runs it, and the trial's measurement that chose it,
+    for the status' selection.memory (other runtimes: none)."""
+    enabled = getattr(getattr(selection.backend, "config", None), "cpu_mem_arena", None)
+    if not isinstance(enabled, bool):
+        return {}
+    chosen = next((r for r in selection.candidates if r.name == selection.choice and r.arena), None)
+    return {"arena": "on" if enabled else "off"} | ({"arena_trial": chosen.arena} if chosen is not None else {})

@@ -50,8 +50,9 @@ class OnnxRuntimeConfig(BackendConfig):
     tensorrt_profile: dict[str, str] = {}  # trt_profile_{min,opt,max}_shapes from the samples (set by the trial)
     cuda_device_id: int = 0
     # ONNX Runtime's CPU memory arena (grows in chunks and keeps what it took) and memory pattern (plans buffers from
-    # the first run's shapes). On by measurement (bench/arena.py, docs/memory.md): off saved <= 0.3 MiB on the models
-    # measured and cost ppocr_v4_det ~20 MiB more (the heap keeps malloc'd fragments) and up to 45% of its p50.
+    # the first run's shapes). The trial measures an onnxruntime:cpu winner's arena both ways and sets it off only
+    # where that saves memory at little latency (targets/trial_arena.py, docs/memory.md: off gives back what a run
+    # took, ppocr_v4_det 65 -> 8.5 MiB, but faults it in again every run, p50 x1.4-2.2); both-off was slower still.
     cpu_mem_arena: bool = True
     mem_pattern: bool = True
 

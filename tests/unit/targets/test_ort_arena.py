@@ -9,6 +9,7 @@ from agent.deploy.loader import arena_of
 from edgectl import sample_models
 from targets.backends.onnxruntime import OnnxRuntimeBackend
 from targets.registry import parse_config
+from targets.selection import Selection
 
 
 def test_arena_and_pattern_reach_the_session(tmp_path):
@@ -21,8 +22,8 @@ def test_arena_and_pattern_reach_the_session(tmp_path):
         assert (options.enable_cpu_mem_arena, options.enable_mem_pattern) == (arena, arena)
         x = {s.name: np.ones([d if d > 0 else 1 for d in s.shape], np.float32) for s in backend.inputs}
         assert all(np.isfinite(v).all() for v in backend.infer(x).values())
-        assert arena_of(backend) == {"arena": "on" if arena else "off"}
+        assert arena_of(Selection(backend, backend.label, [], "")) == {"arena": "on" if arena else "off"}
     default = OnnxRuntimeBackend(parse_config({"type": "onnxruntime"}))
     default.load(path, "onnx")
     assert default.session.get_session_options().enable_cpu_mem_arena is True  # chosen by bench/arena.py
-    assert arena_of(object()) == {}
+    assert arena_of(Selection(object(), "other", [], "")) == {}  # type: ignore[arg-type]
