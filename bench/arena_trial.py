@@ -36,29 +36,31 @@ def trial(path: Path, samples: list[Any] | None) -> dict[str, Any]:
     return chosen.arena or {"error": chosen.error or "no arena step"}
 
 
+def _models(tmp: Path, names: str, synthetic: bool) -> list[tuple[str, Path, Any]]:
+    """(name, path, samples) for the synthetic models (with `synthetic`) and the named zoo ONNX models."""
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+    from zoo import catalog, fetch
+
+    found: list[tuple[str, Path, Any]] = []
+    if synthetic:
+        from unit.targets.test_trial_arena import transient
+
+        for rows, width in ((4096, 1024), (512, 4096)):
+            name = f"transient_{rows}x{width}"
+            found.append((name, transient(tmp / f"{name}.onnx", rows, width), None))
+    wanted = [m for m in catalog.MODELS if m.format == "onnx" and (names == "all" or m.name in names.split(","))]
+    return found + [(m.name, fetch.model_path(m), [m.inputs()]) for m in wanted]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="all")
     parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
-    sys.path.insert(1, str(ROOT))
-    from zoo import catalog, fetch
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models: list[tuple[str, Path, Any]] = []
-        if args.synthetic:
-            from unit.targets.test_trial_arena import transient
-
-            for rows_, width in ((4096, 1024), (512, 4096)):
-                name = f"transient_{rows_}x{width}"
-                models.append((name, transient(Path(tmp) / f"{name}.onnx", rows_, width), None))
-        for zm in catalog.MODELS:
-            if zm.format == "onnx" and (args.models == "all" or zm.name in args.models.split(",")):
-                models.append((zm.name, fetch.model_path(zm), [zm.inputs()]))
-        for name, path, samples in models:
+        for name, path, samples in _models(Path(tmp), args.models, args.synthetic):
             rows.append({"model": name, **trial(path, samples)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if args.json:
