@@ -96,6 +96,11 @@ class Memory(Reported):
     # an onnxruntime:cpu trial winner the trial's measurement of both settings that chose it (targets/trial_arena.py)
     arena: str | None = None
     arena_trial: ArenaTrial | None = None
+    # OpenVINO CPU: its cache of kernels compiled per input shape (CPU_RUNTIME_CACHE_CAPACITY entries; "default":
+    # OpenVINO's 5000, kept by measurement, bench/openvino_cache.py) and whether the compiled-model cache
+    # (CACHE_DIR) is on; None: another runtime
+    runtime_cache: str | None = None
+    model_cache: str | None = None
 
 
 class Selection(Reported):

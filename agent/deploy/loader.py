@@ -104,7 +104,8 @@ class Loader:
         model = LoadedModel(name, version, sha256, instance, stats=stats, probe=probe, tap=tap)
         summary = reported(selection)
         if isinstance(admission, Admission):
-            summary.memory = Memory.model_validate(admission.report() | arena_of(selection))
+            options = arena_of(selection) | openvino_cache_of(selection)
+            summary.memory = Memory.model_validate(admission.report() | options)
         return Loaded(model, summary, selection.stale)
 
     def load_target(self, target: DesiredModel, samples: list[Inputs] | None, artifact: Artifact) -> Loaded:
@@ -172,3 +173,14 @@ def arena_of(selection: Trial) -> dict[str, Any]:
         return {}
     chosen = next((r for r in selection.candidates if r.name == selection.choice and r.arena), None)
     return {"arena": "on" if enabled else "off"} | ({"arena_trial": chosen.arena} if chosen is not None else {})
+
+
+def openvino_cache_of(selection: Trial) -> dict[str, str]:
+    """OpenVINO CPU's runtime cache capacity and model cache as the selected backend runs them, for the status'
+    selection.memory (other runtimes and devices: none)."""
+    config = getattr(selection.backend, "config", None)
+    if getattr(config, "type", None) != "openvino" or getattr(config, "device", None) != "CPU":
+        return {}
+    capacity = getattr(config, "runtime_cache_capacity", None)
+    cache = "on" if getattr(config, "cache_dir", None) else "off"
+    return {"runtime_cache": "default" if capacity is None else str(capacity), "model_cache": cache}

@@ -44,6 +44,10 @@ class OpenVinoConfig(BackendConfig):
     device: Literal["CPU", "GPU", "NPU", "AUTO"] = "CPU"
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
     cache_dir: str | None = None  # compiled-blob cache: later loads of the same model skip compilation
+    # CPU plugin's cache of kernels compiled per input shape (CPU_RUNTIME_CACHE_CAPACITY, entries); None: OpenVINO's
+    # default (5000), kept by measurement (bench/openvino_cache.py, bench/README.md): 0 or 50 saved 11-15% only once
+    # a dynamic-shape model had served 16 shapes, none of the trial's steady figure, and cost 3-14% CPU per run.
+    runtime_cache_capacity: int | None = Field(default=None, ge=0)
     num_streams: int | None = None  # None = what the performance hint picks
     # Models with dynamic dims called with one shape all day run faster compiled for it: after `specialize_after`
     # calls with the same input shapes, compile a static copy in the background (at most `specialize_shapes`, LRU).
@@ -122,6 +126,20 @@ def _read(core: Any, path: Path, model_format: str) -> Any:
         return core.read_model(str(link))
 
 
+def compile_properties(config: OpenVinoConfig) -> dict[str, str]:
+    """The properties the model is compiled with, from the backend's config."""
+    properties: dict[str, str] = {"PERFORMANCE_HINT": config.performance_hint}
+    if config.device != "NPU":  # the NPU computes in f16 whatever it is told
+        properties["INFERENCE_PRECISION_HINT"] = config.precision
+    if config.cache_dir:
+        properties["CACHE_DIR"] = config.cache_dir
+    if config.num_streams is not None:
+        properties["NUM_STREAMS"] = str(config.num_streams)
+    if config.runtime_cache_capacity is not None and config.device == "CPU":
+        properties["CPU_RUNTIME_CACHE_CAPACITY"] = str(config.runtime_cache_capacity)
+    return properties
+
+
 class OpenVinoBackend(Backend):
     type_key = "openvino"
     config_class = OpenVinoConfig
@@ -138,14 +156,9 @@ class OpenVinoBackend(Backend):
         if config.device not in ("AUTO",) and config.device not in core.available_devices:
             available = ", ".join(core.available_devices) or "none"
             raise BackendError(f"OpenVINO device {config.device} is not present here (available: {available})")
-        properties: dict[str, str] = {"PERFORMANCE_HINT": config.performance_hint}
-        if config.device != "NPU":  # the NPU computes in f16 whatever it is told
-            properties["INFERENCE_PRECISION_HINT"] = config.precision
+        properties = compile_properties(config)
         if config.cache_dir:
             Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
-            properties["CACHE_DIR"] = config.cache_dir
-        if config.num_streams is not None:
-            properties["NUM_STREAMS"] = str(config.num_streams)
         try:
             model = _read(core, path, model_format)
             self.compiled = core.compile_model(model, config.device, properties)
