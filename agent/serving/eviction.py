@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from agent.serving.memory import MIB, Budget
 from protocol.errors import EdgeError
 from targets.base import Backend, BackendError
-from targets.footprint import import_runtime, release_free, rss_bytes
+from targets.footprint import begin_measure, end_measure, import_runtime, pin_allocator, release_free, rss_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,14 +98,13 @@ class Admission:
         if need:
             self.residency.make_room(need, self.name)
         import_runtime(_runtime_of(result.name))
-        release_free()  # measured from and to a trimmed heap, as the trial worker's Meter does
-        self.before = rss_bytes()
+        self.before = begin_measure()  # the allocator and heap as the trial worker's Meter has them (footprint.py)
 
     def loaded(self) -> None:
         """After the load and warm-up: what the agent's own resident memory grew by."""
-        release_free()
+        after = end_measure()
         if self.before:
-            self.measured_mb = round(max(rss_bytes() - self.before, 0) / MIB, 1)
+            self.measured_mb = round(max(after - self.before, 0) / MIB, 1)
         self.residency.note(self.name, self.measured_mb or self.predicted_mb)
 
     def report(self) -> dict[str, Any]:
@@ -155,6 +154,7 @@ class Residency:
             yield admission
             admission.loaded()
         finally:
+            pin_allocator()  # the serving thresholds back, also where the load failed before loaded()
             self.lock.release()
             self._changed()
 

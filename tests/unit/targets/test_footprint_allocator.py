@@ -1,5 +1,5 @@
-"""pin_allocator (targets/footprint.py): with glibc's mmap threshold pinned, a block freed does not move where the next
-one goes, so a load lands alike in a fresh trial worker and in an agent that has freed big buffers before."""
+"""pin_allocator (targets/footprint.py): with glibc's thresholds set, a block freed does not move where the next one
+goes, so a measured load lands alike in a fresh trial worker and in an agent that has freed big buffers before."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ _PROBE = """
 import ctypes, json, sys
 sys.path.insert(0, {root!r})
 from targets.footprint import pin_allocator, rss_bytes
-pinned = pin_allocator() if {pin} else False
+pinned = pin_allocator(loading={mode!r} == "load") if {mode!r} != "none" else False
 libc = ctypes.CDLL("libc.so.6")
 class Info(ctypes.Structure):
     _fields_ = [(f, ctypes.c_size_t) for f in "arena ordblks smblks hblks hblkhd usm fsm uord ford keep".split()]
@@ -32,26 +32,26 @@ print(json.dumps({{"pinned": pinned, "mmapped": libc.mallinfo2().hblkhd > before
 """
 
 
-def _probe(pin: bool) -> dict[str, bool]:
+def _probe(mode: str) -> dict[str, bool]:
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(root=str(ROOT), pin=pin)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _PROBE.format(root=str(ROOT), mode=mode)], capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout)
 
 
 @pytest.mark.skipif(not hasattr(os, "confstr") or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""),
                     reason="glibc's malloc only")  # fmt: skip
-def test_pinned_threshold_does_not_rise_after_a_big_free():
-    unpinned, pinned = _probe(pin=False), _probe(pin=True)
-    assert unpinned == {"pinned": False, "mmapped": False}  # the free raised glibc's threshold above 1 MiB
-    assert pinned == {"pinned": True, "mmapped": True}  # pinned at 128 KiB: 1 MiB still gets its own mmap
+def test_thresholds_do_not_move_with_a_big_free():
+    assert _probe("none") == {"pinned": False, "mmapped": False}  # the free raised glibc's threshold above 1 MiB
+    assert _probe("load") == {"pinned": True, "mmapped": True}  # a measured load: 1 MiB still gets its own mmap
+    assert _probe("serve") == {"pinned": True, "mmapped": False}  # serving: the heap reuses it, as at the ceiling
 
 
 _HOLES = """
 import ctypes, json, sys
 sys.path.insert(0, {root!r})
 from targets.footprint import pin_allocator, release_free, rss_bytes
-pin_allocator()
+pin_allocator(loading=True)
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 blocks = [libc.malloc(64 << 10) for _ in range(640)]  # 40 MiB of heap blocks (under the threshold), touched
