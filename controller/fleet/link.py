@@ -123,8 +123,10 @@ class Fleet(ReplicaDuties):
                 (shared(self.topics.all_devices("state")), QOS["state"]),
                 (shared(self.topics.all_devices("artifact/request")), QOS["artifact/request"]),
                 (self.topics.all_devices("rpc/response"), QOS["rpc/response"]),
-            ]
-            + ([(self.topics.controller_presence, 1)] if self.replication.enabled else []),
+                # its own presence too: an offline it sent while the broker was dying is resent after the reconnect,
+                # behind the new online (paho resends in-flight messages after on_connect), and is answered below
+                (self.topics.controller_presence, 1),
+            ],
             on_message=self._on_message,
             on_connected=self._on_connected,
             will=Will(self.topics.controller_presence, offline),

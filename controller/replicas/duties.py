@@ -95,13 +95,16 @@ class ReplicaDuties:
         self.telemetry_link.reconnect()
 
     def _on_controller_presence(self, payload: bytes) -> None:
-        """A replica that died left its will (offline) on the shared controller presence: the others say online
-        again, as long as both of their own connections are up."""
+        """An offline on the controller presence while this replica's two connections are up (a dead replica's will,
+        or this one's own offline from a telemetry loss, resent by paho after the reconnect that followed it) is
+        answered with online: agents would otherwise keep their telemetry on disk for good."""
         try:
             presence = decode(ControllerPresence, payload) if payload else None
         except ProtocolError:
             return
-        if presence is not None and not presence.online and self.telemetry_link.connected.is_set():
-            log.info("a controller replica went offline; this one (%s) is serving", self.replication.replica_id)
+        up = self.link.connected.is_set() and self.telemetry_link.connected.is_set()
+        if presence is not None and not presence.online and up:
+            log.info("the controller presence says offline (a replica's will, or a stale message resent after a "
+                     "reconnect); this one (%s) is serving: online again", self.replication.replica_id)  # fmt: skip
             online = ControllerPresence(online=True, version=__version__)
             self.link.publish(self.topics.controller_presence, online.encode(), 1, retain=True)

@@ -505,3 +505,26 @@ def test_broker_outage_queues_on_disk_and_nothing_is_lost(tmp_path, prefix, mode
         agent.kill()
         controller.stop()
         mosq.stop()
+
+
+def test_a_stale_offline_controller_presence_is_answered_with_online(broker, controller, prefix):
+    """The controller's offline sent as the broker died (its telemetry connection noticed first) is resent by paho
+    after the reconnect, behind the new online: a controller that is up says online again, or agents would keep their
+    telemetry on disk for good (a CI failure of the outage test above, one run in three under load)."""
+    import paho.mqtt.publish as publish
+
+    from controller.replicas.retained import read_retained
+    from protocol import ControllerPresence, Topics, decode
+    from protocol.link import BrokerAddress
+
+    fleet = controller.bg.controller.fleet
+    wait_until(lambda: fleet.connected and fleet.telemetry_link.connected.is_set(), 10, "both controller connections")
+    topic = Topics(prefix).controller_presence
+    stale = ControllerPresence(online=False, version="0").encode()
+    publish.single(topic, stale, qos=1, retain=True, hostname="127.0.0.1", port=broker.port)
+
+    def retained_online() -> bool:
+        found = read_retained(BrokerAddress.parse(broker.url), topic, quiet_s=0.3)
+        return bool(found) and decode(ControllerPresence, found[-1][1]).online
+
+    wait_until(retained_online, 10, "the controller's retained presence online again")
