@@ -130,6 +130,7 @@ def select_backend(
     isolated: bool = False,
     defer_trial: bool = False,
     admit: Admit | None = None,
+    arena_from_mb: float = 0.0,
 ) -> Selection:
     """Choose and load the backend for one model; raise BackendError (the cause, in one line) if none can run it.
 
@@ -141,7 +142,8 @@ def select_backend(
     and a runtime that crashes natively fails its candidate instead of the caller. `defer_trial` (a restart) takes a
     choice cached for this model on other hardware or runtimes when there is one (`stale`: the caller re-tries in
     the background) rather than holding the model back for a trial. `admit` hears the chosen candidate's trial
-    result before it is loaded here (a cached choice's too), and may refuse it."""
+    result before it is loaded here (a cached choice's too), and may refuse it. `arena_from_mb`: ONNX Runtime's arena
+    is measured on and off only for a winner whose footprint reaches it (targets/trial_arena.py; 0: always)."""
     path = Path(path)
     cands = candidates(model_format, hardware, cache_dir)
     if override:  # no trial, but a new version's load is still checked in a worker first (a restart's is not)
@@ -163,7 +165,7 @@ def select_backend(
     if isolated:
         from targets.trial_worker import run_isolated
 
-        outcome = run_isolated(path, model_format, hardware, cands, budget_s, samples, hints, admit)
+        outcome = run_isolated(path, model_format, hardware, cands, budget_s, samples, hints, admit, arena_from_mb)
     else:
         outcome = run_trial(path, model_format, cands, budget_s, samples, hints)
         chosen = next((r for r in outcome.results if outcome.chosen and r.name == outcome.chosen.name), None)

@@ -40,11 +40,18 @@ MAX_SLOWER = 1.10  # and its p50 at most this many times the arena's
 ROUNDS = 3  # turn about, each setting MIN_RUNS or more per round: a 400 ms model adds ~5 s of timing
 MIN_RUNS = 2
 TIMEOUT_S = 300.0
+# Measured only where memory is tight enough for the answer to matter: the winner's arena-on footprint at least this
+# share of the agent's memory budget (a 350 MiB box: models from ~22 MiB; 24 GiB: from 1.5 GiB). The measurement
+# costs a fresh worker and a timing (0.5-7 s here), which a roomy box's deployment need not wait for.
+BUDGET_SHARE = 1 / 16
 
 
-def applies(chosen: Candidate, options: dict[str, Any]) -> bool:
-    """Whether the trial measures the arena for this winner (not where options already set it)."""
-    return chosen.name == CANDIDATE and OPTION not in options and OPTION not in chosen.options
+def applies(chosen: Candidate, options: dict[str, Any], rss_mb: float | None = None, from_mb: float = 0.0) -> bool:
+    """Whether the trial measures the arena for this winner: not where options already set it, nor where its
+    arena-on footprint (`rss_mb`) is under `from_mb` (the budget's BUDGET_SHARE: a small share of a roomy box)."""
+    if chosen.name != CANDIDATE or OPTION in options or OPTION in chosen.options:
+        return False
+    return from_mb <= 0 or (rss_mb is not None and rss_mb >= from_mb)
 
 
 def saves(on: dict[str, Any], off: dict[str, Any]) -> str | None:

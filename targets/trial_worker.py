@@ -40,6 +40,7 @@ def run_isolated(
     samples: list[Inputs] | None,
     hints: dict[str, list[int]] | None,
     admit: Callable[[CandidateResult], None] | None = None,
+    arena_from_mb: float = 0.0,
 ) -> TrialOutcome:
     """run_trial in a child process; a candidate whose runtime crashes the child is left out with the signal named,
     and the trial runs again without it. The winner is then loaded here, with the options the trial found, once
@@ -58,7 +59,7 @@ def run_isolated(
                 (Path(tmp) / "samples.npz").write_bytes(pack_samples(samples))
             proc = trial_spare.run(request, WORKER_TIMEOUT_S)  # a spare worker with the runtimes imported, if any
             if proc.returncode == 0 or (Path(tmp) / "outcome.json").exists():  # a crash after the answer is harmless
-                return _outcome(Path(tmp), remaining, path, model_format, crashed, admit, budget_s)
+                return _outcome(Path(tmp), remaining, path, model_format, crashed, admit, budget_s, arena_from_mb)
 
             refused = [ln[len(REFUSED) :] for ln in proc.stderr.splitlines() if ln.startswith(REFUSED)]
             if refused:  # the trial's own one-line verdict: nothing can run the model
@@ -149,6 +150,7 @@ def _outcome(
     crashed: list[CandidateResult],
     admit: Callable[[CandidateResult], None] | None = None,
     budget_s: float = 0.0,
+    arena_from_mb: float = 0.0,
 ) -> TrialOutcome:
     answer = json.loads((tmp / "outcome.json").read_text())
     results = crashed + [CandidateResult(**r) for r in answer["results"]]
@@ -159,7 +161,8 @@ def _outcome(
     if answer.get("error") or chosen is None:
         return TrialOutcome(None, None, {}, results, answer["reference"], answer["note"], probe, timed=False)
     result, options = next(r for r in results if r.name == chosen.name), answer["options"]
-    if sets and trial_arena.applies(chosen, options):  # ONNX Runtime's CPU arena on or off, measured in a fresh worker
+    # ONNX Runtime's CPU arena on or off, measured in a fresh worker where the memory budget makes it matter
+    if sets and trial_arena.applies(chosen, options, result.rss_mb, arena_from_mb):
         result.arena = trial_arena.measure_isolated(chosen, path, model_format, options, sets, asdict(result), budget_s)
         if result.arena["chosen"] == "off":
             options = options | {trial_arena.OPTION: False}

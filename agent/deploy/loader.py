@@ -17,6 +17,7 @@ from agent.serving.table import LoadedModel
 from agent.telemetry.stats import Recorder
 from protocol import Failover, Selection
 from protocol.status import Memory
+from targets import trial_arena
 from targets.base import Backend
 from targets.failover import FailoverBackend
 from targets.inputs import Inputs
@@ -145,6 +146,7 @@ class Loader:
             isolated=cfg.trial_isolated,
             defer_trial=defer_trial,
             admit=admit,
+            arena_from_mb=self.memory.budget.limit_mb * trial_arena.BUDGET_SHARE if self.memory else 0.0,
         )
 
     def _fallbacks(self, selection: Trial, path: Path, model_format: str) -> list[tuple[str, Callable[[], Backend]]]:

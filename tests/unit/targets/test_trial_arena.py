@@ -90,3 +90,19 @@ def test_a_model_smaller_than_the_least_saving_needs_no_arena_worker(tmp_path):
     on = {"rss_mb": 3.9, "peak_mb": 3.9}
     record = trial_arena.measure_isolated(cand, missing, "onnx", {}, [], on, 1.0)
     assert record == {"chosen": "on", "why": "on: the model takes 3.9 MiB in all", "on": on}
+
+
+def test_the_arena_is_measured_only_where_the_memory_budget_makes_it_matter(tmp_path):
+    """A roomy box's deployment does not wait for the arena measurement: a winner under the budget's share is loaded
+    with the default; a small box measures it (the model above: ~42 MiB on, in a 350 MiB budget)."""
+    cand = next(c for c in candidates("onnx", probe()) if c.name == "onnxruntime:cpu")
+    roomy, small = 24000 * trial_arena.BUDGET_SHARE, 350 * trial_arena.BUDGET_SHARE
+    assert not trial_arena.applies(cand, {}, 42.8, roomy)
+    assert trial_arena.applies(cand, {}, 42.8, small)
+    assert trial_arena.applies(cand, {}, 42.8)  # no budget given: always (the targets-level default)
+    assert not trial_arena.applies(cand, {"cpu_mem_arena": True}, 42.8, small)  # set by the operator: kept
+    path = transient(tmp_path / "transient.onnx")
+    hardware = probe()
+    outcome = run_isolated(path, "onnx", hardware, [cand], 1.0, None, None, arena_from_mb=roomy)
+    chosen = next(r for r in outcome.results if r.name == "onnxruntime:cpu")
+    assert chosen.arena is None and outcome.options == {}  # not measured: served with the arena on
