@@ -256,11 +256,19 @@ def model_state(controller: ControllerHandle, device_id: str, name: str) -> dict
 
 
 def wait_model_state(controller, device_id: str, name: str, sha256: str, states: set[str], timeout: float = 30):
+    """The model's entry once it names `sha256` in one of `states`; a timeout says what the device reported last."""
+    last: list[dict | None] = [None]
+
     def check():
-        entry = model_state(controller, device_id, name)
+        entry = last[0] = model_state(controller, device_id, name)
         return entry if entry and entry["sha256"] == sha256 and entry["state"] in states else None
 
-    return wait_until(check, timeout, f"{name} {sha256[:8]} to reach {states} on {device_id}")
+    try:
+        return wait_until(check, timeout, f"{name} {sha256[:8]} to reach {states} on {device_id}")
+    except AssertionError as exc:
+        entry = last[0] or {}
+        seen = {k: entry.get(k) for k in ("sha256", "version", "state", "error", "detail") if entry.get(k)}
+        raise AssertionError(f"{exc}; last reported: {seen or 'nothing'}") from None
 
 
 @pytest.fixture(scope="session")

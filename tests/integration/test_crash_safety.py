@@ -101,7 +101,11 @@ def test_sigkill_at_many_points_of_a_deployment(broker, prefix, controller, star
         # at once, from disk: a verified, registered version answers (the old one or the new one)
         meta = wait_until(lambda: agent.metadata("m"), 20, "the agent to serve from disk after SIGKILL")
         assert meta["versions"][0] in registered
-        wait_model_state(controller, "dev1", "m", record["sha256"], {"serving"}, timeout=60)
+        try:
+            wait_model_state(controller, "dev1", "m", record["sha256"], {"serving"}, timeout=60)
+        except AssertionError as exc:  # which kill point, and what the agent said last (CI shows no more)
+            tail = "\n".join(agent.logs().splitlines()[-25:])
+            raise AssertionError(f"after kill point {i} ({point}): {exc}\n{tail}") from None
         records = check_store(agent.data_dir)
         assert records["m"]["serving"]["sha256"] == record["sha256"]
     killer.close()
