@@ -15,7 +15,7 @@ from targets import registry, tensorrt
 from targets.agreement import disagreement, worst_deviation
 from targets.base import Backend, BackendError
 from targets.candidates import Candidate, reference
-from targets.footprint import Footprint, Meter, import_runtime, volunteer_for_oom
+from targets.footprint import Footprint, Meter, import_runtime, pin_allocator, volunteer_for_oom
 from targets.inputs import Inputs, ProbeInputs, SampleError, find_runnable, fit_samples
 from targets.timing import pooled_ms, turn_about_pruned
 
@@ -146,6 +146,7 @@ def run_trial(
             continue
         result.agreed = True
         entrants.append((cand, backend, options, result))
+    pin_allocator()  # serving thresholds for the timing, also where a candidate failed inside its measured load
     _time_turn_about(entrants, probe.sets[0], budget_s)
     best = _fastest_then_smallest(entrants)
     for cand, backend, _, _ in entrants:
