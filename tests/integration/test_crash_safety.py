@@ -69,7 +69,9 @@ def check_store(data_dir) -> dict:
 
 
 def test_sigkill_at_many_points_of_a_deployment(broker, prefix, controller, start_agent, model_dir):
-    config = "chunk_bytes = 262144\ndownload_window = 2\n"
+    # the pre-swap latency gate off in effect: on a loaded CI box it failed an identical-architecture update (p50
+    # 5.59 vs 3.80 ms, +66% in two passes) and this test is about crashes, not speed
+    config = "chunk_bytes = 262144\ndownload_window = 2\nrollback_latency_pct = 10000\n"
     agent = start_agent("dev1", config=config, wait_online=controller)
     base = controller.client.upload_model(mlp(model_dir / "crash0.onnx", seed=40, pad_mb=12), "m", None)
     controller.client.deploy("m", base["version"], ["dev1"])
