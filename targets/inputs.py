@@ -27,6 +27,10 @@ MAX_ELEMENTS = 8 << 20
 _BATCH_NAMES = re.compile(r"^(n|b|bs|batch.*|.*batch_?size.*|num_?batch.*)$", re.IGNORECASE)
 _GENERIC_NAMES = re.compile(r"^(.*dynamic_?dimension.*|unk_*\d*|dim_?\d*|\?|-1|none)$", re.IGNORECASE)
 IMAGE_SIZE = 224  # dynamic height/width of an image input start here
+# then text lines (height x width): an OCR recognizer pools its height to 1 and runs on 48x320 or 32x320 lines
+# only (PaddleOCR's v4 recognizer: ONNX Runtime also answers a 1x1 image, that OpenVINO's AvgPool refuses)
+LINE_SHAPES = ((48, 320), (32, 320))
+MIN_IMAGE = 32  # no rung feeds an image smaller than this: 1x1 pictures are no model's real input
 _RATE_NAMES = re.compile(r"(^|_)(sr|sample_?rate|sampling_?rate|rate)($|_)", re.IGNORECASE)
 _LENGTH_NAMES = re.compile(r"(len|length|lengths|size|count|num)", re.IGNORECASE)
 _SAMPLE_KEY = re.compile(r"^sample(\d+)/(.+)$")
@@ -187,14 +191,26 @@ def _is_batch(spec: TensorSpec, axis: int) -> bool:
     return axis == 0 and len(spec.shape) >= 3 and (not name or bool(_GENERIC_NAMES.match(name)))
 
 
-def _is_image_axis(spec: TensorSpec, axis: int) -> bool:
-    """A spatial dimension of an NCHW/NHWC image (1 or 3 channels): such models pool and stride, and a tiny image
-    is neither runnable everywhere nor what they are timed on."""
+def _image_axis(spec: TensorSpec, axis: int) -> int | None:
+    """0 (height) or 1 (width) for a spatial dimension of an NCHW/NHWC image (1 or 3 channels), else None: such
+    models pool and stride, and a tiny image is neither runnable everywhere nor what they are timed on."""
     if len(spec.shape) != 4 or spec.datatype not in ("FP32", "FP16", "UINT8"):
-        return False
+        return None
     if spec.shape[1] in (1, 3):
-        return axis in (2, 3)
-    return spec.shape[3] in (1, 3) and axis in (1, 2)
+        return axis - 2 if axis in (2, 3) else None
+    return axis - 1 if spec.shape[3] in (1, 3) and axis in (1, 2) else None
+
+
+def _rungs(specs: list[TensorSpec]) -> list[tuple[int, int | tuple[int, int]]]:
+    """(size, image size) tried in turn: the typical sizes, text lines where an image's height and width are both
+    dynamic, then the ladder (images never under MIN_IMAGE)."""
+    lines = any(
+        _image_axis(s, a) is not None and s.shape[a] < 0 and s.shape[b] < 0
+        for s in specs for a, b in ((1, 2), (2, 3)) if len(s.shape) == 4
+    )  # fmt: skip
+    rungs: list[tuple[int, int | tuple[int, int]]] = [(TYPICAL_SIZE, IMAGE_SIZE)]
+    rungs += [(TYPICAL_SIZE, shape) for shape in LINE_SHAPES] if lines else []
+    return rungs + [(s, max(s, MIN_IMAGE)) for s in LADDER]
 
 
 def synthesize(
@@ -202,13 +218,16 @@ def synthesize(
     size: int,
     hints: dict[str, list[int]] | None = None,
     seed: int = 0,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     batch: int | None = None,
 ) -> Inputs:
     """Inputs for `specs` with every non-batch dynamic dimension `size` (the operator's shape hints win), equal
     sizes for dimensions that share a name, and plausible values for integer inputs. A batch dimension is 1; with
-    `batch`, every dynamic first axis is a batch of that size (a caller that stacks samples along it)."""
+    `batch`, every dynamic first axis is a batch of that size (a caller that stacks samples along it). A dynamic
+    image height/width is `image_size` ((height, width), or one size for both)."""
     import numpy as np
+
+    image = (image_size, image_size) if isinstance(image_size, int) else image_size
 
     rng = np.random.default_rng(seed)
     hints = hints or {}
@@ -229,7 +248,8 @@ def synthesize(
                 elif _is_batch(spec, axis):
                     shape.append(1)
                 else:
-                    shape.append(image_size if image_size and _is_image_axis(spec, axis) else size)
+                    spatial = _image_axis(spec, axis)
+                    shape.append(image[spatial] if image and spatial is not None else size)
                 if name and dim < 0:
                     named.setdefault(name, shape[-1])
         arrays[spec.name] = _values(spec, tuple(shape), size, rng)
@@ -273,7 +293,7 @@ def find_runnable(
     started = time.monotonic()
     tried: list[str] = []
     has_dynamic = any(d < 0 for s in specs for d in s.shape) and not hints
-    rungs = [(TYPICAL_SIZE, IMAGE_SIZE)] + [(s, s) for s in LADDER] if has_dynamic else [(1, 1)]
+    rungs = _rungs(specs) if has_dynamic else [(1, 1)]
     for size, image_size in rungs:
         arrays = synthesize(specs, size, hints, image_size=image_size, batch=batch)
         if _elements(arrays) > MAX_ELEMENTS:
@@ -282,15 +302,27 @@ def find_runnable(
         try:
             outputs = run(arrays)
         except Exception as exc:  # any runtime failure means: try a larger size
-            tried.append(f"size {size}: {_first_line(exc)}")
+            tried.append(f"size {size}{_images(specs, image_size)}: {_first_line(exc)}")
             if time.monotonic() - started > deadline_s:
                 break
             continue
-        note = f"dynamic dimensions {size}" if has_dynamic else ("shape hints" if hints else "static shapes")
+        note = (
+            f"dynamic dimensions {size}{_images(specs, image_size)}"
+            if has_dynamic
+            else ("shape hints" if hints else "static shapes")
+        )
         more = min(count, MAX_ELEMENTS // max(1, _elements(arrays))) - 1
         sets = [arrays] + [synthesize(specs, size, hints, seed, image_size, batch) for seed in range(1, 1 + more)]
         return ProbeInputs(sets, "synthetic", note, tried), outputs
     return ProbeInputs([], "none", tried[-1] if tried else "", tried), None
+
+
+def _images(specs: list[TensorSpec], image_size: int | tuple[int, int]) -> str:
+    """', images HxW' where an input is an image with a dynamic height or width, else ''."""
+    if not any(_image_axis(s, a) is not None and d < 0 for s in specs for a, d in enumerate(s.shape)):
+        return ""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return f", images {height}x{width}"
 
 
 def _first_line(exc: BaseException) -> str:

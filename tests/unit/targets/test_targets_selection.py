@@ -282,3 +282,27 @@ def test_a_runtime_that_crashes_the_trial_fails_only_its_candidate(models, hardw
     assert chosen.choice == "onnxruntime:cpu"
     assert tried["openvino:cpu"].error == "crashed the trial process with SIGSEGV"
     assert "passed over: openvino:cpu" in chosen.reason
+
+
+def test_an_image_of_dynamic_height_and_width_is_tried_as_a_text_line_and_never_under_32():
+    """PaddleOCR's recognizer (x: [-1, 3, ?, -1]) runs only on 48-high lines, though its own runtime answers a 1x1
+    image that OpenVINO refuses: after the typical 224x224, text lines (48x320, 32x320) come before the ladder, and
+    the ladder's images are never under MIN_IMAGE; an image with a fixed height gets no line rung."""
+    from targets.inputs import MIN_IMAGE, find_runnable
+    from targets.tensors import TensorSpec
+
+    seen: list[tuple[int, ...]] = []
+
+    def height_48(x):
+        seen.append(x["x"].shape)
+        if x["x"].shape[2] != 48:
+            raise ValueError("Concat: non concat axis dimensions must match")
+        return {}
+
+    probe, _ = find_runnable([TensorSpec("x", "FP32", (-1, 3, -1, -1))], height_48)
+    assert seen == [(1, 3, 224, 224), (1, 3, 48, 320)] and "images 48x320" in probe.note
+
+    seen.clear()
+    probe, _ = find_runnable([TensorSpec("x", "FP32", (1, 1, 64, -1))], lambda x: seen.append(x["x"].shape) or 1 / 0)
+    assert not probe.sets and seen[0] == (1, 1, 64, 224) and all(s[3] >= MIN_IMAGE for s in seen)
+    assert all(s[2] == 64 for s in seen)
