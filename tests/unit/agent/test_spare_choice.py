@@ -52,7 +52,7 @@ def test_the_agent_logs_the_choice_once_and_reports_it(tmp_path, caplog):
     )
     agent = Agent(config, hardware={})
     lines = [r.getMessage() for r in caplog.records if "spare trial worker" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].startswith("no spare trial worker: it takes ~96 MiB, over 1/8")
+    assert len(lines) == 1 and lines[0].startswith(f"no spare trial worker: it takes ~{SPARE_MIB:.0f} MiB, over 1/8")
     reported = agent.link_status()["trial_spare"]
     assert reported["kept"] is False and reported["reason"] == lines[0]
     check = check_spare({"trial_spare": reported})
