@@ -58,7 +58,7 @@ from converters import (  # noqa: E402
     load_calibration,
 )
 from converters.evidence import Thresholds, split  # noqa: E402
-from converters.measure import load, load_onnx  # noqa: E402
+from converters.measure import load, load_onnx, paired_answers  # noqa: E402
 from converters.report import agreement  # noqa: E402
 from edgectl import sample_models  # noqa: E402
 from edgectl.commands.convert import report_table  # noqa: E402
@@ -276,17 +276,12 @@ def zoo_openvino_rows(work: Path, only: set[str] | None = None) -> list[dict]:
         row = {"model": entry.name, "built": r.ok, "verdict": r.verdict, "note": r.error or r.measured_on,
                "fixes": " | ".join(f[:110] for f in r.fixes if "IR weights" in f or "already INT8" in f)}  # fmt: skip
         if r.ok and r.path:
-            reference = load_onnx(src)
-            names = list(reference.inputs), list(reference.outputs)
-            variant = load("openvino", Path(r.path), "openvino", *names)
+            inputs = entry.inputs()
             try:
-                inputs = entry.inputs()
-                row |= {"inputs": _shapes(inputs)} | _compare(reference.run(inputs), variant.run(inputs))
+                ((want, got),) = paired_answers(src, "openvino", Path(r.path), "openvino", [inputs])
+                row |= {"inputs": _shapes(inputs)} | _compare(want, got)
             except Exception as exc:
                 row |= {"note": f"does not run on the catalog's inputs: {str(exc).splitlines()[0][:100]}"}
-            finally:
-                reference.close()
-                variant.close()
         rows.append(row)
     return rows
 

@@ -98,3 +98,21 @@ def paired_p50_ms(
     _warm(runs)
     mine, theirs = turn_about(runs, rounds=rounds, block_s=budget_s / (2 * rounds), min_runs=3)
     return best_block_ms(mine, 50), best_block_ms(theirs, 50)
+
+
+def paired_answers(
+    source: Path, runtime: str, path: Path, model_format: str, samples: list[dict[str, np.ndarray]]
+) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """(ONNX Runtime's answers on the float source, the built variant's) for each sample, by the ONNX names: what a
+    check of a conversion against its reference compares."""
+    reference = load_onnx(source)
+    try:
+        variant = load(runtime, path, model_format, list(reference.inputs), list(reference.outputs))
+    except Exception:
+        reference.close()
+        raise
+    try:
+        return [(reference.run(s), variant.run(s)) for s in samples]
+    finally:
+        reference.close()
+        variant.close()
