@@ -69,3 +69,20 @@ def test_an_int8_source_report_says_why_openvino_answers_apart(tmp_path):
     inputs = by_name("tashkeel_rawi_v3_int8").inputs()
     ((want, got),) = paired_answers(src, "openvino", Path(r.path), "openvino", [inputs])
     assert max(float(np.max(np.abs(got[k] - a))) for k, a in want.items()) > 1e-3  # the note is not idle
+
+
+def test_the_check_compiles_openvino_at_f32(tmp_path):
+    """The comparison runs OpenVINO at INFERENCE_PRECISION_HINT f32 (on a CPU with bf16 or AMX it would otherwise
+    compute in bf16): what the check measures is the IR, not a reduced-precision execution."""
+    from converters.measure import load
+    from edgectl import sample_models
+
+    model = sample_models.mlp(tmp_path / "mlp.onnx")
+    loaded = load("openvino", model, "onnx", ["x"], ["y"])
+    try:
+        hint = loaded.backend.compiled.get_property("INFERENCE_PRECISION_HINT")  # type: ignore[attr-defined]
+    finally:
+        loaded.close()
+    import openvino as ov
+
+    assert hint == ov.Type.f32, hint
