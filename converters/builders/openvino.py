@@ -35,7 +35,8 @@ def build_openvino(job: Job, out: Path, fixes: list[str]) -> Path:
     if quantized:
         fixes.append(
             f"the source is already INT8 ({', '.join(quantized)}): it quantizes activations at run time and "
-            f"OpenVINO rounds some apart from ONNX Runtime, so answers may differ past {ANSWER_TOLERANCE:g}: "
+            "OpenVINO rounds some apart from ONNX Runtime (its DynamicQuantizeLSTM does not quantize them at all), "
+            f"so answers may differ past {ANSWER_TOLERANCE:g}: "
             "the source's own rounding, not the conversion (bench/README.md measures it in quantization steps)"
         )
     if job.calibration.synthetic:
