@@ -117,6 +117,11 @@ def load_calibration(
     arrays, notes = {}, []
     for name, chunks in parts.items():
         spec = expected[name]
+        if not spec.shape:  # silero_vad's `sr`: samples stack along axis 0, which a scalar input has not
+            raise CalibrationError(
+                f"{path}: input {name!r} is a scalar and calibration data stacks samples along axis 0: a model with "
+                "a scalar input cannot be calibrated from files yet"
+            )
         fixed = []
         for chunk in chunks:
             if chunk.ndim == len(spec.shape) - 1:  # one sample without its batch axis
