@@ -1,7 +1,8 @@
 """ONNX Runtime's CPU arena measured both ways in the real isolated trial on a zoo model where the choice matters
-(issue 27, point 5): ppocr_v4_det keeps ~57 MiB in the arena that off gives back after each run, but off faults
-those pages in again at every run (p50 x1.45, x2.16, x1.88 in 3 runs of bench/arena_trial.py here), so the rule
-keeps it on, the serving load runs with it on and the admission is told the arena-on figure."""
+(issue 27, point 5): ppocr_v4_det keeps ~57 MiB in the arena that off gives back after each run. Whether off also
+costs latency depends on the allocator and the box (x1.45-2.16 before glibc's thresholds were set for the agent,
+x0.95-1.0 after), so the test checks that the choice follows the rule on what was measured, and that the serving
+load and the admission's prediction are the chosen setting's."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from targets.trial_worker import run_isolated
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_ppocr_v4_det_keeps_the_arena_off_saves_memory_but_costs_latency():
+def test_ppocr_v4_det_arena_choice_follows_the_rule_and_serves_as_chosen():
     sys.path.insert(0, str(ROOT / "tests"))
     from zoo import catalog, fetch
 
@@ -41,7 +42,11 @@ def test_ppocr_v4_det_keeps_the_arena_off_saves_memory_but_costs_latency():
     on, off = trial.on, trial.off
     assert on.rss_mb is not None and off.rss_mb is not None and on.p50_ms and off.p50_ms and off.runs
     assert on.rss_mb - off.rss_mb >= SAVE_MIB, trial  # off saves enough to be timed ...
-    assert on.cpu_ms and off.cpu_ms and trial.chosen == "on", trial
-    assert max(off.p50_ms / on.p50_ms, off.cpu_ms / on.cpu_ms) > MAX_SLOWER, trial  # ... and costs too much
-    assert memory.arena == "on" and outcome.options.get("cpu_mem_arena") is None  # served with the default: on
-    assert admitted[0].rss_mb == on.rss_mb  # the admission's prediction is the setting that serves
+    assert on.cpu_ms and off.cpu_ms and on.peak_mb is not None and off.peak_mb is not None
+    slower = max(off.p50_ms / on.p50_ms, off.cpu_ms / on.cpu_ms)
+    expected = "off" if slower <= MAX_SLOWER and off.peak_mb <= on.peak_mb else "on"
+    assert trial.chosen == expected, trial  # ... and the rule decided on what was measured
+    assert memory.arena == trial.chosen  # served with the chosen setting
+    assert outcome.options.get("cpu_mem_arena") == (False if trial.chosen == "off" else None)
+    chosen = off if trial.chosen == "off" else on
+    assert admitted[0].rss_mb == chosen.rss_mb  # the admission's prediction is the setting that serves
