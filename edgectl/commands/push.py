@@ -34,6 +34,14 @@ SparsityOpt = Annotated[
     float | None,
     typer.Option(help="Fraction of weights zeroed by `pruned` (default: highest that keeps agreement)."),
 ]
+MinTop1Opt = Annotated[
+    float,
+    typer.Option(
+        "--min-top1", min=0.0, max=1.0,
+        help="Top-1 agreement with the original that a classifier variant must keep (its 95% lower bound, on "
+        "samples held out of calibration) to pass and ship.",
+    ),
+]  # fmt: skip
 SampleOpt = Annotated[
     list[Path] | None,
     typer.Option(
@@ -78,6 +86,7 @@ def push(
         Path | None, typer.Option(help="Calibration data for --optimize (.npz keyed by input name, or .npy).")
     ] = None,
     sparsity: SparsityOpt = None,
+    min_top1: MinTop1Opt = 0.99,
     force: Annotated[
         bool, typer.Option("--force", help="Deploy asked-for variants even when below the accuracy threshold.")
     ] = False,
@@ -115,7 +124,7 @@ def push(
     if pin or (record.get("info") or {}).get("pinned"):  # a push without --pin unpins a version pinned before
         pinned = client.set_pinned(name, record["version"], pin)["pinned"]
         record = {**record, "info": {**(record.get("info") or {}), "pinned": pinned}}
-    built = build_variants(client, record, wanted, devices, calibration, sparsity, as_json) if wanted else []
+    built = build_variants(client, record, wanted, devices, calibration, sparsity, min_top1, as_json) if wanted else []
     if not devices:
         return emit_json({**record, "variants": built} if wanted else record) if as_json else show_upload(record)
     ship = None if auto or not wanted else [v["variant"] for v in built]
@@ -163,6 +172,7 @@ def build_variants(
     devices: list[str],
     calibration: Path | None,
     sparsity: float | None,
+    min_top1: float,
     as_json: bool,
 ) -> list[dict[str, Any]]:
     """Build the variants on the controller (with the calibration data, when given) and show their reports."""
@@ -170,7 +180,7 @@ def build_variants(
     if calibration is not None:
         client.upload_calibration(name, version, calibration)
     with errors.status(f"optimizing {name}@{version}: {','.join(wanted)}", spinner="dots"):
-        built = client.optimize(name, version, wanted, devices, sparsity=sparsity)["variants"]
+        built = client.optimize(name, version, wanted, devices, sparsity=sparsity, min_top1=min_top1)["variants"]
     if not as_json:
         console.print(variants_table(built, f"{name}@{version} variants"))
     return built

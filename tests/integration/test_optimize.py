@@ -48,8 +48,10 @@ def test_push_optimize_registers_ships_and_refuses(controller, start_agent, brok
     result = edgectl(
         controller.url, "push", str(model), "-n", "conv", "--to", "dev1",
         "--optimize", "int8-static,fp16", "--calibration", str(calib), "--wait", "--timeout", "120",
-        timeout=600,
+        "--min-top1", "0.98", timeout=600,
     )  # fmt: skip
+    # --min-top1 0.98: on x86 without VNNI the INT8 weights are 7-bit (reduce_range) and 1 of the 316 held-out images
+    # flips (99.68%, bound 98.59%: `unproven` at 0.99, rightly); with VNNI all agree
     assert result.returncode == 0, result.stderr
     assert "int8-static" in result.stdout and "fp16" in result.stdout and "pass" in result.stdout
     assert "with int8-static, fp16" in result.stdout
@@ -109,7 +111,8 @@ def test_push_optimize_registers_ships_and_refuses(controller, start_agent, brok
     # auto: the variants that suit the devices' runtimes (this one only has ONNX Runtime)
     fake_device(broker, prefix, "ortbox", {"onnxruntime": "1.20", "openvino": None})
     wait_until(lambda: any(d["id"] == "ortbox" for d in controller.client.devices()), 10, "ortbox to appear")
-    auto = edgectl(controller.url, "push", str(model), "-n", "conv", "--to", "ortbox", "--optimize", "auto")
+    auto = edgectl(controller.url, "push", str(model), "-n", "conv", "--to", "ortbox", "--optimize", "auto",
+                   "--min-top1", "0.98")  # fmt: skip
     assert auto.returncode == 0, auto.stderr
     assert "with fp16, int8-static" in auto.stdout  # every passing variant, by name
     no_devices = edgectl(controller.url, "push", str(model), "-n", "conv", "--optimize", "auto")

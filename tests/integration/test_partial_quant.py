@@ -78,7 +78,8 @@ def test_search_decides_out_of_sample_and_says_why(ppocr):
     assert (mixed["fitted_on"], mixed["judged_on"], mixed["in_sample_on"]) == (171, 85, 64)
     assert all(s["in_top1"] is not None and s["top1"] is not None for s in mixed["steps"])
     assert {s["setting"] for s in mixed["steps"]} >= {"MinMax, per-channel", "Percentile, per-channel"}
-    assert mixed["stopped"] in ("size", "budget", "exhausted")
+    assert mixed["stopped"] in ("passed", "size", "budget", "exhausted")  # passed: a mix reached the aim (x86 without
+    # VNNI, 7-bit weights); then it must beat full INT8 out of sample, below
     assert mixed["sensitivity"][0]["error_removed"] >= mixed["sensitivity"][-1]["error_removed"]
     if mixed["float_layers"]:
         assert set(mixed["why_float"]) == set(mixed["float_layers"]) and not mixed["kept_full_int8"]
