@@ -290,17 +290,21 @@ def test_numbers_agree_with_each_other(controller, start_agent, tmp_path):
     status = " ".join(edgectl_run("status", "cam-01", *url, columns=200).stdout.split())
     assert "on 64 samples in 1 batch given with the model" in status, status  # the device counts them alike
 
-    # 64 rows: 20 held out of calibration and search (issue 28), all agreeing: a 95% lower bound of 88% clears 85%
+    # 64 rows: 20 held out of calibration and search (issue 28); all agreeing (8-bit weights: a 95% lower bound of 88%
+    # clears 85%, pass) or one flipping (x86 without VNNI, 7-bit weights: 95%, bound 80.4%, unproven): either way the
+    # figures must agree with each other and the exit status with the verdict
     bar = ("--min-top1", "0.85", "--min-cosine", "0.85")
     converted = edgectl_run("convert", str(model), "--to", "int8-static", "--calibration", str(batch), "--out",
                             str(tmp_path / "out"), *bar, columns=200)  # fmt: skip
-    assert converted.returncode == 0, converted.stdout + converted.stderr
     text = " ".join(converted.stdout.split())
+    row = next(line for line in converted.stdout.splitlines() if line.startswith("int8-static "))
+    verdict, top1 = row.split()[1], re.findall(r"\b\d+\.\d%", row)[-1]  # the top-1 column: the held-out figure
+    assert (converted.returncode == 0) == (verdict == "pass"), converted.stdout + converted.stderr
+    said = re.search(r"top-1 (\d+\.\d+)% on 20 held-out samples", text)  # the verdict's own line, where not a pass
+    assert verdict == "pass" or (said and abs(float(said[1]) - float(top1[:-1])) < 0.05), text
     assert "calibrated on 30 samples (given)" in text and "sample(s)" not in text, text  # 44 kept: 30 fit, 14 judge
     assert "measured on 20 held-out samples of" in text and "(20 of 64," in text, text  # rows, counted alike
     assert "MB" not in text and "kB" in text, text  # a 5.7 kB model's variants are not `0.01 MB`
-    row = next(line for line in converted.stdout.splitlines() if line.startswith("int8-static "))
-    assert re.findall(r"\b\d+\.\d%", row)[-1] == "100.0%", row  # the top-1 column: the held-out figure
     # the search's note quotes its own top-1 as the table prints them and names the samples it was measured on
     note = text[text.index("mixed precision") :].split(" -> ")[0]
     assert "out of sample (14 calibration samples not fitted on)" in note and re.search(r"top-1 \d+\.\d%", note), text
