@@ -74,7 +74,12 @@ def test_the_readme_first_hour_works_as_written(tmp_path):
                 lines = live_top(term)
             else:
                 lines, code = term.run(f"cd {tmp_path} && {command}", timeout=300)
-                assert code == 0, (command, lines)
+                # convert exits 1 when a variant misses its bar, saying so (dynamic INT8 on x86 without VNNI, 7-bit
+                # weights: 95% of 20 held-out synthetic inputs); the variant is written all the same
+                missed = command.startswith("edgectl convert") and any(
+                    "below threshold" in line or "unproven" in line for line in lines
+                )
+                assert code == 0 or (code == 1 and missed), (command, lines)
             assert_readable(lines)
             if command.startswith("edgectl rollback"):
                 assert any("serving" in line for line in lines), lines
