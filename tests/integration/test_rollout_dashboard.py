@@ -4,9 +4,14 @@ the gates' figures per class, and /metrics exports its state and gate results.""
 from __future__ import annotations
 
 import httpx
+import pytest
 from conftest import wait_until
 from test_dashboard import CHROMIUM, browser  # noqa: F401  (the fixture)
 from test_rollouts import fleet, same_answers, wait_state
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install -y chromium) for the rollout dashboard test"
+)
 
 
 def test_a_rollout_shows_on_the_dashboard_and_in_metrics(controller, start_agent, mlp_model, tmp_path, browser):  # noqa: F811
