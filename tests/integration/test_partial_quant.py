@@ -220,7 +220,8 @@ def test_openvino_int8_search_on_held_out_lines(ppocr_ov):
     assert first["step"].startswith("full INT8, MeanMinMax, per-channel") and not first["passed"]
     assert first["in_top1"] is not None and (mixed["fitted_on"], mixed["judged_on"]) == (171, 85)
     assert {s["setting"].split(",")[0] for s in mixed["steps"]} >= {"MeanMinMax", "Histogram"}
-    assert mixed["stopped"] in ("size", "budget", "exhausted"), mixed["stopped"]
+    assert mixed["stopped"] in ("passed", "size", "budget", "exhausted"), mixed["stopped"]  # passed: a mix reached
+    # the aim on the judge lines (x86 without VNNI: 7-bit weights); it is then kept only where it beats full INT8
     assert r.ok and r.runtime == "openvino" and r.samples == HELD_OUT and r.agreement["top1"] >= 0.97, r.error
     assert r.passed == (r.agreement["top1_lower"] >= 0.99) and (r.passed or r.failed_metrics or r.unproven)
     assert r.latency_ms_p50 and r.source_latency_ms_p50 and r.speedup  # speed against FP32 on OpenVINO, reported
