@@ -166,8 +166,12 @@ def _outcome(
         result.arena = trial_arena.measure_isolated(chosen, path, model_format, options, sets, asdict(result), budget_s)
         if result.arena["chosen"] == "off":
             options = options | {trial_arena.OPTION: False}
-            # the admission keeps the arena-on figures: off's saving shows in a fresh worker, but a long-running
-            # process' heap may keep the freed run buffers (73.7 MiB grown vs off's 4.5 predicted, in a test run)
+            # steady: off's (what an agent-like process keeps: bench/footprint.py); peak: the larger of the two, so
+            # the admission keeps room for a heap that holds on to what off frees (a long test process grew 73.7 MiB
+            # where off predicted 4.5 and on 73.4)
+            off, on = result.arena["off"], result.arena["on"]
+            result.rss_mb = off["rss_mb"]
+            result.peak_mb = max(v for v in (off.get("peak_mb"), on.get("peak_mb"), on.get("rss_mb")) if v is not None)
     if admit is not None:
         admit(result)
     backend = load(chosen, path, model_format, options)

@@ -77,8 +77,8 @@ def test_arena_off_chosen_in_the_trial_is_what_the_serving_load_runs(tmp_path, m
     assert on["rss_mb"] - off["rss_mb"] >= SAVE_MIB and off["runs"] >= 6 and on["p50_ms"] > 0, record
     assert outcome.options == {"cpu_mem_arena": False}  # what the serving load and the cached choice use
     assert outcome.backend.config.cpu_mem_arena is False
-    assert (chosen.rss_mb, chosen.peak_mb) == (on["rss_mb"], on["peak_mb"])  # the admission's prediction: the
-    # larger, on's (a long-running process' heap may keep what off frees)
+    # the prediction: off's steady figure; the admission's peak: the larger of the two (a heap may keep what off frees)
+    assert (chosen.rss_mb, chosen.peak_mb) == (off["rss_mb"], max(off["peak_mb"], on["peak_mb"], on["rss_mb"]))
     # What the load added here is not asserted: in a process with a history (a full test run) the freed run buffers
     # can stay in the heap (73.7 MiB grown vs off's 4.5 predicted, once), as they may in a long-running agent
     print(f"grown here: {grown:.1f} MiB; on {on['rss_mb']}, off {off['rss_mb']}")
