@@ -37,7 +37,7 @@ SparsityOpt = Annotated[
 MinTop1Opt = Annotated[
     float,
     typer.Option(
-        "--min-top1", min=0.0, max=1.0,
+        "--min-top1",
         help="Top-1 agreement with the original that a classifier variant must keep (its 95% lower bound, on "
         "samples held out of calibration) to pass and ship.",
     ),
