@@ -1,6 +1,7 @@
 """Help labels an operator reads: a flag shows no `<bool>`, a value shows what to give (`--to DEVICE`, `--timeout
-SECONDS`) instead of the Python type typer derives (`<list[str]>`). A label set on the option itself (`metavar=`)
-wins: one name means different things in different commands (`push --to DEVICE`, `rollback --to VERSION`)."""
+SECONDS`) instead of the Python type typer derives (`<list[str]>`), and an argument its name alone (`DEVICE`, not
+`DEVICE <str>`; listed choices stay). A label set on the option itself (`metavar=`) wins: one name means different
+things in different commands (`push --to DEVICE`, `rollback --to VERSION`)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,19 @@ def relabel(params: list[Any]) -> list[Any]:
             param.metavar = ""
         elif param.metavar is None:
             param.metavar = LABELS.get(param.name or "", (param.name or "value").upper())
+        if param.param_type_name == "argument" and not _is_choice(param):
+            param.display_type_rich = _no_type  # an argument's name says what to give: `DEVICE`, not `DEVICE <str>`
     return params
+
+
+def _is_choice(param: Any) -> bool:
+    """An argument whose values are listed (`<show|baseline|fleet>`): that label says what to give, so it stays."""
+    descriptor = getattr(param, "type_descriptor", None)
+    return bool(getattr(descriptor, "is_choice", False))
+
+
+def _no_type(ctx: Any) -> None:
+    return None
 
 
 def flowing(text: str | None) -> str | None:

@@ -204,6 +204,10 @@ def test_a_failed_model_bar_never_shows_100_percent():
 
 def test_help_labels_say_what_to_give_not_python_types():
     text = run("edgectl.cli", "push", "--help", env={"COLUMNS": "120"}).stdout
-    for label in ("<bool>", "<str>", "<list", "<float>"):
+    for label in ("<bool>", "<str>", "<list", "<float>", "<path>"):
         assert label not in text, text
     assert "DEVICE" in text and "SECONDS" in text and "URL" in text
+    for command in ("rollback", "status", "label", "capture", "convert", "drift"):  # arguments: `DEVICE`, not `<str>`
+        text = run("edgectl.cli", command, "--help", env={"COLUMNS": "120"}).stdout
+        assert not re.search(r"<(str|path|int|float|list)", text), text
+    assert "<show|baseline|fleet>" in text  # listed choices say what to give
