@@ -13,10 +13,12 @@ from protocol.errors import EdgeError
 EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 # (message, field number) -> the message type that field holds, for every path that can lead to a tensor
 _TENSOR, _SPARSE, _GRAPH, _NODE, _ATTR, _FUNC, _MODEL = "tensor", "sparse", "graph", "node", "attr", "func", "model"
+_TRAINING = "training"
 CHILDREN: dict[str, dict[int, str]] = {
-    _MODEL: {7: _GRAPH, 25: _FUNC},
+    _MODEL: {7: _GRAPH, 20: _TRAINING, 25: _FUNC},
+    _TRAINING: {1: _GRAPH, 2: _GRAPH},  # TrainingInfoProto's initialization and algorithm graphs
     _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
-    _FUNC: {7: _NODE},
+    _FUNC: {7: _NODE, 11: _ATTR},  # 11: attribute_proto, the defaults of a function's attributes
     _NODE: {5: _ATTR},
     _ATTR: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
     _SPARSE: {1: _TENSOR, 2: _TENSOR},
@@ -65,12 +67,15 @@ def _search(buf: mmap.mmap, start: int, end: int, kind: str) -> str | None:
 
 
 def _external_name(buf: mmap.mmap, start: int, end: int) -> str | None:
+    """Any sign of external data counts, whatever comes after it (fail closed): an external_data entry, or a
+    data_location whose low 32 bits read EXTERNAL (protobuf keeps an enum's varint as an int32, so 1 + 2**32 is
+    EXTERNAL to ONNX Runtime; a later DEFAULT does not clear it here)."""
     name, external = "", False
     for field, wire, begin, stop in _fields(buf, start, end):
         if field == 8 and wire == 2:
             name = bytes(buf[begin:stop]).decode(errors="replace")
         elif field == 14 and wire == 0:
-            external = begin == EXTERNAL
+            external = external or (begin & 0xFFFFFFFF) == EXTERNAL
         elif field == 13 and wire == 2:  # an external_data entry (location, offset, ...)
             external = True
     return (name or "<unnamed>") if external else None
@@ -81,7 +86,7 @@ def _fields(buf: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, in
     i = start
     while i < end:
         key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
+        field, wire = _tag(key)
         if wire == 0:
             value, i = _varint(buf, i)
             yield field, wire, value, i
@@ -107,7 +112,7 @@ def _skip_group(buf: mmap.mmap, i: int, end: int, group: int, depth: int = 0) ->
         raise ValueError("protobuf groups nested too deep")
     while i < end:
         key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
+        field, wire = _tag(key)
         if wire == 4:
             if field != group:
                 raise ValueError("mismatched protobuf end-group")
@@ -124,6 +129,13 @@ def _skip_group(buf: mmap.mmap, i: int, end: int, group: int, depth: int = 0) ->
         else:
             raise ValueError(f"not an ONNX protobuf (wire type {wire})")
     raise ValueError("unterminated protobuf group")
+
+
+def _tag(key: int) -> tuple[int, int]:
+    """(field number, wire type) as protobuf's C++ parser reads a tag: as 32 bits (ONNX Runtime took a 5-byte tag
+    with bit 32 set as the field below it, so the walk must too)."""
+    key &= 0xFFFFFFFF
+    return key >> 3, key & 7
 
 
 def _varint(buf: mmap.mmap, i: int) -> tuple[int, int]:

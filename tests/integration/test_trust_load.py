@@ -78,22 +78,97 @@ def varint(n: int) -> bytes:
     return out + bytes([n])
 
 
-def test_an_empty_group_no_longer_hides_external_data_from_the_agent(
-    controller, start_agent, broker, prefix, model_dir, tmp_path
-):
-    """Finding 8: the agent's external-data walk stopped at a protobuf group (wire type 3, which protobuf parsers
-    skip) and then let the model through to a runtime that may read the file it names (ONNX Runtime before its own
-    path check). The controller's upload check would refuse such a model, so the attacker here is whoever can put a
-    desired state on the broker (no signing key on this fleet) and an artifact on an HTTP server."""
+def field(number: int, wire: int, value: bytes | int, *, tag_bit32: bool = False) -> bytes:
+    """One protobuf field; `tag_bit32` writes its tag as 5 bytes with bit 32 set (protobuf's C++ parser, ONNX
+    Runtime's, reads a tag as 32 bits and takes it for the same field)."""
+    tag = varint(((number << 3) | wire) | ((1 << 32) if tag_bit32 else 0))
+    if wire == 0:
+        assert isinstance(value, int)
+        return tag + varint(value)
+    assert isinstance(value, bytes)
+    return tag + varint(len(value)) + value
+
+
+def disguised(model, how: str) -> bytes:
+    """`model` (its first initializer kept in w.bin) serialized so that a naive walk misses the
+    external data while protobuf, and so ONNX Runtime, still reads it: an empty group ahead of the model's fields;
+    data_location written after the external_data entries as 1 + 2**32 (an enum is kept as an int32: EXTERNAL);
+    every external-data field under a tag with bit 32 set."""
+    import onnx
+
+    if how == "empty group":
+        return varint((1000 << 3) | 3) + varint((1000 << 3) | 4) + model.SerializeToString()
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    tensor = model.graph.initializer.pop(0)
+    entries = [e.SerializeToString() for e in tensor.external_data]
+    tensor.ClearField("external_data")
+    tensor.ClearField("data_location")
+    raw = tensor.SerializeToString()
+    if how == "enum over 32 bits":
+        raw += b"".join(field(13, 2, e) for e in entries) + field(14, 0, 1 + (1 << 32))
+    elif how == "tag over 32 bits":
+        raw += b"".join(field(13, 2, e, tag_bit32=True) for e in entries) + field(14, 0, 1, tag_bit32=True)
+    else:
+        raise ValueError(how)
+    graph = model.graph.SerializeToString() + field(5, 2, raw)
+    model.ClearField("graph")
+    return model.SerializeToString() + field(7, 2, graph)
+
+
+DISGUISES = ("empty group", "enum over 32 bits", "tag over 32 bits")
+
+
+def external_model(path):
+    """An ONNX model whose first initializer is kept in w.bin (the file not written), and that initializer's bytes."""
     import onnx
     from onnx import external_data_helper
 
-    model = onnx.load(mlp(model_dir / "ext-base.onnx", seed=94))
+    model = onnx.load(mlp(path, seed=94))
     tensor = model.graph.initializer[0]
-    external_data_helper.set_external_data(tensor, location="w.bin", offset=0, length=64)
+    raw = tensor.raw_data
+    external_data_helper.set_external_data(tensor, location="w.bin", offset=0, length=len(raw))
     tensor.ClearField("raw_data")
-    data = varint((1000 << 3) | 3) + varint((1000 << 3) | 4) + model.SerializeToString()  # an empty group first
-    assert onnx.load_from_string(data).graph.initializer[0].data_location == onnx.TensorProto.EXTERNAL
+    return model, raw
+
+
+@pytest.mark.parametrize("how", DISGUISES)
+def test_each_disguise_is_external_data_to_onnx_runtime_and_refused_by_the_agents_check(tmp_path, how):
+    """Finding 8's walk against what the runtime really reads: each disguise loads the tensor from w.bin in ONNX
+    Runtime (a path outside the model's directory would be read alike by the 1.19-1.23 the agent admits, which
+    check no path), and the agent's check refuses it. Before: the two 32-bit disguises walked clean (None)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from targets.onnx_external import ExternalData, refuse_external_data
+
+    model, raw = external_model(tmp_path / "base.onnx")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(disguised(model, how))
+    if how != "tag over 32 bits":  # Python's protobuf (upb) refuses that tag; ONNX Runtime's C++ parser reads it
+        parsed = {t.name: t for t in onnx.load_from_string(path.read_bytes()).graph.initializer}
+        assert parsed[model.graph.initializer[0].name].data_location == onnx.TensorProto.EXTERNAL
+    x = {model.graph.input[0].name: np.ones((1, 16), np.float32)}
+    (tmp_path / "w.bin").write_bytes(raw)  # the weights ONNX Runtime reads from w.bin ...
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    kept = session.run(None, x)[0]
+    (tmp_path / "w.bin").write_bytes(bytes(len(raw)))  # ... and zeros there change its answer: it reads that file
+    assert not np.array_equal(kept, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0])
+    with pytest.raises(ExternalData, match="in another file") as refused:
+        refuse_external_data(path)
+    assert refused.value.code == "external_data"
+
+
+@pytest.mark.parametrize("how", DISGUISES)
+def test_external_data_hidden_from_a_naive_walk_is_refused_by_the_agent(
+    controller, start_agent, broker, prefix, model_dir, tmp_path, how
+):
+    """Finding 8: the agent's external-data walk stopped at a protobuf group (wire type 3, which protobuf parsers
+    skip) and then let the model through to a runtime that may read the file it names (ONNX Runtime before its own
+    path check, 1.24); it also read tags and data_location as more than the 32 bits protobuf keeps. The controller's
+    upload check would refuse such a model, so the attacker here is whoever can put a desired state on the broker
+    (no signing key on this fleet) and an artifact on an HTTP server."""
+    data = disguised(external_model(model_dir / f"ext-base-{DISGUISES.index(how)}.onnx")[0], how)
     sha = hashlib.sha256(data).hexdigest()
     (tmp_path / "origin").mkdir()
     (tmp_path / "origin" / sha).write_bytes(data)
@@ -106,5 +181,5 @@ def test_an_empty_group_no_longer_hides_external_data_from_the_agent(
         state = wait_model_state(controller, "dev1", "m", sha, {"failed", "serving"}, timeout=60)
     finally:
         origin.close()
-    print(f"the agent: {state['state']} {state.get('reason')}")
+    print(f"{how}: the agent: {state['state']} {state.get('reason')}")
     assert state["state"] == "failed" and state["reason"]["code"] == "external_data", state
