@@ -190,6 +190,9 @@ class RolloutActions:
         def act(r: dict[str, Any]) -> dict[str, Any]:
             self._require(r, "promote", ("planned", "running", "paused"))
             index = r["wave"]
+            if r["phase"] == "pending":  # its devices were never sent the version: promoting would skip them
+                raise EdgeError(f"wave {index + 1} of rollout {r['id']} has not started: nothing to promote yet "
+                                "(resume it, or wait for the wave to start)", "rollout_state")  # fmt: skip
             waves = [dict(w) for w in r["waves"]]
             waves[index].update(state="promoted", decided_at=time.time())
             change = Change({"state": "running", "reason": "", "phase": "pending", "phase_until": None,
