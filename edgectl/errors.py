@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -27,6 +28,19 @@ class CommandFailed(EdgeError):
 # read; httpx.HTTPError: a connection the client did not already turn into an ApiError.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (EdgeError, OSError, httpx.HTTPError)
 DEBUG_ENV = "EDGECTL_DEBUG"  # set to 1: an unexpected error shows its traceback instead of one line
+
+
+def cannot_read(what: str, path: Path) -> str:
+    """`cannot read model file X: no such file` (or `it is a directory`, `permission denied`): what to fix."""
+    if not path.exists():
+        why = "no such file" if path.parent.is_dir() else f"no such directory {path.parent}"
+    elif path.is_dir():
+        why = "it is a directory"
+    elif not os.access(path, os.R_OK):
+        why = "permission denied"
+    else:
+        why = "not a regular file"
+    return f"cannot read {what} file {path}: {why}"
 
 
 def debugging() -> bool:

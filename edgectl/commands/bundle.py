@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from edgectl.errors import CommandFailed
+from edgectl.errors import CommandFailed, cannot_read
 from edgectl.options import JsonOpt
 from edgectl.output import Settings, console, emit_json, errors
 from protocol.files import sha256_file
@@ -150,7 +150,7 @@ def bundle(
     abi = f"cp{python_tag(python)}"
     wanted = ",".join(e.strip() for e in extras.split(",") if e.strip())
     if wheel is not None and not wheel.is_file():
-        raise CommandFailed(f"cannot read wheel file {wheel}")
+        raise CommandFailed(cannot_read("wheel", wheel))
     if out.is_dir() and any(out.iterdir()):
         raise CommandFailed(f"--out {out} is not empty: a bundle is exactly what its directory holds; give a new one")
     out.mkdir(parents=True, exist_ok=True)

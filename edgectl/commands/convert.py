@@ -13,7 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from edgectl.choice_view import format_ms
-from edgectl.errors import CommandFailed
+from edgectl.errors import CommandFailed, cannot_read
 from edgectl.options import JsonOpt
 from edgectl.output import brief, console, emit_json, errors, size_text, split_fix, verdict
 from edgectl.tables import Col, FitTable
@@ -179,7 +179,7 @@ def convert(
     if model is None:
         raise CommandFailed("give the model file to convert (or --list to see the variants)")
     if not model.is_file():
-        raise CommandFailed(f"cannot read model file {model}")
+        raise CommandFailed(cannot_read("model", model))
     names = parse_variants(to) or _suggested(model, calibration is not None)
     if not names:
         raise CommandFailed(f"no variant suits {model} here: name one or more with --to ({', '.join(VARIANTS)})")

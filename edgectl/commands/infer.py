@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from edgectl.choice_view import say
+from edgectl.errors import cannot_read
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
 from edgectl.output import console, emit_json
 from protocol.tensors import InputError, decode_tensor, encode_tensor
@@ -54,7 +55,7 @@ def load_inputs(path: Path) -> dict[str, Any]:
     import numpy as np
 
     if not path.is_file():
-        raise InputError(f"cannot read input file {path}")
+        raise InputError(cannot_read("input", path))
     fix = "save the input with numpy.save (one array) or numpy.savez (arrays by input name)"
     with path.open("rb") as f:
         magic = f.read(6)

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from edgectl.client import ControllerClient
-from edgectl.errors import CommandFailed
+from edgectl.errors import CommandFailed, cannot_read
 from edgectl.options import DEFAULT_CONTROLLER, ControllerOpt, JsonOpt, TokenOpt, client_for
 from edgectl.output import brief, console, emit_json, errors, size_text, verdict
 from edgectl.progress import finish_wait, upload_with_progress
@@ -143,12 +143,12 @@ def push(
 def checked_files(model: Path, calibration: Path | None, samples: list[Path]) -> Path:
     """CommandFailed naming the first file that cannot be read; the model to upload (an IR packed as one tar)."""
     if not model.is_file() or not os.access(model, os.R_OK):
-        raise CommandFailed(f"cannot read model file {model}")
+        raise CommandFailed(cannot_read("model", model))
     if calibration is not None and not calibration.is_file():
-        raise CommandFailed(f"cannot read calibration file {calibration}")
-    unreadable = [str(s) for s in samples if not s.is_file() or not os.access(s, os.R_OK)]
+        raise CommandFailed(cannot_read("calibration", calibration))
+    unreadable = [s for s in samples if not s.is_file() or not os.access(s, os.R_OK)]
     if unreadable:
-        raise CommandFailed(f"cannot read sample file {unreadable[0]}")
+        raise CommandFailed(cannot_read("sample", unreadable[0]))
     return pack_openvino_ir(model) if model.suffix == ".xml" else model
 
 

@@ -42,7 +42,14 @@ def test_unreachable_controller_is_one_line_and_exit_1():
 
 def test_unreadable_files_are_one_line(tmp_path):
     result = edgectl("push", str(tmp_path / "missing.onnx"), "-n", "m")
-    assert result.returncode == 1 and result.stderr.strip() == f"error: cannot read model file {tmp_path}/missing.onnx"
+    said = f"error: cannot read model file {tmp_path}/missing.onnx: no such file"
+    assert result.returncode == 1 and result.stderr.strip() == said
+    result = edgectl("push", str(tmp_path), "-n", "m")  # the cause an operator fixes, not only the path
+    said = f"error: cannot read model file {tmp_path}: it is a directory"
+    assert result.returncode == 1 and result.stderr.strip() == said
+    result = edgectl("convert", str(tmp_path / "nope" / "x.onnx"))
+    said = f"error: cannot read model file {tmp_path}/nope/x.onnx: no such directory {tmp_path}/nope"
+    assert result.returncode == 1 and result.stderr.strip() == said
     xml = tmp_path / "model.xml"
     xml.write_text("<net/>")
     result = edgectl("push", str(xml), "-n", "m")  # an IR without its weights: OSError, reported the same way
