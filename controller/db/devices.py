@@ -14,7 +14,7 @@ def find_device(db: Database, device_id: str) -> dict[str, Any]:
     """The device's row, or unknown_device naming the known devices."""
     row = db.get_device(device_id) if valid_device_id(device_id) else None
     if row is None:
-        known = [d["id"] for d in db.list_devices()]
+        known = ", ".join(d["id"] for d in db.list_devices())
         raise EdgeError(f"unknown device {device_id!r}; known devices: {known or 'none yet'}", code="unknown_device")
     return row
 

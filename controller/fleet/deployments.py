@@ -36,9 +36,9 @@ def check_devices(db: Database, device_ids: list[str]) -> None:
     bad = [d for d in device_ids if not re.match(DEVICE_ID_PATTERN, d)]
     unknown = sorted(set(device_ids) - db.known_devices([d for d in device_ids if d not in bad]))
     if unknown:
-        known = [d["id"] for d in db.list_devices()]
+        known = ", ".join(d["id"] for d in db.list_devices())
         raise EdgeError(
-            f"unknown device(s) {unknown}; a device is known once its agent has connected. "
+            f"unknown device(s) {', '.join(unknown)}; a device is known once its agent has connected. "
             f"Known devices: {known or 'none yet'}",
             code="unknown_device",
         )
@@ -134,7 +134,7 @@ class Deployments:
         version = to if to is not None else previous_version(device_id, name, reported.get(name))
         target = self.db.get_model(name, version)
         if target is None:
-            known = [m.version for m in self.db.list_models() if m.name == name]
+            known = ", ".join(m.version for m in self.db.list_models() if m.name == name)
             raise EdgeError(
                 f"{name} version {version!r} is not registered; registered: {known}", code="unknown_version"
             )

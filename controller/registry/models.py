@@ -74,7 +74,7 @@ class Registry:
         """The version (default: the newest), or unknown_model naming the registered models."""
         row = self.db.get_model(name, version)
         if row is None:
-            known = sorted({m.name for m in self.db.list_models()})
+            known = ", ".join(sorted({m.name for m in self.db.list_models()})) or "none yet"
             what = f"model {name!r}" + (f" version {version!r}" if version else "")
             raise EdgeError(f"{what} is not registered; registered models: {known}", code="unknown_model")
         return row

@@ -80,7 +80,7 @@ def choose_variants(db: Database, model: ModelRow, wanted: list[str] | None, for
     where = f"{model.name}@{model.version}"
     unknown = [n for n in wanted if n not in rows]
     if unknown:
-        message = f"{where} has no variant(s) {unknown}; registered: {sorted(rows) or 'none'}"
+        message = f"{where} has no variant(s) {', '.join(unknown)}; registered: {', '.join(sorted(rows)) or 'none'}"
         raise EdgeError(message, code="unknown_variant")
     broken = [f"{n} {rows[n].failure()}" for n in wanted if not rows[n].ok]
     if broken:

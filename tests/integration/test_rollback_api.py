@@ -45,11 +45,12 @@ def test_rollback_to_previous_and_to_a_version(controller, start_agent, mlp_mode
 
     # errors: unregistered version, unknown model, unknown device
     r = httpx.post(f"{controller.url}/api/v1/devices/dev1/rollback", json={"to": "99"})
-    assert r.status_code == 404 and "version '99' is not registered" in r.json()["error"]["message"]
+    said = r.json()["error"]["message"]  # the versions as an operator types them, not a Python list
+    assert r.status_code == 404 and "version '99' is not registered; registered: 1, 2, 3" in said, said
     r = httpx.post(f"{controller.url}/api/v1/devices/dev1/rollback", json={"model": "other"})
     assert r.status_code == 404 and "no model 'other'" in r.json()["error"]["message"]
     bad = edgectl(controller.url, "rollback", "ghost")
-    assert bad.returncode == 1 and "unknown device 'ghost'" in bad.stderr
+    assert bad.returncode == 1 and "unknown device 'ghost'; known devices: dev1" in bad.stderr, bad.stderr
 
 
 def test_rollback_needs_model_when_several(controller, start_agent, mlp_model, model_dir):

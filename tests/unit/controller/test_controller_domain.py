@@ -56,6 +56,12 @@ def code_of(call) -> str:
     return info.value.code
 
 
+def message_of(call) -> str:
+    with pytest.raises(EdgeError) as info:
+        call()
+    return str(info.value)
+
+
 def leftovers(registry: Registry) -> list[Path]:
     return list(registry.artifacts.incoming.iterdir())
 
@@ -87,6 +93,7 @@ def test_registry_registers_once_and_refuses_other_bytes_under_a_version(registr
     assert created and newer.version == "1"
     assert registry.find("m", "v1") == row
     assert code_of(lambda: registry.find("m", "9")) == "unknown_model"
+    assert message_of(lambda: registry.find("x")).endswith("registered models: m")  # names, not a Python list
     assert leftovers(registry) == []
 
 
@@ -128,6 +135,9 @@ def test_choose_variants_ships_passing_ones_and_checks_asked_for_ones(db):
     assert choose_variants(db, model, None, False) == ["fp16"]
     assert choose_variants(db, model, ["fp16", "fp16"], False) == ["fp16"]
     assert code_of(lambda: choose_variants(db, model, ["int4"], False)) == "unknown_variant"
+    assert "no variant(s) int4; registered: fp16, int8, tflite" in message_of(
+        lambda: choose_variants(db, model, ["int4"], False)
+    )
     assert code_of(lambda: choose_variants(db, model, ["tflite"], True)) == "variant_not_built"
     assert code_of(lambda: choose_variants(db, model, ["int8"], False)) == "variant_below_threshold"
     assert choose_variants(db, model, ["int8", "fp16"], True) == ["int8", "fp16"]
@@ -152,6 +162,8 @@ def test_deploy_and_rollback_plan_without_http(db):
     db.record_presence("cam-01", True, {}, "0.1", None)
     old, new = add_model(db, "1", "a"), add_model(db, "2", "c")
     assert code_of(lambda: deployments.deploy("m", None, ["cam-01", "ghost"])) == "unknown_device"
+    said = message_of(lambda: deployments.deploy("m", None, ["cam-01", "ghost"]))
+    assert said.startswith("unknown device(s) ghost;") and said.endswith("Known devices: cam-01"), said
     assert code_of(lambda: deployments.deploy("nope", None, ["cam-01"])) == "unknown_model"
     assert code_of(lambda: deployments.rollback("cam-01")) == "which_model"  # nothing deployed yet
     result = deployments.deploy("m", None, ["cam-01"], backend="openvino")
