@@ -99,7 +99,9 @@ async function fleetPage() {
     const models = (t.models || []);
     const modelCells = d.models.map((m) => {
       const tm = models.find((x) => x.name === m.name) || {};
-      const drift = tm.drifting ? ` <span class="drift">drift ${fmt(tm.drift_score, 1)}σ</span>` : "";
+      const q = tm.quality || {};  // a class mix or an input that moved: its PSI (a softmax's pooled mean stays 1/K)
+      const how = q.flagged ? `PSI ${fmt(q.score, 2)}` : `${fmt(tm.drift_score, 1)}σ`;
+      const drift = tm.drifting ? ` <span class="drift">drift ${how}</span>` : "";
       return `${esc(m.name)}@${esc(m.serving?.version ?? m.version)} ${stateCell(m)} ${esc(m.backend ?? "")}` +
         ` p50 ${fmt(tm.p50_ms)} p95 ${fmt(tm.p95_ms)} ms ${fmt(tm.requests_per_s, 1)}/s${drift}`;
     }).join("<br>") || "–";

@@ -433,6 +433,10 @@ def test_grafana_dashboard_uses_only_exported_metrics(tmp_path):
         for target in panel["targets"]:
             used |= {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"edge_[a-z_]+", target["expr"])}
     assert used and used <= exported, used - exported
+    assert "edge_model_drift_psi" in used  # the quality-drift panel graphs what the class mix and inputs moved
+    rules = (Path(__file__).parents[2] / "docs" / "prometheus-alerts.yml").read_text()  # the alert rule beside it
+    alerted = set(re.findall(r"edge_[a-z_]+", rules))
+    assert "alert: EdgeModelDrift" in rules and {"edge_model_drift", "edge_model_drift_psi"} <= alerted <= exported
 
 
 def test_telemetry_reader_parses_packets_split_anywhere_and_acks_each_qos1_publish():
