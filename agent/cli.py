@@ -23,6 +23,18 @@ READY_GRACE_S = 20.0  # with no model on disk and no broker, report READY anyway
 TICK_S = 1.0
 
 log = logging.getLogger("agent")
+LABELS = {  # config key -> what to give it, as its help shows (argparse would say DATA_DIR, PASSWORD_FILE)
+    "broker": "URL",
+    "password_file": "FILE",
+    "device_id": "ID",
+    "data_dir": "DIR",
+    "api": "HOST:PORT",
+    "grpc": "HOST:PORT",
+    "backend": "BACKEND",
+    "mqtt_protocol": "VERSION",
+    "topic_prefix": "PREFIX",
+    "log_level": "LEVEL",
+}
 RUN_FLAGS = {  # flag -> (config key, help)
     "--broker": ("broker", "Broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT."),
     "--broker-password-file": ("password_file", "File holding the broker password (kept out of configs and logs)."),
@@ -174,9 +186,9 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_help = f"TOML config file; flags override it (or {ENV_CONFIG})."
     run_cmd = commands.add_parser("run", help=run.__doc__, description=run.__doc__)
-    run_cmd.add_argument("--config", "-c", type=Path, help=config_help)
+    run_cmd.add_argument("--config", "-c", type=Path, metavar="FILE", help=config_help)
     for flag, (key, text) in RUN_FLAGS.items():
-        run_cmd.add_argument(flag, dest=key, type=Path if key == "data_dir" else str, help=text)
+        run_cmd.add_argument(flag, dest=key, type=Path if key == "data_dir" else str, metavar=LABELS[key], help=text)
     run_cmd.add_argument(
         "--label", dest="labels", action="append", metavar="KEY=VALUE",
         help="A label of this device (repeatable; added to `labels` in the config file).",
@@ -187,15 +199,21 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run_cmd.set_defaults(handler=run)
     doctor_cmd = commands.add_parser("doctor", help=doctor.__doc__, description=doctor.__doc__)
-    doctor_cmd.add_argument("--config", "-c", type=Path, help=f"TOML config file to check (or {ENV_CONFIG}).")
+    doctor_cmd.add_argument(
+        "--config", "-c", type=Path, metavar="FILE", help=f"TOML config file to check (or {ENV_CONFIG})."
+    )
     for flag, (key, text) in RUN_FLAGS.items():  # the same flags as `run`: check what it would use
-        doctor_cmd.add_argument(flag, dest=key, type=Path if key == "data_dir" else str, help=text)
+        doctor_cmd.add_argument(flag, dest=key, type=Path if key == "data_dir" else str, metavar=LABELS[key], help=text)
     doctor_cmd.add_argument("--json", action="store_true", help="Machine-readable output.")
-    doctor_cmd.add_argument("--timeout", type=float, default=5.0, help="Seconds for each network check (default 5).")
+    doctor_cmd.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="Seconds for each network check (default 5)."
+    )
     doctor_cmd.set_defaults(handler=doctor)
     probe_cmd = commands.add_parser("probe", help=probe.__doc__, description=probe.__doc__)
     probe_cmd.add_argument("--json", action="store_true", help="Machine-readable output.")
-    probe_cmd.add_argument("--root", type=Path, default=Path("/"), help="Filesystem root to read /proc, /sys, /etc.")
+    probe_cmd.add_argument(
+        "--root", type=Path, default=Path("/"), metavar="DIR", help="Filesystem root to read /proc, /sys, /etc."
+    )
     probe_cmd.set_defaults(handler=probe)
     return root
 

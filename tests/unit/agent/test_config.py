@@ -120,3 +120,17 @@ def test_agent_exits_78_for_a_bad_env_value_and_reads_the_config_path_from_env(t
     )
     result = run_agent(env={"EDGE_AGENT_CONFIG": str(tmp_path / "missing.toml")})
     assert result.returncode == 78 and "cannot read config file" in result.stderr
+
+
+def test_agent_help_labels_say_what_to_give_at_80_columns():
+    """`edge-agent run/doctor/probe --help`: each option labelled with what to give (`--api HOST:PORT`), not argparse's
+    upper-cased setting name (`--broker-password-file PASSWORD_FILE`), and nothing wider than 80 columns."""
+    env = {**os.environ, "COLUMNS": "80"}
+    for command in ("run", "doctor", "probe"):
+        done = subprocess.run([sys.executable, "-m", "agent.cli", command, "--help"], capture_output=True, text=True,
+                              env=env, timeout=60)  # fmt: skip
+        assert done.returncode == 0 and all(len(line) <= 80 for line in done.stdout.splitlines()), done.stdout
+        for dest in ("CONFIG", "PASSWORD_FILE", "DATA_DIR", "DEVICE_ID", "TOPIC_PREFIX", "API", "TIMEOUT", "ROOT"):
+            assert not re.search(rf"--[\w-]+ {dest}\b", done.stdout), done.stdout
+        if command != "probe":
+            assert "--api HOST:PORT" in done.stdout and "--broker-password-file FILE" in done.stdout, done.stdout
