@@ -162,6 +162,16 @@ def first_line(exc: BaseException) -> str:
     return ((telling or lines or [text])[0])[:300]
 
 
+UNPARSEABLE = "it does not parse as an ONNX protobuf (cut short in transfer, or not an .onnx file)"
+
+
+def load_problem(exc: BaseException) -> str:
+    """Why onnx could not load or check a model, in the operator's terms: a file that is no ONNX protobuf at all
+    (protobuf's "Error parsing message with type 'onnx.ModelProto'") is said to be cut short or not ONNX."""
+    line = first_line(exc)
+    return UNPARSEABLE if "Error parsing message" in line or "Unable to parse proto" in line else line
+
+
 def unsupported_op_message(exc: BaseException, model_ops: set[str], tool: str) -> str:
     """`tool` failed: name the model's op types that its error mentions (usually the unsupported one)."""
     text = str(exc)

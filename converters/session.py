@@ -119,7 +119,7 @@ class Session:
             model = onnx.load(str(self.model_path))
             onnx.checker.check_model(model)
         except Exception as exc:
-            raise ConversionError(f"{self.model_path} is not a valid ONNX model: {fx.first_line(exc)}") from exc
+            raise ConversionError(f"{self.model_path} is not a valid ONNX model: {fx.load_problem(exc)}") from exc
         fx.constants_to_initializers(model, self.fixes)
         prepared = self.work / f"{self.model_path.stem}.onnx"
         onnx.save(model, str(prepared))

@@ -116,11 +116,12 @@ def show_results(results: list[ConversionResult], model: Path) -> None:
 def _suggested(model: Path, calibrated: bool) -> list[str]:
     """The variants that suit the model, printed with a one-line reason for each one left out."""
     from converters.advice import suggest
+    from converters.fixes import load_problem
 
     try:
         picked, skipped = suggest(model, calibrated)
     except Exception as exc:  # not an ONNX model: say so in one line
-        raise CommandFailed(f"cannot read {model} as an ONNX model: {str(exc).splitlines()[0]}") from None
+        raise CommandFailed(f"{model} is not a valid ONNX model: {load_problem(exc)}") from None
     errors.print(f"building {', '.join(picked) or 'nothing'} (suits the model; --to names others)", highlight=False)
     for name, why in skipped.items():
         errors.print(f"[dim]  {name} left out: {escape(why)}[/dim]", highlight=False)
@@ -183,16 +184,17 @@ def convert(
     names = parse_variants(to) or _suggested(model, calibration is not None)
     if not names:
         raise CommandFailed(f"no variant suits {model} here: name one or more with --to ({', '.join(VARIANTS)})")
-    if calibration is None:
-        errors.print(f"[bold yellow]WARNING:[/bold yellow] {SYNTHETIC_WARNING}", highlight=False)
-    logging.getLogger("converters").setLevel(logging.ERROR)  # the warning above is the loud one
+    logging.getLogger("converters").setLevel(logging.ERROR)  # the synthetic-data warning is the loud one
     thresholds = Thresholds(top1=min_top1, cosine=min_cosine)
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=errors, transient=True
-    ) as progress:
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=errors, transient=True,
+        disable=not errors.is_terminal,  # a spinner to a pipe or file is only a stray blank line before the result
+    ) as progress:  # fmt: skip
         task = progress.add_task("preparing (reference outputs, FP32 latency)", total=len(names))
 
         def step(name: str, result: ConversionResult | None) -> None:
+            if calibration is None and name == names[0] and result is None:  # the model loaded: warn before its figures
+                errors.print(f"[bold yellow]WARNING:[/bold yellow] {SYNTHETIC_WARNING}", highlight=False)
             if result is None:
                 progress.update(task, description=f"converting [bold]{name}[/bold]")
             else:

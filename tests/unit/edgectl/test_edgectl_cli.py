@@ -40,6 +40,19 @@ def test_unreachable_controller_is_one_line_and_exit_1():
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot reach the controller")
 
 
+def test_convert_of_a_file_that_is_no_onnx_model_is_one_line_naming_why(tmp_path):
+    """Not protobuf's "Error parsing message with type 'onnx.ModelProto'", and no synthetic-data warning before it."""
+    text = tmp_path / "notes.txt"
+    text.write_text("0.1 0.2 0.3\n")
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(b"\x08\x07\x12\x04te")  # an ONNX header cut short
+    for model, to in ((text, ("--to", "int8")), (cut, ("--to", "int8")), (text, ())):
+        result = edgectl("convert", str(model), *to, "--out", str(tmp_path / "out"))
+        said = f"error: {model} is not a valid ONNX model: it does not parse as an ONNX protobuf"
+        assert result.returncode == 1 and result.stderr.startswith(said), result.stderr
+        assert result.stderr.count("\n") == 1 and "WARNING" not in result.stderr, result.stderr
+
+
 def test_unreadable_files_are_one_line(tmp_path):
     result = edgectl("push", str(tmp_path / "missing.onnx"), "-n", "m")
     said = f"error: cannot read model file {tmp_path}/missing.onnx: no such file"
