@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 AGENT_TESTS=(
     tests/unit/protocol/test_protocol.py tests/unit/protocol/test_typed_status.py tests/unit/protocol/test_signing.py
     tests/unit/agent/test_store.py tests/unit/agent/test_reservoir.py tests/unit/agent/test_inference_api.py
-    tests/unit/agent/test_config.py tests/unit/targets/test_targets_probe.py tests/unit/targets/test_targets_backends.py
-    tests/unit/targets/test_targets_failover.py tests/unit/targets/test_targets_selection.py
-    tests/unit/targets/test_targets_specialize.py tests/integration/test_doctor.py tests/integration/test_agent_inprocess.py
+    tests/unit/agent/test_config.py tests/unit/agent/test_doctor_checks.py tests/unit/targets/test_targets_probe.py
+    tests/unit/targets/test_targets_backends.py tests/unit/targets/test_targets_failover.py
+    tests/unit/targets/test_targets_selection.py tests/unit/targets/test_targets_specialize.py
+    tests/integration/test_doctor.py tests/integration/test_agent_inprocess.py
 )
 # What the tests need beside the agent: pytest, tritonclient, onnx (edgectl.sample_models builds the test models).
 # On 3.9 the newest ONNX Runtime is 1.19 (IR <= 10): an onnx whose default IR it reads (the tests' own models).

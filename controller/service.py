@@ -159,7 +159,10 @@ class Controller:
         protocol = settings.mqtt_protocol
         if embedded_port is not None:
             root = Topics(settings.topic_prefix).root
-            self.broker = EmbeddedBroker("127.0.0.1", embedded_port, settings.broker_users_file, root)
+            # without a users file: anonymous, each client confined to its client id's topics (broker/embedded_acl.py)
+            self.broker = EmbeddedBroker(
+                "127.0.0.1", embedded_port, settings.broker_users_file, root, confine_anonymous=True
+            )
             address = self.broker.address
             protocol = "3.1.1"
         else:

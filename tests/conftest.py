@@ -1,5 +1,5 @@
 """Real parts for the tests: a Mosquitto broker of our own (embedded amqtt where no mosquitto is installed),
-a controller on a thread, agents as real processes, and ONNX models built on the spot."""
+a controller on a thread, agents as real processes, ONNX models built on the spot, and systemd's notify socket."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,3 +286,59 @@ def mlp_model(model_dir) -> Path:
 @pytest.fixture(scope="session")
 def mlp_model_v2(model_dir) -> Path:
     return sample_models.mlp(model_dir / "mlp-v2.onnx", seed=1)
+
+
+class NotifySocket:
+    """What systemd does: an AF_UNIX datagram socket whose messages we collect."""
+
+    def __init__(self, address: str) -> None:
+        self.env_value = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(b"\0" + address[1:].encode() if address.startswith("@") else address)
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def lines(self) -> list[str]:
+        return [line for message in list(self.messages) for line in message.split("\n")]
+
+    def count(self, line: str) -> int:
+        return self.lines().count(line)
+
+    def statuses(self) -> list[str]:
+        return [line.removeprefix("STATUS=") for line in self.lines() if line.startswith("STATUS=")]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    sockets: list[NotifySocket] = []
+
+    def make(abstract: bool = False) -> NotifySocket:
+        if abstract:
+            address = f"@edge-agent-test-{uuid.uuid4().hex}"
+        else:
+            address = str(Path(f"/tmp/edge-notify-{uuid.uuid4().hex[:12]}.sock"))  # sun_path is short: not tmp_path
+        sockets.append(NotifySocket(address))
+        return sockets[-1]
+
+    yield make
+    for s in sockets:
+        s.close()
+        if not s.env_value.startswith("@"):
+            Path(s.env_value).unlink(missing_ok=True)

@@ -46,18 +46,28 @@ def port_free(host: str, port: int) -> bool:
 class EmbeddedBroker:
     """amqtt in a background event loop. Clients must speak MQTT 3.1.1 (agents fall back automatically). With a
     `password_file` (mosquitto_passwd format) every client must log in as one of its users, anonymous clients are
-    refused, and the controller connects with a credential of its own made at start (`address`)."""
+    refused, and each device is confined to its own topics. Without one and with `confine_anonymous` (the
+    controller's broker), anonymous clients are let in but each is confined to the topics of the device its client id
+    names. Either way the controller connects with a credential of its own made at start (`address`), the only one
+    with rights over every device. A bare broker (neither) is open to all: the tests' and benches' stand-in."""
 
     INTERNAL_USER = "edge-controller-internal"
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 1883, password_file: Path | None = None, topic_root: str = "edge/v1"
+        self,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        password_file: Path | None = None,
+        topic_root: str = "edge/v1",
+        confine_anonymous: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.password_file = password_file
-        self.topic_root = topic_root  # the devices' topics, for the ACL a password file brings
-        self._internal_password = secrets.token_urlsafe(24) if password_file else ""
+        self.topic_root = topic_root  # the devices' topics, for the ACL
+        self.confine_anonymous = confine_anonymous and password_file is None
+        secured = password_file is not None or self.confine_anonymous
+        self._internal_password = secrets.token_urlsafe(24) if secured else ""  # in memory only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._broker = None
@@ -69,12 +79,19 @@ class EmbeddedBroker:
 
     @property
     def address(self) -> BrokerAddress:
-        """How the controller connects: with its internal credential when a password file is in force."""
-        if self.password_file is None:
+        """How the controller connects: with its internal credential when the broker has an ACL."""
+        if not self._internal_password:
             return BrokerAddress(self.host, self.port)
         return BrokerAddress(self.host, self.port, False, self.INTERNAL_USER, self._internal_password)
 
     def _auth_plugins(self) -> dict:
+        if self.confine_anonymous:
+            internal = {"internal_user": self.INTERNAL_USER, "internal_password": self._internal_password}
+            acl = {"topic_root": self.topic_root, "internal_user": self.INTERNAL_USER, "by_client_id": True}
+            return {
+                "controller.broker.embedded_acl.AnonymousOrInternal": internal,
+                "controller.broker.embedded_acl.DeviceTopics": acl,
+            }
         if self.password_file is None:
             return {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
         from controller.broker.passwords import load_password_file
@@ -113,13 +130,19 @@ class EmbeddedBroker:
             raise BrokerStartError("the embedded broker did not start in time")
         if errors:
             raise BrokerStartError(f"the embedded broker failed to start: {errors[0]}")
-        auth = (
-            f"password file {self.password_file}, each device confined to its own topics"
-            if self.password_file
-            else "anonymous clients allowed, no topic ACL: any local process can act as any device; "
-            "give --broker-users-file"
-        )
-        log.info("embedded MQTT broker listening on %s (%s)", self.url, auth)
+        log.info("embedded MQTT broker listening on %s (%s)", self.url, self.describe())
+
+    def describe(self) -> str:
+        """Who may connect and use which topics, for the start's log line."""
+        if self.password_file:
+            return f"password file {self.password_file}, each device confined to its own topics"
+        if self.confine_anonymous:
+            return (
+                f"anonymous per client id, on {self.host} only: each client may use only the topics of the device its "
+                "client id names, but any local process can take a device's client id over; to require passwords, "
+                "give --broker-users-file (mosquitto_passwd format)"
+            )
+        return "anonymous clients allowed, no topic ACL: any local process can act as any device"
 
     def _run(self, ready: threading.Event, errors: list[BaseException]) -> None:
         from amqtt.broker import Broker

@@ -14,7 +14,7 @@ import time
 from conftest import free_port
 from hardening import ControllerProcess, FleetMosquitto
 
-from protocol.link import REFUSED_MAX_BACKOFF_S, refusal_backoff
+from protocol.link import REFUSED_MAX_BACKOFF_S
 
 REFUSED = re.compile(
     r"^(\S+ [\d:]+),(\d+) .*refused the connection: ([^;]+); (check the user name [^;]+); "
@@ -72,8 +72,3 @@ def test_wrong_credentials_back_off_and_say_what_to_check(tmp_path, prefix):
         fleet.stop()
     check_backed_off(refusals(agent_log.read_text()), agent_log.read_text())
     check_backed_off(refusals(controller.logs()), controller.logs())
-
-
-def test_the_wait_doubles_up_to_a_minute():
-    assert [refusal_backoff(n, 1.0) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
-    assert refusal_backoff(1, 0.7) == 0.7

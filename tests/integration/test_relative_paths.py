@@ -1,6 +1,7 @@
 """Relative paths in the daemons' options are resolved once, at start, against the directory they were started in:
 an agent started with `--data-dir data` serves what it is sent (its backend trial runs in a worker process with
-another working directory), and the controller's settings hold absolute paths only."""
+another working directory), and the controller's settings hold absolute paths only (the agent's configuration in
+process: tests/unit/agent/test_config.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import numpy as np
 from conftest import AgentProcess, free_port, wait_model_state, wait_until
 from test_e2e import v2_infer
 
-from agent.config import load_config
 from edgectl import sample_models
 
 
@@ -43,22 +43,6 @@ def test_an_agent_started_with_a_relative_data_dir_serves_what_it_is_sent(contro
         if agent.proc.poll() is None:
             os.killpg(agent.proc.pid, signal.SIGKILL)
             agent.proc.wait(10)
-
-
-def test_agent_paths_are_absolute_whichever_source_gave_them(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "agent.toml").write_text(
-        'password_file = "secret/pw"\napi_token_file = "token"\nca_file = "ca.pem"\n'
-        'backend_options = { tensorrt_cache_dir = "trt", intra_op_threads = 2 }\n'
-    )
-    (tmp_path / "ca.pem").write_text("-")
-    cfg = load_config(Path("agent.toml"), {"data_dir": Path("data")}, environ={})
-    assert cfg.data_dir == tmp_path / "data"
-    assert cfg.password_file == tmp_path / "secret" / "pw" and cfg.api_token_file == tmp_path / "token"
-    assert cfg.ca_file == str(tmp_path / "ca.pem")
-    assert cfg.backend_options == {"tensorrt_cache_dir": str(tmp_path / "trt"), "intra_op_threads": 2}
-    from_env = load_config(None, {}, environ={"EDGE_AGENT_DATA_DIR": "~/edge"})
-    assert from_env.data_dir == Path.home() / "edge"
 
 
 def test_controller_settings_hold_absolute_paths(tmp_path, monkeypatch):

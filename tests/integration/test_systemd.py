@@ -1,18 +1,16 @@
 """systemd integration: sd_notify from a real agent process (READY, STATUS, WATCHDOG, STOPPING), shutdown on SIGTERM
-(in-flight inferences finish, offline presence is retained), and `systemd-analyze verify` on the units."""
+(in-flight inferences finish, offline presence is retained), and `systemd-analyze verify` on the units (the notifier
+on its own: tests/unit/daemon)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -22,66 +20,8 @@ import pytest
 from conftest import AgentProcess, free_port, wait_model_state, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from daemon.systemd_notify import Notifier
-
 REPO = Path(__file__).resolve().parents[2]
 UNITS = ("edge-agent.service", "edge-controller.service")
-
-
-class NotifySocket:
-    """What systemd does: an AF_UNIX datagram socket whose messages we collect."""
-
-    def __init__(self, address: str) -> None:
-        self.env_value = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(b"\0" + address[1:].encode() if address.startswith("@") else address)
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def lines(self) -> list[str]:
-        return [line for message in list(self.messages) for line in message.split("\n")]
-
-    def count(self, line: str) -> int:
-        return self.lines().count(line)
-
-    def statuses(self) -> list[str]:
-        return [line.removeprefix("STATUS=") for line in self.lines() if line.startswith("STATUS=")]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
-
-@pytest.fixture
-def notify_socket(tmp_path):
-    sockets: list[NotifySocket] = []
-
-    def make(abstract: bool = False) -> NotifySocket:
-        if abstract:
-            address = f"@edge-agent-test-{uuid.uuid4().hex}"
-        else:
-            address = str(Path(f"/tmp/edge-notify-{uuid.uuid4().hex[:12]}.sock"))  # sun_path is short: not tmp_path
-        sockets.append(NotifySocket(address))
-        return sockets[-1]
-
-    yield make
-    for s in sockets:
-        s.close()
-        if not s.env_value.startswith("@"):
-            Path(s.env_value).unlink(missing_ok=True)
 
 
 def launch(tmp_path: Path, prefix: str, broker_url: str, env: dict[str, str], device_id: str = "dev1") -> AgentProcess:
@@ -120,36 +60,6 @@ def retained(broker_port: int, topic: str, timeout: float = 5.0) -> bytes | None
     client.loop_stop()
     client.disconnect()
     return got[0] if got else None
-
-
-# -- the notifier on its own ------------------------------------------------------------------------------------------
-
-
-def test_notifier_is_a_no_op_outside_systemd():
-    notifier = Notifier({})
-    assert not notifier.enabled and notifier.watchdog_interval is None
-    assert notifier.ready("x") is False and notifier.watchdog() is False and notifier.stopping() is False
-
-
-def test_notifier_path_and_abstract_sockets_and_watchdog_interval(notify_socket):
-    for abstract in (False, True):
-        sink = notify_socket(abstract)
-        notifier = Notifier({"NOTIFY_SOCKET": sink.env_value, "WATCHDOG_USEC": "30000000"})
-        assert notifier.watchdog_interval == 15.0
-        assert notifier.ready("starting") and notifier.watchdog()
-        assert notifier.status("starting") is False  # unchanged: not sent again
-        assert notifier.status("serving 1 model")
-        assert notifier.stopping()
-        wait_until(lambda s=sink: s.count("STOPPING=1"), 5, "notifications")
-        assert sink.lines() == ["READY=1", "STATUS=starting", "WATCHDOG=1", "STATUS=serving 1 model", "STOPPING=1"]
-        notifier.close()
-
-
-def test_watchdog_usec_for_another_pid_is_ignored():
-    assert Notifier({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}).watchdog_usec is None
-    assert Notifier({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}).watchdog_interval == 1.0
-    assert Notifier({"WATCHDOG_USEC": "junk"}).watchdog_usec is None
-    assert Notifier({"NOTIFY_SOCKET": "vsock:2:1234"}).enabled is False
 
 
 # -- a real agent process -------------------------------------------------------------------------------------------

@@ -14,26 +14,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.db.database import Database
 from controller.telemetry.ingest import TelemetryIngest
-from controller.telemetry.subscriber import GATHER_MIN_S, GATHER_S, Pacer, TelemetrySubscriber
+from controller.telemetry.subscriber import TelemetrySubscriber
 from protocol import Telemetry, Topics
 from protocol.link import BrokerAddress
 
 SAMPLES = 600
 RATE = 300  # samples/s
 LINGER_S = 2.0  # far longer than a pause and a commit
-
-
-def test_pauses_shrink_when_they_bring_nothing_and_grow_back():
-    pacer = Pacer()
-    assert pacer.pause == GATHER_S
-    for _ in range(10):
-        pacer.paused(brought=False)
-    assert pacer.pause == 0.0
-    pacer.paused(brought=True)
-    assert pacer.pause == GATHER_MIN_S
-    for _ in range(10):
-        pacer.paused(brought=True)
-    assert pacer.pause == GATHER_S
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """Issue 26, finding 13 (the embedded broker): with a password file it checked who logged in but not which topics
-they used, so one device read another's desired state and telemetry and wrote on its topics. A real controller with
-`--broker embedded:PORT --broker-users-file`, devices logged in with their own passwords."""
+they used, so one device read another's desired state and telemetry and wrote on its topics; without one it had no
+topic ACL at all. A real controller with `--broker embedded:PORT`, with a users file (devices logged in with their
+own passwords) and without one (anonymous clients, each confined by its client id; a real agent with no
+credentials)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ import time
 
 import httpx
 import pytest
-from conftest import free_port, wait_until
+from conftest import AgentProcess, free_port, wait_until
 from hardening import ControllerProcess, Device
 
 from edgectl.client import ControllerClient
-from protocol import DeviceState, ModelStatus, Presence, Telemetry, Topics
+from protocol import Desired, DeviceState, ModelStatus, Presence, Telemetry, Topics
 
 TOPICS = Topics("edge")
 
@@ -54,4 +56,48 @@ def test_a_device_on_the_embedded_broker_reaches_only_its_own_topics(tmp_path, m
         for d in (spy, mine):
             if d is not None:
                 d.close()
+        c.stop()
+
+
+def test_an_anonymous_client_on_the_embedded_broker_reaches_only_its_client_ids_topics(tmp_path, mlp_model):
+    """Without a users file: a rogue local client (its own client id, no credentials) listens on every wildcard,
+    another device's topics and a shared group, and writes on dev-b's topics; a real agent with no credentials still
+    gets its push through the same broker."""
+    port = free_port()
+    c = ControllerProcess(tmp_path, broker=f"embedded:{port}").start()
+    data = tmp_path / "agent-dev-b"
+    data.mkdir()
+    args = ["--broker", f"mqtt://127.0.0.1:{port}", "--device-id", "dev-b", "--data-dir", str(data),
+            "--api", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    agent = AgentProcess("dev-b", data, 0, args, tmp_path / "agent-dev-b.log").start()
+    rogue = None
+    try:
+        assert "anonymous per client id" in c.logs() and "--broker-users-file" in c.logs()
+        theirs = [TOPICS.device("dev-b", k) for k in ("desired", "telemetry", "state", "presence", "artifact/chunk")]
+        shares = ("$share/edge-controller-edge_v1/edge/v1/devices/+/state", "$share/g/edge/v1/devices/#", "$share/#")
+        rogue = Device(port, None, None, client_id="rogue", subscribe=("edge/v1/devices/#", "#", *theirs, *shares))
+        posing = Device(port, "edge-controller-internal", "a-guess", client_id="posing")  # the controller's name
+        posing.close()
+        assert posing.refused, "the controller's user name without its secret"
+        client = ControllerClient(c.url)
+        wait_until(lambda: any(d["id"] == "dev-b" and d["online"] for d in client.devices()), 30, "dev-b online")
+        version = client.upload_model(mlp_model, "mlp", None)
+        client.deploy("mlp", version["version"], ["dev-b"])
+
+        def serving() -> bool:
+            return any(m["name"] == "mlp" and m["state"] == "serving" for m in client.device("dev-b")["models"])
+
+        wait_until(serving, 60, f"the push to dev-b ({agent.logs()[-1500:]})")
+        forged = ModelStatus(name="forged", version="1", sha256="0" * 64, state="serving")
+        rogue.publish(TOPICS.device("dev-b", "state"), DeviceState(device_id="dev-b", models=[forged]).encode())
+        rogue.publish(TOPICS.device("dev-b", "desired"), Desired(device_id="dev-b", generation=10**6).encode())
+        time.sleep(3)
+        seen = sorted({t for t, _ in rogue.received})
+        print(f"the rogue saw {seen}; dev-b reports {[m['name'] for m in client.device('dev-b')['models']]}")
+        assert [t for t in seen if "/dev-b/" in t or t.startswith("$")] == []
+        assert [m["name"] for m in client.device("dev-b")["models"]] == ["mlp"] and serving()
+    finally:
+        if rogue is not None:
+            rogue.close()
+        agent.kill()
         c.stop()

@@ -1,4 +1,5 @@
-"""Agent configuration: file < EDGE_AGENT_<KEY> environment < flags, one-line errors with exit status 78."""
+"""Agent configuration: file < EDGE_AGENT_<KEY> environment < flags, paths made absolute whichever source gave them,
+one-line errors with exit status 78."""
 
 from __future__ import annotations
 
@@ -89,6 +90,22 @@ def test_example_documents_every_key_and_is_valid():
     values = tomllib.loads(uncommented)
     values.pop("ca_file"), values.pop("cert_file"), values.pop("key_file")  # they must exist to validate
     AgentConfig.model_validate(values)
+
+
+def test_agent_paths_are_absolute_whichever_source_gave_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "agent.toml").write_text(
+        'password_file = "secret/pw"\napi_token_file = "token"\nca_file = "ca.pem"\n'
+        'backend_options = { tensorrt_cache_dir = "trt", intra_op_threads = 2 }\n'
+    )
+    (tmp_path / "ca.pem").write_text("-")
+    cfg = load_config(Path("agent.toml"), {"data_dir": Path("data")}, environ={})
+    assert cfg.data_dir == tmp_path / "data"
+    assert cfg.password_file == tmp_path / "secret" / "pw" and cfg.api_token_file == tmp_path / "token"
+    assert cfg.ca_file == str(tmp_path / "ca.pem")
+    assert cfg.backend_options == {"tensorrt_cache_dir": str(tmp_path / "trt"), "intra_op_threads": 2}
+    from_env = load_config(None, {}, environ={"EDGE_AGENT_DATA_DIR": "~/edge"})
+    assert from_env.data_dir == Path.home() / "edge"
 
 
 def run_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

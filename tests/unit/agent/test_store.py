@@ -1,4 +1,5 @@
-"""The device's model store: verified commits, resumable partials, records that survive restarts, retention."""
+"""The device's model store: verified commits, resumable partials, compressed downloads checked as they unpack, records
+that survive restarts, retention."""
 
 from __future__ import annotations
 
@@ -64,3 +65,32 @@ def test_garbage_collection_never_removes_serving_or_previous(tmp_path):
     assert set(removed) == set(shas[:3])
     assert {p.name for p in store.objects.iterdir()} == set(shas[3:])
     assert [p.name for p in store.partial.iterdir()] == [f"{pinned_partial}.part"]
+
+
+def test_store_rejects_corrupt_or_wrong_compressed_download(tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+    store = ModelStore(tmp_path)
+    raw = b"model bytes " * 1000
+    sha = hashlib.sha256(raw).hexdigest()
+
+    store.partial_path(sha, "zstd").write_bytes(b"not a zstd stream")
+    with pytest.raises(VerifyError, match="does not decompress"):
+        store.commit_compressed(sha, len(raw))
+    assert list(store.partial.iterdir()) == [] and not store.has(sha)
+
+    store.partial_path(sha, "zstd").write_bytes(zstandard.ZstdCompressor().compress(raw[:-8] + b"tampered"))
+    with pytest.raises(VerifyError, match="sha256 mismatch"):
+        store.commit_compressed(sha, len(raw))
+    assert not store.has(sha)
+
+    # a bomb: 16 KiB on the wire that would unpack to 512 MiB stops at the size the desired state gave
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (512 << 20))
+    assert len(bomb) < 64 << 10
+    store.partial_path(sha, "zstd").write_bytes(bomb)
+    with pytest.raises(VerifyError, match="more than the 12000 bytes"):
+        store.commit_compressed(sha, len(raw))
+    assert list(store.partial.iterdir()) == []
+
+    store.partial_path(sha, "zstd").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    assert store.commit_compressed(sha, len(raw)).read_bytes() == raw
+    assert list(store.partial.iterdir()) == []

@@ -1,9 +1,11 @@
 """Issue 28, point 6: on the device, the variant contest judges agreement on real inputs when there are any: this
 device's live reservoir once it holds enough, else the samples given with the version; synthetic inputs only when
-no real one exists. The status's reason says which."""
+no real one exists. The status's reason says which. And the run-off: variants clearly slower than the original are
+closed at once, the close ones race it, and the fastest serves."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,11 +14,13 @@ import pytest
 
 from agent.deploy.downloads import Artifact
 from agent.deploy.loader import Loaded
-from agent.deploy.variants import MIN_COSINE, MIN_LIVE, agreement, choose, judging_inputs
+from agent.deploy.variants import MIN_COSINE, MIN_LIVE, Contest, Entrant, agreement, choose, judging_inputs
 from agent.serving.live import LiveTap
 from agent.serving.reservoir import Reservoir
 from agent.serving.table import LoadedModel
-from protocol import Selection
+from protocol import Selection, VariantTrial
+from targets import registry
+from targets.inputs import synthesize
 from targets.tensors import TensorSpec
 
 
@@ -107,3 +111,91 @@ def test_contest_refuses_a_variant_that_only_agrees_on_synthetic_inputs():
     assert judged["variant"] == "int8-static" and "disagrees with the original here" in judged["error"]
     assert selection["agreement_on"] == f"{MIN_LIVE} live input(s) kept by this device's reservoir"
     assert selection["reason"].endswith(f"agreement judged on {MIN_LIVE} live input(s) kept by this device's reservoir")
+
+
+def _padded(path: Path, extra: int) -> Path:
+    """y = x @ w + 0 * sum(relu(x @ h)): the same answer whatever `extra` (h's width), which sets how long it takes."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((64, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["base"])]
+    inits = [w]
+    if extra:
+        h = numpy_helper.from_array(rng.standard_normal((64, extra)).astype(np.float32), "h")
+        zero = numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
+        inits += [h, zero]
+        nodes += [
+            helper.make_node("MatMul", ["x", "h"], ["wide"]),
+            helper.make_node("Relu", ["wide"], ["act"]),
+            helper.make_node("ReduceSum", ["act"], ["total"], keepdims=1),
+            helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+            helper.make_node("Add", ["base", "nothing"], ["y"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["base"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "padded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        inits,
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _unrunnable(path: Path) -> Path:
+    """x[4, 64] reshaped to [3, 5]: ONNX Runtime loads it and fails at every run."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    shape = numpy_helper.from_array(np.array([3, 5], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "unrunnable",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
+        [shape],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_contest_runs_off_the_close_ones_and_closes_the_rest(tmp_path):
+    """A variant clearly slower than the original never reaches the run-off (it is closed at once); the original and
+    every variant not slower than it do, however far behind the best; the winner is the run-off's fastest, and every
+    other finalist is closed."""
+
+    def entrant(label: str, extra: int, model_file: Path | None = None) -> Entrant:
+        backend = registry.create("onnxruntime")
+        backend.load(model_file or _padded(tmp_path / f"{label}.onnx", extra), "onnx")
+        probe = (synthesize(backend.inputs, 1, batch=1),)
+        model = LoadedModel(label, "1", "0" * 64, backend, variant=None if label == "original" else label, probe=probe)
+        result = VariantTrial(variant=label, backend="onnxruntime")
+        return Entrant(model, Selection(), Artifact(label, "0" * 64, 0, "onnx"), result)
+
+    original = entrant("original", 20_000)
+    original.result.p50_ms = 1.0  # the standalone measure; the run-off replaces it
+    contest = Contest(original)
+    lean, heavy, trimmed = entrant("lean", 0), entrant("heavy", 200_000), entrant("trimmed", 12_000)
+    contest.enter(heavy)
+    contest.enter(lean)
+    contest.enter(trimmed)
+    broken = entrant("broken", 0, _unrunnable(tmp_path / "broken.onnx"))
+    contest.enter(broken)  # loads, but fails at its first inference: left out, the contest goes on
+    winner = contest.decide()
+
+    results = {r.variant: r.model_dump() for r in contest.results}  # as the device status shows them
+    assert winner is lean, contest.results
+    assert heavy.result.vs_original > 2 and lean.result.vs_original < 0.5
+    assert "runoff_p50_ms" not in results["heavy"]  # clearly slower than the original: closed at once
+    assert results["original"]["runoff_p50_ms"] > results["lean"]["runoff_p50_ms"] > 0
+    assert results["trimmed"]["runoff_p50_ms"] > 0  # far behind lean, but not slower than the original: it ran
+    assert results["broken"]["error"].startswith("fails to run here") and "runoff_p50_ms" not in results["broken"]
+    assert results["original"]["p50_ms"] == results["original"]["runoff_p50_ms"]  # every p50 on the run-off's scale
+    assert results["heavy"]["p50_ms"] == pytest.approx(results["original"]["p50_ms"] * heavy.result.vs_original)
+    inputs = {"x": np.ones((4, 64), np.float32)}
+    for loser in (original, heavy, trimmed):
+        with pytest.raises(Exception):  # noqa: B017 - closed: its session is gone
+            loser.model.backend.infer(inputs)
+    assert winner.model.backend.infer(inputs)["y"].shape == (4, 8)

@@ -1,4 +1,5 @@
-"""The wire contract: topics, schema versions, size limits and chunk framing."""
+"""The wire contract: topics, schema versions, size limits and chunk framing; the link's broker address and its
+wait after a refused connection."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from protocol import (
     decode_frame,
     encode_frame,
 )
-from protocol.link import BrokerAddress
+from protocol.link import BrokerAddress, refusal_backoff
 
 
 def test_topics_round_trip_and_reject_wildcards():
@@ -109,3 +110,8 @@ def test_broker_address(url, expected):
 def test_broker_address_rejects(url):
     with pytest.raises(ValueError):
         BrokerAddress.parse(url)
+
+
+def test_the_wait_doubles_up_to_a_minute():
+    assert [refusal_backoff(n, 1.0) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert refusal_backoff(1, 0.7) == 0.7
