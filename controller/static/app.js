@@ -1,4 +1,5 @@
-// The controller's dashboard: fleet list (#/) and device page (#/device/ID); no build step, charts in inline SVG.
+// The controller's dashboard: fleet list with rollouts (#/) and device page (#/device/ID); no build step, charts in
+// inline SVG; the form that starts a rollout is rollout_form.js (loaded first).
 "use strict";
 
 const REFRESH_MS = 5000;
@@ -110,15 +111,22 @@ async function fleetPage() {
       `<td>${fmt(res.cpu_percent, 0)}%</td><td>${fmt(res.mem_percent, 0)}%</td><td>${fmt(res.temperature_c, 0)}</td>` +
       `<td>${ago(d.last_seen)}</td></tr>`;
   }).join("");
-  view.innerHTML = `<h2>Fleet <span class="muted">${devices.length} device(s)</span></h2>` +
-    `<table id="fleet"><tr><th>device</th><th>state</th><th>models</th><th>CPU</th><th>memory</th><th>°C</th><th>last seen</th></tr>${rows}</table>` +
-    await rolloutsSection();
+  const list = await rolloutsSection();
+  if (!document.getElementById("fleet-part")) {  // built once: the start form keeps what was typed across refreshes
+    view.innerHTML = `<div id="fleet-part"></div><section id="rollouts"><h2>Rollouts</h2>${rolloutForm()}` +
+      `<div id="rollout-list"></div></section>`;
+    setUpRolloutForm();  // rollout_form.js
+  }
+  document.getElementById("fleet-part").innerHTML = `<h2>Fleet <span class="muted">${devices.length} device(s)</span></h2>` +
+    `<table id="fleet"><tr><th>device</th><th>state</th><th>models</th><th>CPU</th><th>memory</th><th>°C</th><th>last seen</th></tr>${rows}</table>`;
+  document.getElementById("rollout-list").innerHTML = list;
 }
 
-// Rollouts (docs/rollouts.md): the newest few, each wave with its state and the gates' figures per hardware class.
+// Rollouts (docs/rollouts.md; started from rollout_form.js's form): the newest few, each wave with its state and the
+// gates' figures per hardware class.
 async function rolloutsSection() {
   const listed = (await getJson("/api/v1/rollouts")).slice(-5).reverse();
-  if (!listed.length) return "";
+  if (!listed.length) return `<p class="muted">No rollout yet.</p>`;
   const blocks = await Promise.all(listed.map(async (r) => {
     const full = await getJson(`/api/v1/rollouts/${encodeURIComponent(r.id)}`);
     const waves = full.waves.map((w) => {
@@ -133,7 +141,7 @@ async function rolloutsSection() {
       ` <b>${esc(full.state)}</b> <span class="muted">${esc(oneLine(full.reason || ""))}</span></h3>` +
       `<table><tr><th>wave</th><th>state</th><th>devices</th><th>gates per class</th></tr>${waves}</table>`;
   }));
-  return `<h2>Rollouts</h2>${blocks.join("")}`;
+  return blocks.join("");
 }
 
 async function devicePage(id) {
