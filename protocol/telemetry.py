@@ -14,6 +14,10 @@ from protocol.quality import CONFIDENCE_BINS, MAX_TELEMETRY_INPUTS, Elements, In
 MAX_TELEMETRY_MODELS = 32
 MAX_TELEMETRY_OUTPUTS = 16
 MAX_CLASS_BINS = 32
+MAX_CLASS_COUNTS = 1024  # class indexes `class_counts` may hold (a classifier of up to 1,000 classes: all of them)
+# what a classifier output's rows were (`scores`): every row a distribution, not (logits, or not a classifier's), or
+# a classifier declared at push (`edgectl push --task classifier`) whatever its rows
+Scores = Literal["probabilities", "logits", "declared"]
 MAX_KEY_CHARS = 128  # every string that becomes a key, a label or a database column (drift_baselines.output is 128)
 MAX_TEMPERATURE_SENSORS = 64
 MAX_CORES = 1024
@@ -41,8 +45,14 @@ class OutputStats(BaseModel):
     max: float | None = None
     nan: Count = 0
     inf: Count = 0
-    # classifier-like outputs: predicted class -> rows ("other" past the cap)
+    # classifier-like outputs: predicted class -> rows (the 31 most frequent, then "other")
     classes: dict[Key, Count] | None = Field(default=None, max_length=MAX_CLASS_BINS + 1)
+    # every predicted class's rows, [[class index, rows], ...] sorted by index, where more classes were seen than
+    # `classes` names (optional: an older agent sends none, an older controller ignores it)
+    class_counts: list[tuple[Annotated[int, Field(ge=0, lt=MAX_CLASS_COUNTS)], Count]] | None = Field(
+        default=None, max_length=MAX_CLASS_COUNTS
+    )
+    scores: Scores | None = None  # what the classifier rows were; absent where no class was counted
     top1_mean: float | None = None  # mean top-1 confidence (softmax where the row is not already a distribution)
     # model quality (protocol/quality.py; absent from older agents): per-element statistics over the sampled rows,
     # and the classifier's top-1 confidence histogram over [0, 1]

@@ -21,12 +21,14 @@ from protocol.limits import MAX_JSON_BYTES, SCHEMA_VERSION
 from protocol.quality import CONFIDENCE_BINS, MAX_SKETCH, MAX_TELEMETRY_INPUTS, MAX_TRACKED_ELEMENTS
 from protocol.telemetry import (
     MAX_CLASS_BINS,
+    MAX_CLASS_COUNTS,
     MAX_CORES,
     MAX_COUNT,
     MAX_KEY_CHARS,
     MAX_TELEMETRY_MODELS,
     MAX_TELEMETRY_OUTPUTS,
     MAX_TEMPERATURE_SENSORS,
+    Scores,
     Telemetry,
 )
 
@@ -40,6 +42,7 @@ Version = Annotated[str, msgspec.Meta(max_length=64, pattern=_KEY_PATTERN)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 Finite = Annotated[float, msgspec.Meta(ge=-_LARGEST, le=_LARGEST)]
 Bucket = Annotated[int, msgspec.Meta(ge=0, lt=LATENCY_BUCKETS)]
+ClassIndex = Annotated[int, msgspec.Meta(ge=0, lt=MAX_CLASS_COUNTS)]
 Weight = Annotated[float, msgspec.Meta(ge=0, le=_LARGEST)]
 Floats = Annotated[list[Finite], msgspec.Meta(max_length=MAX_TRACKED_ELEMENTS)]
 Sketch = Annotated[list[tuple[Finite, Weight]], msgspec.Meta(max_length=MAX_SKETCH)]
@@ -69,6 +72,8 @@ class FastOutputStats(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False
     nan: Count = 0
     inf: Count = 0
     classes: Annotated[dict[Key, Count], msgspec.Meta(max_length=MAX_CLASS_BINS + 1)] | None = None
+    class_counts: Annotated[list[tuple[ClassIndex, Count]], msgspec.Meta(max_length=MAX_CLASS_COUNTS)] | None = None
+    scores: Scores | None = None
     top1_mean: Finite | None = None
     elements: FastElements | None = None
     top1_hist: Annotated[list[Count], msgspec.Meta(max_length=CONFIDENCE_BINS)] | None = None

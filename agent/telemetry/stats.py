@@ -18,40 +18,22 @@ from bisect import bisect_left
 from time import perf_counter
 from typing import Any
 
-from agent.telemetry.quality import ElementStats, InputSummary, confidence_bin, rows_of
-from protocol import LATENCY_BOUNDS_MS, LATENCY_BUCKETS, MAX_CLASS_BINS, ModelTelemetry, OutputStats
-from protocol.compat import zip_strict
-from protocol.quality import CONFIDENCE_BINS, MAX_TELEMETRY_INPUTS
+from agent.telemetry.classes import TASKS, ClassMix, class_scores
+from agent.telemetry.quality import ElementStats, InputSummary, rows_of
+from protocol import LATENCY_BOUNDS_MS, LATENCY_BUCKETS, ModelTelemetry, OutputStats
+from protocol.quality import MAX_TELEMETRY_INPUTS
 
 DEFAULT_SAMPLE_EVERY = 16
 DEFAULT_MAX_ELEMENTS = 4096
 DEFAULT_BUDGET_US = 2.5  # amortized output-statistics cost per request
 SMALL = 256  # outputs up to this many elements are summarised in Python (cheaper than numpy calls)
-MAX_CLASSES = 1000  # a 2-D float output with 2..MAX_CLASSES columns is treated as class scores
-# What the operator declared at push (`edgectl push --task`, the desired model's `task`): None detects from the shape
-# (a 2-D float output of 2..MAX_CLASSES columns is class scores), "classifier" takes every float output's last axis
-# as class scores whatever its rank ([N, 1, 10], [N, 10, 1, 1] -> [N, 10]; [N, 1] sigmoid -> 2 columns: p and 1-p
-# are not made up, a 1-column output stays a regression), "regression" never counts classes.
-TASKS = ("classifier", "regression")
-
-
-def class_scores(array: Any, task: str | None) -> Any:
-    """The output as [rows, classes] scores where it is a classifier's (by `task`, else by its shape), else None."""
-    if task == "regression" or getattr(getattr(array, "dtype", None), "kind", "") != "f" or array.ndim == 0:
-        return None
-    if task == "classifier":
-        squeezed = array.reshape(array.shape[0], -1) if array.ndim > 2 else array
-        width = squeezed.shape[-1]
-        return squeezed.reshape(-1, width) if 2 <= width <= MAX_CLASSES else None
-    return array if array.ndim == 2 and 2 <= array.shape[1] <= MAX_CLASSES else None
 
 
 class _Running:
     """Mergeable running statistics of one output (Chan et al. parallel mean/variance)."""
 
     __slots__ = (
-        "sampled", "count", "mean", "m2", "min", "max", "nan", "inf", "classes", "top1_sum", "top1_n", "elements",
-        "top1_hist",
+        "sampled", "count", "mean", "m2", "min", "max", "nan", "inf", "mix", "declared", "elements",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -63,11 +45,9 @@ class _Running:
         self.max = -math.inf
         self.nan = 0
         self.inf = 0
-        self.classes: dict[str, int] | None = None
-        self.top1_sum = 0.0
-        self.top1_n = 0
+        self.mix = ClassMix()  # classifier outputs: the class mix and top-1 confidence (classes.py)
+        self.declared = False  # a classifier declared at push
         self.elements = ElementStats()  # per element over rows (protocol/quality.py)
-        self.top1_hist: list[int] | None = None
 
     def add(self, array: Any, max_elements: int, task: str | None = None) -> None:
         self.sampled += 1
@@ -75,6 +55,7 @@ class _Running:
         if not kind or kind not in "fiub" or array.size == 0:
             return
         scores = class_scores(array, task)
+        self.declared = task == "classifier"
         found = rows_of(array, max_elements)
         if found is not None:
             self.elements.add(*found)
@@ -109,13 +90,7 @@ class _Running:
         mean = total / n
         self._merge(n, mean, sum((v - mean) ** 2 for v in values), min(values), max(values))
         if scores is not None:
-            exp = math.exp
-            for row in scores.tolist():
-                best = max(row)
-                top = row.index(best)
-                if min(row) < 0 or abs(sum(row) - 1.0) > 1e-3:  # logits: softmax of the top class
-                    best = 1.0 / sum(exp(v - best) for v in row)
-                self._count_class(top, best)
+            self.mix.add_rows(scores.tolist())
 
     def _add_large(self, array: Any, max_elements: int, scores: Any) -> None:
         import numpy as np  # already loaded: a model is serving
@@ -139,47 +114,8 @@ class _Running:
         mean = total / n
         m2 = max(0.0, float(np.dot(values, values)) - n * mean * mean)
         self._merge(n, mean, m2, float(values.min()), float(values.max()))
-        if scores is not None and scores.shape[0] <= max_elements // scores.shape[1]:
-            top = scores.argmax(axis=1)
-            best = scores[np.arange(len(top)), top].astype(np.float64)
-            if scores.min() < 0 or abs(scores.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3:
-                best = 1.0 / np.exp(scores - best[:, None]).sum(axis=1, dtype=np.float64)
-            if len(top) <= 16:
-                for cls, conf in zip_strict(top.tolist(), best.tolist()):
-                    self._count_class(cls, conf)
-            else:  # a large batch: counted with numpy, not row by row
-                self._count_classes(np.bincount(top), best)
-
-    def _count_classes(self, counts: Any, confidence: Any) -> None:
-        import numpy as np
-
-        self.top1_sum += float(confidence.sum())
-        self.top1_n += int(confidence.size)
-        bins = np.minimum((confidence * CONFIDENCE_BINS).astype(np.int64), CONFIDENCE_BINS - 1).clip(0)
-        hist = np.bincount(bins, minlength=CONFIDENCE_BINS).tolist()
-        self.top1_hist = [a + b for a, b in zip_strict(self.top1_hist or [0] * CONFIDENCE_BINS, hist)]
-        classes = self.classes if self.classes is not None else {}
-        self.classes = classes
-        for cls in np.flatnonzero(counts).tolist():
-            key = str(cls)
-            if key not in classes and len(classes) >= MAX_CLASS_BINS - 1:
-                key = "other"
-            classes[key] = classes.get(key, 0) + int(counts[cls])
-
-    def _count_class(self, cls: int, confidence: float) -> None:
-        self.top1_sum += confidence
-        self.top1_n += 1
-        hist = self.top1_hist
-        if hist is None:
-            hist = self.top1_hist = [0] * CONFIDENCE_BINS
-        hist[confidence_bin(confidence)] += 1
-        classes = self.classes
-        if classes is None:
-            classes = self.classes = {}
-        key = str(cls)
-        if key not in classes and len(classes) >= MAX_CLASS_BINS - 1:
-            key = "other"
-        classes[key] = classes.get(key, 0) + 1
+        if scores is not None:
+            self.mix.add_array(scores, max_elements)
 
     def stats(self) -> OutputStats:
         return OutputStats(
@@ -191,10 +127,8 @@ class _Running:
             max=self.max if self.count else None,
             nan=self.nan,
             inf=self.inf,
-            classes=self.classes,
-            top1_mean=self.top1_sum / self.top1_n if self.top1_n else None,
             elements=self.elements.wire(),
-            top1_hist=self.top1_hist,
+            **self.mix.wire(self.declared),
         )
 
 

@@ -47,6 +47,8 @@ def sample() -> dict[str, Any]:
                         "nan": 0,
                         "inf": 3,
                         "classes": {"cat": 12, "dog": 8},
+                        "class_counts": [[0, 12], [7, 8]],
+                        "scores": "probabilities",
                         "top1_mean": 0.91,
                         "elements": {"rows": 20, "mean": [0.25, 0.75], "std": [0.1, 0.1]},
                         "top1_hist": [0, 0, 0, 0, 0, 1, 2, 3, 4, 10],
@@ -171,6 +173,12 @@ def test_realistic_samples_are_read_alike() -> None:
         lambda m: m.update(v=2),
         lambda m: m.update(kind="state"),
         lambda m: m["models"][0]["outputs"]["scores"].update(classes={f"c{i}": 1 for i in range(34)}),
+        lambda m: m["models"][0]["outputs"]["scores"].update(class_counts=[[i, 1] for i in range(1024)]),
+        lambda m: m["models"][0]["outputs"]["scores"].update(class_counts=[[i, 1] for i in range(1025)]),
+        lambda m: m["models"][0]["outputs"]["scores"].update(class_counts=[[1024, 1]]),  # an index past the cap
+        lambda m: m["models"][0]["outputs"]["scores"].update(class_counts=[[-1, 1]]),
+        lambda m: m["models"][0]["outputs"]["scores"].update(scores="declared"),
+        lambda m: m["models"][0]["outputs"]["scores"].update(scores="softmax"),  # not one of the three
         lambda m: m.update(models=[m["models"][1]] * 33),
         lambda m: m["models"][0].update(version="v" * 65),
         lambda m: m.update(seq=True),
@@ -201,3 +209,23 @@ def test_not_json_and_too_big_are_refused_with_a_reason() -> None:
 @given(mutated())
 def test_mutated_samples_are_read_alike(payload: bytes) -> None:
     assert_same(payload)
+
+
+def test_every_class_by_index_and_what_the_rows_were_are_read_and_bounded() -> None:
+    """Issue 30 (G1, G2): `class_counts` (every class seen, by index, at most 1,024) and `scores` (probabilities,
+    logits, declared) are optional OutputStats fields both decoders read alike and bound alike."""
+    message = sample()
+    stats = decode_telemetry(json.dumps(message).encode()).models[0].outputs["scores"]
+    assert stats.class_counts == [(0, 12), (7, 8)] and stats.scores == "probabilities"
+    del message["models"][0]["outputs"]["scores"]["class_counts"], message["models"][0]["outputs"]["scores"]["scores"]
+    stats = decode_telemetry(json.dumps(message).encode()).models[0].outputs["scores"]  # an older agent's
+    assert stats.class_counts is None and stats.scores is None
+    for field, bad in (
+        ("class_counts", [[i, 1] for i in range(1025)]),
+        ("class_counts", [[1024, 1]]),
+        ("scores", "softmax"),
+    ):
+        message = sample()
+        message["models"][0]["outputs"]["scores"][field] = bad
+        with pytest.raises(ProtocolError, match="invalid Telemetry"):
+            decode_telemetry(json.dumps(message).encode())
