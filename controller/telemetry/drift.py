@@ -26,6 +26,8 @@ from protocol.quality import sketch_cdf, sketch_quantile, sketch_weight
 EPS = 1e-12
 DECILES = tuple(i / 10 for i in range(1, 10))
 MAX_DIVERGENCE = 1e3
+MIN_EXPECTED = 5  # a class's expected rows in a window before it has a bin of its own (chi-square's rule of thumb)
+DISTRIBUTIONS = ("probabilities", "declared")  # outputs the class mix and top-1 confidence judge alone
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,24 @@ def chi2_sf(x: float, dof: int) -> float:
     return min(1.0, math.exp(-y + a * math.log(y) - math.lgamma(a)) * h)
 
 
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed exactly (n is a class's rows in a baseline and a window)."""
+    if k <= 0:
+        return 1.0
+    if k > n or p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    log_p, log_q, head = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    total = 0.0
+    for x in range(k, n + 1):
+        term = math.exp(head - math.lgamma(x + 1) - math.lgamma(n - x + 1) + x * log_p + (n - x) * log_q)
+        total += term
+        if term < total * 1e-17 and x > n * p:
+            break
+    return min(1.0, total)
+
+
 def kolmogorov_sf(x: float) -> float:
     """P(K > x) for the Kolmogorov distribution (the two-sample KS statistic times its sample-size factor)."""
     if x < 0.18:
@@ -178,15 +198,59 @@ def _binned(base: list[float], window: list[float], n_base: float, n_window: flo
 # -- the tests ---------------------------------------------------------------------------------------------------
 
 
-def _class_mix(name: str, base: dict[str, int], window: dict[str, int]) -> Finding:
+def _class_bins(base: dict[str, int], n_window: float) -> set[str]:
+    """The classes that keep a bin of their own: expected at least MIN_EXPECTED times in a window of `n_window` rows at
+    the baseline's shares. The others (rare in the baseline, or absent from it) share one bin: decided from the
+    baseline alone, so every window compared with it is binned alike whatever classes it happens to see."""
+    total = sum(base.values())
+    return {k for k, c in base.items() if total and c / total * n_window >= MIN_EXPECTED}
+
+
+def _class_mix(name: str, base: dict[str, int], window: dict[str, int], settings: DriftSettings) -> list[Finding]:
+    """The class mix over the baseline's bins (chi-square, PSI), and where classes share the rare bin, the rare class
+    that rose most on its own (an exact two-sample test: a class the baseline barely saw becoming common moves the
+    shared bin little where many rare classes fill it)."""
+    own = _class_bins(base, settings.min_rows)
     keys = sorted(set(base) | set(window), key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
-    b, w = [float(base.get(k, 0)) for k in keys], [float(window.get(k, 0)) for k in keys]
-    nb, nw = sum(b), sum(w)
-    value, p = _binned(b, w, nb, nw)
-    moved = max(range(len(keys)), key=lambda i: abs(w[i] / nw - b[i] / nb))
-    label = f"class {keys[moved]}" if keys[moved].isdigit() else keys[moved]
-    text = f"class mix of {name}: {label} {b[moved] / nb:.2f} → {w[moved] / nw:.2f}, PSI {value:.2g}"
-    return Finding("class_mix", name, "output", value, p, text=text)
+    b = [float(base.get(k, 0)) for k in keys if k in own]
+    w = [float(window.get(k, 0)) for k in keys if k in own]
+    rare = [k for k in keys if k not in own]
+    nb, nw = float(sum(base.values())), float(sum(window.values()))
+    if rare:
+        b.append(nb - sum(b))
+        w.append(nw - sum(w))
+    value, p = _binned(b, w, nb, nw) if len(b) > 1 else (0.0, 1.0)
+    moved = max(keys, key=lambda k: abs(window.get(k, 0) / nw - base.get(k, 0) / nb))  # named on its own shares
+    findings = [Finding("class_mix", name, "output", value, p, text=_class_text(name, moved, base, window, value))]
+    if rare:
+        findings.append(_rare_class(name, rare, base, window, settings))
+    return findings
+
+
+def _class_text(name: str, key: str, base: dict[str, int], window: dict[str, int], value: float) -> str:
+    label = f"class {key}" if key.isdigit() else key
+    share_b, share_w = base.get(key, 0) / sum(base.values()), window.get(key, 0) / sum(window.values())
+    return f"class mix of {name}: {label} {share_b:.2f} → {share_w:.2f}, PSI {value:.2g}"
+
+
+def _rare_class(
+    name: str, rare: list[str], base: dict[str, int], window: dict[str, int], settings: DriftSettings
+) -> Finding:
+    """The rare class whose rise is largest: its share against the rest (PSI), its count given the class's count in
+    both (binomial, exact for small counts), Bonferroni over the rare classes."""
+    nb, nw = sum(base.values()), sum(window.values())
+    best = Finding("class_mix", name, "output", 0.0, 1.0, text=f"class mix of {name}: no rare class rose")
+    for key in rare:
+        cb, cw = base.get(key, 0), window.get(key, 0)
+        if cw / nw <= cb / nb:
+            continue
+        size = psi(_proportions([float(cb), float(nb - cb)], nb), _proportions([float(cw), float(nw - cw)], nw))
+        if size < settings.psi_min or size <= best.psi:
+            continue
+        p = min(1.0, binomial_sf(cw, cb + cw, nw / (nb + nw)) * len(rare))
+        text = _class_text(name, key, base, window, size) + " (rare in the baseline)"
+        best = Finding("class_mix", name, "output", size, p, text=text)
+    return best
 
 
 def _confidence(name: str, base: list[int], window: list[int]) -> Finding:
@@ -278,11 +342,18 @@ def drift_verdict(baseline: Summary, window: Summary, settings: DriftSettings = 
             b = base_parts.get(name)
             if b is None:
                 continue
-            if b.classes and w.classes and sum(b.classes.values()) >= n and sum(w.classes.values()) >= n:
-                findings.append(_class_mix(name, b.classes, w.classes))
+            mixed = bool(b.classes and w.classes and sum(b.classes.values()) >= n and sum(w.classes.values()) >= n)
+            if mixed:
+                findings += _class_mix(name, b.classes or {}, w.classes or {}, settings)
             if b.top1 and w.top1 and len(b.top1) == len(w.top1) and sum(b.top1) >= n and sum(w.top1) >= n:
                 findings.append(_confidence(name, b.top1, w.top1))
-            if b.mean and len(b.mean) == len(w.mean) and b.blocks == w.blocks and min(b.rows, w.rows) >= n:
+            # a probability output (or a declared classifier's) is judged by its class mix and top-1 confidence:
+            # each class's probability is near 0 on most rows and high on its own few, far heavier-tailed than the
+            # per-element tests allow (their false alarms on calm windows: docs/drift.md); logits and outputs that
+            # only look like class scores (a regression's [N, 4]) keep the per-element tests
+            distribution = mixed and b.scores in DISTRIBUTIONS and w.scores in DISTRIBUTIONS
+            same_shape = b.mean and len(b.mean) == len(w.mean) and b.blocks == w.blocks
+            if not distribution and same_shape and min(b.rows, w.rows) >= n:
                 finding, per = _elements(side, name, b, w, settings)
                 elements.append((finding, per, b.blocks))
                 findings.append(finding)

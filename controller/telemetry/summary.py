@@ -14,8 +14,9 @@ Sketch = list[tuple[float, float]]
 
 @dataclass
 class Part:
-    """One output or input over some rows: per-element moments, and where present the class counts, the top-1
-    confidence histogram and the row sketches."""
+    """One output or input over some rows: per-element moments, and where present the class counts (keyed by class
+    index), the top-1 confidence histogram, what the classifier rows were (`scores`: probabilities, logits,
+    declared; protocol/telemetry.py) and the row sketches."""
 
     rows: int = 0
     blocks: bool = False
@@ -25,6 +26,7 @@ class Part:
     top1: list[int] | None = None
     level: Sketch | None = None
     spread: Sketch | None = None
+    scores: str | None = None
 
     @property
     def count(self) -> int:
@@ -61,6 +63,7 @@ class Part:
             top1=top1,
             level=merge_sketches(self.level, other.level),
             spread=merge_sketches(self.spread, other.spread),
+            scores=_merge_scores(self.scores, other.scores),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -110,6 +113,13 @@ class Summary:
         )
 
 
+def _merge_scores(a: str | None, b: str | None) -> str | None:
+    """Windows that disagree on what the rows were are logits (their per-element tests stay); unknown is neutral."""
+    if a is None or b is None or a == b:
+        return b or a
+    return b if {a, b} == {"probabilities", "declared"} else "logits"
+
+
 def _merge_parts(a: dict[str, Part], b: dict[str, Part]) -> dict[str, Part]:
     merged = dict(a)
     for key, part in b.items():
@@ -125,7 +135,9 @@ def from_window(model: Any) -> Summary | None:
         elements = stats.elements
         if elements is None and not stats.classes:
             continue
-        part = Part(classes=dict(stats.classes) if stats.classes else None, top1=list(stats.top1_hist or []) or None)
+        counts = getattr(stats, "class_counts", None)  # every class by index, where `classes` names only 31
+        classes = {str(i): c for i, c in counts} if counts else dict(stats.classes) if stats.classes else None
+        part = Part(classes=classes, top1=list(stats.top1_hist or []) or None, scores=getattr(stats, "scores", None))
         if elements is not None and elements.rows:
             part.rows, part.blocks, part.mean, part.std = elements.rows, elements.blocks, elements.mean, elements.std
         outputs[name] = part
