@@ -4,8 +4,9 @@ row (argmax) counted by class index, the top-1 confidence histogram, and whether
 Counted on the sampled requests only (`ModelStats._sample`). Every class seen is counted by its index (at most
 MAX_CLASSES columns are taken for class scores, so a window holds at most that many keys, and never more than the
 rows it counted); the wire names the 31 most frequent in `classes` (with `other`, as older controllers read it) and
-all of them in `class_counts` where there are more. A large batch is counted on a stride of its rows, as the other
-summaries are, so a 1,000-class model at batch 8 is still counted.
+all of them in `class_counts` where there are more. A large batch is counted on a stride of its rows, as the
+per-element summary is (at most 64 rows of a request, more where they hold under `max_elements` values), so a
+1,000-class model at batch 8 is counted on every row, at batch 256 on every fourth.
 
 `scores` says what the rows were: `probabilities` when every counted row was in [0, 1] and summed to 1 (a softmax),
 `logits` when one was not (raw scores, or a regression an [N, K] shape made look like class scores), `declared`
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from agent.telemetry.quality import confidence_bin
+from agent.telemetry.quality import MAX_ROWS, confidence_bin
 from protocol.compat import zip_strict
 from protocol.quality import CONFIDENCE_BINS
 from protocol.telemetry import MAX_CLASS_BINS, MAX_CLASS_COUNTS
@@ -69,10 +70,11 @@ class ClassMix:
             self.count(row.index(best), best_p)
 
     def add_array(self, scores: Any, max_elements: int) -> None:
-        """[rows, classes] scores; past `max_elements` values, a stride of the rows (at least one row)."""
+        """[rows, classes] scores; a large batch on a stride of its rows: at most MAX_ROWS (the rows the per-element
+        summary takes, so both count alike) or `max_elements` values, whichever allows more rows."""
         import numpy as np  # already loaded: a model is serving
 
-        rows = max(1, max_elements // scores.shape[1])
+        rows = max(MAX_ROWS, max_elements // scores.shape[1])  # as many rows as the per-element summary, or more
         if scores.shape[0] > rows:
             scores = scores[:: -(-scores.shape[0] // rows)]
         top = scores.argmax(axis=1)

@@ -351,7 +351,7 @@ def drift_verdict(baseline: Summary, window: Summary, settings: DriftSettings = 
             # each class's probability is near 0 on most rows and high on its own few, far heavier-tailed than the
             # per-element tests allow (their false alarms on calm windows: docs/drift.md); logits and outputs that
             # only look like class scores (a regression's [N, 4]) keep the per-element tests
-            distribution = mixed and b.scores in DISTRIBUTIONS and w.scores in DISTRIBUTIONS
+            distribution = b.scores in DISTRIBUTIONS and w.scores in DISTRIBUTIONS
             same_shape = b.mean and len(b.mean) == len(w.mean) and b.blocks == w.blocks
             if not distribution and same_shape and min(b.rows, w.rows) >= n:
                 finding, per = _elements(side, name, b, w, settings)

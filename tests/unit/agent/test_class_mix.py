@@ -70,10 +70,12 @@ def test_a_few_classes_keep_the_named_form_alone():
     assert sum(probs.classes.values()) == 80
 
 
-def test_a_1000_class_classifier_at_batch_8_is_counted_on_a_stride_of_rows():
+def test_a_1000_class_classifier_at_batch_8_is_counted_on_the_rows_its_elements_are():
     rng = np.random.default_rng(3)
     outputs = _window([{"probs": _softmax(rng.standard_normal((8, 1000)) * 3)} for _ in range(50)])
     probs = outputs["probs"]
-    # 4096 values a request are looked at: 4 of the 8 rows (a stride of 2), every request
-    assert sum(dict(probs.class_counts or []).values()) == 200 == sum(probs.top1_hist or [])
-    assert probs.scores == "probabilities"
+    assert sum(dict(probs.class_counts or []).values()) == 400 == sum(probs.top1_hist or [])  # every row
+    assert probs.elements is not None and probs.elements.rows == 400 and probs.scores == "probabilities"
+    outputs = _window([{"probs": _softmax(rng.standard_normal((256, 1000)) * 3)} for _ in range(4)])
+    probs = outputs["probs"]  # a large batch: a stride of 4, 64 rows a request, as the per-element summary
+    assert sum(dict(probs.class_counts or []).values()) == 256 == (probs.elements.rows if probs.elements else 0)
