@@ -1,7 +1,7 @@
 """Predicted vs measured footprint (issue 27: predicted within 15%): for each model, the isolated trial worker's figure
 for the chosen candidate (`predicted_mb`, steady; `peak_mb`) against what the agent's own admission measured as the
 winner loaded and warmed up in the calling process, as the agent's loader does (agent/serving/eviction.py's
-Admission: runtime and its environment imported first, resident memory before the load, after WARM_UP_RUNS runs).
+Admission: runtime and its environment imported first, resident memory before the load, after footprint.warm_up).
 
 Each model runs in a fresh process that first loads the tests' MLP (an agent already serving a model).
 
@@ -28,12 +28,12 @@ def measure(path: str, zoo: str | None, backend: str, work: str, agent_runtimes:
     sys.path.insert(0, str(ROOT / "tests"))
     import numpy as np
 
-    from agent.deploy.loader import WARM_UP_RUNS
     from agent.serving.eviction import Residency
     from agent.serving.inflight import TrackedTable
     from agent.serving.memory import MIB, Budget
     from edgectl import sample_models
     from targets.candidates import candidates
+    from targets.footprint import warm_up
     from targets.probe import probe
     from targets.trial import load as load_candidate
     from targets.trial_worker import run_isolated
@@ -58,8 +58,8 @@ def measure(path: str, zoo: str | None, backend: str, work: str, agent_runtimes:
         outcome = run_isolated(Path(path), "onnx", hardware, wanted, 1.0, samples, None, admission.admit)
         assert outcome.backend is not None
         inputs = outcome.probe.sets[0] if outcome.probe.sets else None
-        for _ in range(WARM_UP_RUNS if inputs is not None else 0):
-            outcome.backend.infer(inputs)
+        if inputs is not None:
+            warm_up(outcome.backend, inputs)
     chosen = next(r for r in outcome.results if outcome.chosen and r.name == outcome.chosen.name)
     figures = admission.report()
     asked = next((r for r in outcome.results if r.name == backend), None)
@@ -70,8 +70,7 @@ def measure(path: str, zoo: str | None, backend: str, work: str, agent_runtimes:
         with residency.loading("asked", Path(path).stat().st_size, trial=False) as forced:
             forced.admit(asked)
             loaded = load_candidate(cand, Path(path), "onnx", names)
-            for _ in range(WARM_UP_RUNS):
-                loaded.infer(inputs)
+            warm_up(loaded, inputs)
         figures = forced.report() | {"winner": admission.report()}
     for serving in servings:
         assert serving.infer({s.name: np.ones([1, *s.shape[1:]], np.float32) for s in serving.inputs})

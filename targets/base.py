@@ -70,5 +70,10 @@ class Backend(ABC):
         """Extra facts for the v2 model metadata endpoint (e.g. class labels of a rewritten ZipMap output)."""
         return {}
 
+    def settle(self, timeout_s: float = 60.0) -> bool:
+        """Wait for work the backend started in the background (OpenVINO compiling a static copy of a dynamic model),
+        so a footprint read next holds it; True when there was some."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the runtime's resources."""

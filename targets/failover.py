@@ -183,6 +183,10 @@ class FailoverBackend(Backend):
         finally:
             self._checking.release()
 
+    def settle(self, timeout_s: float = 60.0) -> bool:
+        settled = [slot.backend.settle(timeout_s) for slot in self.chain if slot.backend is not None]
+        return any(settled)
+
     def close(self) -> None:
         for slot in self.chain:
             if slot.backend is not None:

@@ -15,7 +15,7 @@ from targets import registry, tensorrt
 from targets.agreement import disagreement, worst_deviation
 from targets.base import Backend, BackendError
 from targets.candidates import Candidate, reference
-from targets.footprint import Footprint, Meter, import_runtime, pin_allocator, volunteer_for_oom
+from targets.footprint import Footprint, Meter, import_runtime, pin_allocator, volunteer_for_oom, warm_up
 from targets.inputs import Inputs, ProbeInputs, SampleError, find_runnable, fit_samples
 from targets.timing import pooled_ms, turn_about_pruned
 
@@ -108,8 +108,8 @@ def run_trial(
     # buffers on the second run: ppocr_v4_det 43.9 MiB after one, 67 after the agent's warm-up), as the agent measures
     # its load and warm-up; not after judging the others, whose first use of the judging code no serving model pays
     # for (ddddocr: 30.6 predicted vs 19.9 MiB measured)
-    if probe.sets:
-        ref.infer(probe.sets[0])
+    if probe.sets:  # run once already, as the agent's loader warms its winner up (footprint.warm_up)
+        warm_up(ref, probe.sets[0], done=1)
     ref_footprint = ref_meter.stop()
     if not probe.sets:
         result = CandidateResult(ref_cand.name, agreed=True)
@@ -132,6 +132,8 @@ def run_trial(
             backend = ref if cand is ref_cand else load(cand, path, model_format, options, meter)
             result.load_ms = ref_load_ms if cand is ref_cand else round((time.perf_counter() - started) * 1000, 2)
             result.deviation, problem = _judge(backend, probe.sets, want, ref_cand.name)
+            if cand is not ref_cand:
+                warm_up(backend, probe.sets[0], done=1)
             _measured(result, ref_footprint if cand is ref_cand else meter.stop())
         except (BackendError, SampleError) as exc:
             result.error = str(exc)

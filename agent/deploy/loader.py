@@ -20,6 +20,7 @@ from protocol.status import Memory
 from targets import trial_arena
 from targets.base import Backend
 from targets.failover import FailoverBackend
+from targets.footprint import warm_up
 from targets.inputs import Inputs
 from targets.onnx_external import refuse_external_data
 from targets.selection import Admit, candidates, load_candidate, select_backend
@@ -28,8 +29,6 @@ from targets.selection import Selection as Trial
 if TYPE_CHECKING:
     from agent.deploy.downloads import Artifact
     from protocol import DesiredModel
-
-WARM_UP_RUNS = 3  # a dynamic OpenVINO model compiles a static copy for its shapes once it has seen them three times
 
 FailoverChanged = Callable[[str, Failover], None]  # (model name, failover status)
 
@@ -98,8 +97,8 @@ class Loader:
                     on_change=partial(self._failed_over, name),
                     probe=probe[0] if probe else None,
                 )
-            for inputs in probe[:1] * WARM_UP_RUNS:
-                instance.infer(inputs)
+            if probe:
+                warm_up(instance, probe[0])
         tap = self.taps.get(name) if self.taps is not None else None
         stats = self.recorder.model(name, version)
         model = LoadedModel(name, version, sha256, instance, stats=stats, probe=probe, tap=tap)

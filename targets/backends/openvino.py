@@ -207,6 +207,9 @@ class OpenVinoBackend(Backend):
             raise BackendError(f"OpenVINO inference failed: {_first_lines(exc)}") from exc
         return {spec.name: results[i] for i, spec in enumerate(self.outputs)}
 
+    def settle(self, timeout_s: float = 60.0) -> bool:
+        return self.specializer.settle(timeout_s) if self.specializer is not None else False
+
     def close(self) -> None:
         self.__dict__.pop("compiled", None)
         self.__dict__.pop("_local", None)
@@ -228,6 +231,7 @@ class ShapeSpecializer:
         self.seen: OrderedDict[Shapes, int] = OrderedDict()
         self.failed: set[Shapes] = set()
         self._compiling: set[Shapes] = set()
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def lookup(self, shapes: Shapes) -> Any:
@@ -245,8 +249,18 @@ class ShapeSpecializer:
             if count < self.after:
                 return None
             self._compiling.add(shapes)
-        threading.Thread(target=self._compile, args=(shapes,), name="ov-specialize", daemon=True).start()
+            thread = threading.Thread(target=self._compile, args=(shapes,), name="ov-specialize", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
         return None
+
+    def settle(self, timeout_s: float) -> bool:
+        """Wait for the static copies compiling now; True when there were some."""
+        with self._lock:
+            running = [t for t in self._threads if t.is_alive()]
+        for thread in running:
+            thread.join(timeout_s)
+        return bool(running)
 
     def _compile(self, shapes: tuple[tuple[int, ...], ...]) -> None:
         import openvino as ov

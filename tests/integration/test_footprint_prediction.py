@@ -2,7 +2,9 @@
 and warming the model in its own process (bench/footprint.py, a fresh process already serving a model on every
 runtime in play), on real zoo models: memory that grows on the second run (ONNX Runtime's memory pattern), judging
 that imports code (ddddocr), a load whose heap holes the agent's allocator refilled (nudenet_320n: the allocator
-pinned and trimmed, targets/footprint.py), and OpenVINO, whose one-time setup a fresh worker used to count."""
+pinned and trimmed, targets/footprint.py), and OpenVINO, whose one-time setup a fresh worker used to count and whose
+static copy of a dynamic model (compiled in a thread after a shape's third run) the agent held and the trial did not
+(magika_standard_v3_3: 19.5 predicted vs 25.6 measured, or 21.4 when read before the copy was done)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("tashkeel_bilstm_int8", "onnxruntime:cpu"),
         ("nudenet_320n", "onnxruntime:cpu"),
         ("ppocr_v4_det", "openvino:cpu"),
+        ("magika_standard_v3_3", "openvino:cpu"),
     ],
 )
 def test_predicted_within_15_percent_of_measured(name, backend, tmp_path):
