@@ -52,6 +52,7 @@ class CandidateResult(Reported):
     deviation: float | None = None  # worst error against the reference, in units of the tolerance (<= 1 agrees)
     rss_mb: float | None = None  # resident memory its load and a run added in the trial worker (steady)
     peak_mb: float | None = None  # and at its highest while loading and running
+    unified_mb: float | None = None  # on a Jetson, the GPU (nvmap) memory it held there, beside rss_mb (same RAM)
     arena: ArenaTrial | None = None  # an onnxruntime:cpu winner's CPU arena measured both ways (selection.memory too)
     error: str | None = None
 
@@ -90,6 +91,10 @@ class Memory(Reported):
     predicted_mb: float | None = None  # the chosen candidate's steady resident memory in the trial worker
     peak_mb: float | None = None  # its high-water mark there
     measured_mb: float | None = None  # what the agent's own memory grew by as it loaded and warmed the version
+    # on a Jetson, the GPU (nvmap) memory outside the resident figures above, from the same RAM: the trial worker's
+    # and the agent's (targets/gpu_memory.py); absent elsewhere, or where debugfs cannot be read (not root)
+    unified_mb: float | None = None
+    measured_unified_mb: float | None = None
     budget_mb: float | None = None  # the agent's memory budget, and where it comes from
     budget_source: str | None = None
     # ONNX Runtime's CPU memory arena as the serving backend runs it ("on", "off"; None: another runtime), and for

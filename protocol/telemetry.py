@@ -76,6 +76,7 @@ class ModelTelemetry(BaseModel):
     outputs: dict[Key, OutputStats] = Field(default_factory=dict, max_length=MAX_TELEMETRY_OUTPUTS)
     inputs: dict[Key, InputStats] = Field(default_factory=dict, max_length=MAX_TELEMETRY_INPUTS)  # protocol/quality.py
     memory_mb: float | None = None  # the memory the version took when it loaded (agent/serving/eviction.py)
+    unified_mb: float | None = None  # of which a Jetson's GPU (nvmap) memory, where it can be read
     resident: bool | None = None  # False: unloaded to save memory, loads again on its next request
 
 

@@ -1,5 +1,6 @@
 """A loaded model's memory, measured where it is loaded: the process' resident set before the load and after the
-load and a run (steady), and its high-water mark in between (peak). Linux /proc; elsewhere nothing is measured.
+load and a run (steady), and its high-water mark in between (peak); on a Jetson also the GPU (nvmap) memory it
+holds, which the resident set leaves out (targets/gpu_memory.py). Linux /proc; elsewhere nothing is measured.
 
 The trial worker measures every candidate this way (targets/trial.py) and the agent admits a version on the chosen
 one's figure (agent/serving/memory.py); the runtime is imported before the first reading, so a model's footprint is
@@ -12,7 +13,10 @@ import ctypes.util
 import importlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from targets.gpu_memory import nvmap_bytes
 
 if TYPE_CHECKING:
     from targets.base import Backend
@@ -204,25 +208,38 @@ def volunteer_for_oom() -> None:
 
 @dataclass
 class Footprint:
-    """Resident memory a load added: `rss_mb` once loaded and run (steady), `peak_mb` at its highest on the way."""
+    """Memory a load added: `rss_mb` resident once loaded and run (steady), `peak_mb` resident at its highest on the
+    way, and on a Jetson `unified_mb`, the GPU (nvmap) memory it holds once loaded and run: not in the resident set,
+    but taken from the same RAM (targets/gpu_memory.py); None where not a Jetson or not readable."""
 
     rss_mb: float | None = None
     peak_mb: float | None = None
+    unified_mb: float | None = None
+
+
+def grown_mb(before: int | None, after: int | None) -> float | None:
+    """MiB from `before` to `after` (bytes; never below 0), None where either is unknown."""
+    return None if before is None or after is None else round(max(after - before, 0) / MIB, 1)
 
 
 class Meter:
-    """Measures one load: `start()` before it, `stop()` after the load and a run."""
+    """Measures one load: `start()` before it, `stop()` after the load and a run. `root`: the filesystem whose
+    nvmap table is read, "/" but in tests (targets/probe.py's fixture trees)."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path = Path("/")) -> None:
         self.before = 0
+        self.root = root
+        self.gpu_before: int | None = None
 
     def start(self) -> None:
         self.before = begin_measure()
+        self.gpu_before = nvmap_bytes(root=self.root)
         reset_peak()
 
     def stop(self) -> Footprint:
         after = end_measure()
+        unified = grown_mb(self.gpu_before, nvmap_bytes(root=self.root))
         if not self.before or not after:
-            return Footprint()
+            return Footprint(unified_mb=unified)
         peak = max(peak_bytes(), after)
-        return Footprint(round(max(after - self.before, 0) / MIB, 1), round(max(peak - self.before, 0) / MIB, 1))
+        return Footprint(grown_mb(self.before, after), grown_mb(self.before, peak), unified)

@@ -42,6 +42,7 @@ class CandidateResult:
     deviation: float | None = None  # worst error against the reference, in units of the tolerance (<= 1 agrees)
     rss_mb: float | None = None  # resident memory its load and a run added (steady), targets/footprint.py
     peak_mb: float | None = None  # and at its highest while loading and running
+    unified_mb: float | None = None  # a Jetson's GPU (nvmap) memory it holds, beside rss_mb (targets/gpu_memory.py)
     arena: dict[str, Any] | None = None  # ONNX Runtime's CPU arena measured on and off (targets/trial_arena.py)
 
 
@@ -90,7 +91,7 @@ def announce(name: str) -> None:
 
 
 def _measured(result: CandidateResult, footprint: Footprint) -> None:
-    result.rss_mb, result.peak_mb = footprint.rss_mb, footprint.peak_mb
+    result.rss_mb, result.peak_mb, result.unified_mb = footprint.rss_mb, footprint.peak_mb, footprint.unified_mb
 
 
 def run_trial(

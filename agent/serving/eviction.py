@@ -16,12 +16,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.serving.memory import MIB, Budget
 from protocol.errors import EdgeError
 from targets.base import Backend, BackendError
-from targets.footprint import begin_measure, end_measure, import_runtime, pin_allocator, release_free, rss_bytes
+from targets.footprint import (
+    begin_measure,
+    end_measure,
+    grown_mb,
+    import_runtime,
+    pin_allocator,
+    release_free,
+    rss_bytes,
+)
+from targets.gpu_memory import nvmap_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,7 +92,9 @@ class Unloaded(Backend):
 
 @dataclass
 class Admission:
-    """One load under the memory lock: the prediction the trial gave, and what loading it here measured."""
+    """One load under the memory lock: the prediction the trial gave, and what loading it here measured. On a Jetson
+    also the GPU (nvmap) memory, outside the resident set but from the same RAM (targets/gpu_memory.py): the trial's
+    `unified_mb` and the agent's own `measured_unified_mb`, None where it cannot be read."""
 
     name: str
     residency: Residency
@@ -90,26 +102,34 @@ class Admission:
     peak_mb: float | None = None
     before: int = 0
     measured_mb: float | None = None
+    unified_mb: float | None = None
+    gpu_before: int | None = None
+    measured_unified_mb: float | None = None
 
     def admit(self, result: CandidateResult) -> None:
         """Called with the chosen candidate's trial result right before it loads here: make room, or refuse."""
-        self.predicted_mb, self.peak_mb = result.rss_mb, result.peak_mb
+        self.predicted_mb, self.peak_mb, self.unified_mb = result.rss_mb, result.peak_mb, result.unified_mb
         need = max(result.peak_mb or 0.0, result.rss_mb or 0.0)  # a load passes its peak on the way to steady
+        need += result.unified_mb or 0.0  # a Jetson's GPU memory comes from the same RAM
         if need:
             self.residency.make_room(need, self.name)
         import_runtime(_runtime_of(result.name))
         self.before = begin_measure()  # the allocator and heap as the trial worker's Meter has them (footprint.py)
+        self.gpu_before = nvmap_bytes(root=self.residency.gpu_root)
 
     def loaded(self) -> None:
-        """After the load and warm-up: what the agent's own resident memory grew by."""
+        """After the load and warm-up: what the agent's own resident (and GPU) memory grew by."""
         after = end_measure()
         if self.before:
             self.measured_mb = round(max(after - self.before, 0) / MIB, 1)
-        self.residency.note(self.name, self.measured_mb or self.predicted_mb)
+            self.measured_unified_mb = grown_mb(self.gpu_before, nvmap_bytes(root=self.residency.gpu_root))
+        unified = self.measured_unified_mb if self.measured_unified_mb is not None else self.unified_mb
+        self.residency.note(self.name, self.measured_mb or self.predicted_mb, unified)
 
     def report(self) -> dict[str, Any]:
         budget = self.residency.budget
         out = {"predicted_mb": self.predicted_mb, "peak_mb": self.peak_mb, "measured_mb": self.measured_mb}
+        out |= {"unified_mb": self.unified_mb, "measured_unified_mb": self.measured_unified_mb}
         return {k: v for k, v in out.items() if v is not None} | {
             "budget_mb": round(budget.limit_mb),
             "budget_source": budget.source,
@@ -134,7 +154,9 @@ class Residency:
     headroom_mb: float = 16.0  # kept free for requests' own tensors
     wait_s: float = 30.0  # a request for an unloaded model waits this long for the memory lock
     reload: Callable[[str], LoadedModel | None] | None = None  # the deploy side: a model's serving version, loaded
-    footprints: dict[str, float] = field(default_factory=dict)  # MiB each resident model added
+    footprints: dict[str, float] = field(default_factory=dict)  # MiB each resident model added (with `unified`)
+    unified: dict[str, float] = field(default_factory=dict)  # of which a Jetson's GPU (nvmap) memory, where known
+    gpu_root: Path = Path("/")  # where the nvmap table is read: "/" but in tests (targets/gpu_memory.py)
     evictions: int = 0
     reloads_ms: list[float] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -165,12 +187,18 @@ class Residency:
             except Exception:  # a record for the next start never fails a load
                 log.exception("noting the memory state failed")
 
-    def note(self, name: str, mb: float | None) -> None:
-        if mb is not None:
-            self.footprints[name] = mb
+    def note(self, name: str, mb: float | None, unified_mb: float | None = None) -> None:
+        """A model's footprint: resident MiB, plus on a Jetson its GPU MiB (the same RAM)."""
+        if mb is None and unified_mb is None:
+            return
+        self.footprints[name] = round((mb or 0.0) + (unified_mb or 0.0), 1)
+        self.unified.pop(name, None)
+        if unified_mb is not None:
+            self.unified[name] = unified_mb
 
     def forget(self, name: str) -> None:
         self.footprints.pop(name, None)
+        self.unified.pop(name, None)
 
     # -- making room -------------------------------------------------------------------------------------------------
 
@@ -276,7 +304,9 @@ class Residency:
             "reloads": figures["reloads"], "reload_p95_ms": figures["reload_p95_ms"], "oom_kills": figures["oom_kills"],
         }  # fmt: skip
         models = {
-            name: {"memory_mb": mb, "resident": name not in figures["unloaded"]}
+            name: {"memory_mb": mb}
+            | ({"unified_mb": self.unified[name]} if name in self.unified else {})
+            | {"resident": name not in figures["unloaded"]}
             for name, mb in figures["models_mb"].items()
         }
         return {"resources": {k: v for k, v in resources.items() if v is not None}, "models": models}

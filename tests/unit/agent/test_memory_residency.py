@@ -4,6 +4,8 @@ pins, models mid-request, the one-line refusal, and the reload on an unloaded mo
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -232,3 +234,62 @@ def test_telemetry_carries_the_budget_and_each_footprint():
     model = ModelTelemetry.model_validate({"name": "b", "version": "1", **figures["models"]["b"]})
     assert (model.memory_mb, model.resident) == (64, False)
     assert figures["models"]["a"] == {"memory_mb": 64, "resident": True}
+
+
+# A Jetson's GPU (nvmap) memory (targets/gpu_memory.py), on a copy of the jetson-orin fixture tree (no Jetson here)
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "probe"
+
+
+def _jetson_with_own_client(tmp_path: Path, *sizes_k: int) -> Path:
+    """The fixture tree (copied once) whose nvmap clients table lists this process, one client per size."""
+    from targets.gpu_memory import CLIENTS
+
+    root = tmp_path / "jetson-orin"
+    if not root.exists():
+        shutil.copytree(FIXTURES / "jetson-orin", root)
+    lines = (FIXTURES / "jetson-orin" / CLIENTS).read_text().splitlines()
+    own = [f"{'user':<18} {'edge-agent':>18} {os.getpid():>8} {size:>10}K" for size in sizes_k]
+    (root / CLIENTS).write_text("\n".join(lines[:-1] + own + lines[-1:]) + "\n")
+    return root
+
+
+def test_the_admission_reserves_resident_and_gpu_memory(tmp_path: Path):
+    from protocol.status import Memory
+    from protocol.telemetry import ModelTelemetry
+
+    budget, table, residency = _setup(350)  # 100 + 3 x 64 MiB used: 58 free
+    residency.gpu_root = _jetson_with_own_client(tmp_path, 2048)  # the agent's CUDA context, before the model
+    _use(table, "a", "b", "c")
+    with residency.loading("d", 0, trial=False) as admission:
+        admission.admit(CandidateResult("tensorrt:gpu", rss_mb=30, peak_mb=40, unified_mb=90))
+        _jetson_with_own_client(tmp_path, 2048, 91 * 1024)  # the engine's buffers, through a second client
+        table.swap(LoadedModel("d", "1", "d", Weighty(budget, 0)))
+    # needs 40 (peak) + 90 (GPU, the same RAM) = 130 MiB: a and b go; its resident 40 alone fitted in the 58 free
+    assert [n for n in "abc" if isinstance(table.current(n).backend, Unloaded)] == ["a", "b"]
+    report = admission.report()
+    assert (report["predicted_mb"], report["unified_mb"], report["measured_unified_mb"]) == (30, 90, 91.0)
+    memory = Memory.model_validate(report)  # the selection's memory report, as the loader builds it
+    assert Memory.model_validate_json(memory.model_dump_json()) == memory
+    assert (memory.unified_mb, memory.measured_unified_mb) == (90, 91.0)
+    footprint = residency.footprints["d"]
+    resident = admission.measured_mb or admission.predicted_mb or 0  # measured here (nothing: the trial's)
+    assert footprint == round(resident + 91.0, 1)  # resident plus GPU: what the box lost
+    figures = residency.telemetry()["models"]["d"]
+    assert (figures["memory_mb"], figures["unified_mb"]) == (footprint, 91.0)
+    assert ModelTelemetry.model_validate({"name": "d", "version": "1", **figures}).unified_mb == 91.0
+
+
+def test_without_the_nvmap_table_the_admission_is_as_before(tmp_path: Path):
+    from protocol.status import Memory
+
+    budget, table, residency = _setup(350)
+    residency.gpu_root = FIXTURES / "intel-nuc"  # no nvmap: not a Jetson
+    _use(table, "a", "b", "c")
+    with residency.loading("d", 0, trial=False) as admission:
+        admission.admit(CandidateResult("onnxruntime:cpu", rss_mb=70, peak_mb=70))
+        table.swap(LoadedModel("d", "1", "d", Weighty(budget, 0)))
+    assert [n for n in "abc" if isinstance(table.current(n).backend, Unloaded)] == ["a"]  # room for 70 MiB only
+    report = admission.report()
+    assert "unified_mb" not in report and "measured_unified_mb" not in report
+    assert "unified_mb" not in Memory.model_validate(report).model_dump_json()  # the JSON an older agent sent
+    assert "d" not in residency.unified and "unified_mb" not in residency.telemetry()["models"]["d"]
