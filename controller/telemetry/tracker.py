@@ -1,12 +1,17 @@
-"""Where each (device, model) stands on quality drift: its baseline (the version's first windows, merged until they
-hold `baseline_rows` rows, or rebuilt from now on when the operator says so), the chunk of windows gathering towards
-the next verdict (judged once it holds `min_rows` rows: one window at a busy device, several at a quiet one), and
-the last verdict. The previous version's baseline is kept when a new version starts (rollout gates compare the two),
-and the last judged chunk of every device feeds the fleet comparison (the same model version across devices).
+"""Where each (device, model) stands on quality drift: its baseline (the version's first stable windows, merged
+until they hold `baseline_rows` rows, or rebuilt from now on when the operator says so), the chunk of windows
+gathering towards the next verdict (judged once it holds `min_rows` rows: one window at a busy device, several at a
+quiet one), and the last verdict. The previous version's baseline is kept when a new version starts (rollout gates
+compare the two), and the last judged chunk of every device feeds the fleet comparison (the same model version
+across devices).
 
 With a `store` (the database: controller/db/quality.py) baselines are shared: a frozen baseline is stored and the
 first stored wins (`save`, after each batch), `refresh` (at start and every minute) adopts what other replicas stored
-and drops a baseline reset through another replica, and `reset` is written for them to read."""
+and drops a baseline reset through another replica, and `reset` is written for them to read.
+
+Stable: the baseline is gathered in two halves of `baseline_rows / 2` rows, and the second judged against the first
+as any window is; halves that differ (a version's first minutes while a cache warms, a scene still changing) start
+it again from the second half, at most `UNSTABLE_TRIES` times, then it is kept and its status says it moved."""
 
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from protocol import MAX_TELEMETRY_MODELS
 
 log = logging.getLogger(__name__)
 
+UNSTABLE_TRIES = 4  # baselines restarted because its halves differed, before one is kept as it is
+
 
 @dataclass
 class Track:
@@ -38,12 +45,21 @@ class Track:
     since: float = 0.0  # when this baseline began
     generation: int = 0  # the operator's resets of this baseline (the stored row's)
     stored: bool = False  # the baseline is the one in the database (stored by this replica or adopted)
+    first_half: Summary | None = None  # a baseline being gathered: its first half, judged against the rest
+    restarts: int = 0  # times the baseline started again because its halves differed
+    unstable: str = ""  # what moved between the halves last time
 
     def status(self, settings: DriftSettings) -> dict[str, Any]:
         base = self.baseline.count if self.baseline else 0
         data: dict[str, Any] = {"version": self.version, "baseline_rows": base, "baseline_since": self.since}
+        if self.restarts:
+            data["baseline_restarts"] = self.restarts
+            data["baseline_unstable"] = self.unstable
         if not self.frozen:
+            base += self.first_half.count if self.first_half else 0
             data["state"] = f"building baseline: {base}/{settings.baseline_rows} rows"
+            if self.unstable:
+                data["state"] += f" (started again {self.restarts}x: its halves differed, {self.unstable})"
         elif self.verdict is None:
             data["state"] = f"gathering: {self.chunk.count if self.chunk else 0}/{settings.min_rows} rows"
         else:
@@ -86,9 +102,7 @@ class QualityTracker:
         """Fold a window into the baseline or the chunk; True when it froze the baseline."""
         settings = self.settings
         if not track.frozen:
-            track.baseline = track.baseline.merged(summary) if track.baseline else summary
-            track.frozen = track.baseline.count >= settings.baseline_rows
-            return track.frozen
+            return _gather_baseline(track, summary, settings)
         track.chunk = track.chunk.merged(summary) if track.chunk else summary
         if track.chunk.count < settings.min_rows or track.baseline is None:
             return False
@@ -174,6 +188,7 @@ class QualityTracker:
         if row["generation"] != track.generation or not row["summary"] or track.stored:
             return
         track.baseline, track.frozen, track.stored = Summary.from_json(json.loads(row["summary"])), True, True
+        track.first_half = None
         self._unsaved.discard(key)
 
     def track(self, device_id: str, model: str) -> Track | None:
@@ -198,3 +213,27 @@ class QualityTracker:
                 if name == model and t.last_chunk is not None and (devices is None or device in devices)
             ]
         return compare(chunks, classes or {}, self.settings)
+
+
+def _gather_baseline(track: Track, summary: Summary, settings: DriftSettings) -> bool:
+    """Fold a window into a baseline being gathered (`track.baseline` holds the half being filled); True when the
+    baseline froze: both halves in and alike, or alike enough after UNSTABLE_TRIES restarts."""
+    track.baseline = track.baseline.merged(summary) if track.baseline else summary
+    half = settings.baseline_rows / 2
+    if track.first_half is None:
+        if track.baseline.count >= half:
+            track.first_half, track.baseline = track.baseline, None
+        return False
+    if track.baseline.count < half:
+        return False
+    verdict = drift_verdict(track.first_half, track.baseline, settings)
+    if verdict.flagged and track.restarts < UNSTABLE_TRIES:
+        track.restarts += 1
+        track.unstable = "; ".join(verdict.moved[:2])
+        track.first_half, track.baseline = track.baseline, None
+        log.info("quality baseline of %s started again: its halves differed (%s)", track.version, track.unstable)
+        return False
+    if not verdict.flagged:
+        track.unstable = ""
+    track.baseline, track.first_half, track.frozen = track.first_half.merged(track.baseline), None, True
+    return True

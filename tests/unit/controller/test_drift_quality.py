@@ -127,6 +127,33 @@ def test_no_verdict_under_the_minimum_count_and_windows_gather_into_one(served):
     assert drift_verdict(Summary(), Summary()).reason.startswith("fewer than 200 rows")
 
 
+def test_a_baseline_whose_halves_differ_is_gathered_again_from_its_second_half(served):
+    """The first *stable* windows: a version's first windows that move (a +3 std input shift arriving in the second
+    half) do not become its baseline; it starts again from the second half, freezes once two halves agree, judges
+    what follows against that, and its status says it started again and why."""
+    rng = np.random.default_rng(4)
+    tracker = QualityTracker(DriftSettings(min_rows=200, baseline_rows=400))
+    tracker.observe("dev1", wire(served("mlp", rng)), 0.0)
+    track = tracker.observe("dev1", wire(served("mlp", rng, shift=3.0)), 1.0)
+    assert track is not None and not track.frozen and track.restarts == 1, track
+    assert "started again 1x: its halves differed" in track.status(tracker.settings)["state"]
+    assert "class mix" in track.unstable or "input x" in track.unstable, track.unstable
+    track = tracker.observe("dev1", wire(served("mlp", rng, shift=3.0)), 2.0)
+    assert track is not None and track.frozen and track.baseline is not None and track.baseline.count == 2 * ROWS
+    track = tracker.observe("dev1", wire(served("mlp", rng, shift=3.0)), 3.0)
+    assert track is not None and track.verdict is not None and track.verdict.judged and not track.verdict.flagged
+
+
+def test_a_baseline_that_never_settles_is_kept_after_its_tries_saying_so(served):
+    rng = np.random.default_rng(6)
+    tracker = QualityTracker(DriftSettings(min_rows=200, baseline_rows=400))
+    for i, shift in enumerate([0.0, 3.0] * 3):  # every half differs from the one before
+        track = tracker.observe("dev1", wire(served("mlp", rng, shift=shift)), float(i))
+    assert track is not None and track.frozen and track.restarts == 4
+    status = track.status(tracker.settings)
+    assert status["baseline_restarts"] == 4 and status["baseline_unstable"], status
+
+
 def test_ingest_shows_the_verdict_in_the_view_and_metrics_and_resets(served, tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'c.db'}")
     db.record_presence("dev1", True, {}, "0.1", None)
