@@ -223,7 +223,9 @@ def _drift_line(title: str, status: dict[str, Any]) -> str:
         )
     state = status.get("state") or status.get("reason") or "no quality statistics reported"
     tests = f", {status['tests']} tests on {status['window_rows']} rows" if status.get("judged") else ""
-    return f"{escape(title)}: {escape(state)}{tests}"
+    if status.get("baseline_unstable") and not state.startswith("building"):  # kept though its halves differed
+        tests += f" (baseline never settled: {status['baseline_unstable']})"
+    return f"{escape(title)}: {escape(state)}{escape(tests)}"
 
 
 COMMANDS = (telemetry, top, drift)

@@ -19,6 +19,7 @@ from controller.telemetry.ingest import TelemetryIngest
 from controller.telemetry.summary import Summary, from_window
 from controller.telemetry.tracker import QualityTracker
 from edgectl import sample_models
+from edgectl.commands.telemetry import _drift_line
 from protocol import ModelTelemetry, Telemetry
 from protocol.telemetry_fast import decode_telemetry
 
@@ -152,6 +153,7 @@ def test_a_baseline_that_never_settles_is_kept_after_its_tries_saying_so(served)
     assert track is not None and track.frozen and track.restarts == 4
     status = track.status(tracker.settings)
     assert status["baseline_restarts"] == 4 and status["baseline_unstable"], status
+    assert "(baseline never settled: " in _drift_line("dev1 mlp", status)  # edgectl drift show's line
 
 
 def test_ingest_shows_the_verdict_in_the_view_and_metrics_and_resets(served, tmp_path):
