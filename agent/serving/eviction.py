@@ -121,7 +121,7 @@ class Admission:
         """After the load and warm-up: what the agent's own resident (and GPU) memory grew by."""
         after = end_measure()
         if self.before:
-            self.measured_mb = round(max(after - self.before, 0) / MIB, 1)
+            self.measured_mb = grown_mb(self.before, after)
             self.measured_unified_mb = grown_mb(self.gpu_before, nvmap_bytes(root=self.residency.gpu_root))
         unified = self.measured_unified_mb if self.measured_unified_mb is not None else self.unified_mb
         self.residency.note(self.name, self.measured_mb or self.predicted_mb, unified)
