@@ -67,16 +67,26 @@ def test_rendered_lines_are_hard_and_balanced():
 
 
 def test_search_decides_out_of_sample_and_says_why(ppocr):
-    """Full INT8 does not reach the aim out of sample (85 judge lines cannot vouch for 99%, whatever they show); every
-    step carries its in- and out-of-sample figures; what the search keeps beats full INT8 out of sample, else full
-    INT8 stays and the report says so."""
+    """Every step carries its in- and out-of-sample figures. Where a full-INT8 setting reaches the aim on the 85 judge
+    lines (8-bit weights: x86 with VNNI, measured here 85/85 with Percentile after MinMax missed), no mix is searched
+    and the report says mixed precision was not needed; the verdict is still the 1000 held-out lines' (below).
+    Elsewhere full INT8 misses the aim (7-bit weights: x86 without VNNI): what the search keeps beats full INT8 out of
+    sample, else full INT8 stays and the report says so."""
     _, r, _, _ = ppocr
     mixed = r.mixed_precision
     assert mixed is not None, r.error
     first = mixed["steps"][0]
-    assert first["step"] == "full INT8, MinMax, per-channel" and not first["passed"]
+    assert first["step"] == "full INT8, MinMax, per-channel"
     assert (mixed["fitted_on"], mixed["judged_on"], mixed["in_sample_on"]) == (171, 85, 64)
     assert all(s["in_top1"] is not None and s["top1"] is not None for s in mixed["steps"])
+    if mixed["stopped"] == "full-int8-passed":
+        assert all(not s["float_layers"] for s in mixed["steps"]) and not mixed["sensitivity"]
+        assert mixed["steps"][-1]["passed"] and mixed["steps"][-1]["setting"] == mixed["setting"]
+        assert not any(s["passed"] for s in mixed["steps"][:-1])  # the first setting that passes ends it
+        assert not mixed["float_layers"] and not mixed["kept_full_int8"]
+        assert any(f.startswith(f"mixed precision not needed: full INT8 ({mixed['setting']})") for f in r.fixes)
+        return
+    assert not first["passed"]
     assert {s["setting"] for s in mixed["steps"]} >= {"MinMax, per-channel", "Percentile, per-channel"}
     assert mixed["stopped"] in ("passed", "size", "budget", "exhausted")  # passed: a mix reached the aim (x86 without
     # VNNI, 7-bit weights); then it must beat full INT8 out of sample, below
