@@ -227,13 +227,11 @@ def _gather_baseline(track: Track, summary: Summary, settings: DriftSettings) ->
     if track.baseline.count < half:
         return False
     verdict = drift_verdict(track.first_half, track.baseline, settings)
+    track.unstable = "; ".join(verdict.moved[:2]) if verdict.flagged else ""  # what the last comparison saw move
     if verdict.flagged and track.restarts < UNSTABLE_TRIES:
         track.restarts += 1
-        track.unstable = "; ".join(verdict.moved[:2])
         track.first_half, track.baseline = track.baseline, None
         log.info("quality baseline of %s started again: its halves differed (%s)", track.version, track.unstable)
         return False
-    if not verdict.flagged:
-        track.unstable = ""
     track.baseline, track.first_half, track.frozen = track.first_half.merged(track.baseline), None, True
     return True
