@@ -48,23 +48,27 @@ def retrained(src: Path, dst: Path, seed: int) -> Path:
 
 
 def models(names: str, work: Path) -> list[tuple[str, Path, list[dict[str, Any]] | None]]:
-    """(name, path, samples) of the zoo's ONNX models that are at hand, and the bench's 10 MB MLP (no samples)."""
+    """(name, path, samples) of the zoo's ONNX models that are at hand, and the bench's 10 MB MLP (no samples);
+    `names` picks some ("all": every one); SystemExit naming any that is no such model."""
     from zoo.catalog import MODELS
     from zoo.fetch import ZooUnavailable, model_path
 
     from edgectl import sample_models
 
-    found: list[tuple[str, Path, list[dict[str, Any]] | None]] = [
-        ("mlp_10mb", sample_models.mlp(work / "mlp.onnx", pad_mb=10, seed=1), None)
-    ]
+    known = ["mlp_10mb"] + [zm.name for zm in MODELS if zm.format == "onnx"]
+    wanted = set(known) if names == "all" else set(names.split(","))
+    if unknown := sorted(wanted - set(known)):
+        raise SystemExit(f"trial_reuse: no ONNX model named {', '.join(unknown)}; known: {', '.join(known)}")
+    found: list[tuple[str, Path, list[dict[str, Any]] | None]] = []
+    if "mlp_10mb" in wanted:
+        found.append(("mlp_10mb", sample_models.mlp(work / "mlp.onnx", pad_mb=10, seed=1), None))
     for zm in MODELS:
-        if zm.format != "onnx" or (names != "all" and zm.name not in names.split(",")):
-            continue
-        try:
-            found.append((zm.name, model_path(zm), [zm.inputs()]))
-        except ZooUnavailable as exc:
-            print(f"{zm.name}: skipped ({exc})", file=sys.stderr)
-    return [m for m in found if names == "all" or m[0] in names.split(",")]
+        if zm.name in wanted and zm.format == "onnx":
+            try:
+                found.append((zm.name, model_path(zm), [zm.inputs()]))
+            except ZooUnavailable as exc:
+                print(f"{zm.name}: skipped ({exc})", file=sys.stderr)
+    return found
 
 
 def trials(path: Path, twin: Path, samples: list[dict[str, Any]] | None, rounds: int) -> dict[str, list[str]]:
